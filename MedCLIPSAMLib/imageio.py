@@ -1,0 +1,217 @@
+"""Image and volume I/O with SimpleITK, intensity normalisation and slicing.
+
+Geometry is never lost: arrays are read with their SimpleITK image kept as the
+reference, and outputs are written with the reference's spacing, origin and direction.
+Arrays follow SimpleITK's numpy order: (z, y, x) for volumes, (y, x) for 2D images.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    # name: (level, width) in Hounsfield units
+    "lung": (-600.0, 1500.0),
+    "soft_tissue": (40.0, 400.0),
+    "brain": (40.0, 80.0),
+    "bone": (400.0, 1800.0),
+    "liver": (60.0, 160.0),
+}
+MIN_SIDE = 8
+"""Smallest in-plane size SAM and CLIP can make sense of."""
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Volume:
+    """Intensities as a (z, y, x) array plus the image that carries the geometry."""
+
+    array: np.ndarray
+    reference: sitk.Image
+    """The image as read; its geometry is copied onto every output."""
+    source: str
+
+    @property
+    def is_2d(self) -> bool:
+        return self.reference.GetDimension() == 2
+
+    @property
+    def spacing_zyx(self) -> tuple[float, ...]:
+        spacing = tuple(reversed(self.reference.GetSpacing()))
+        return (1.0, *spacing) if self.is_2d else spacing
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise InputError(f"'{path}' does not exist. Check the path (for a DICOM series, give its folder).")
+    if path.is_dir():
+        return _read_dicom_series(path)
+    if path.stat().st_size == 0:
+        raise InputError(f"'{path}' is an empty file. Re-export or copy the image again.")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise InputError(f"Cannot read '{path}' as an image ({first_line}). "
+                         "Supported: NIfTI, NRRD, MHA, DICOM series folders, PNG/JPEG/TIFF.") from None
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        series = ()
+    if not series:
+        raise InputError(f"No readable DICOM series in folder '{folder}'. Give a folder holding the .dcm files "
+                         "of one series, or a single image file.")
+    if len(series) > 1:
+        raise InputError(f"Folder '{folder}' holds {len(series)} DICOM series ({', '.join(series)}); "
+                         "move one series into its own folder.")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise InputError(f"The DICOM series in '{folder}' cannot be read (damaged or unsupported files).") from None
+
+
+def to_grayscale(image: sitk.Image, source: str) -> sitk.Image:
+    """Scalar images pass; RGB becomes luminance; other channel counts are refused."""
+    channels = image.GetNumberOfComponentsPerPixel()
+    if channels == 1:
+        return image
+    if channels != 3:
+        raise InputError(f"'{source}' has {channels} channels per pixel; expected a grayscale or RGB image. "
+                         "Save it as grayscale or RGB (drop the alpha channel).")
+    rgb = sitk.GetArrayFromImage(image).astype(np.float32)
+    gray = sitk.GetImageFromArray(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    gray.CopyInformation(image)
+    return gray
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 2D image or 3D volume (file or DICOM folder) as a checked (z, y, x) float array."""
+    path = Path(path)
+    image = to_grayscale(_read_sitk(path), str(path))
+    dimension = image.GetDimension()
+    if dimension == 4:
+        raise InputError(f"'{path}' is a 4D image (size {image.GetSize()}); extract one 3D time point or "
+                         "channel first, for example with Slicer's Sequences module.")
+    if dimension not in (2, 3):
+        raise InputError(f"'{path}' has {dimension} dimensions; expected a 2D image or a 3D volume.")
+    array = sitk.GetArrayFromImage(image)
+    if dimension == 2:
+        array = array[None]
+    elif array.shape[0] == 1:
+        image = image[:, :, 0]  # a 3D file holding one slice is a 2D image
+    return Volume(array=check_array(array, str(path)), reference=image, source=str(path))
+
+
+def check_array(array: np.ndarray, source: str = "image") -> np.ndarray:
+    """Refuse arrays the pipeline cannot use, with a message saying why."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise InputError(f"{source}: expected a 2D or 3D array, got shape {array.shape}.")
+    if min(array.shape[1:]) < MIN_SIDE:
+        raise InputError(f"{source}: slices of {array.shape[1]}x{array.shape[2]} pixels are too small; "
+                         f"need at least {MIN_SIDE}x{MIN_SIDE}.")
+    if array.dtype.kind not in "uifb":
+        raise InputError(f"{source}: pixel type {array.dtype} is not a number.")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InputError(f"{source}: contains NaN or infinite pixel values; replace them (for example with the "
+                         "background value) before segmenting.")
+    return array
+
+
+def as_volume(array: np.ndarray, spacing: tuple[float, ...] | None = None) -> Volume:
+    """Wrap an in-memory 2D (y, x) or 3D (z, y, x) array, e.g. from Slicer or a test."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:
+        if array.shape[-1] == 4:
+            raise InputError("image has 4 channels (RGBA?); expected grayscale or RGB. Drop the alpha channel.")
+        array = array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if array.ndim not in (2, 3):
+        raise InputError(f"expected a 2D image or 3D volume, got an array of shape {array.shape}.")
+    reference = sitk.GetImageFromArray(np.zeros(array.shape, dtype=np.uint8))
+    if spacing is not None:
+        reference.SetSpacing(tuple(float(s) for s in reversed(spacing)))
+    stacked = array[None] if array.ndim == 2 else array
+    return Volume(array=check_array(stacked, "image"), reference=reference, source="array")
+
+
+def normalize_intensity(array: np.ndarray, window: str | None = None,
+                        percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Map intensities to uint8 once per volume (SPEC 2.1).
+
+    8-bit images are already display-ready and pass unchanged; others use robust
+    percentiles over the whole volume, or a named CT window.
+    """
+    if window is not None:
+        if window not in CT_WINDOWS:
+            raise InputError(f"Unknown CT window '{window}'. Choose one of: {', '.join(CT_WINDOWS)}.")
+        level, width = CT_WINDOWS[window]
+        low, high = level - width / 2, level + width / 2
+    elif array.dtype == np.uint8:
+        return array
+    else:
+        low, high = (float(v) for v in np.percentile(array, percentiles))
+        if high <= low:
+            low, high = float(array.min()), float(array.max())
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    scaled = (array.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.clip(scaled, 0, 255).round().astype(np.uint8)
+
+
+def through_plane_axis(volume: Volume) -> int:
+    """The acquisition axis in (z, y, x) order: the one with the coarsest spacing, else z."""
+    spacing = np.asarray(volume.spacing_zyx)
+    if volume.is_2d or np.allclose(spacing, spacing[0], rtol=0.05):
+        return 0
+    return int(np.argmax(spacing))
+
+
+def check_axis(axis: int, volume: Volume) -> int:
+    if volume.is_2d:
+        if axis not in (0, -3):
+            raise InputError(f"Axis {axis} is not valid for a 2D image: a 2D image has one slice (axis 0).")
+        return 0
+    if not -3 <= axis <= 2:
+        raise InputError(f"Axis {axis} is out of range for a 3D volume: use 0 (z), 1 (y) or 2 (x).")
+    return axis % 3
+
+
+def write_label(labels: np.ndarray, reference: sitk.Image, path: str | os.PathLike,
+                overwrite: bool = False) -> Path:
+    """Write a (z, y, x) label array with the reference geometry; never overwrite silently."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"'{path}' already exists. Choose another output name or pass --overwrite.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = labels[0] if reference.GetDimension() == 2 else labels
+    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+        data = _to_8bit_for_plain_image(data)
+    image = sitk.GetImageFromArray(data)
+    image.CopyInformation(reference)
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError:
+        raise InputError(f"Cannot write '{path}': unknown extension or no permission. "
+                         "Use .nii.gz, .nrrd, .mha or .png.") from None
+    return path
+
+
+def _to_8bit_for_plain_image(data: np.ndarray) -> np.ndarray:
+    """PNG/JPEG viewers show 0/1 as black: a single label is stored as 0/255."""
+    if data.dtype.kind == "f":
+        return np.clip(data * 255.0, 0, 255).round().astype(np.uint8)
+    if data.max(initial=0) <= 1:
+        return (data > 0).astype(np.uint8) * 255
+    return data.astype(np.uint8)

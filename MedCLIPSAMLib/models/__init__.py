@@ -1,0 +1,1 @@
+"""Model loading: BiomedCLIP (open_clip), SAM backends, and the download catalog."""

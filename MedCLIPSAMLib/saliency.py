@@ -1,0 +1,185 @@
+"""M2IB saliency (MedCLIP-SAMv2 Eq. 16): where in the image is the information about the text?
+
+A bottleneck on the output tokens of vision block L replaces each token x with
+z = lambda * x + (1 - lambda) * eps, lambda = sigmoid(alpha), and alpha is optimised to
+keep the image embedding close to the text (cosine) while passing little information
+(beta * KL(N(lambda x, (1-lambda)^2) || N(0, 1))). The per-token KL is the map.
+
+Blocks 0..L never see the bottleneck, so their output is computed once per image
+(``prefix_tokens``) and only blocks L+1.. run in the 10 optimisation steps, for many
+images at once. ``naive_saliency`` is the straightforward formulation (whole network
+every step, one image at a time), kept as the reference the fast path is tested against.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .models.clip import ClipBundle
+
+
+@dataclass
+class M2IBConfig:
+    layer: int = 9
+    beta: float = 1.0
+    steps: int = 10
+    lr: float = 1.0
+    samples: int = 10
+    seed: int = 0
+    init_alpha: float = 5.0
+
+
+@dataclass
+class PadInfo:
+    """Where a slice sits inside its padded square, to map saliency back exactly."""
+
+    side: int
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def clip_inputs(slices: np.ndarray, bundle: ClipBundle, device: torch.device) -> tuple[torch.Tensor, PadInfo]:
+    """uint8 slices (B, H, W) -> normalised CLIP input (B, 3, S, S).
+
+    The slice is padded to a centred square and resized, so the whole image is seen
+    (the authors centre-crop, which cuts off the sides of non-square images).
+    """
+    batch, height, width = slices.shape
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    x = torch.as_tensor(slices, device=device).float().div_(255.0)[:, None]
+    x = F.pad(x, (left, side - width - left, top, side - height - top))
+    x = F.interpolate(x, size=(bundle.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(bundle.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(bundle.std, device=device).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std, PadInfo(side, top, left, height, width)
+
+
+def maps_to_slices(maps: torch.Tensor, pad: PadInfo, input_size: int) -> np.ndarray:
+    """Token grids (B, g, g) -> maps at the slice size (B, H, W): up to the model input, then back."""
+    x = F.interpolate(maps[:, None].float(), size=(input_size, input_size), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(pad.side, pad.side), mode="bilinear", align_corners=False)
+    x = x[:, 0, pad.top:pad.top + pad.height, pad.left:pad.left + pad.width]
+    return x.cpu().numpy().astype(np.float32)
+
+
+class M2IB:
+    """Batched M2IB over a frozen CLIP model."""
+
+    def __init__(self, bundle: ClipBundle, config: M2IBConfig, device: torch.device, bf16: bool = False):
+        depth = len(bundle.blocks)
+        if not 0 <= config.layer < depth - 1:
+            raise InputError(f"Bottleneck layer {config.layer} is out of range: this model has {depth} vision "
+                             f"blocks, so use 0..{depth - 2}.")
+        self.bundle, self.config, self.device = bundle, config, device
+        self.trunk = bundle.model.visual.trunk
+        self.amp = bf16 and device.type == "cuda"
+        bundle.model.to(device)
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def prefix_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Output tokens of block L (B, T, D): what the bottleneck sees, fixed during optimisation."""
+        trunk = self.trunk
+        with self._autocast():
+            x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))
+            for block in trunk.blocks[: self.config.layer + 1]:
+                x = block(x)
+        return x.float()
+
+    def _suffix_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Blocks L+1.., final norm, pooling and projection: L2-normalised image embeddings."""
+        trunk = self.trunk
+        with self._autocast():
+            x = tokens
+            for block in trunk.blocks[self.config.layer + 1:]:
+                x = block(x)
+            x = self.bundle.model.visual.head(trunk.forward_head(trunk.norm(x)))
+        return F.normalize(x.float(), dim=-1)
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=self.device)
+
+    def saliency_from_prefix(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Optimise one bottleneck per image; returns the KL map on the patch grid (B, g, g).
+
+        Every image gets the same noise sequence, so a slice's map does not depend on
+        which other slices share its batch.
+        """
+        cfg = self.config
+        batch, count, dim = tokens.shape
+        x = tokens.detach()[:, None]  # (B, 1, T, D)
+        alpha = torch.full((batch, 1, count, dim), cfg.init_alpha, device=self.device, requires_grad=True)
+        optimizer = torch.optim.Adam([alpha], lr=cfg.lr)
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        text = text.to(self.device)
+        kl = None
+        with torch.enable_grad():
+            for _ in range(cfg.steps):
+                lam = torch.sigmoid(alpha)
+                mu, std = lam * x, 1.0 - lam
+                kl = 0.5 * (mu ** 2 + std ** 2 - 1.0) - torch.log(std)  # (B, 1, T, D)
+                z = mu + std * self._noise((cfg.samples, count, dim), generator)  # (B, S, T, D)
+                embedding = self._suffix_embedding(z.reshape(batch * cfg.samples, count, dim))
+                cosine = (embedding @ text).view(batch, cfg.samples)
+                per_image = cfg.beta * kl.mean(dim=(1, 2, 3)) - cosine.mean(dim=1)
+                optimizer.zero_grad(set_to_none=True)
+                per_image.sum().backward()
+                optimizer.step()
+        prefix = self.trunk.num_prefix_tokens
+        token_map = kl.detach().sum(dim=-1)[:, 0, prefix:]  # drop CLS (and register) tokens
+        grid = int(round(token_map.shape[1] ** 0.5))
+        return token_map.view(batch, grid, grid)
+
+    def saliency(self, slices: np.ndarray, text: torch.Tensor) -> np.ndarray:
+        """uint8 slices (B, H, W) -> saliency maps at the slice size (B, H, W), fast path."""
+        images, pad = clip_inputs(slices, self.bundle, self.device)
+        maps = self.saliency_from_prefix(self.prefix_tokens(images), text)
+        return maps_to_slices(maps, pad, self.bundle.image_size)
+
+    def naive_saliency(self, slices: np.ndarray, text: torch.Tensor) -> np.ndarray:
+        """Reference formulation: the whole network every step, a hook on block L, one image at a time."""
+        cfg = self.config
+        results = []
+        for one in slices:
+            images, pad = clip_inputs(one[None], self.bundle, self.device)
+            state: dict[str, torch.Tensor] = {}
+            generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+
+            def bottleneck(_module, _inputs, output):
+                lam = torch.sigmoid(state["alpha"])
+                mu, std = lam * output.float(), 1.0 - lam
+                state["kl"] = 0.5 * (mu ** 2 + std ** 2 - 1.0) - torch.log(std)
+                return mu + std * self._noise((cfg.samples, *output.shape[1:]), generator)
+
+            count, dim = self.prefix_tokens(images).shape[1:]
+            hook = self.trunk.blocks[cfg.layer].register_forward_hook(bottleneck)
+            try:
+                state["alpha"] = torch.full((1, count, dim), cfg.init_alpha, device=self.device, requires_grad=True)
+                optimizer = torch.optim.Adam([state["alpha"]], lr=cfg.lr)
+                with torch.enable_grad():
+                    for _ in range(cfg.steps):
+                        with self._autocast():
+                            embedding = self.bundle.model.encode_image(images)
+                        cosine = F.normalize(embedding.float(), dim=-1) @ text.to(self.device)
+                        loss = cfg.beta * state["kl"].mean() - cosine.mean()
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+            finally:
+                hook.remove()
+            token_map = state["kl"].detach().sum(dim=-1)[:1, self.trunk.num_prefix_tokens:]
+            grid = int(round(token_map.shape[1] ** 0.5))
+            results.append(maps_to_slices(token_map.view(1, grid, grid), pad, self.bundle.image_size))
+        return np.concatenate(results)

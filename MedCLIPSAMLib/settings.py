@@ -1,0 +1,99 @@
+"""Every knob of the pipeline in one dataclass shared by the CLI, Slicer and the tests.
+
+Defaults follow the MedCLIP-SAMv2 paper and the authors' scripts unless the
+docstring of a field says why we differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InputError
+
+BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+SAM_BACKENDS = ("auto", "litemedsam", "vit_b", "vit_l", "vit_h")
+PROMPT_MODES = ("boxes", "box_all", "points")
+
+
+@dataclass
+class Settings:
+    """Parameters of one zero-shot segmentation run."""
+
+    # --- CLIP and M2IB saliency (SPEC 2.2-2.3) ---
+    clip_model: str = BIOMEDCLIP_HUB_ID
+    """Hub id, local open_clip folder, or a fine-tuned checkpoint file."""
+    bottleneck_layer: int = 9
+    """0-based vision block whose output tokens carry the bottleneck (authors' scripts: 9)."""
+    beta: float = 1.0
+    """KL weight: 1.0 breast (authors), 2.0 brain; prompt presets override it."""
+    m2ib_steps: int = 10
+    m2ib_lr: float = 1.0
+    m2ib_samples: int = 10
+    """Noise samples per image and step."""
+    seed: int = 0
+    """Seed of the bottleneck noise, so the same input gives the same map."""
+
+    # --- coarse mask and prompts (SPEC 2.4-2.5, 3) ---
+    max_components: int = 1
+    """K: how many salient components (and final mask components) to keep."""
+    prompt_mode: str = "boxes"
+    """boxes: one box per component; box_all: one box around all; points: positive points."""
+    points_per_component: int = 3
+    min_component_fraction: float = 0.001
+    """Salient components smaller than this fraction of the processed voxels are noise."""
+
+    # --- SAM (SPEC 2.6-2.7) ---
+    sam_backend: str = "auto"
+    """auto: LiteMedSAM on CPU (offline, fast), SAM ViT-H on CUDA (paper's best)."""
+    sam_checkpoint: str | None = None
+    """Local SAM checkpoint; None downloads the official one into the cache."""
+    refine_rounds: int = 2
+    """Re-prompt SAM with its own mask's box (SPEC 2.7); 0 disables."""
+    fill_holes: bool = False
+
+    # --- volumes (SPEC 3) ---
+    axis: int | None = None
+    """Slice axis in array order (z, y, x) = (0, 1, 2); None: the through-plane axis."""
+    slice_range: tuple[int, int] | None = None
+    """Inclusive first and last slice to process; None: all."""
+    window: str | None = None
+    """CT window preset name (see imageio.CT_WINDOWS); None: robust percentiles."""
+
+    # --- execution ---
+    device: str = "auto"
+    clip_batch_size: int = 16
+    sam_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject values that cannot work, before any model is loaded."""
+        if self.sam_backend not in SAM_BACKENDS:
+            raise InputError(f"Unknown SAM backend '{self.sam_backend}'. Choose one of: {', '.join(SAM_BACKENDS)}.")
+        if self.prompt_mode not in PROMPT_MODES:
+            raise InputError(f"Unknown prompt mode '{self.prompt_mode}'. Choose one of: {', '.join(PROMPT_MODES)}.")
+        positive = {"max_components": self.max_components, "m2ib_steps": self.m2ib_steps,
+                    "m2ib_samples": self.m2ib_samples, "clip_batch_size": self.clip_batch_size,
+                    "sam_batch_size": self.sam_batch_size, "points_per_component": self.points_per_component}
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise InputError(f"'{name}' must be at least 1 (got {value}).")
+        if not 0 <= self.refine_rounds <= 5:
+            raise InputError(f"'refine_rounds' must be between 0 and 5 (got {self.refine_rounds}).")
+        if self.beta < 0:
+            raise InputError(f"'beta' must be >= 0 (got {self.beta}).")
+        if self.bottleneck_layer < 0:
+            raise InputError(f"'bottleneck_layer' must be >= 0 (got {self.bottleneck_layer}).")
+        if self.slice_range is not None:
+            first, last = self.slice_range
+            if first < 0 or last < first:
+                raise InputError(f"Slice range {first}-{last} is invalid: give FIRST-LAST with 0 <= FIRST <= LAST.")
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
