@@ -133,10 +133,6 @@ def check_array(array: np.ndarray, source: str = "image") -> np.ndarray:
 def as_volume(array: np.ndarray, spacing: tuple[float, ...] | None = None) -> Volume:
     """Wrap an in-memory 2D (y, x) or 3D (z, y, x) array, e.g. from Slicer or a test."""
     array = np.asarray(array)
-    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:
-        if array.shape[-1] == 4:
-            raise InputError("image has 4 channels (RGBA?); expected grayscale or RGB. Drop the alpha channel.")
-        array = array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     if array.ndim not in (2, 3):
         raise InputError(f"expected a 2D image or 3D volume, got an array of shape {array.shape}.")
     reference = sitk.GetImageFromArray(np.zeros(array.shape, dtype=np.uint8))
@@ -144,6 +140,19 @@ def as_volume(array: np.ndarray, spacing: tuple[float, ...] | None = None) -> Vo
         reference.SetSpacing(tuple(float(s) for s in reversed(spacing)))
     stacked = array[None] if array.ndim == 2 else array
     return Volume(array=check_array(stacked, "image"), reference=reference, source="array")
+
+
+def image_to_gray(image: np.ndarray) -> np.ndarray:
+    """A 2D image array (H, W) or (H, W, 3) as grayscale (H, W); other shapes are refused."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        return image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if image.ndim == 3 and image.shape[-1] in (2, 4):
+        raise InputError(f"image has {image.shape[-1]} channels; expected grayscale or RGB. "
+                         "Drop the alpha channel (RGBA) or pick one channel.")
+    if image.ndim != 2:
+        raise InputError(f"expected a 2D image (H, W) or (H, W, 3), got an array of shape {image.shape}.")
+    return image
 
 
 def normalize_intensity(array: np.ndarray, window: str | None = None,

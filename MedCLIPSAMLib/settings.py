@@ -62,6 +62,9 @@ class Settings:
 
     # --- execution ---
     device: str = "auto"
+    """auto: CUDA when available, else CPU."""
+    bf16: bool = True
+    """bfloat16 autocast on CUDA (ignored on CPU)."""
     clip_batch_size: int = 16
     sam_batch_size: int = 4
 

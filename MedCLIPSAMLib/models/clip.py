@@ -194,6 +194,18 @@ def _hub_folder(hub_id: str, progress: ProgressCallback | None, cancel: threadin
                      "weights, and the text tower's config.json + vocab.txt) and pass the folder.")
 
 
+_LOADED: dict[str, ClipBundle] = {}
+
+
+def cached_clip(source: str, progress: ProgressCallback | None = None,
+                cancel: threading.Event | None = None) -> ClipBundle:
+    """``load_clip`` once per process: Slicer and batch runs reuse the loaded model."""
+    if source not in _LOADED:
+        _LOADED.clear()
+        _LOADED[source] = load_clip(source, progress, cancel)
+    return _LOADED[source]
+
+
 def load_clip(source: str, progress: ProgressCallback | None = None,
               cancel: threading.Event | None = None) -> ClipBundle:
     """Load BiomedCLIP or a compatible model from a hub id, a local folder or a checkpoint file."""

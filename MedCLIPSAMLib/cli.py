@@ -1,0 +1,221 @@
+"""The ``medclipsam`` command line: segment, models (and more subcommands in their modules)."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import MedCLIPSAMError, InputError
+from .settings import SAM_BACKENDS, PROMPT_MODES, Settings
+
+
+class TqdmProgress:
+    """(stage, done, total) callback drawing one tqdm bar per stage on stderr."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.bar, self.stage = enabled, None, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=stage, unit="B" if stage.startswith("download") else "slice",
+                            unit_scale=stage.startswith("download"), file=sys.stderr, leave=True)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _slice_range(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a slice or range; write N or FIRST-LAST, e.g. 10-20.")
+    first = int(match.group(1))
+    return first, int(match.group(2)) if match.group(2) else first
+
+
+SETTING_OPTIONS = {  # option dest -> Settings field
+    "clip_model": "clip_model", "layer": "bottleneck_layer", "beta": "beta", "steps": "m2ib_steps",
+    "samples": "m2ib_samples", "k": "max_components", "prompt_mode": "prompt_mode",
+    "points_per_component": "points_per_component", "sam": "sam_backend", "sam_checkpoint": "sam_checkpoint",
+    "refine_rounds": "refine_rounds", "fill_holes": "fill_holes", "axis": "axis", "slices": "slice_range",
+    "window": "window", "device": "device", "clip_batch_size": "clip_batch_size",
+    "sam_batch_size": "sam_batch_size", "seed": "seed",
+}
+
+
+def add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs the zero-shot pipeline (default: Settings' defaults)."""
+    g = parser.add_argument_group("model and method (defaults: see Settings; prompt presets may set some)")
+    g.add_argument("--clip-model", help="hf-hub id, local open_clip folder, or fine-tuned checkpoint")
+    g.add_argument("--layer", type=int, help="M2IB bottleneck block (0-based)")
+    g.add_argument("--beta", type=float, help="M2IB KL weight")
+    g.add_argument("--steps", type=int, help="M2IB optimisation steps")
+    g.add_argument("--samples", type=int, help="M2IB noise samples per step")
+    g.add_argument("--k", type=int, help="salient components (and mask components) to keep")
+    g.add_argument("--prompt-mode", choices=PROMPT_MODES)
+    g.add_argument("--points-per-component", type=int)
+    g.add_argument("--sam", choices=SAM_BACKENDS, help="SAM backend (auto: LiteMedSAM on CPU, ViT-H on CUDA)")
+    g.add_argument("--sam-checkpoint", help="local SAM ViT checkpoint (.pth) instead of downloading")
+    g.add_argument("--refine-rounds", type=int, help="box refinement rounds (0-2)")
+    g.add_argument("--fill-holes", action="store_const", const=True)
+    g.add_argument("--axis", type=int, help="slice axis in (z, y, x) array order; default: through-plane")
+    g.add_argument("--slices", type=_slice_range, help="slice N or range FIRST-LAST (inclusive)")
+    g.add_argument("--window", help="CT window preset: lung, soft_tissue, brain, bone, liver")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--clip-batch-size", type=int)
+    g.add_argument("--sam-batch-size", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
+
+
+def settings_from_args(args: argparse.Namespace, prompt: str | None) -> Settings:
+    """Settings defaults, then the prompt's preset, then the user's explicit options."""
+    from .presets import apply_preset
+
+    explicit = {field: getattr(args, dest) for dest, field in SETTING_OPTIONS.items()
+                if getattr(args, dest, None) is not None}
+    settings = Settings()
+    if prompt is not None and not args.no_preset:
+        settings, _ = apply_preset(settings, prompt, explicit)
+    return settings.replace(**explicit)
+
+
+def _prompts(args: argparse.Namespace) -> list:
+    prompts: list = list(args.prompt or [])
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise InputError(f"Prompt file '{path}' does not exist.")
+        sentences = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not sentences:
+            raise InputError(f"Prompt file '{path}' holds no sentences.")
+        prompts.append(sentences)
+    if not prompts:
+        raise InputError("Give a prompt with --prompt TEXT (repeatable) or --prompt-file FILE.")
+    return prompts
+
+
+def _suffixed(path: Path, tag: str) -> Path:
+    name = path.name
+    ext = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
+    slug = re.sub(r"[^a-z0-9]+", "_", tag.lower()).strip("_")
+    return path.with_name(f"{name[: len(name) - len(ext)]}_{slug}{ext}")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .imageio import read_volume, write_label
+    from .pipeline import prompt_name, segment_volume
+
+    prompts = _prompts(args)
+    volume = read_volume(args.input)
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise InputError(f"'{output}' already exists. Choose another output name or pass --overwrite.")
+    settings = settings_from_args(args, prompt_name(prompts[0]) if len(prompts) == 1 else None)
+    progress = TqdmProgress(not args.quiet)
+    try:
+        result = segment_volume(volume, prompts, settings, progress=progress)
+    finally:
+        progress.close()
+    write_label(result.labels, volume.reference, output, overwrite=args.overwrite)
+    for message in result.messages:
+        print(f"note: {message}", file=sys.stderr)
+    for index, name in enumerate(result.names, start=1):
+        voxels = int(result.masks[name].sum())
+        print(f"label {index}: '{name}'  voxels={voxels}  score={result.scores[name]:.3f}  "
+              f"slices_with_boxes={len(result.boxes[name])}")
+    if args.saliency_out:
+        for name in result.names:
+            target = Path(args.saliency_out) if len(result.names) == 1 else _suffixed(Path(args.saliency_out), name)
+            write_label(result.saliency[name], volume.reference, target, overwrite=args.overwrite)
+            print(f"saliency '{name}' -> {target}")
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    print(f"wrote {output} ({timing})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.catalog import cache_dir, ensure_model, is_cached, load_catalog
+
+    catalog = load_catalog()
+    if args.download:
+        progress = TqdmProgress()
+        try:
+            folder = ensure_model(args.download, progress)
+        finally:
+            progress.close()
+        print(f"{args.download}: ready in {folder}")
+        return 0
+    print(f"cache folder: {cache_dir()}")
+    for key, entry in catalog.items():
+        state = "bundled" if not entry.files else ("cached" if is_cached(entry) else "not downloaded")
+        print(f"{key:11s} {entry.size_bytes / 1e6:8.0f} MB  {entry.licence:11s} {state:15s} {entry.title}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medclipsam", description="Text-prompted medical image segmentation "
+                                     "(BiomedCLIP + M2IB saliency + SAM).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment a 2D image or a volume from a text prompt")
+    seg.add_argument("input", help="image file, volume file (NIfTI, NRRD, MHA) or DICOM series folder")
+    seg.add_argument("--prompt", "-p", action="append", help="what to segment; repeat for several labels")
+    seg.add_argument("--prompt-file", help="text file of sentences averaged as one prompt (ensemble)")
+    seg.add_argument("-o", "--output", required=True, help="label map (.nii.gz, .nrrd, .mha, .png)")
+    seg.add_argument("--saliency-out", help="also write the saliency map(s) here")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_setting_options(seg)
+    seg.set_defaults(func=cmd_segment)
+
+    models = sub.add_parser("models", help="list the model catalog, or download a model into the cache")
+    models.add_argument("--download", metavar="NAME", help="biomedclip, vit_b, vit_l or vit_h")
+    models.set_defaults(func=cmd_models)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable]:
+    """Subcommands that live with their own module (evaluation, benchmark, ...)."""
+    registrars = []
+    for module_name in ("evaluate", "benchmark"):
+        try:
+            module = __import__(f"{__package__}.{module_name}", fromlist=["register_cli"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module_name}":
+                raise
+            continue
+        registrars.append(module.register_cli)
+    return registrars
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MedCLIPSAMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

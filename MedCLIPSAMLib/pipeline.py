@@ -1,0 +1,294 @@
+"""The zero-shot pipeline on volumes (a 2D image is a one-slice volume).
+
+saliency per slice (batched M2IB) -> one volume-wide normalisation and Otsu ->
+3D components ranked by confidence -> per-slice prompts from their cross-sections ->
+SAM only on slices with prompts (batched encoder, embeddings freed per batch) ->
+3D clean-up. Several prompts share the CLIP prefix tokens and the SAM embeddings.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .errors import Cancelled, InputError
+from .imageio import (Volume, as_volume, check_axis, image_to_gray, normalize_intensity, read_volume,
+                      through_plane_axis)
+from .models.clip import ClipBundle, cached_clip
+from .models.sam import SamBackend, load_sam
+from .prompts import (Box, Component, SlicePrompts, keep_largest_components, keep_overlapping, normalize_saliency,
+                      otsu_mask, prompts_per_slice, select_components)
+from .saliency import M2IB, M2IBConfig, clip_inputs, maps_to_slices
+from .settings import Settings
+
+ProgressCallback = Callable[[str, int, int], None]
+PromptSpec = str | Sequence[str]
+"""A prompt: one text, or a list of sentences averaged as an ensemble (named after the first)."""
+
+
+@dataclass
+class SegmentationResult:
+    """Everything a run produced, in the input array's (z, y, x) order."""
+
+    labels: np.ndarray
+    """0 background, i + 1 for prompt i (where prompts overlap, the earlier prompt wins)."""
+    masks: dict[str, np.ndarray]
+    saliency: dict[str, np.ndarray]
+    """Volume-normalised saliency in [0, 1] per prompt (0 on skipped slices)."""
+    boxes: dict[str, dict[int, list[Box]]]
+    """Per prompt: slice index along ``axis`` -> boxes (x0, y0, x1, y1) in that slice."""
+    scores: dict[str, float]
+    """Mean saliency of the kept components: 0 means nothing was found."""
+    axis: int
+    messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.masks)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but no CUDA GPU is available; use --device cpu.")
+    return torch.device(name)
+
+
+def prompt_name(prompt: PromptSpec) -> str:
+    return prompt if isinstance(prompt, str) else prompt[0]
+
+
+def check_prompts(prompts: PromptSpec | Sequence[PromptSpec]) -> list[list[str]]:
+    """Normalise to a list of sentence lists; refuse empty or duplicate prompts."""
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
+    sentences = [[p] if isinstance(p, str) else [str(s) for s in p] for p in items]
+    if not sentences:
+        raise InputError("No prompt given: type what to segment, for example 'brain tumor'.")
+    for group in sentences:
+        if not group or any(not s.strip() for s in group):
+            raise InputError("A prompt is empty: type what to segment, for example 'brain tumor'.")
+    names = [g[0].strip() for g in sentences]
+    if len(set(names)) != len(names):
+        raise InputError(f"Prompts must differ; got {names}.")
+    return [[s.strip() for s in g] for g in sentences]
+
+
+class _Runner:
+    """State of one run: progress, cancel and per-stage timing."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: threading.Event | None):
+        self.progress, self.cancel = progress, cancel
+        self.timings: dict[str, float] = {}
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("Segmentation cancelled; nothing was changed.")
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+    def timed(self, stage: str, start: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _batches(indices: np.ndarray, size: int) -> list[np.ndarray]:
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def _with_oom_retry(fn: Callable[[np.ndarray], None], indices: np.ndarray, batch_size: int) -> int:
+    """Run ``fn`` on a batch; on CUDA out-of-memory halve the batch and go on."""
+    while True:
+        try:
+            for part in _batches(indices, batch_size):
+                fn(part)
+            return batch_size
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise InputError("Out of GPU memory even with one slice per batch; use --device cpu.") from None
+            torch.cuda.empty_cache()
+            batch_size //= 2
+
+
+class Pipeline:
+    """Loaded models plus settings; ``run`` segments one volume for one or more prompts."""
+
+    def __init__(self, settings: Settings | None = None, clip: ClipBundle | None = None,
+                 sam: SamBackend | None = None, progress: ProgressCallback | None = None,
+                 cancel: threading.Event | None = None):
+        self.settings = settings or Settings()
+        self.device = resolve_device(self.settings.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        s = self.settings
+        self.clip = clip or cached_clip(s.clip_model, progress, cancel)
+        self.sam = sam or load_sam(s.sam_backend, s.sam_checkpoint, str(self.device), s.bf16, progress, cancel)
+        self.m2ib = M2IB(self.clip, M2IBConfig(layer=s.bottleneck_layer, beta=s.beta, steps=s.m2ib_steps,
+                                                lr=s.m2ib_lr, samples=s.m2ib_samples, seed=s.seed),
+                         self.device, bf16=s.bf16)
+
+    def run(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
+            progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> SegmentationResult:
+        s = self.settings
+        runner = _Runner(progress, cancel)
+        start = time.perf_counter()
+        groups = check_prompts(prompts)
+        volume = volume if isinstance(volume, Volume) else as_volume(volume)
+        axis = check_axis(s.axis if s.axis is not None else through_plane_axis(volume), volume)
+        slices = np.moveaxis(normalize_intensity(volume.array, s.window), axis, 0)
+        if min(slices.shape[1:]) < 8:
+            raise InputError(f"Slicing along axis {axis} gives {slices.shape[1]}x{slices.shape[2]} slices, "
+                             "too small to segment; choose another axis.")
+        active = self._active_slices(slices)
+        messages = []
+        if active.size == 0:
+            messages.append("Every slice in the range is blank (constant); nothing to segment.")
+
+        texts = [self.clip.encode_text(g, self.device) for g in groups]
+        saliency = self._saliency(slices, active, texts, runner)
+        t = time.perf_counter()
+        valid = np.zeros(slices.shape[0], dtype=bool)
+        valid[active] = True
+        valid3d = np.broadcast_to(valid[:, None, None], slices.shape)
+        per_prompt: list[tuple[np.ndarray, list[Component], list[SlicePrompts]]] = []
+        min_size = max(1, int(s.min_component_fraction * valid3d.sum()))
+        for group, raw in zip(groups, saliency):
+            normalised = normalize_saliency(raw, valid3d)
+            components = select_components(otsu_mask(normalised, valid3d), normalised, s.max_components, min_size)
+            if not components and active.size:
+                messages.append(f"No salient region found for '{group[0]}': the result is empty. Try another "
+                                "wording, a prompt preset, or another bottleneck layer.")
+            per_prompt.append((normalised, components,
+                               prompts_per_slice(components, normalised, s.prompt_mode, s.points_per_component)))
+        runner.timed("prompts", t)
+
+        masks = self._sam(slices, [p[2] for p in per_prompt], runner)
+        t = time.perf_counter()
+        result = self._assemble(groups, per_prompt, masks, axis)
+        runner.timed("cleanup", t)
+        runner.timings["total"] = time.perf_counter() - start
+        result.messages, result.timings = messages, runner.timings
+        return result
+
+    def _active_slices(self, slices: np.ndarray) -> np.ndarray:
+        """Slices in the range that are not constant (air or padding gets no CLIP/SAM pass)."""
+        count = slices.shape[0]
+        first, last = self.settings.slice_range or (0, count - 1)
+        if first >= count:
+            raise InputError(f"Slice range {first}-{last} is outside the {count} slices along this axis "
+                             f"(0-{count - 1}).")
+        last = min(last, count - 1)
+        chosen = np.arange(first, last + 1)
+        flat = slices[chosen].reshape(len(chosen), -1)
+        return chosen[flat.max(axis=1) > flat.min(axis=1)]
+
+    def _saliency(self, slices: np.ndarray, active: np.ndarray, texts: list[torch.Tensor],
+                  runner: _Runner) -> list[np.ndarray]:
+        """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt."""
+        maps = [np.zeros(slices.shape, dtype=np.float32) for _ in texts]
+        done = 0
+        runner.report("saliency", 0, len(active))
+
+        def batch(part: np.ndarray) -> None:
+            nonlocal done
+            t = time.perf_counter()
+            images, pad = clip_inputs(slices[part], self.clip, self.device)
+            tokens = self.m2ib.prefix_tokens(images)
+            for target, text in zip(maps, texts):
+                grid = self.m2ib.saliency_from_prefix(tokens, text)
+                target[part] = maps_to_slices(grid, pad, self.clip.image_size)
+            runner.timed("saliency", t)
+            done += len(part)
+            runner.report("saliency", done, len(active))
+
+        _with_oom_retry(batch, active, self.settings.clip_batch_size)
+        return maps
+
+    def _sam(self, slices: np.ndarray, prompts: list[list[SlicePrompts]], runner: _Runner) -> list[np.ndarray]:
+        """SAM masks per prompt, encoding each slice that has any prompt once."""
+        masks = [np.zeros(slices.shape, dtype=bool) for _ in prompts]
+        needed = np.array([z for z in range(slices.shape[0]) if any(p[z] for p in prompts)], dtype=int)
+        done = 0
+        runner.report("sam", 0, len(needed))
+
+        def batch(part: np.ndarray) -> None:
+            nonlocal done
+            t = time.perf_counter()
+            encoded = self.sam.encode(slices[part])
+            runner.timed("sam_encoder", t)
+            t = time.perf_counter()
+            for z, enc in zip(part, encoded):
+                for target, slice_prompts in zip(masks, prompts):
+                    p = slice_prompts[z]
+                    if p:
+                        target[z] = self.sam.segment(enc, boxes=p.boxes or None, points=p.points or None,
+                                                     refine_rounds=self.settings.refine_rounds)
+            runner.timed("sam_decoder", t)
+            done += len(part)
+            runner.report("sam", done, len(needed))
+
+        _with_oom_retry(batch, needed, self.settings.sam_batch_size)
+        return masks
+
+    def _assemble(self, groups: list[list[str]], per_prompt: list, masks: list[np.ndarray],
+                  axis: int) -> SegmentationResult:
+        """3D clean-up, label map, and everything moved back to the input's array order."""
+        s = self.settings
+        labels = np.zeros(masks[0].shape if masks else (0,), dtype=np.uint8 if len(groups) < 255 else np.uint16)
+        out_masks, out_saliency, out_boxes, scores = {}, {}, {}, {}
+        for index, (group, (normalised, components, slice_prompts), mask) in enumerate(zip(groups, per_prompt, masks)):
+            if components:
+                mask = keep_overlapping(mask, np.logical_or.reduce([c.mask for c in components]))
+                mask = keep_largest_components(mask, s.max_components)
+            if s.fill_holes:
+                mask = np.stack([ndimage.binary_fill_holes(m) for m in mask])
+            labels[mask & (labels == 0)] = index + 1
+            name = group[0]
+            out_masks[name] = np.moveaxis(mask, 0, axis)
+            out_saliency[name] = np.moveaxis(normalised, 0, axis)
+            out_boxes[name] = {z: list(p.boxes) for z, p in enumerate(slice_prompts) if p.boxes}
+            scores[name] = float(np.mean([c.confidence for c in components])) if components else 0.0
+        return SegmentationResult(labels=np.moveaxis(labels, 0, axis), masks=out_masks, saliency=out_saliency,
+                                  boxes=out_boxes, scores=scores, axis=axis)
+
+
+def segment_volume(volume: Volume | np.ndarray | str | os.PathLike, prompts: PromptSpec | Sequence[PromptSpec],
+                   settings: Settings | None = None, progress: ProgressCallback | None = None,
+                   cancel: threading.Event | None = None, **models) -> SegmentationResult:
+    """Segment a volume (path, Volume or (z, y, x) array) for one or more prompts."""
+    if isinstance(volume, (str, os.PathLike)):
+        volume = read_volume(volume)
+    pipeline = Pipeline(settings, progress=progress, cancel=cancel, **models)
+    return pipeline.run(volume, prompts, progress, cancel)
+
+
+@dataclass
+class ImageResult:
+    """A 2D result: mask and saliency at the image's size, boxes in pixels, and a score."""
+
+    mask: np.ndarray
+    saliency: np.ndarray
+    boxes: list[Box]
+    score: float
+    messages: list[str]
+    timings: dict[str, float]
+
+
+def segment_image(image: np.ndarray | str | os.PathLike, prompt: PromptSpec, settings: Settings | None = None,
+                  progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                  **models) -> ImageResult:
+    """Segment one 2D image (array (H, W) / (H, W, 3), or a file) for one prompt."""
+    volume = read_volume(image) if isinstance(image, (str, os.PathLike)) else as_volume(image_to_gray(image))
+    if volume.array.shape[0] != 1:
+        raise InputError("segment_image takes a 2D image; use segment_volume for volumes.")
+    result = segment_volume(volume, [prompt], settings, progress, cancel, **models)
+    name = result.names[0]
+    return ImageResult(mask=result.masks[name][0], saliency=result.saliency[name][0],
+                       boxes=result.boxes[name].get(0, []), score=result.scores[name],
+                       messages=result.messages, timings=result.timings)
