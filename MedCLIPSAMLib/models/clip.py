@@ -136,6 +136,11 @@ def _load_state_dict(path: Path) -> dict:
 
 def _apply_weights(model: torch.nn.Module, state: dict, source: str) -> None:
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    wrong_shape = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if wrong_shape:
+        raise ModelError(f"The weights in {source} do not match the model configuration (wrong shape for "
+                         f"{wrong_shape[:3]}); the checkpoint belongs to another architecture.")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     if missing or result.unexpected_keys:

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny offline CLIP, real LiteMedSAM, synthetic images, optional shared data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# No test may reach a model hub: any accidental lookup fails loudly instead of downloading.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(os.environ.get("MEDCLIPSAM_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, skipping the test when a user's checkout lacks it."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared evaluation data not available ({path})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory) -> Path:
+    """A tiny BiomedCLIP-shaped model (vit_tiny + 2-layer BERT) written in the hub layout."""
+    from MedCLIPSAMLib.models.random_clip import make_random_clip
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    make_random_clip(folder, size="tiny", seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_folder):
+    from MedCLIPSAMLib.models.clip import load_clip_folder
+
+    return load_clip_folder(tiny_clip_folder)
+
+
+@pytest.fixture(scope="session")
+def litemedsam():
+    from MedCLIPSAMLib.models.sam import load_sam
+
+    return load_sam("litemedsam", None, "cpu")
+
+
+@pytest.fixture
+def fast_settings(tiny_clip_folder):
+    """Pipeline settings cheap enough for CPU tests (fewer M2IB steps and samples)."""
+    from MedCLIPSAMLib.settings import Settings
+
+    return Settings(clip_model=str(tiny_clip_folder), sam_backend="litemedsam", device="cpu",
+                    bottleneck_layer=9, m2ib_steps=2, m2ib_samples=2, refine_rounds=1)
+
+
+def disk_image(height: int = 96, width: int = 128, center=(40, 70), radius: int = 18, seed: int = 0) -> np.ndarray:
+    """A bright disk on a textured dark background (uint8), and nothing else."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    image = 40 + 15 * rng.standard_normal((height, width))
+    image[(yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius ** 2] = 200
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def disk_mask(height: int = 96, width: int = 128, center=(40, 70), radius: int = 18) -> np.ndarray:
+    yy, xx = np.mgrid[:height, :width]
+    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius ** 2

@@ -1,0 +1,107 @@
+"""`medclipsam segment` on NIfTI, NRRD and DICOM; exit codes and messages for bad input."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import disk_image
+from test_imageio import assert_same_geometry, make_volume, write_dicom_series
+from MedCLIPSAMLib.cli import build_parser, main, settings_from_args
+
+
+def small_volume() -> sitk.Image:
+    image = make_volume(shape=(4, 48, 56))
+    array = np.stack([disk_image(48, 56, (20, 30), 9, seed=z) for z in range(4)]).astype(np.int16) * 4
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
+def run(args, tiny_clip_folder):
+    return main([*args, "--clip-model", str(tiny_clip_folder), "--steps", "1", "--samples", "1",
+                 "--sam", "litemedsam", "--device", "cpu", "--quiet"])
+
+
+@pytest.mark.parametrize("kind", ["nii.gz", "nrrd", "dicom"])
+def test_segment_writes_labels_on_the_input_grid(tmp_path, tiny_clip_folder, kind, capsys):
+    image = small_volume()
+    if kind == "dicom":
+        source = tmp_path / "series"
+        write_dicom_series(image, source)
+    else:
+        source = tmp_path / f"ct.{kind}"
+        sitk.WriteImage(image, str(source))
+    output = tmp_path / "seg.nrrd"
+    assert run(["segment", str(source), "-p", "lesion", "-o", str(output), "--saliency-out",
+                str(tmp_path / "sal.nii.gz")], tiny_clip_folder) == 0
+    assert_same_geometry(sitk.ReadImage(str(output)), image)
+    assert_same_geometry(sitk.ReadImage(str(tmp_path / "sal.nii.gz")), image)
+    assert "label 1: 'lesion'" in capsys.readouterr().out
+
+
+def test_two_prompts_and_2d_png(tmp_path, tiny_clip_folder, capsys):
+    sitk.WriteImage(sitk.GetImageFromArray(disk_image()), str(tmp_path / "us.png"))
+    code = run(["segment", str(tmp_path / "us.png"), "-p", "disk", "-p", "background", "-o",
+                str(tmp_path / "m.nii.gz"), "--saliency-out", str(tmp_path / "s.nii.gz")], tiny_clip_folder)
+    assert code == 0
+    assert (tmp_path / "s_disk.nii.gz").exists() and (tmp_path / "s_background.nii.gz").exists()
+    assert sitk.ReadImage(str(tmp_path / "m.nii.gz")).GetSize() == (128, 96)
+    out = capsys.readouterr().out
+    assert "label 1: 'disk'" in out and "label 2: 'background'" in out
+
+
+def bad_input(tmp_path, case):
+    if case == "missing":
+        return tmp_path / "nope.nii.gz"
+    if case == "empty":
+        (tmp_path / "empty.nrrd").write_bytes(b"")
+        return tmp_path / "empty.nrrd"
+    if case == "4d":
+        sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((3, 9, 9), np.float32))] * 2),
+                        str(tmp_path / "4d.nii.gz"))
+        return tmp_path / "4d.nii.gz"
+    if case == "dicom":
+        (tmp_path / "dcm").mkdir()
+        (tmp_path / "dcm" / "a.dcm").write_bytes(b"DICM" * 10)
+        return tmp_path / "dcm"
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case, message", [("missing", "does not exist"), ("empty", "empty file"),
+                                           ("4d", "4D image"), ("dicom", "No readable DICOM series")])
+def test_bad_inputs_exit_with_code_3_and_a_message(tmp_path, tiny_clip_folder, capsys, case, message):
+    code = run(["segment", str(bad_input(tmp_path, case)), "-p", "tumor", "-o", str(tmp_path / "o.nii.gz")],
+               tiny_clip_folder)
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("error: ") and message in err
+    assert "Traceback" not in err and not (tmp_path / "o.nii.gz").exists()
+
+
+def test_axis_out_of_range_and_existing_output(tmp_path, tiny_clip_folder, capsys):
+    sitk.WriteImage(small_volume(), str(tmp_path / "v.nii.gz"))
+    assert run(["segment", str(tmp_path / "v.nii.gz"), "-p", "x", "-o", str(tmp_path / "o.nii.gz"),
+                "--axis", "3"], tiny_clip_folder) == 3
+    assert "Axis 3 is out of range" in capsys.readouterr().err
+    (tmp_path / "o.nii.gz").write_bytes(b"keep me")
+    assert run(["segment", str(tmp_path / "v.nii.gz"), "-p", "x", "-o", str(tmp_path / "o.nii.gz")],
+               tiny_clip_folder) == 3
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "o.nii.gz").read_bytes() == b"keep me"
+
+
+def test_missing_clip_weights_exit_code_4(tmp_path, capsys):
+    sitk.WriteImage(small_volume(), str(tmp_path / "v.nii.gz"))
+    code = main(["segment", str(tmp_path / "v.nii.gz"), "-p", "x", "-o", str(tmp_path / "o.nii.gz"),
+                 "--clip-model", str(tmp_path), "--quiet"])
+    assert code == 4 and "open_clip_config.json is missing" in capsys.readouterr().err
+
+
+def test_presets_fill_in_unless_the_user_set_the_option():
+    parser = build_parser()
+    args = parser.parse_args(["segment", "x.nii", "-p", "brain tumor", "-o", "y.nii"])
+    assert settings_from_args(args, "brain tumor").beta == 2.0
+    args = parser.parse_args(["segment", "x.nii", "-p", "Lungs", "-o", "y.nii", "--beta", "0.5"])
+    lungs = settings_from_args(args, "Lungs")
+    assert (lungs.beta, lungs.max_components, lungs.prompt_mode) == (0.5, 2, "points")
+    args = parser.parse_args(["segment", "x.nii", "-p", "lungs", "-o", "y.nii", "--no-preset", "--slices", "3-7"])
+    plain = settings_from_args(args, "lungs")
+    assert plain.max_components == 1 and plain.slice_range == (3, 7)

