@@ -81,6 +81,41 @@ def check_prompts(prompts: PromptSpec | Sequence[PromptSpec]) -> list[list[str]]
     return [[s.strip() for s in g] for g in sentences]
 
 
+@dataclass
+class Target:
+    """One prompt after the saliency stage, in slice order (the slicing axis first)."""
+
+    name: str
+    saliency: np.ndarray
+    """Volume-normalised saliency in [0, 1]."""
+    components: list[Component]
+    prompts: list[SlicePrompts]
+
+    @property
+    def coarse(self) -> np.ndarray:
+        """The kept salient components: the saliency stage's own mask."""
+        if not self.components:
+            return np.zeros(self.saliency.shape, dtype=bool)
+        return np.logical_or.reduce([c.mask for c in self.components])
+
+    @property
+    def score(self) -> float:
+        """Mean confidence of the kept components; 0 when nothing was found."""
+        return float(np.mean([c.confidence for c in self.components])) if self.components else 0.0
+
+
+@dataclass
+class Located:
+    """The saliency stage's output for every prompt."""
+
+    slices: np.ndarray
+    """uint8 slices, slicing axis first."""
+    axis: int
+    targets: list[Target]
+    messages: list[str]
+    timings: dict[str, float]
+
+
 class _Runner:
     """State of one run: progress, cancel and per-stage timing."""
 
@@ -135,9 +170,26 @@ class Pipeline:
 
     def run(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> SegmentationResult:
-        s = self.settings
-        runner = _Runner(progress, cancel)
+        """Saliency, prompts and SAM for every prompt; the full zero-shot result."""
         start = time.perf_counter()
+        runner = _Runner(progress, cancel)
+        located = self._locate(volume, prompts, runner)
+        masks = self._sam(located.slices, [t.prompts for t in located.targets], runner)
+        t = time.perf_counter()
+        result = self._assemble(located, masks)
+        runner.timed("cleanup", t)
+        runner.timings["total"] = time.perf_counter() - start
+        result.timings = runner.timings
+        return result
+
+    def locate(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
+               progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> "Located":
+        """The saliency stage alone: maps, kept components and per-slice prompts (no SAM)."""
+        return self._locate(volume, prompts, _Runner(progress, cancel))
+
+    def _locate(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
+                runner: _Runner) -> "Located":
+        s = self.settings
         groups = check_prompts(prompts)
         volume = volume if isinstance(volume, Volume) else as_volume(volume)
         axis = check_axis(s.axis if s.axis is not None else through_plane_axis(volume), volume)
@@ -149,32 +201,24 @@ class Pipeline:
         messages = []
         if active.size == 0:
             messages.append("Every slice in the range is blank (constant); nothing to segment.")
-
         texts = [self.clip.encode_text(g, self.device) for g in groups]
         saliency = self._saliency(slices, active, texts, runner)
         t = time.perf_counter()
         valid = np.zeros(slices.shape[0], dtype=bool)
         valid[active] = True
         valid3d = np.broadcast_to(valid[:, None, None], slices.shape)
-        per_prompt: list[tuple[np.ndarray, list[Component], list[SlicePrompts]]] = []
         min_size = max(1, int(s.min_component_fraction * valid3d.sum()))
+        targets = []
         for group, raw in zip(groups, saliency):
             normalised = normalize_saliency(raw, valid3d)
             components = select_components(otsu_mask(normalised, valid3d), normalised, s.max_components, min_size)
             if not components and active.size:
                 messages.append(f"No salient region found for '{group[0]}': the result is empty. Try another "
                                 "wording, a prompt preset, or another bottleneck layer.")
-            per_prompt.append((normalised, components,
-                               prompts_per_slice(components, normalised, s.prompt_mode, s.points_per_component)))
+            targets.append(Target(group[0], normalised, components,
+                                  prompts_per_slice(components, normalised, s.prompt_mode, s.points_per_component)))
         runner.timed("prompts", t)
-
-        masks = self._sam(slices, [p[2] for p in per_prompt], runner)
-        t = time.perf_counter()
-        result = self._assemble(groups, per_prompt, masks, axis)
-        runner.timed("cleanup", t)
-        runner.timings["total"] = time.perf_counter() - start
-        result.messages, result.timings = messages, runner.timings
-        return result
+        return Located(slices, axis, targets, messages, runner.timings)
 
     def _active_slices(self, slices: np.ndarray) -> np.ndarray:
         """Slices in the range that are not constant (air or padding gets no CLIP/SAM pass)."""
@@ -236,26 +280,23 @@ class Pipeline:
         _with_oom_retry(batch, needed, self.settings.sam_batch_size)
         return masks
 
-    def _assemble(self, groups: list[list[str]], per_prompt: list, masks: list[np.ndarray],
-                  axis: int) -> SegmentationResult:
+    def _assemble(self, located: "Located", masks: list[np.ndarray]) -> SegmentationResult:
         """3D clean-up, label map, and everything moved back to the input's array order."""
-        s = self.settings
-        labels = np.zeros(masks[0].shape if masks else (0,), dtype=np.uint8 if len(groups) < 255 else np.uint16)
+        s, axis = self.settings, located.axis
+        labels = np.zeros(located.slices.shape, dtype=np.uint8 if len(masks) < 255 else np.uint16)
         out_masks, out_saliency, out_boxes, scores = {}, {}, {}, {}
-        for index, (group, (normalised, components, slice_prompts), mask) in enumerate(zip(groups, per_prompt, masks)):
-            if components:
-                mask = keep_overlapping(mask, np.logical_or.reduce([c.mask for c in components]))
-                mask = keep_largest_components(mask, s.max_components)
+        for index, (target, mask) in enumerate(zip(located.targets, masks)):
+            if target.components:
+                mask = keep_largest_components(keep_overlapping(mask, target.coarse), s.max_components)
             if s.fill_holes:
                 mask = np.stack([ndimage.binary_fill_holes(m) for m in mask])
             labels[mask & (labels == 0)] = index + 1
-            name = group[0]
-            out_masks[name] = np.moveaxis(mask, 0, axis)
-            out_saliency[name] = np.moveaxis(normalised, 0, axis)
-            out_boxes[name] = {z: list(p.boxes) for z, p in enumerate(slice_prompts) if p.boxes}
-            scores[name] = float(np.mean([c.confidence for c in components])) if components else 0.0
+            out_masks[target.name] = np.moveaxis(mask, 0, axis)
+            out_saliency[target.name] = np.moveaxis(target.saliency, 0, axis)
+            out_boxes[target.name] = {z: list(p.boxes) for z, p in enumerate(target.prompts) if p.boxes}
+            scores[target.name] = target.score
         return SegmentationResult(labels=np.moveaxis(labels, 0, axis), masks=out_masks, saliency=out_saliency,
-                                  boxes=out_boxes, scores=scores, axis=axis)
+                                  boxes=out_boxes, scores=scores, axis=axis, messages=located.messages)
 
 
 def segment_volume(volume: Volume | np.ndarray | str | os.PathLike, prompts: PromptSpec | Sequence[PromptSpec],
