@@ -163,10 +163,19 @@ class Pipeline:
             torch.set_num_threads(max(1, os.cpu_count() or 1))
         s = self.settings
         self.clip = clip or cached_clip(s.clip_model, progress, cancel)
-        self.sam = sam or load_sam(s.sam_backend, s.sam_checkpoint, str(self.device), s.bf16, progress, cancel)
+        self._sam_backend, self._load_callbacks = sam, (progress, cancel)
         self.m2ib = M2IB(self.clip, M2IBConfig(layer=s.bottleneck_layer, beta=s.beta, steps=s.m2ib_steps,
                                                 lr=s.m2ib_lr, samples=s.m2ib_samples, seed=s.seed),
                          self.device, bf16=s.bf16)
+
+    @property
+    def sam(self) -> SamBackend:
+        """Loaded on first use, so the saliency stage alone never loads SAM."""
+        if self._sam_backend is None:
+            s = self.settings
+            self._sam_backend = load_sam(s.sam_backend, s.sam_checkpoint, str(self.device), s.bf16,
+                                         *self._load_callbacks)
+        return self._sam_backend
 
     def run(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> SegmentationResult:

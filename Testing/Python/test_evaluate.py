@@ -1,0 +1,93 @@
+"""`medclipsam evaluate`: case discovery, the three modes, outputs and resume."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import disk_image, disk_mask
+from MedCLIPSAMLib.cli import main
+from MedCLIPSAMLib.errors import InputError
+from MedCLIPSAMLib.evaluate import find_cases, oracle_boxes
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, center in enumerate([(40, 60), (50, 70), (45, 50)]):
+        sitk.WriteImage(sitk.GetImageFromArray(disk_image(center=center, seed=i)), str(folder / f"case{i}.png"))
+        mask = disk_mask(center=center).astype(np.uint8) * 255
+        sitk.WriteImage(sitk.GetImageFromArray(mask), str(folder / f"case{i}_mask.png"))
+    (folder / "notes.txt").write_text("not a case")
+    return folder
+
+
+def read_rows(out):
+    with (out / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_case_discovery(tmp_path, dataset):
+    assert [c.name for c in find_cases(dataset)] == ["case0", "case1", "case2"]
+    (tmp_path / "vol").mkdir()
+    for name in ("brain1_image.nrrd", "brain1_label.nrrd"):
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 9, 9), np.uint8)), str(tmp_path / "vol" / name))
+    assert [(c.name, c.mask.name) for c in find_cases(tmp_path / "vol")] == [("brain1", "brain1_label.nrrd")]
+    with pytest.raises(InputError, match="is not a folder"):
+        find_cases(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="No image/mask pairs"):
+        find_cases(tmp_path / "empty")
+
+
+def test_oracle_boxes_per_component_and_growth():
+    truth = np.zeros((2, 40, 40), bool)
+    truth[1, 5:10, 5:10] = True
+    truth[1, 20:30, 25:35] = True
+    assert oracle_boxes(truth, 0.0) == {1: [(5, 5, 9, 9), (25, 20, 34, 29)]}
+    assert oracle_boxes(truth, 0.2)[1][1] == (23, 18, 36, 31)
+
+
+def test_oracle_mode_writes_metrics_summary_and_figures(tmp_path, dataset):
+    out = tmp_path / "out"
+    assert main(["evaluate", str(dataset), "--oracle-boxes", "--out", str(out), "--sam", "litemedsam",
+                 "--device", "cpu", "--quiet"]) == 0
+    rows = read_rows(out)
+    assert [r["case"] for r in rows] == ["case0", "case1", "case2"]
+    assert all(float(r["dsc"]) > 0.9 and int(r["boxes"]) == 1 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == 3 and summary["mode"] == "oracle"
+    assert summary["dsc_mean"] == pytest.approx(np.mean([float(r["dsc"]) for r in rows]), abs=1e-4)
+    assert "torch" in summary["versions"] and summary["settings"]["sam_backend"] == "litemedsam"
+    assert (out / "overlays" / "case1.png").stat().st_size > 1000 and (out / "best_worst.png").exists()
+
+
+def test_resume_skips_finished_cases_and_refuses_to_clobber(tmp_path, dataset):
+    out = tmp_path / "out"
+    args = ["evaluate", str(dataset), "--oracle-boxes", "--out", str(out), "--sam", "litemedsam", "--quiet",
+            "--no-figures"]
+    assert main(args + ["--limit", "1"]) == 0
+    assert main(args) == 3  # metrics.csv exists and no --resume
+    assert len(read_rows(out)) == 1
+    assert main(args + ["--resume"]) == 0
+    assert [r["case"] for r in read_rows(out)] == ["case0", "case1", "case2"]
+
+
+def test_zero_shot_and_saliency_only_modes(tmp_path, dataset, tiny_clip_folder):
+    common = ["--clip-model", str(tiny_clip_folder), "--steps", "1", "--samples", "1", "--sam", "litemedsam",
+              "--device", "cpu", "--quiet", "--no-figures", "--limit", "2"]
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"case0": "bright disk", "case1": "round lesion"}))
+    assert main(["evaluate", str(dataset), "--prompt-json", str(prompts), "--out", str(tmp_path / "zs")] + common) == 0
+    rows = read_rows(tmp_path / "zs")
+    assert [r["prompt"] for r in rows] == ["bright disk", "round lesion"]
+    assert all(0 <= float(r["dsc"]) <= 1 and 0 <= float(r["nsd"]) <= 1 for r in rows)
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("a bright disk\na round bright shape\n")
+    assert main(["evaluate", str(dataset), "--saliency-only", "--prompt-file", str(sentences),
+                 "--out", str(tmp_path / "sal")] + common) == 0
+    rows = read_rows(tmp_path / "sal")
+    assert rows[0]["prompt"] == "a bright disk | a round bright shape" and int(rows[0]["boxes"]) >= 1
+    assert main(["evaluate", str(dataset), "--out", str(tmp_path / "none")] + common) == 3
