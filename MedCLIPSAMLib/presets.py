@@ -7,20 +7,17 @@ the prompt matches, unless the user set them explicitly.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterable
 
+from .resources import resource_path
 from .settings import Settings
 
-PRESETS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "prompt_presets.json"
 
 
-def load_presets(path: Path = PRESETS_FILE) -> dict[str, dict[str, Any]]:
-    packaged = Path(__file__).resolve().parent / "prompt_presets.json"
-    source = packaged if packaged.exists() else path
-    if not source.exists():
-        return {}
-    return {k: v for k, v in json.loads(source.read_text()).items() if not k.startswith("_")}
+def load_presets() -> dict[str, dict[str, Any]]:
+    """Preset name (lower case prompt) -> Settings fields."""
+    raw = json.loads(resource_path("prompt_presets.json").read_text())
+    return {k: v for k, v in raw.items() if not k.startswith("_")}
 
 
 def apply_preset(settings: Settings, prompt: str, explicit: Iterable[str] = ()) -> tuple[Settings, str | None]:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Cancelled, ModelError
+from ..resources import resource_path
 
-CATALOG_FILE = Path(__file__).resolve().parents[2] / "Resources" / "model_catalog.json"
 ProgressCallback = Callable[[str, int, int], None]
 """(stage, done, total) - the same signature the pipeline uses."""
 
@@ -43,14 +43,9 @@ class CatalogEntry:
     hub_id: str | None = None
 
 
-def _catalog_path() -> Path:
-    packaged = Path(__file__).resolve().parents[1] / "model_catalog.json"
-    return packaged if packaged.exists() else CATALOG_FILE
-
-
 def load_catalog() -> dict[str, CatalogEntry]:
     """All downloadable models, keyed by short name (biomedclip, vit_b, vit_l, vit_h, litemedsam)."""
-    raw = json.loads(_catalog_path().read_text())
+    raw = json.loads(resource_path("model_catalog.json").read_text())
     return {key: CatalogEntry(key=key, title=v["title"], kind=v["kind"], licence=v["licence"],
                               size_bytes=v["size_bytes"], hub_id=v.get("hub_id"),
                               files=[ModelFile(**f) for f in v["files"]])

@@ -1,0 +1,152 @@
+"""Slicer glue with the real MRML and Segmentations classes of the slicer-core wheel."""
+import threading
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from conftest import disk_image  # noqa: E402
+from MedCLIPSAMLib.errors import Cancelled  # noqa: E402
+from MedCLIPSAMLib.mrml import (add_saliency_volume, apply_result, array_from_volume, segment_style,  # noqa: E402
+                                segment_to_array)
+from MedCLIPSAMLib.slicer_run import Request, apply, compute, read_input, view_slice  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def segmentation_converters():
+    """The conversion rules the Slicer application registers when its Segmentations module starts."""
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+                 slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
+        factory.RegisterConverterRule(rule())
+
+
+@pytest.fixture
+def scene():
+    """A scene with the default colour tables, as the Slicer application sets it up."""
+    scene = slicer.vtkMRMLScene()
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)
+    yield scene
+    colors.SetMRMLScene(None)
+
+
+@pytest.fixture
+def volume_node(scene):
+    """An anisotropic, obliquely oriented volume (IJK axes not aligned with RAS)."""
+    array = np.stack([disk_image(40, 56, (18, 30), 9, seed=z) for z in range(6)]).astype(np.int16)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "patient")
+    image = vtk.vtkImageData()
+    image.SetDimensions(56, 40, 6)
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    from vtk.util import numpy_support
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = array.ravel()
+    node.SetAndObserveImageData(image)
+    node.SetSpacing(0.6, 0.9, 3.0)
+    node.SetOrigin(-10.0, 25.0, 4.0)
+    a = np.deg2rad(25)
+    directions = vtk.vtkMatrix4x4()
+    rotation = [[np.cos(a), 0, np.sin(a)], [0, -1, 0], [-np.sin(a), 0, np.cos(a)]]
+    for r in range(3):
+        for c in range(3):
+            directions.SetElement(r, c, rotation[r][c])
+    node.SetIJKToRASDirectionMatrix(directions)
+    return node
+
+
+def test_mask_reads_back_voxel_identical_through_slicer_export(scene, volume_node):
+    mask = np.zeros((6, 40, 56), np.uint8)
+    mask[2:5, 10:20, 30:45] = 1
+    mask[3, 35, 2] = 1  # a lone voxel near a corner
+    record = apply_result(scene, volume_node, {"brain tumor": mask})
+    segmentation_node = scene.GetNodeByID(record.segmentation_node_id)
+    (segment_id,) = record.segment_ids
+    np.testing.assert_array_equal(segment_to_array(segmentation_node, segment_id, volume_node), mask)
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "brain tumor"
+    style = segment_style("brain tumor")
+    assert segment.GetColor() == pytest.approx(style.color)
+    tag = vtk.reference("")
+    assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag) and "108369006" in str(tag)
+
+
+def test_existing_segments_survive_and_names_do_not_clash(scene, volume_node):
+    first = np.zeros((6, 40, 56), np.uint8)
+    first[1, 5:10, 5:10] = 1
+    record = apply_result(scene, volume_node, {"lesion": first})
+    node = scene.GetNodeByID(record.segmentation_node_id)
+    second = np.zeros_like(first)
+    second[4, 20:30, 20:30] = 1
+    again = apply_result(scene, volume_node, {"lesion": second, "liver": np.zeros_like(first)}, node)
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(3)] == ["lesion", "lesion 2", "liver"]
+    np.testing.assert_array_equal(segment_to_array(node, record.segment_ids[0], volume_node), first)
+    np.testing.assert_array_equal(segment_to_array(node, again.segment_ids[0], volume_node), second)
+
+
+def test_undo_restores_the_scene_in_one_step(scene, volume_node):
+    base = np.zeros((6, 40, 56), np.uint8)
+    base[1, 5:10, 5:10] = 1
+    node = scene.GetNodeByID(apply_result(scene, volume_node, {"lesion": base}).segmentation_node_id)
+    nodes_before = scene.GetNumberOfNodes()
+    record = apply_result(scene, volume_node, {"lesion": np.ones_like(base)}, node, replace=True,
+                          saliency={"lesion": np.random.default_rng(0).random((6, 40, 56))})
+    assert node.GetSegmentation().GetNumberOfSegments() == 1 and scene.GetNumberOfNodes() == nodes_before + 2
+    record.undo()
+    assert scene.GetNumberOfNodes() == nodes_before
+    (segment_id,) = node.GetSegmentation().GetSegmentIDs()
+    np.testing.assert_array_equal(segment_to_array(node, segment_id, volume_node), base)
+
+
+def test_failed_apply_leaves_no_trace(scene, volume_node):
+    nodes_before = scene.GetNumberOfNodes()
+    good = np.zeros((6, 40, 56), np.uint8)
+    with pytest.raises(ValueError, match="has shape"):
+        apply_result(scene, volume_node, {"a": good}, saliency={"a": np.zeros((2, 2, 2))})
+    assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_saliency_volume_has_the_reference_geometry_and_a_heat_map(scene, volume_node):
+    values = np.random.default_rng(1).random((6, 40, 56)).astype(np.float32)
+    node = add_saliency_volume(scene, volume_node, values, "tumor saliency")
+    a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(a)
+    volume_node.GetIJKToRASMatrix(b)
+    assert all(a.GetElement(r, c) == pytest.approx(b.GetElement(r, c)) for r in range(4) for c in range(4))
+    np.testing.assert_array_equal(array_from_volume(node), values)
+    assert node.GetDisplayNode().GetColorNodeID() == "vtkMRMLPETProceduralColorNodePET-Heat"
+
+
+def test_view_slice_picks_the_axis_along_the_view_normal(volume_node):
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    slice_to_ras = vtk.vtkMatrix4x4()
+    for r in range(3):  # a view whose normal is the volume's k axis, centred on slice 4
+        slice_to_ras.SetElement(r, 2, ijk_to_ras.GetElement(r, 2))
+        slice_to_ras.SetElement(r, 3, ijk_to_ras.MultiplyPoint([20, 10, 4, 1])[r])
+    assert view_slice(volume_node, slice_to_ras) == (0, 4)
+
+
+def test_logic_run_end_to_end_and_cancel_changes_nothing(scene, volume_node, fast_settings, tiny_clip, litemedsam):
+    from MedCLIPSAMLib.pipeline import Pipeline
+
+    pipeline = Pipeline(fast_settings, clip=tiny_clip, sam=litemedsam)
+    request = Request(prompts=["brain tumor"], settings=fast_settings)
+    volume = read_input(volume_node)
+    assert volume.array.shape == (6, 40, 56) and volume.spacing_zyx == pytest.approx((3.0, 0.9, 0.6))
+    nodes_before = scene.GetNumberOfNodes()
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        compute(volume, request, cancel=cancel, pipeline=pipeline)
+    assert scene.GetNumberOfNodes() == nodes_before
+    result = compute(volume, request, pipeline=pipeline)
+    record = apply(scene, volume_node, result, request)
+    node = scene.GetNodeByID(record.segmentation_node_id)
+    segment = node.GetSegmentation().GetSegment(record.segment_ids[0])
+    assert segment.GetName() == "brain tumor"
+    np.testing.assert_array_equal(segment_to_array(node, record.segment_ids[0], volume_node),
+                                  result.masks["brain tumor"].astype(np.uint8))
+    assert scene.GetFirstNodeByName("brain tumor saliency") is not None
