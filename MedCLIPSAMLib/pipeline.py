@@ -28,6 +28,8 @@ from .saliency import M2IB, M2IBConfig, clip_inputs, maps_to_slices
 from .settings import Settings
 
 ProgressCallback = Callable[[str, int, int], None]
+BODY_INTENSITY = 25
+"""uint8 level (10% of the normalised range) above which a pixel counts as body, not air."""
 PromptSpec = str | Sequence[str]
 """A prompt: one text, or a list of sentences averaged as an ensemble (named after the first)."""
 
@@ -151,6 +153,18 @@ def _with_oom_retry(fn: Callable[[np.ndarray], None], indices: np.ndarray, batch
             batch_size //= 2
 
 
+def interpolate_between(maps: np.ndarray, keys: np.ndarray, wanted: np.ndarray) -> None:
+    """Fill ``maps[z]`` for wanted slices that are not keys, linearly from the nearest keys (in place)."""
+    for z in np.setdiff1d(wanted, keys):
+        after = np.searchsorted(keys, z)
+        if after == 0 or after == len(keys):
+            maps[z] = maps[keys[min(after, len(keys) - 1)]]
+            continue
+        low, high = keys[after - 1], keys[after]
+        weight = (z - low) / (high - low)
+        maps[z] = (1 - weight) * maps[low] + weight * maps[high]
+
+
 class Pipeline:
     """Loaded models plus settings; ``run`` segments one volume for one or more prompts."""
 
@@ -230,7 +244,7 @@ class Pipeline:
         return Located(slices, axis, targets, messages, runner.timings)
 
     def _active_slices(self, slices: np.ndarray) -> np.ndarray:
-        """Slices in the range that are not constant (air or padding gets no CLIP/SAM pass)."""
+        """Slices in the range that show anything: constant or nearly all-air slices get no CLIP/SAM pass."""
         count = slices.shape[0]
         first, last = self.settings.slice_range or (0, count - 1)
         if first >= count:
@@ -239,28 +253,41 @@ class Pipeline:
         last = min(last, count - 1)
         chosen = np.arange(first, last + 1)
         flat = slices[chosen].reshape(len(chosen), -1)
-        return chosen[flat.max(axis=1) > flat.min(axis=1)]
+        varies = flat.max(axis=1) > flat.min(axis=1)
+        body = (flat > BODY_INTENSITY).mean(axis=1) >= self.settings.min_body_fraction
+        return chosen[varies & body]
 
     def _saliency(self, slices: np.ndarray, active: np.ndarray, texts: list[torch.Tensor],
                   runner: _Runner) -> list[np.ndarray]:
-        """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt."""
+        """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt.
+
+        With ``saliency_stride`` k > 1 only every k-th active slice is computed and the maps
+        of the slices between are interpolated linearly.
+        """
         maps = [np.zeros(slices.shape, dtype=np.float32) for _ in texts]
+        keys = active[:: self.settings.saliency_stride]
+        if keys.size and keys[-1] != active[-1]:
+            keys = np.append(keys, active[-1])
         done = 0
-        runner.report("saliency", 0, len(active))
+        runner.report("saliency", 0, len(keys))
 
         def batch(part: np.ndarray) -> None:
             nonlocal done
             t = time.perf_counter()
             images, pad = clip_inputs(slices[part], self.clip, self.device)
             tokens = self.m2ib.prefix_tokens(images)
+            runner.timed("clip_features", t)
+            t = time.perf_counter()
             for target, text in zip(maps, texts):
                 grid = self.m2ib.saliency_from_prefix(tokens, text)
                 target[part] = maps_to_slices(grid, pad, self.clip.image_size)
-            runner.timed("saliency", t)
+            runner.timed("m2ib", t)
             done += len(part)
-            runner.report("saliency", done, len(active))
+            runner.report("saliency", done, len(keys))
 
-        _with_oom_retry(batch, active, self.settings.clip_batch_size)
+        _with_oom_retry(batch, keys, self.settings.clip_batch_size)
+        for target in maps:
+            interpolate_between(target, keys, active)
         return maps
 
     def _sam(self, slices: np.ndarray, prompts: list[list[SlicePrompts]], runner: _Runner) -> list[np.ndarray]:

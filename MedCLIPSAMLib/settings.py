@@ -59,6 +59,10 @@ class Settings:
     """Inclusive first and last slice to process; None: all."""
     window: str | None = None
     """CT window preset name (see imageio.CT_WINDOWS); None: robust percentiles."""
+    saliency_stride: int = 1
+    """CPU shortcut: M2IB on every k-th slice, maps interpolated in between (1: every slice)."""
+    min_body_fraction: float = 0.01
+    """Slices where fewer than this fraction of pixels are above 10% intensity (air) are skipped."""
 
     # --- execution ---
     device: str = "auto"
@@ -79,7 +83,8 @@ class Settings:
             raise InputError(f"Unknown prompt mode '{self.prompt_mode}'. Choose one of: {', '.join(PROMPT_MODES)}.")
         positive = {"max_components": self.max_components, "m2ib_steps": self.m2ib_steps,
                     "m2ib_samples": self.m2ib_samples, "clip_batch_size": self.clip_batch_size,
-                    "sam_batch_size": self.sam_batch_size, "points_per_component": self.points_per_component}
+                    "sam_batch_size": self.sam_batch_size, "points_per_component": self.points_per_component,
+                    "saliency_stride": self.saliency_stride}
         for name, value in positive.items():
             if int(value) < 1:
                 raise InputError(f"'{name}' must be at least 1 (got {value}).")

@@ -109,7 +109,7 @@ def build_clip(model_cfg: dict) -> torch.nn.Module:
     return open_clip.CLIP(**cfg)
 
 
-def _make_bundle(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict, source: str) -> ClipBundle:
+def make_bundle(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict, source: str) -> ClipBundle:
     from open_clip.tokenizer import HFTokenizer
 
     text_cfg = model_cfg["text_cfg"]
@@ -161,7 +161,7 @@ def load_clip_folder(folder: Path) -> ClipBundle:
         raise ModelError(f"'{folder}' holds no weights file (one of {', '.join(WEIGHT_NAMES)}).")
     model = build_clip(model_cfg)
     _apply_weights(model, _load_state_dict(weights), str(weights))
-    return _make_bundle(model, model_cfg, config.get("preprocess_cfg", {}), str(folder))
+    return make_bundle(model, model_cfg, config.get("preprocess_cfg", {}), str(folder))
 
 
 def save_clip_folder(bundle_or_model: ClipBundle | torch.nn.Module, model_cfg: dict, folder: Path,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .clip import ClipBundle, biomedclip_model_config, build_clip, load_clip_folder, save_clip_folder
+from .clip import ClipBundle, biomedclip_model_config, build_clip, load_clip_folder, make_bundle, save_clip_folder
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BASIC_WORDS = ("a an the of in on with and or no to is are bright dark round square disk circle shape "
@@ -60,3 +60,15 @@ def make_random_clip(folder: Path, size: str = "tiny", seed: int = 0, context_le
         torch.manual_seed(seed)
         save_clip_folder(build_clip(model_cfg), model_cfg, folder)
     return load_clip_folder(folder)
+
+
+def random_clip_in_memory(folder: Path, size: str = "pubmedbert", seed: int = 0) -> ClipBundle:
+    """The same model built in memory (only the small text-tower files go to ``folder``).
+
+    For benchmarks of the full-size architecture: skips writing and reading ~800 MB of weights.
+    """
+    folder = Path(folder)
+    write_text_tower(folder, size)
+    model_cfg = biomedclip_model_config(str(folder), VISION_MODELS[size])
+    torch.manual_seed(seed)
+    return make_bundle(build_clip(model_cfg), model_cfg, {}, f"random {size} CLIP")

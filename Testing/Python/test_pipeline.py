@@ -27,7 +27,7 @@ def test_segment_image_returns_aligned_outputs(fast_settings, tiny_clip, litemed
     for x0, y0, x1, y1 in result.boxes:
         assert 0 <= x0 <= x1 < 140 and 0 <= y0 <= y1 < 90
     assert 0 < result.score <= 1
-    assert {"saliency", "sam_encoder", "total"} <= set(result.timings)
+    assert {"clip_features", "m2ib", "prompts", "sam_encoder", "sam_decoder", "total"} <= set(result.timings)
 
 
 def test_rgb_image_is_accepted(fast_settings, tiny_clip, litemedsam):
@@ -122,3 +122,35 @@ def test_brain_volume_end_to_end_keeps_geometry_and_bounded_memory(fast_settings
     np.testing.assert_allclose(written.GetSpacing(), source.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(written.GetDirection(), source.GetDirection(), atol=1e-6)
+
+
+def test_interpolation_between_key_slices():
+    from MedCLIPSAMLib.pipeline import interpolate_between
+
+    maps = np.zeros((7, 2, 2), np.float32)
+    maps[1], maps[4] = 1.0, 4.0
+    interpolate_between(maps, np.array([1, 4]), np.arange(0, 7))
+    assert [float(m[0, 0]) for m in maps] == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0, 4.0]
+
+
+def test_saliency_stride_computes_fewer_slices_and_default_computes_all(pipeline):
+    volume = np.stack([disk_image(48, 48, (24, 24), 10, seed=s) for s in range(7)]).astype(np.float32)
+    stages = []
+    full = pipeline.run(volume, "disk", progress=lambda s, d, t: stages.append((s, t)))
+    assert ("saliency", 7) in stages and pipeline.settings.saliency_stride == 1
+    pipeline.settings = pipeline.settings.replace(saliency_stride=3)
+    stages.clear()
+    strided = pipeline.run(volume, "disk", progress=lambda s, d, t: stages.append((s, t)))
+    assert ("saliency", 3) in stages  # slices 0, 3, 6
+    raw_full, raw_strided = full.saliency["disk"], strided.saliency["disk"]
+    assert raw_full.shape == raw_strided.shape and np.isfinite(raw_strided).all()
+    assert raw_strided[1:3].max() > 0  # interpolated, not left empty
+
+
+def test_air_slices_are_skipped(pipeline):
+    volume = np.stack([disk_image(48, 48, (24, 24), 10, seed=s) for s in range(4)]).astype(np.float32)
+    volume[0] = np.random.default_rng(0).normal(5, 2, (48, 48))  # noisy air
+    volume[0, :2, :5] = 200  # 10 bright pixels: 0.4% of the slice
+    stages = []
+    result = pipeline.run(volume, "disk", progress=lambda s, d, t: stages.append((s, d, t)))
+    assert ("saliency", 3, 3) in stages and not result.masks["disk"][0].any()
