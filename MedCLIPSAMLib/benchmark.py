@@ -1,0 +1,192 @@
+"""`medclipsam benchmark`: per-stage time per slice with the real architectures at random weights.
+
+Weights do not change the cost, so BiomedCLIP's architecture (ViT-B/16 + a PubMedBERT-sized
+BERT) and SAM ViT-B/L/H are built with random weights (no download); LiteMedSAM uses its
+real weights. The optimised pipeline runs on a synthetic volume, and a naive baseline
+(whole network every M2IB step, fp32, one slice at a time; SAM fp32 at batch 1) runs in
+the same process, so the speed-up is measured, not assumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .settings import Settings
+
+STAGES = ("clip_features", "m2ib", "post_processing", "sam_encoder", "sam_decoder", "io")
+
+
+def synthetic_volume(slices: int, size: int = 240, seed: int = 0) -> np.ndarray:
+    """A head-like ellipse with a bright ellipsoidal 'tumour' in the middle third of the slices."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:slices, :size, :size].astype(np.float32)
+    z0, r = slices / 2, max(slices / 6, 1)
+    head = ((yy - size / 2) / (0.42 * size)) ** 2 + ((xx - size / 2) / (0.36 * size)) ** 2 <= 1
+    tumour = ((zz - z0) / r) ** 2 + ((yy - 0.4 * size) / (0.1 * size)) ** 2 + ((xx - 0.55 * size) / (0.08 * size)) ** 2 <= 1
+    volume = np.where(head, 400.0, 0.0) + np.where(tumour, 500.0, 0.0) + rng.normal(0, 20, head.shape)
+    return volume.astype(np.float32)
+
+
+def build_models(sam_name: str, device: torch.device, size: str, folder: Path):
+    from .models.random_clip import random_clip_in_memory
+    from .models.sam import SamBackend, load_sam
+
+    clip = random_clip_in_memory(folder, size)
+    if sam_name == "litemedsam":
+        sam = load_sam("litemedsam", None, str(device))
+    else:
+        from segment_anything import sam_model_registry
+        sam = SamBackend(sam_model_registry[sam_name](), sam_name, 1024, device, minmax_normalise=False)
+    return clip, sam
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_io(volume: np.ndarray, folder: Path) -> float:
+    """Seconds to write and read the volume and write a label map of it (NIfTI, compressed)."""
+    start = time.perf_counter()
+    path = folder / "bench.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(path), useCompression=True)
+    read = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    sitk.WriteImage(sitk.GetImageFromArray((read > 600).astype(np.uint8)), str(folder / "label.nii.gz"),
+                    useCompression=True)
+    return time.perf_counter() - start
+
+
+def naive_baseline(clip, sam, slices: np.ndarray, settings: Settings, device: torch.device) -> dict[str, float]:
+    """Seconds per slice of the straightforward formulation: naive M2IB, fp32, batch 1; SAM fp32 batch 1."""
+    from .saliency import M2IB, M2IBConfig
+
+    m2ib = M2IB(clip, M2IBConfig(layer=settings.bottleneck_layer, beta=settings.beta, steps=settings.m2ib_steps,
+                                 samples=settings.m2ib_samples), device, bf16=False)
+    text = clip.encode_text(["brain tumor"], device)
+    _sync(device)
+    start = time.perf_counter()
+    m2ib.naive_saliency(slices, text)
+    _sync(device)
+    m2ib_time = (time.perf_counter() - start) / len(slices)
+    amp, sam.amp = sam.amp, False
+    start = time.perf_counter()
+    for one in slices:
+        sam.encode(one[None])
+    _sync(device)
+    sam.amp = amp
+    return {"m2ib_naive": m2ib_time, "sam_encoder_naive": (time.perf_counter() - start) / len(slices)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "litemedsam",
+                  size: str = "pubmedbert", naive_slices: int = 1, image_size: int = 240,
+                  settings: Settings | None = None) -> dict:
+    """Run everything once (after a warm-up) and return the figures as a dict."""
+    from .pipeline import Pipeline, resolve_device
+
+    device = resolve_device(device_name)
+    settings = (settings or Settings()).replace(device=str(device), sam_backend=sam_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        clip, sam = build_models(sam_name, device, size, folder)
+        pipeline = Pipeline(settings, clip=clip, sam=sam)
+        volume = synthetic_volume(slices, image_size)
+        pipeline.run(volume[slices // 2: slices // 2 + 1], "brain tumor")  # warm-up: kernels, caches
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        io_time = measure_io(volume, folder)
+        _sync(device)
+        start = time.perf_counter()
+        result = pipeline.run(volume, "brain tumor")
+        _sync(device)
+        wall = time.perf_counter() - start
+        peak = peak_memory_mb(device)
+        sam_slices = max(1, len(result.boxes["brain tumor"]))
+        from .imageio import normalize_intensity
+        normalised = normalize_intensity(volume)
+        naive = naive_baseline(clip, sam, normalised[slices // 2:slices // 2 + naive_slices], settings, device)
+    t = result.timings
+    per_slice = {
+        "clip_features": t.get("clip_features", 0.0) / slices,
+        "m2ib": t.get("m2ib", 0.0) / slices,
+        "post_processing": (t.get("prompts", 0.0) + t.get("cleanup", 0.0)) / slices,
+        "sam_encoder": t.get("sam_encoder", 0.0) / sam_slices,
+        "sam_decoder": t.get("sam_decoder", 0.0) / sam_slices,
+        "io": io_time / slices,
+    }
+    optimised = per_slice["clip_features"] + per_slice["m2ib"] + per_slice["sam_encoder"]
+    baseline = naive["m2ib_naive"] + naive["sam_encoder_naive"]
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "sam": sam_name, "clip": size, "slices": slices,
+        "image_size": image_size, "slices_with_sam": sam_slices, "bf16": settings.bf16 and device.type == "cuda",
+        "clip_batch_size": settings.clip_batch_size, "sam_batch_size": settings.sam_batch_size,
+        "m2ib_steps": settings.m2ib_steps, "m2ib_samples": settings.m2ib_samples,
+        "saliency_stride": settings.saliency_stride,
+        "seconds_per_slice": per_slice, "naive_seconds_per_slice": naive,
+        "speedup_vs_naive": baseline / optimised if optimised else float("nan"),
+        "m2ib_speedup_vs_naive": naive["m2ib_naive"] / max(per_slice["clip_features"] + per_slice["m2ib"], 1e-9),
+        "pipeline_wall_seconds": wall, "pipeline_seconds_per_slice": wall / slices, "peak_memory_mb": peak,
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"device {report['device']} ({report['threads']} threads), CLIP {report['clip']}, SAM {report['sam']}, "
+             f"{report['slices']} slices of {report['image_size']} px ({report['slices_with_sam']} with SAM), "
+             f"bf16 {report['bf16']}", "stage             ms/slice"]
+    for stage, value in report["seconds_per_slice"].items():
+        lines.append(f"  {stage:15s} {1000 * value:10.1f}")
+    naive = report["naive_seconds_per_slice"]
+    lines += [f"  {'pipeline (wall)':15s} {1000 * report['pipeline_seconds_per_slice']:10.1f}",
+              f"naive M2IB {1000 * naive['m2ib_naive']:.1f} ms/slice, naive SAM encoder "
+              f"{1000 * naive['sam_encoder_naive']:.1f} ms/slice",
+              f"speed-up vs naive: M2IB {report['m2ib_speedup_vs_naive']:.1f}x, "
+              f"M2IB+SAM encoder {report['speedup_vs_naive']:.1f}x",
+              f"peak memory {report['peak_memory_mb']:.0f} MB"]
+    return "\n".join(lines)
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("benchmark", help="per-stage speed with the real architectures at random weights")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--slices", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=240)
+    parser.add_argument("--sam", default="litemedsam", choices=["litemedsam", "vit_b", "vit_l", "vit_h"])
+    parser.add_argument("--clip-size", default="pubmedbert", choices=["pubmedbert", "tiny"],
+                        help="pubmedbert: BiomedCLIP's architecture; tiny: a quick smoke run")
+    parser.add_argument("--naive-slices", type=int, default=1, help="slices for the naive baseline")
+    parser.add_argument("--steps", type=int, help="M2IB steps (default 10)")
+    parser.add_argument("--samples", type=int, help="M2IB noise samples (default 10)")
+    parser.add_argument("--stride", type=int, help="saliency on every k-th slice")
+    parser.add_argument("--clip-batch-size", type=int)
+    parser.add_argument("--sam-batch-size", type=int)
+    parser.add_argument("--fp32", action="store_true", help="disable bf16 autocast on CUDA")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.set_defaults(func=cmd_benchmark)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    changes = {k: v for k, v in {"m2ib_steps": args.steps, "m2ib_samples": args.samples,
+                                 "saliency_stride": args.stride, "clip_batch_size": args.clip_batch_size,
+                                 "sam_batch_size": args.sam_batch_size}.items() if v is not None}
+    settings = Settings(bf16=not args.fp32, **changes)
+    report = run_benchmark(args.device, args.slices, args.sam, args.clip_size, args.naive_slices,
+                           args.image_size, settings)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
