@@ -68,7 +68,7 @@ class ClipBundle:
 
 
 def biomedclip_model_config(text_folder: str, vision_model: str = "vit_base_patch16_224",
-                            context_length: int = 256) -> dict:
+                            context_length: int = 256, image_size: int = 224) -> dict:
     """BiomedCLIP's open_clip model config with the text tower pointing at a local folder.
 
     Used for the real architecture with random weights (benchmarks) and, with
@@ -77,7 +77,7 @@ def biomedclip_model_config(text_folder: str, vision_model: str = "vit_base_patc
     return {
         "embed_dim": 512,
         "vision_cfg": {"timm_model_name": vision_model, "timm_model_pretrained": False,
-                       "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+                       "timm_pool": "", "timm_proj": "linear", "image_size": image_size},
         "text_cfg": {"hf_model_name": text_folder, "hf_tokenizer_name": text_folder,
                      "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
                      "context_length": context_length, "hf_model_pretrained": False},
@@ -104,9 +104,12 @@ def build_clip(model_cfg: dict) -> torch.nn.Module:
 
     cfg = copy.deepcopy(model_cfg)
     cfg.pop("custom_text", None)
-    if "hf_model_name" in cfg.get("text_cfg", {}):
-        return open_clip.CustomTextCLIP(**cfg)
-    return open_clip.CLIP(**cfg)
+    model = open_clip.CustomTextCLIP(**cfg) if "hf_model_name" in cfg.get("text_cfg", {}) else open_clip.CLIP(**cfg)
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    trunk = getattr(model.visual, "trunk", None)
+    if trunk is not None and hasattr(model.visual, "set_input_size") and tuple(trunk.patch_embed.img_size) != (size, size):
+        model.visual.set_input_size(size)  # open_clip keeps timm's default size otherwise
+    return model
 
 
 def make_bundle(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict, source: str) -> ClipBundle:

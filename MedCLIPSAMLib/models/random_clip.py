@@ -51,12 +51,13 @@ def write_text_tower(folder: Path, size: str = "tiny", context_length: int = 256
     return folder
 
 
-def make_random_clip(folder: Path, size: str = "tiny", seed: int = 0, context_length: int = 256) -> ClipBundle:
+def make_random_clip(folder: Path, size: str = "tiny", seed: int = 0, context_length: int = 256,
+                     image_size: int = 224) -> ClipBundle:
     """Create (or reuse) a random-weight CLIP folder and load it like real weights."""
     folder = Path(folder)
     if not (folder / "open_clip_config.json").is_file():
         write_text_tower(folder, size, context_length)
-        model_cfg = biomedclip_model_config(str(folder), VISION_MODELS[size], context_length)
+        model_cfg = biomedclip_model_config(str(folder), VISION_MODELS[size], context_length, image_size)
         torch.manual_seed(seed)
         save_clip_folder(build_clip(model_cfg), model_cfg, folder)
     return load_clip_folder(folder)
