@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable]:
     """Subcommands that live with their own module (evaluation, benchmark, ...)."""
     registrars = []
-    for module_name in ("evaluate", "benchmark", "finetune.train", "finetune.retrieval"):
+    for module_name in ("evaluate", "benchmark", "finetune.train", "finetune.retrieval", "weak.export",
+                        "weak.train", "weak.ensemble"):
         try:
             module = __import__(f"{__package__}.{module_name}", fromlist=["register_cli"])
         except ModuleNotFoundError as exc:

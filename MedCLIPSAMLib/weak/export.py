@@ -104,3 +104,36 @@ def add_case(folder: str | Path, case_id: str, image, label, label_name: str, mo
     sitk.WriteImage(label, str(label_path), useCompression=True)
     write_dataset_json(folder, label_name.strip(), modality)
     return image_path, label_path
+
+
+def register_cli(sub) -> None:
+    parser = sub.add_parser("nnunet-export", help="add image/label cases to an nnU-Net v2 raw dataset")
+    parser.add_argument("--raw", required=True, help="nnU-Net raw folder")
+    parser.add_argument("--dataset-id", type=int, required=True)
+    parser.add_argument("--name", required=True, help="dataset name (DatasetXXX_<name>)")
+    parser.add_argument("--label-name", required=True, help="the target, e.g. 'brain tumor'")
+    parser.add_argument("--modality", default="MRI", help="channel name, e.g. CT, MRI, US")
+    parser.add_argument("--image", help="one image (with --label and --case-id)")
+    parser.add_argument("--label", help="its 0/1 label on the image's grid (e.g. from medclipsam segment)")
+    parser.add_argument("--case-id")
+    parser.add_argument("--pairs", help="or: a folder of <case>.<ext> + <case>_mask.<ext> pairs")
+    parser.add_argument("--overwrite", action="store_true", help="replace cases that already exist")
+    parser.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    folder = dataset_dir(args.raw, args.dataset_id, args.name)
+    if args.pairs:
+        from ..evaluate import find_cases
+        cases = [(c.name, c.image, c.mask) for c in find_cases(Path(args.pairs))]
+    elif args.image and args.label and args.case_id:
+        cases = [(args.case_id, Path(args.image), Path(args.label))]
+    else:
+        raise InputError("Give --image, --label and --case-id, or --pairs FOLDER.")
+    for case_id, image, label in cases:
+        label_image = _as_image(label)
+        binary = sitk.Cast(label_image > 0, sitk.sitkUInt8)
+        binary.CopyInformation(label_image)
+        add_case(folder, case_id, image, binary, args.label_name, args.modality, args.overwrite)
+    print(f"{folder}: {json.loads((folder / 'dataset.json').read_text())['numTraining']} cases")
+    return 0

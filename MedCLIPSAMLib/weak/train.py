@@ -1,0 +1,113 @@
+"""`medclipsam nnunet-train`: plan, preprocess and train nnU-Net v2 with the cyclic-LR trainer.
+
+Everything goes through nnunetv2's Python API (no copy of nnU-Net's code); the trainer is
+found through ``nnUNet_extTrainer``. Environment knobs are set here, before nnU-Net reads them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from .schedule import cycle_length
+
+TRAINER = "nnUNetTrainerCyclicLR"
+TRAINER_FOLDER = Path(__file__).resolve().parent / "trainers"
+
+
+@dataclass
+class NnunetPaths:
+    raw: Path
+    preprocessed: Path
+    results: Path
+
+    def export(self) -> None:
+        """nnU-Net reads its folders from the environment."""
+        for name, path in (("nnUNet_raw", self.raw), ("nnUNet_preprocessed", self.preprocessed),
+                           ("nnUNet_results", self.results)):
+            path.mkdir(parents=True, exist_ok=True)
+            os.environ[name] = str(path)
+        existing = os.environ.get("nnUNet_extTrainer", "")
+        if str(TRAINER_FOLDER) not in existing.split(os.pathsep):
+            os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(TRAINER_FOLDER), existing) if p)
+
+
+def dataset_id_of(raw: Path, dataset: str | int) -> int:
+    text = str(dataset)
+    if text.isdigit():
+        return int(text)
+    if text.startswith("Dataset") and text[7:10].isdigit():
+        return int(text[7:10])
+    raise InputError(f"'{dataset}' is not a dataset id or a DatasetXXX_Name folder name.")
+
+
+def set_trainer_knobs(epochs: int, cycles: int, keep_last: int, lr: float, iterations: int,
+                      val_iterations: int) -> None:
+    length = cycle_length(epochs, cycles)
+    if not 1 <= keep_last <= length:
+        raise InputError(f"--keep-last must be between 1 and the cycle length {length}.")
+    os.environ.update({"MEDCLIPSAM_NNUNET_EPOCHS": str(epochs), "MEDCLIPSAM_NNUNET_CYCLES": str(cycles),
+                       "MEDCLIPSAM_NNUNET_KEEP_LAST": str(keep_last), "MEDCLIPSAM_NNUNET_LR": str(lr),
+                       "MEDCLIPSAM_NNUNET_ITERATIONS": str(iterations),
+                       "MEDCLIPSAM_NNUNET_VAL_ITERATIONS": str(val_iterations)})
+
+
+def train_nnunet(paths: NnunetPaths, dataset: str | int, configuration: str = "2d", epochs: int = 600,
+                 cycles: int = 3, keep_last: int = 10, lr: float = 1e-2, iterations: int = 250,
+                 val_iterations: int = 50, fold: int = 0, device: str = "cuda", processes: int = 2) -> Path:
+    """Train and return the model folder holding the snapshot checkpoints."""
+    import torch
+
+    paths.export()
+    set_trainer_knobs(epochs, cycles, keep_last, lr, iterations, val_iterations)
+    dataset_id = dataset_id_of(paths.raw, dataset)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
+                                                                     preprocess)
+    from nnunetv2.run.run_training import run_training
+
+    extract_fingerprints([dataset_id], num_processes=processes, check_dataset_integrity=True, verbose=False)
+    plan_experiments([dataset_id])
+    preprocess([dataset_id], configurations=(configuration,), num_processes=(processes,), verbose=False)
+    os.environ.setdefault("nnUNet_n_proc_DA", str(processes))  # only after planning (it breaks planning)
+    run_training(str(dataset_id), configuration, fold, trainer_class_name=TRAINER, device=torch.device(device))
+    return model_folder(paths, dataset_id, configuration)
+
+
+def model_folder(paths: NnunetPaths, dataset_id: int, configuration: str) -> Path:
+    matches = sorted(paths.results.glob(f"Dataset{dataset_id:03d}_*/{TRAINER}__nnUNetPlans__{configuration}"))
+    if not matches:
+        raise InputError(f"No trained {TRAINER} model for dataset {dataset_id} ({configuration}) in {paths.results}.")
+    return matches[0]
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("nnunet-train", help="train nnU-Net v2 with a cyclic LR and snapshot checkpoints")
+    parser.add_argument("dataset", help="dataset id or DatasetXXX_Name")
+    parser.add_argument("--raw", required=True, help="nnU-Net raw folder (holds DatasetXXX_Name)")
+    parser.add_argument("--preprocessed", required=True)
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--config", default="2d", choices=["2d", "3d_fullres", "3d_lowres"])
+    parser.add_argument("--epochs", type=int, default=600)
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--keep-last", type=int, default=10, help="snapshots over the last N epochs of each cycle")
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--iterations", type=int, default=250, help="training iterations per epoch")
+    parser.add_argument("--val-iterations", type=int, default=50)
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    folder = train_nnunet(NnunetPaths(Path(args.raw), Path(args.preprocessed), Path(args.results)), args.dataset,
+                          args.config, args.epochs, args.cycles, args.keep_last, args.lr, args.iterations,
+                          args.val_iterations, args.fold, args.device, args.processes)
+    snapshots = sorted((folder / f"fold_{args.fold}").glob("checkpoint_cycle*_epoch*.pth"))
+    print(f"trained in {time.perf_counter() - start:.0f} s; {len(snapshots)} snapshot checkpoints in "
+          f"{folder / f'fold_{args.fold}'}")
+    return 0
