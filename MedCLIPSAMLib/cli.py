@@ -51,7 +51,7 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "points_per_component": "points_per_component", "sam": "sam_backend", "sam_checkpoint": "sam_checkpoint",
     "refine_rounds": "refine_rounds", "fill_holes": "fill_holes", "axis": "axis", "slices": "slice_range",
     "window": "window", "device": "device", "clip_batch_size": "clip_batch_size",
-    "sam_batch_size": "sam_batch_size", "seed": "seed",
+    "sam_batch_size": "sam_batch_size", "seed": "seed", "stride": "saliency_stride",
 }
 
 
@@ -63,6 +63,7 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, help="M2IB KL weight")
     g.add_argument("--steps", type=int, help="M2IB optimisation steps")
     g.add_argument("--samples", type=int, help="M2IB noise samples per step")
+    g.add_argument("--stride", type=int, help="CPU shortcut: saliency on every k-th slice, interpolated between")
     g.add_argument("--k", type=int, help="salient components (and mask components) to keep")
     g.add_argument("--prompt-mode", choices=PROMPT_MODES)
     g.add_argument("--points-per-component", type=int)
