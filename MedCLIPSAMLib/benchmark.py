@@ -69,8 +69,7 @@ def naive_baseline(clip, sam, slices: np.ndarray, settings: Settings, device: to
     """Seconds per slice of the straightforward formulation: naive M2IB, fp32, batch 1; SAM fp32 batch 1."""
     from .saliency import M2IB, M2IBConfig
 
-    m2ib = M2IB(clip, M2IBConfig(layer=settings.bottleneck_layer, beta=settings.beta, steps=settings.m2ib_steps,
-                                 samples=settings.m2ib_samples), device, bf16=False)
+    m2ib = M2IB(clip, M2IBConfig.from_settings(settings), device, bf16=False)
     text = clip.encode_text(["brain tumor"], device)
     _sync(device)
     start = time.perf_counter()

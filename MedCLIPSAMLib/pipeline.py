@@ -171,16 +171,23 @@ class Pipeline:
     def __init__(self, settings: Settings | None = None, clip: ClipBundle | None = None,
                  sam: SamBackend | None = None, progress: ProgressCallback | None = None,
                  cancel: threading.Event | None = None):
-        self.settings = settings or Settings()
-        self.device = resolve_device(self.settings.device)
+        settings = settings or Settings()
+        self.device = resolve_device(settings.device)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-        s = self.settings
-        self.clip = clip or cached_clip(s.clip_model, progress, cancel)
+        self.clip = clip or cached_clip(settings.clip_model, progress, cancel)
         self._sam_backend, self._load_callbacks = sam, (progress, cancel)
-        self.m2ib = M2IB(self.clip, M2IBConfig(layer=s.bottleneck_layer, beta=s.beta, steps=s.m2ib_steps,
-                                                lr=s.m2ib_lr, samples=s.m2ib_samples, seed=s.seed),
-                         self.device, bf16=s.bf16)
+        self.settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        """New method settings take effect on the next run; device and models stay as constructed."""
+        self._settings = settings
+        self.m2ib = M2IB(self.clip, M2IBConfig.from_settings(settings), self.device, bf16=settings.bf16)
 
     @property
     def sam(self) -> SamBackend:

@@ -33,6 +33,12 @@ class M2IBConfig:
     seed: int = 0
     init_alpha: float = 5.0
 
+    @classmethod
+    def from_settings(cls, settings) -> "M2IBConfig":
+        """The M2IB part of a pipeline ``Settings``."""
+        return cls(layer=settings.bottleneck_layer, beta=settings.beta, steps=settings.m2ib_steps,
+                   lr=settings.m2ib_lr, samples=settings.m2ib_samples, seed=settings.seed)
+
 
 @dataclass
 class PadInfo:

@@ -154,3 +154,8 @@ def test_air_slices_are_skipped(pipeline):
     stages = []
     result = pipeline.run(volume, "disk", progress=lambda s, d, t: stages.append((s, d, t)))
     assert ("saliency", 3, 3) in stages and not result.masks["disk"][0].any()
+
+
+def test_changed_settings_reach_the_saliency_stage(pipeline):
+    pipeline.settings = pipeline.settings.replace(bottleneck_layer=5, beta=3.0, m2ib_steps=1)
+    assert (pipeline.m2ib.config.layer, pipeline.m2ib.config.beta, pipeline.m2ib.config.steps) == (5, 3.0, 1)
