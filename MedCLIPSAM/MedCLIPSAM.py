@@ -78,6 +78,11 @@ class MedCLIPSAMParameterNode:
     useLocalModels: bool = False
     clipModelPath: str = ""
     samCheckpointPath: str = ""
+    nnunetRawFolder: str = ""
+    datasetId: Annotated[int, WithinRange(1, 999)] = 501
+    datasetName: str = "MedCLIPSAM"
+    predictionMaskPath: str = ""
+    predictionEntropyPath: str = ""
 
 
 class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -104,6 +109,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.downloadModelsButton.connect("clicked(bool)", self.onDownloadModels)
         self.ui.saliencyOpacitySlider.connect("valueChanged(double)", self.onSaliencyOpacity)
+        self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
+        self.ui.loadPredictionButton.connect("clicked(bool)", self.onLoadPrediction)
         self.ui.progressBar.hide()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -244,6 +251,42 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onUndoButton(self) -> None:
         self.logic.undoLastRun()
         self.ui.statusLabel.text = "The last run was undone."
+        self._checkCanApply()
+
+    def onAddToTrainingSet(self) -> None:
+        """Export the input volume and the current (edited) segment as one nnU-Net case."""
+        p = self._parameterNode
+        segmentationNode = p.outputSegmentation
+        if not (p.inputVolume and segmentationNode and p.nnunetRawFolder):
+            slicer.util.errorDisplay("Choose the input volume, the output segmentation and the nnU-Net raw folder.")
+            return
+        segmentId = self._selectedSegmentId(segmentationNode)
+        try:
+            imagePath, _ = self.logic.addToTrainingSet(p, segmentationNode, segmentId)
+            self.ui.statusLabel.text = f"Added {imagePath.name} to the training set."
+        except Exception as exc:
+            slicer.util.errorDisplay(str(exc))
+
+    @staticmethod
+    def _selectedSegmentId(segmentationNode) -> str:
+        """The segment selected in the Segment Editor, else the last segment."""
+        editorNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentEditorNode")
+        selected = editorNode.GetSelectedSegmentID() if editorNode else ""
+        segmentation = segmentationNode.GetSegmentation()
+        if selected and segmentation.GetSegment(selected):
+            return selected
+        return segmentation.GetNthSegmentID(segmentation.GetNumberOfSegments() - 1)
+
+    def onLoadPrediction(self) -> None:
+        p = self._parameterNode
+        try:
+            record = self.logic.loadPrediction(p)
+        except Exception as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        if record.created_node_ids:
+            slicer.util.setSliceViewerLayers(foreground=record.created_node_ids[0], foregroundOpacity=p.saliencyOpacity)
+        self.ui.statusLabel.text = "Loaded the nnU-Net prediction and its uncertainty map."
         self._checkCanApply()
 
     def onDownloadModels(self) -> None:
@@ -407,6 +450,27 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         request = Request(prompts=list(prompts), settings=settings, show_saliency=showSaliency)
         result = compute(read_input(volumeNode), request, pipeline=pipeline)
         self.lastRun = apply(slicer.mrmlScene, volumeNode, result, request, segmentationNode)
+        return self.lastRun
+
+    def addToTrainingSet(self, p, segmentationNode, segmentId):
+        from pathlib import Path
+        from MedCLIPSAMLib.mrml import add_to_training_set
+        from MedCLIPSAMLib.weak.export import dataset_dir
+
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        folder = dataset_dir(Path(p.nnunetRawFolder), p.datasetId, p.datasetName)
+        existing = len(list((folder / "labelsTr").glob("*.nii.gz"))) if (folder / "labelsTr").exists() else 0
+        caseId = f"{p.datasetName}_{existing + 1:04d}"
+        return add_to_training_set(p.inputVolume, segmentationNode, segmentId, folder, caseId, segment.GetName(),
+                                   modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
+
+    def loadPrediction(self, p):
+        from MedCLIPSAMLib.mrml import load_prediction
+
+        if not (p.inputVolume and p.predictionMaskPath):
+            raise ValueError("Choose the input volume and the predicted mask file.")
+        self.lastRun = load_prediction(slicer.mrmlScene, p.inputVolume, p.predictionMaskPath,
+                                       p.predictionEntropyPath or None, "nnU-Net", p.outputSegmentation)
         return self.lastRun
 
     def undoLastRun(self) -> None:

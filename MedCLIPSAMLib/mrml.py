@@ -223,3 +223,52 @@ def segment_to_array(segmentation_node, segment_id: str, reference) -> np.ndarra
         return (array_from_volume(labelmap) > 0).astype(np.uint8)
     finally:
         remove_node(scene, labelmap)
+
+
+def volume_to_sitk(volume_node, array: np.ndarray):
+    """A SimpleITK image of ``array`` on the node's grid, in ITK's LPS convention.
+
+    Slicer's IJK-to-RAS becomes ITK's LPS geometry by negating the first two world axes;
+    done once here, so exported files overlay the volume in any viewer.
+    """
+    import SimpleITK as sitk
+
+    directions = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(directions)
+    ras = np.array([[directions.GetElement(r, c) for c in range(3)] for r in range(3)])
+    flip = np.diag([-1.0, -1.0, 1.0])
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(v) for v in volume_node.GetSpacing()))
+    image.SetOrigin(tuple(float(v) for v in flip @ np.array(volume_node.GetOrigin())))
+    image.SetDirection(tuple(float(v) for v in (flip @ ras).ravel()))
+    return image
+
+
+def add_to_training_set(volume_node, segmentation_node, segment_id: str, dataset_folder, case_id: str,
+                        label_name: str, modality: str = "MRI", overwrite: bool = False):
+    """Export the volume and one (edited) segment as an nnU-Net case; returns the written paths."""
+    from .weak.export import add_case
+
+    image = volume_to_sitk(volume_node, array_from_volume(volume_node))
+    label = volume_to_sitk(volume_node, segment_to_array(segmentation_node, segment_id, volume_node))
+    return add_case(dataset_folder, case_id, image, label, label_name, modality, overwrite)
+
+
+def load_prediction(scene, reference, mask_path, entropy_path=None, name: str = "nnU-Net",
+                    segmentation_node=None) -> RunRecord:
+    """An ensembled nnU-Net prediction for ``reference``: mask as a segment, entropy as an overlay."""
+    import SimpleITK as sitk
+
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
+    _check_shape(mask, reference, f"Prediction '{mask_path}'")
+    overlays = {}
+    if entropy_path is not None:
+        overlays[f"{name} uncertainty"] = sitk.GetArrayFromImage(sitk.ReadImage(str(entropy_path))).astype(np.float32)
+    record = apply_result(scene, reference, {name: mask.astype(np.uint8)}, segmentation_node)
+    for overlay_name, values in overlays.items():
+        try:
+            record.created_node_ids.append(add_saliency_volume(scene, reference, values, overlay_name).GetID())
+        except BaseException:
+            record.undo()
+            raise
+    return record

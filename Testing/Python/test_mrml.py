@@ -150,3 +150,40 @@ def test_logic_run_end_to_end_and_cancel_changes_nothing(scene, volume_node, fas
     np.testing.assert_array_equal(segment_to_array(node, record.segment_ids[0], volume_node),
                                   result.masks["brain tumor"].astype(np.uint8))
     assert scene.GetFirstNodeByName("brain tumor saliency") is not None
+
+
+def test_volume_to_sitk_maps_every_voxel_to_the_same_point(volume_node):
+    from MedCLIPSAMLib.mrml import volume_to_sitk
+
+    image = volume_to_sitk(volume_node, array_from_volume(volume_node))
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    for ijk in ((0, 0, 0), (55, 39, 5), (10, 20, 3)):
+        r, a, s, _ = ijk_to_ras.MultiplyPoint([*ijk, 1.0])
+        assert image.TransformIndexToPhysicalPoint(ijk) == pytest.approx((-r, -a, s))
+
+
+def test_edited_segment_goes_to_the_training_set_and_prediction_comes_back(scene, volume_node, tmp_path):
+    import SimpleITK as sitk
+    from MedCLIPSAMLib.mrml import add_to_training_set, load_prediction
+
+    mask = np.zeros((6, 40, 56), np.uint8)
+    mask[1:4, 10:25, 5:30] = 1
+    record = apply_result(scene, volume_node, {"lesion": mask})
+    node = scene.GetNodeByID(record.segmentation_node_id)
+    image_path, label_path = add_to_training_set(volume_node, node, record.segment_ids[0],
+                                                 tmp_path / "Dataset010_Lesion", "case1", "lesion")
+    label = sitk.ReadImage(str(label_path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label), mask)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(image_path))),
+                                  array_from_volume(volume_node))
+    # a prediction written on the exported grid loads back voxel-identical, with its entropy overlay
+    entropy = sitk.GetImageFromArray(np.full((6, 40, 56), 0.25, np.float32))
+    entropy.CopyInformation(label)
+    sitk.WriteImage(entropy, str(tmp_path / "entropy.nii.gz"))
+    loaded = load_prediction(scene, volume_node, label_path, tmp_path / "entropy.nii.gz", name="nnU-Net lesion")
+    loaded_node = scene.GetNodeByID(loaded.segmentation_node_id)
+    np.testing.assert_array_equal(segment_to_array(loaded_node, loaded.segment_ids[0], volume_node), mask)
+    overlay = scene.GetNodeByID(loaded.created_node_ids[0])
+    assert overlay.GetName() == "nnU-Net lesion uncertainty"
+    assert array_from_volume(overlay).max() == pytest.approx(0.25)
