@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import threading
 from pathlib import Path
 from typing import Callable, Sequence
 

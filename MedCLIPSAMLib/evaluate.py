@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import platform
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
-from .imageio import Volume, read_volume
+from .imageio import Volume, read_volume, resolve_axis
 from .metrics import dice, normalized_surface_dice
 from .prompts import Box, box_of, grow_box
 from .settings import Settings
@@ -67,11 +66,6 @@ def find_cases(folder: Path) -> list[Case]:
         raise InputError(f"No image/mask pairs in '{folder}': name them <case>.png + <case>_mask.png "
                          "(or <case>_image.nrrd + <case>_label.nrrd).")
     return cases
-
-
-def slice_axis(volume: Volume, settings: Settings) -> int:
-    from .imageio import check_axis, through_plane_axis
-    return check_axis(settings.axis if settings.axis is not None else through_plane_axis(volume), volume)
 
 
 def oracle_boxes(truth: np.ndarray, grow: float) -> dict[int, list[Box]]:
@@ -126,7 +120,7 @@ class Evaluator:
         """Prediction (z, y, x), number of boxes, and per-slice boxes (for the figure)."""
         if self.mode == "oracle":
             from .imageio import normalize_intensity
-            axis = slice_axis(volume, self.settings)
+            axis = resolve_axis(self.settings.axis, volume)
             slices = np.moveaxis(normalize_intensity(volume.array, self.settings.window), axis, 0)
             moved = np.moveaxis(truth, axis, 0)
             mask, count = oracle_segment(self.sam, slices, moved, self.grow, self.settings.refine_rounds,

@@ -197,6 +197,11 @@ def check_axis(axis: int, volume: Volume) -> int:
     return axis % 3
 
 
+def resolve_axis(axis: int | None, volume: Volume) -> int:
+    """The slicing axis: the one asked for (checked), else the through-plane axis."""
+    return check_axis(axis if axis is not None else through_plane_axis(volume), volume)
+
+
 def write_label(labels: np.ndarray, reference: sitk.Image, path: str | os.PathLike,
                 overwrite: bool = False) -> Path:
     """Write a (z, y, x) label array with the reference geometry; never overwrite silently."""

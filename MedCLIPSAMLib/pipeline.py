@@ -18,8 +18,7 @@ import torch
 from scipy import ndimage
 
 from .errors import Cancelled, InputError
-from .imageio import (Volume, as_volume, check_axis, image_to_gray, normalize_intensity, read_volume,
-                      through_plane_axis)
+from .imageio import Volume, as_volume, image_to_gray, normalize_intensity, read_volume, resolve_axis
 from .models.clip import ClipBundle, cached_clip
 from .models.sam import SamBackend, load_sam
 from .prompts import (Box, Component, SlicePrompts, keep_largest_components, keep_overlapping, normalize_saliency,
@@ -222,7 +221,7 @@ class Pipeline:
         s = self.settings
         groups = check_prompts(prompts)
         volume = volume if isinstance(volume, Volume) else as_volume(volume)
-        axis = check_axis(s.axis if s.axis is not None else through_plane_axis(volume), volume)
+        axis = resolve_axis(s.axis, volume)
         slices = np.moveaxis(normalize_intensity(volume.array, s.window), axis, 0)
         if min(slices.shape[1:]) < 8:
             raise InputError(f"Slicing along axis {axis} gives {slices.shape[1]}x{slices.shape[2]} slices, "

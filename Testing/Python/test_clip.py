@@ -6,7 +6,7 @@ import torch
 
 from MedCLIPSAMLib.errors import InputError, ModelError
 from MedCLIPSAMLib.models import catalog
-from MedCLIPSAMLib.models.clip import load_clip, load_clip_folder
+from MedCLIPSAMLib.models.clip import load_clip
 from MedCLIPSAMLib.settings import BIOMEDCLIP_HUB_ID
 
 

@@ -64,3 +64,15 @@ def test_padding_keeps_the_whole_image_and_maps_come_back_aligned(tiny_clip):
     assert back.shape == (60, 150)
     y, x_ = np.unravel_index(np.argmax(back), back.shape)
     assert 10 <= y < 30 and 120 <= x_ < 140
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is a CUDA path")
+def test_bf16_maps_match_fp32_on_gpu(tiny_clip, slices):
+    cuda = torch.device("cuda")
+    text = tiny_clip.encode_text(["brain tumor"], cuda)
+    fp32 = M2IB(tiny_clip, M2IBConfig(layer=9, steps=10, samples=10), cuda, bf16=False).saliency(slices, text)
+    bf16 = M2IB(tiny_clip, M2IBConfig(layer=9, steps=10, samples=10), cuda, bf16=True).saliency(slices, text)
+    for a, b in zip(fp32, bf16):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
+        assert np.unravel_index(a.argmax(), a.shape) == pytest.approx(np.unravel_index(b.argmax(), b.shape), abs=8)
+    tiny_clip.model.to("cpu")
