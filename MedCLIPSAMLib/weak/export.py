@@ -1,6 +1,6 @@
 """Add (image, label) cases to an nnU-Net v2 raw dataset, never losing what is there.
 
-Layout: ``DatasetXXX_Name/imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz`` and
+Layout: ``Dataset<NNN>_<Name>/imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz`` and
 ``dataset.json`` (channel_names, labels {background: 0, <target>: 1}, numTraining,
 file_ending). An existing case is refused unless overwriting is asked for; labels must be
 0/1 on exactly the image's grid; dataset.json is rewritten atomically (temp file + rename).
@@ -22,7 +22,7 @@ GEOMETRY_TOLERANCE = 1e-4
 
 
 def dataset_dir(raw_root: str | Path, dataset_id: int, name: str) -> Path:
-    """``raw_root/DatasetXXX_Name``; refuses a second folder with the same id and another name."""
+    """``raw_root/Dataset<NNN>_<Name>``; refuses a second folder with the same id and another name."""
     if not 1 <= dataset_id <= 999:
         raise InputError(f"nnU-Net dataset ids are 1-999 (got {dataset_id}).")
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
@@ -110,7 +110,7 @@ def register_cli(sub) -> None:
     parser = sub.add_parser("nnunet-export", help="add image/label cases to an nnU-Net v2 raw dataset")
     parser.add_argument("--raw", required=True, help="nnU-Net raw folder")
     parser.add_argument("--dataset-id", type=int, required=True)
-    parser.add_argument("--name", required=True, help="dataset name (DatasetXXX_<name>)")
+    parser.add_argument("--name", required=True, help="dataset name (Dataset<NNN>_<name>)")
     parser.add_argument("--label-name", required=True, help="the target, e.g. 'brain tumor'")
     parser.add_argument("--modality", default="MRI", help="channel name, e.g. CT, MRI, US")
     parser.add_argument("--image", help="one image (with --label and --case-id)")

@@ -41,7 +41,7 @@ def dataset_id_of(raw: Path, dataset: str | int) -> int:
         return int(text)
     if text.startswith("Dataset") and text[7:10].isdigit():
         return int(text[7:10])
-    raise InputError(f"'{dataset}' is not a dataset id or a DatasetXXX_Name folder name.")
+    raise InputError(f"'{dataset}' is not a dataset id or a Dataset<NNN>_<Name> folder name.")
 
 
 def set_trainer_knobs(epochs: int, cycles: int, keep_last: int, lr: float, iterations: int,
@@ -85,8 +85,8 @@ def model_folder(paths: NnunetPaths, dataset_id: int, configuration: str) -> Pat
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("nnunet-train", help="train nnU-Net v2 with a cyclic LR and snapshot checkpoints")
-    parser.add_argument("dataset", help="dataset id or DatasetXXX_Name")
-    parser.add_argument("--raw", required=True, help="nnU-Net raw folder (holds DatasetXXX_Name)")
+    parser.add_argument("dataset", help="dataset id or Dataset<NNN>_<Name>")
+    parser.add_argument("--raw", required=True, help="nnU-Net raw folder (holds Dataset<NNN>_<Name>)")
     parser.add_argument("--preprocessed", required=True)
     parser.add_argument("--results", required=True)
     parser.add_argument("--config", default="2d", choices=["2d", "3d_fullres", "3d_lowres"])
