@@ -174,6 +174,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip-batch-size", type=int)
     parser.add_argument("--sam-batch-size", type=int)
     parser.add_argument("--fp32", action="store_true", help="disable bf16 autocast on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the M2IB network")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.set_defaults(func=cmd_benchmark)
 
@@ -182,7 +183,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"m2ib_steps": args.steps, "m2ib_samples": args.samples,
                                  "saliency_stride": args.stride, "clip_batch_size": args.clip_batch_size,
                                  "sam_batch_size": args.sam_batch_size}.items() if v is not None}
-    settings = Settings(bf16=not args.fp32, **changes)
+    settings = Settings(bf16=not args.fp32, compile=args.compile, **changes)
     report = run_benchmark(args.device, args.slices, args.sam, args.clip_size, args.naive_slices,
                            args.image_size, settings)
     print(format_report(report))

@@ -51,6 +51,7 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "refine_rounds": "refine_rounds", "fill_holes": "fill_holes", "axis": "axis", "slices": "slice_range",
     "window": "window", "device": "device", "clip_batch_size": "clip_batch_size",
     "sam_batch_size": "sam_batch_size", "seed": "seed", "stride": "saliency_stride",
+    "compile": "compile",
 }
 
 
@@ -77,6 +78,7 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-batch-size", type=int)
     g.add_argument("--sam-batch-size", type=int)
     g.add_argument("--seed", type=int)
+    g.add_argument("--compile", action="store_const", const=True, help="torch.compile the M2IB network")
     g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
 
 

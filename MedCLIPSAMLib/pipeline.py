@@ -186,7 +186,8 @@ class Pipeline:
     def settings(self, settings: Settings) -> None:
         """New method settings take effect on the next run; device and models stay as constructed."""
         self._settings = settings
-        self.m2ib = M2IB(self.clip, M2IBConfig.from_settings(settings), self.device, bf16=settings.bf16)
+        self.m2ib = M2IB(self.clip, M2IBConfig.from_settings(settings), self.device, bf16=settings.bf16,
+                         compile=settings.compile)
 
     @property
     def sam(self) -> SamBackend:

@@ -79,7 +79,8 @@ def maps_to_slices(maps: torch.Tensor, pad: PadInfo, input_size: int) -> np.ndar
 class M2IB:
     """Batched M2IB over a frozen CLIP model."""
 
-    def __init__(self, bundle: ClipBundle, config: M2IBConfig, device: torch.device, bf16: bool = False):
+    def __init__(self, bundle: ClipBundle, config: M2IBConfig, device: torch.device, bf16: bool = False,
+                 compile: bool = False):
         depth = len(bundle.blocks)
         if not 0 <= config.layer < depth - 1:
             raise InputError(f"Bottleneck layer {config.layer} is out of range: this model has {depth} vision "
@@ -88,6 +89,8 @@ class M2IB:
         self.trunk = bundle.model.visual.trunk
         self.amp = bf16 and device.type == "cuda"
         bundle.model.to(device)
+        if compile:
+            self._suffix_embedding = torch.compile(self._suffix_embedding, dynamic=False)
 
     def _autocast(self):
         if self.amp:

@@ -69,6 +69,8 @@ class Settings:
     """auto: CUDA when available, else CPU."""
     bf16: bool = True
     """bfloat16 autocast on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """torch.compile the M2IB inner network (pays a one-off compile time per shape)."""
     clip_batch_size: int = 16
     sam_batch_size: int = 4
 

@@ -76,3 +76,11 @@ def test_bf16_maps_match_fp32_on_gpu(tiny_clip, slices):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
         assert np.unravel_index(a.argmax(), a.shape) == pytest.approx(np.unravel_index(b.argmax(), b.shape), abs=8)
     tiny_clip.model.to("cpu")
+
+
+def test_compiled_network_gives_the_same_map(tiny_clip, slices):
+    config = M2IBConfig(layer=9, steps=2, samples=2)
+    text = tiny_clip.encode_text(["brain tumor"], CPU)
+    eager = M2IB(tiny_clip, config, CPU).saliency(slices[:1], text)
+    compiled = M2IB(tiny_clip, config, CPU, compile=True).saliency(slices[:1], text)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4)
