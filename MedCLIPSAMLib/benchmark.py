@@ -45,7 +45,11 @@ def build_models(sam_name: str, device: torch.device, size: str, folder: Path):
         sam = load_sam("litemedsam", None, str(device))
     else:
         from segment_anything import sam_model_registry
-        sam = SamBackend(sam_model_registry[sam_name](), sam_name, 1024, device, minmax_normalise=False)
+
+        from .models.sam_attention import use_sdpa
+        model = sam_model_registry[sam_name]()
+        use_sdpa(model.image_encoder)
+        sam = SamBackend(model, sam_name, 1024, device, minmax_normalise=False)
     return clip, sam
 
 

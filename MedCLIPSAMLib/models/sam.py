@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from ..prompts import Box, Point, box_of
 from .catalog import ProgressCallback, ensure_model, load_catalog
+from .sam_attention import use_sdpa
 
 SAM_VIT_KEYS = ("vit_b", "vit_l", "vit_h")
 
@@ -178,6 +179,7 @@ def _build_backend(name: str, checkpoint: str | None, torch_device: torch.device
                              "drop the checkpoint option or choose vit_b/vit_l/vit_h.")
         return SamBackend(_litemedsam(), name, 256, torch_device, minmax_normalise=True, bf16=bf16)
     if name in SAM_VIT_KEYS:
-        return SamBackend(_sam_vit(name, checkpoint, progress, cancel), name, 1024, torch_device,
-                          minmax_normalise=False, bf16=bf16)
+        model = _sam_vit(name, checkpoint, progress, cancel)
+        use_sdpa(model.image_encoder)
+        return SamBackend(model, name, 1024, torch_device, minmax_normalise=False, bf16=bf16)
     raise ModelError(f"Unknown SAM backend '{name}'. Choose litemedsam, vit_b, vit_l or vit_h.")

