@@ -134,22 +134,22 @@ class _Runner:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _batches(indices: np.ndarray, size: int) -> list[np.ndarray]:
-    return [indices[i:i + size] for i in range(0, len(indices), size)]
-
-
 def _with_oom_retry(fn: Callable[[np.ndarray], None], indices: np.ndarray, batch_size: int) -> int:
-    """Run ``fn`` on a batch; on CUDA out-of-memory halve the batch and go on."""
-    while True:
+    """Run ``fn`` batch by batch; on CUDA out-of-memory halve the batch and retry where it failed."""
+    position = 0
+    while position < len(indices):
+        part = indices[position:position + batch_size]
         try:
-            for part in _batches(indices, batch_size):
-                fn(part)
-            return batch_size
+            fn(part)
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise InputError("Out of GPU memory even with one slice per batch; use --device cpu.") from None
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             batch_size //= 2
+            continue
+        position += len(part)
+    return batch_size
 
 
 def interpolate_between(maps: np.ndarray, keys: np.ndarray, wanted: np.ndarray) -> None:

@@ -159,3 +159,24 @@ def test_air_slices_are_skipped(pipeline):
 def test_changed_settings_reach_the_saliency_stage(pipeline):
     pipeline.settings = pipeline.settings.replace(bottleneck_layer=5, beta=3.0, m2ib_steps=1)
     assert (pipeline.m2ib.config.layer, pipeline.m2ib.config.beta, pipeline.m2ib.config.steps) == (5, 3.0, 1)
+
+
+def test_out_of_memory_halves_the_batch_and_resumes_where_it_failed():
+    import torch
+    from MedCLIPSAMLib.pipeline import _with_oom_retry
+
+    seen = []
+
+    def work(part):
+        if len(part) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        seen.extend(part.tolist())
+
+    assert _with_oom_retry(work, np.arange(7), 8) == 2
+    assert seen == list(range(7))
+
+    def always(part):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(InputError, match="even with one slice"):
+        _with_oom_retry(always, np.arange(3), 4)
