@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import threading
 import warnings
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ import torch
 from ..errors import InputError, ModelError
 from .catalog import ProgressCallback, ensure_model, load_catalog
 
-log = logging.getLogger(__name__)
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_NAMES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.pt")
