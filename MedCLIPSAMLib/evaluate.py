@@ -78,8 +78,8 @@ def oracle_boxes(truth: np.ndarray, grow: float) -> dict[int, list[Box]]:
 
 
 def oracle_segment(sam, slices: np.ndarray, truth: np.ndarray, grow: float, refine_rounds: int,
-                   batch_size: int = 4) -> tuple[np.ndarray, int]:
-    """SAM with ground-truth boxes on every slice the truth crosses; returns mask and box count."""
+                   batch_size: int = 4) -> tuple[np.ndarray, dict[int, list[Box]]]:
+    """SAM with ground-truth boxes on every slice the truth crosses; returns the mask and the boxes."""
     boxes = oracle_boxes(truth, grow)
     mask = np.zeros(truth.shape, dtype=bool)
     order = sorted(boxes)
@@ -87,7 +87,7 @@ def oracle_segment(sam, slices: np.ndarray, truth: np.ndarray, grow: float, refi
         part = order[i:i + batch_size]
         for z, encoded in zip(part, sam.encode(slices[part])):
             mask[z] = sam.segment(encoded, boxes=boxes[z], refine_rounds=refine_rounds)
-    return mask, sum(len(b) for b in boxes.values())
+    return mask, boxes
 
 
 class Evaluator:
@@ -123,9 +123,9 @@ class Evaluator:
             axis = resolve_axis(self.settings.axis, volume)
             slices = np.moveaxis(normalize_intensity(volume.array, self.settings.window), axis, 0)
             moved = np.moveaxis(truth, axis, 0)
-            mask, count = oracle_segment(self.sam, slices, moved, self.grow, self.settings.refine_rounds,
+            mask, boxes = oracle_segment(self.sam, slices, moved, self.grow, self.settings.refine_rounds,
                                          self.settings.sam_batch_size)
-            return np.moveaxis(mask, 0, axis), count, oracle_boxes(moved, self.grow) if volume.is_2d else {}
+            return np.moveaxis(mask, 0, axis), sum(map(len, boxes.values())), boxes if volume.is_2d else {}
         if self.mode == "saliency-only":
             located = self.pipeline.locate(volume, [prompt])
             target = located.targets[0]

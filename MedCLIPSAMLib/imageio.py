@@ -26,6 +26,12 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 MIN_SIDE = 8
 """Smallest in-plane size SAM and CLIP can make sense of."""
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """Grey values of an (..., 3+) RGB array (ITU-R 601 weights; extra channels ignored)."""
+    return rgb[..., :3].astype(np.float32) @ LUMINANCE
 
 
 @dataclass
@@ -90,8 +96,7 @@ def to_grayscale(image: sitk.Image, source: str) -> sitk.Image:
     if channels != 3:
         raise InputError(f"'{source}' has {channels} channels per pixel; expected a grayscale or RGB image. "
                          "Save it as grayscale or RGB (drop the alpha channel).")
-    rgb = sitk.GetArrayFromImage(image).astype(np.float32)
-    gray = sitk.GetImageFromArray(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    gray = sitk.GetImageFromArray(luminance(sitk.GetArrayFromImage(image)))
     gray.CopyInformation(image)
     return gray
 
@@ -146,7 +151,7 @@ def image_to_gray(image: np.ndarray) -> np.ndarray:
     """A 2D image array (H, W) or (H, W, 3) as grayscale (H, W); other shapes are refused."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 3:
-        return image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return luminance(image)
     if image.ndim == 3 and image.shape[-1] in (2, 4):
         raise InputError(f"image has {image.shape[-1]} channels; expected grayscale or RGB. "
                          "Drop the alpha channel (RGBA) or pick one channel.")

@@ -18,7 +18,8 @@ import torch
 from scipy import ndimage
 
 from .errors import Cancelled, InputError
-from .imageio import Volume, as_volume, image_to_gray, normalize_intensity, read_volume, resolve_axis
+from .imageio import MIN_SIDE, Volume, as_volume, image_to_gray, normalize_intensity, read_volume, resolve_axis
+from .models.catalog import ProgressCallback
 from .models.clip import ClipBundle, cached_clip
 from .models.sam import SamBackend, load_sam
 from .prompts import (Box, Component, SlicePrompts, keep_largest_components, keep_overlapping, normalize_saliency,
@@ -26,7 +27,6 @@ from .prompts import (Box, Component, SlicePrompts, keep_largest_components, kee
 from .saliency import M2IB, M2IBConfig, clip_inputs, maps_to_slices
 from .settings import Settings
 
-ProgressCallback = Callable[[str, int, int], None]
 BODY_INTENSITY = 25
 """uint8 level (10% of the normalised range) above which a pixel counts as body, not air."""
 PromptSpec = str | Sequence[str]
@@ -224,7 +224,7 @@ class Pipeline:
         volume = volume if isinstance(volume, Volume) else as_volume(volume)
         axis = resolve_axis(s.axis, volume)
         slices = np.moveaxis(normalize_intensity(volume.array, s.window), axis, 0)
-        if min(slices.shape[1:]) < 8:
+        if min(slices.shape[1:]) < MIN_SIDE:
             raise InputError(f"Slicing along axis {axis} gives {slices.shape[1]}x{slices.shape[2]} slices, "
                              "too small to segment; choose another axis.")
         active = self._active_slices(slices)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import vtk
 
-from .imageio import Volume, as_volume
+from .imageio import Volume, as_volume, luminance
 from .mrml import RunRecord, apply_result, array_from_volume, spacing_kji
 from .pipeline import Pipeline, ProgressCallback, SegmentationResult
 from .settings import Settings
@@ -33,7 +33,7 @@ def read_input(volume_node) -> Volume:
     """The volume's voxels and spacing in (k, j, i) order (main thread)."""
     array = array_from_volume(volume_node)
     if array.ndim == 4:
-        array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        array = luminance(array)
     return as_volume(array, spacing=spacing_kji(volume_node))
 
 
