@@ -150,7 +150,8 @@ def _add_segment(scene, logic, segmentation_node, reference, name: str, mask: np
 
 
 def apply_result(scene, reference, masks: dict[str, np.ndarray], segmentation_node=None,
-                 saliency: dict[str, np.ndarray] | None = None, replace: bool = False) -> RunRecord:
+                 saliency: dict[str, np.ndarray] | None = None, replace: bool = False,
+                 overlay_suffix: str = "saliency") -> RunRecord:
     """Write one segment per prompt (and optional saliency volumes) in one all-or-nothing step.
 
     Existing segments are kept; a name clash gets a numbered name unless ``replace`` is set,
@@ -187,7 +188,8 @@ def apply_result(scene, reference, masks: dict[str, np.ndarray], segmentation_no
             record.segment_ids.append(segment_id)
         for name, values in (saliency or {}).items():
             _check_shape(values, reference, f"Saliency '{name}'")
-            record.created_node_ids.append(add_saliency_volume(scene, reference, values, f"{name} saliency").GetID())
+            overlay = add_saliency_volume(scene, reference, values, f"{name} {overlay_suffix}")
+            record.created_node_ids.append(overlay.GetID())
     except BaseException:
         record.undo()
         raise
@@ -261,14 +263,8 @@ def load_prediction(scene, reference, mask_path, entropy_path=None, name: str = 
 
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
     _check_shape(mask, reference, f"Prediction '{mask_path}'")
-    overlays = {}
+    entropy = None
     if entropy_path is not None:
-        overlays[f"{name} uncertainty"] = sitk.GetArrayFromImage(sitk.ReadImage(str(entropy_path))).astype(np.float32)
-    record = apply_result(scene, reference, {name: mask.astype(np.uint8)}, segmentation_node)
-    for overlay_name, values in overlays.items():
-        try:
-            record.created_node_ids.append(add_saliency_volume(scene, reference, values, overlay_name).GetID())
-        except BaseException:
-            record.undo()
-            raise
-    return record
+        entropy = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(entropy_path))).astype(np.float32)}
+    return apply_result(scene, reference, {name: mask.astype(np.uint8)}, segmentation_node, entropy,
+                        overlay_suffix="uncertainty")
