@@ -122,7 +122,7 @@ class SamBackend:
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """'auto' means LiteMedSAM on CPU (offline, ~1 s/slice) and ViT-H on CUDA (paper's best)."""
+    """'auto' means LiteMedSAM on CPU (offline, ~1-2 s/slice) and ViT-H on CUDA (paper's best)."""
     if name == "auto":
         return "vit_h" if device.type == "cuda" else "litemedsam"
     return name
