@@ -36,20 +36,16 @@ def synthetic_volume(slices: int, size: int = 240, seed: int = 0) -> np.ndarray:
     return volume.astype(np.float32)
 
 
-def build_models(sam_name: str, device: torch.device, size: str, folder: Path):
+def build_models(sam_name: str, device: torch.device, size: str, folder: Path, sam_input_size: int | None = None):
     from .models.random_clip import random_clip_in_memory
-    from .models.sam import SamBackend, load_sam
+    from .models.sam import load_sam, vit_backend
 
     clip = random_clip_in_memory(folder, size)
     if sam_name == "litemedsam":
-        sam = load_sam("litemedsam", None, str(device))
+        sam = load_sam("litemedsam", None, str(device), input_size=sam_input_size)
     else:
         from segment_anything import sam_model_registry
-
-        from .models.sam_attention import use_sdpa
-        model = sam_model_registry[sam_name]()
-        use_sdpa(model.image_encoder)
-        sam = SamBackend(model, sam_name, 1024, device, minmax_normalise=False)
+        sam = vit_backend(sam_model_registry[sam_name](), sam_name, device, input_size=sam_input_size)
     return clip, sam
 
 
@@ -105,7 +101,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
     settings = (settings or Settings()).replace(device=str(device), sam_backend=sam_name)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        clip, sam = build_models(sam_name, device, size, folder)
+        clip, sam = build_models(sam_name, device, size, folder, settings.sam_input_size)
         pipeline = Pipeline(settings, clip=clip, sam=sam)
         volume = synthetic_volume(slices, image_size)
         pipeline.run(volume[slices // 2: slices // 2 + 1], "brain tumor")  # warm-up: kernels, caches
@@ -139,7 +135,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "image_size": image_size, "slices_with_sam": sam_slices, "bf16": settings.bf16 and device.type == "cuda",
         "clip_batch_size": settings.clip_batch_size, "sam_batch_size": settings.sam_batch_size,
         "m2ib_steps": settings.m2ib_steps, "m2ib_samples": settings.m2ib_samples,
-        "saliency_stride": settings.saliency_stride,
+        "saliency_stride": settings.saliency_stride, "sam_input_size": sam.image_size,
         "seconds_per_slice": per_slice, "naive_seconds_per_slice": naive,
         "speedup_vs_naive": baseline / optimised if optimised else float("nan"),
         "m2ib_speedup_vs_naive": naive["m2ib_naive"] / max(per_slice["clip_features"] + per_slice["m2ib"], 1e-9),
@@ -149,7 +145,8 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
 
 def format_report(report: dict) -> str:
     lines = [f"device {report['device']} ({report['threads']} threads), CLIP {report['clip']}, SAM {report['sam']}, "
-             f"{report['slices']} slices of {report['image_size']} px ({report['slices_with_sam']} with SAM), "
+             f"{report['slices']} slices of {report['image_size']} px ({report['slices_with_sam']} with SAM at "
+             f"{report['sam_input_size']} px), "
              f"bf16 {report['bf16']}", "stage             ms/slice"]
     for stage, value in report["seconds_per_slice"].items():
         lines.append(f"  {stage:15s} {1000 * value:10.1f}")
@@ -175,6 +172,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, help="M2IB steps (default 10)")
     parser.add_argument("--samples", type=int, help="M2IB noise samples (default 10)")
     parser.add_argument("--stride", type=int, help="saliency on every k-th slice")
+    parser.add_argument("--sam-input-size", type=int, help="SAM ViT input side in px (default: 1024)")
     parser.add_argument("--clip-batch-size", type=int)
     parser.add_argument("--sam-batch-size", type=int)
     parser.add_argument("--fp32", action="store_true", help="disable bf16 autocast on CUDA")
@@ -186,7 +184,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"m2ib_steps": args.steps, "m2ib_samples": args.samples,
                                  "saliency_stride": args.stride, "clip_batch_size": args.clip_batch_size,
-                                 "sam_batch_size": args.sam_batch_size}.items() if v is not None}
+                                 "sam_batch_size": args.sam_batch_size,
+                                 "sam_input_size": args.sam_input_size}.items() if v is not None}
     settings = Settings(bf16=not args.fp32, compile=args.compile, **changes)
     report = run_benchmark(args.device, args.slices, args.sam, args.clip_size, args.naive_slices,
                            args.image_size, settings)

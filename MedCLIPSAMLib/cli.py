@@ -51,7 +51,7 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "refine_rounds": "refine_rounds", "fill_holes": "fill_holes", "axis": "axis", "slices": "slice_range",
     "window": "window", "device": "device", "clip_batch_size": "clip_batch_size",
     "sam_batch_size": "sam_batch_size", "seed": "seed", "stride": "saliency_stride",
-    "compile": "compile",
+    "compile": "compile", "sam_input_size": "sam_input_size",
 }
 
 
@@ -69,6 +69,7 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--points-per-component", type=int)
     g.add_argument("--sam", choices=SAM_BACKENDS, help="SAM backend (auto: LiteMedSAM on CPU, ViT-H on CUDA)")
     g.add_argument("--sam-checkpoint", help="local SAM ViT checkpoint (.pth) instead of downloading")
+    g.add_argument("--sam-input-size", type=int, help="CPU shortcut: SAM ViT input side in px, e.g. 512")
     g.add_argument("--refine-rounds", type=int, help="box refinement rounds (0-2)")
     g.add_argument("--fill-holes", action="store_const", const=True)
     g.add_argument("--axis", type=int, help="slice axis in (z, y, x) array order; default: through-plane")

@@ -3,7 +3,10 @@
 - zero-shot: text -> saliency -> prompts -> SAM (the whole method);
 - saliency-only: the Otsu coarse mask of the kept components (the saliency stage alone);
 - oracle boxes: boxes from the ground truth's components, optionally grown by a margin to
-  emulate loose saliency boxes (the SAM stage alone).
+  emulate loose saliency boxes (the SAM stage alone);
+- oracle saliency: the ground truth at the CLIP token grid's resolution as the saliency map,
+  then the pipeline's own Otsu, components, prompts, SAM and clean-up (everything after
+  M2IB, including the slice-stride shortcut).
 Writes metrics.csv (appended case by case, so ``--resume`` can skip finished cases),
 summary.json and an overlay figure per case plus a grid of the best and worst cases.
 """
@@ -29,6 +32,8 @@ from .settings import Settings
 
 MASK_SUFFIXES = ("_mask", "_label", "_seg")
 IMAGE_SUFFIX = "_image"
+MODES = ("zero-shot", "saliency-only", "oracle", "oracle-saliency")
+ORACLE_NAME = "target"
 CSV_FIELDS = ["case", "dsc", "nsd", "runtime_s", "boxes", "prompt"]
 TOLERANCE_2D_PX = 2.0
 TOLERANCE_3D_MM = 2.0
@@ -94,7 +99,7 @@ class Evaluator:
     """Runs one mode over cases; models are loaded once."""
 
     def __init__(self, mode: str, settings: Settings, grow: float = 0.0):
-        if mode not in ("zero-shot", "saliency-only", "oracle"):
+        if mode not in MODES:
             raise InputError(f"Unknown evaluation mode '{mode}'.")
         self.mode, self.settings, self.grow = mode, settings, grow
         self._pipeline = None
@@ -113,7 +118,8 @@ class Evaluator:
             from .models.sam import load_sam
             from .pipeline import resolve_device
             s = self.settings
-            self._sam = load_sam(s.sam_backend, s.sam_checkpoint, str(resolve_device(s.device)), s.bf16)
+            self._sam = load_sam(s.sam_backend, s.sam_checkpoint, str(resolve_device(s.device)), s.bf16,
+                                 input_size=s.sam_input_size)
         return self._sam
 
     def predict(self, volume: Volume, truth: np.ndarray, prompt) -> tuple[np.ndarray, int, dict]:
@@ -131,7 +137,13 @@ class Evaluator:
             target = located.targets[0]
             boxes = {z: p.boxes for z, p in enumerate(target.prompts) if p.boxes}
             return np.moveaxis(target.coarse, 0, located.axis), sum(map(len, boxes.values())), boxes
-        result = self.pipeline.run(volume, [prompt])
+        if self.mode == "oracle-saliency":
+            from .saliency import oracle_maps
+            axis = resolve_axis(self.settings.axis, volume)
+            maps = np.moveaxis(oracle_maps(np.moveaxis(truth, axis, 0)), 0, axis)
+            result = self.pipeline.run(volume, [prompt or ORACLE_NAME], saliency=[maps])
+        else:
+            result = self.pipeline.run(volume, [prompt])
         name = result.names[0]
         boxes = result.boxes[name]
         return result.masks[name], sum(map(len, boxes.values())), boxes
@@ -256,6 +268,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--oracle-boxes", action="store_true", help="SAM with ground-truth boxes (SAM stage alone)")
     mode.add_argument("--saliency-only", action="store_true", help="Otsu coarse mask (saliency stage alone)")
+    mode.add_argument("--oracle-saliency", action="store_true",
+                      help="ground truth on the CLIP token grid as saliency, then the rest of the pipeline")
     parser.add_argument("--grow", type=float, default=0.0,
                         help="with --oracle-boxes: enlarge each box by this fraction of its size per side")
     parser.add_argument("--resume", action="store_true", help="skip cases already in metrics.csv")
@@ -269,9 +283,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .cli import TqdmProgress, settings_from_args
 
-    mode = "oracle" if args.oracle_boxes else "saliency-only" if args.saliency_only else "zero-shot"
-    if mode != "oracle" and not (args.prompt or args.prompt_json or args.prompt_file):
-        raise InputError("Give --prompt, --prompt-json or --prompt-file (only --oracle-boxes needs no prompt).")
+    mode = ("oracle" if args.oracle_boxes else "saliency-only" if args.saliency_only
+            else "oracle-saliency" if args.oracle_saliency else "zero-shot")
+    if not mode.startswith("oracle") and not (args.prompt or args.prompt_json or args.prompt_file):
+        raise InputError("Give --prompt, --prompt-json or --prompt-file (only the oracle modes need no prompt).")
     settings = settings_from_args(args, args.prompt)
     evaluator = Evaluator(mode, settings, grow=args.grow)
     progress = TqdmProgress(not args.quiet)

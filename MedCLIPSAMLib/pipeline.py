@@ -174,8 +174,8 @@ class Pipeline:
         self.device = resolve_device(settings.device)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-        self.clip = clip or cached_clip(settings.clip_model, progress, cancel)
-        self._sam_backend, self._load_callbacks = sam, (progress, cancel)
+        self._clip, self._sam_backend, self._load_callbacks = clip, sam, (progress, cancel)
+        self._clip_source = settings.clip_model
         self.settings = settings
 
     @property
@@ -186,8 +186,21 @@ class Pipeline:
     def settings(self, settings: Settings) -> None:
         """New method settings take effect on the next run; device and models stay as constructed."""
         self._settings = settings
-        self.m2ib = M2IB(self.clip, M2IBConfig.from_settings(settings), self.device, bf16=settings.bf16,
-                         compile=settings.compile)
+        self._m2ib: M2IB | None = None
+
+    @property
+    def clip(self) -> ClipBundle:
+        """Loaded on first use, so a run on given saliency maps never loads CLIP."""
+        if self._clip is None:
+            self._clip = cached_clip(self._clip_source, *self._load_callbacks)
+        return self._clip
+
+    @property
+    def m2ib(self) -> M2IB:
+        if self._m2ib is None:
+            s = self.settings
+            self._m2ib = M2IB(self.clip, M2IBConfig.from_settings(s), self.device, bf16=s.bf16, compile=s.compile)
+        return self._m2ib
 
     @property
     def sam(self) -> SamBackend:
@@ -195,15 +208,21 @@ class Pipeline:
         if self._sam_backend is None:
             s = self.settings
             self._sam_backend = load_sam(s.sam_backend, s.sam_checkpoint, str(self.device), s.bf16,
-                                         *self._load_callbacks)
+                                         *self._load_callbacks, input_size=s.sam_input_size)
         return self._sam_backend
 
     def run(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
-            progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> SegmentationResult:
-        """Saliency, prompts and SAM for every prompt; the full zero-shot result."""
+            progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+            saliency: Sequence[np.ndarray] | None = None) -> SegmentationResult:
+        """Saliency, prompts and SAM for every prompt; the full zero-shot result.
+
+        ``saliency``: raw maps (input array order), one per prompt, used instead of M2IB:
+        to re-run the later stages with other settings without recomputing the maps, or to
+        measure them on oracle maps (``medclipsam evaluate --oracle-saliency``).
+        """
         start = time.perf_counter()
         runner = _Runner(progress, cancel)
-        located = self._locate(volume, prompts, runner)
+        located = self._locate(volume, prompts, runner, saliency)
         masks = self._sam(located.slices, [t.prompts for t in located.targets], runner)
         t = time.perf_counter()
         result = self._assemble(located, masks)
@@ -213,12 +232,13 @@ class Pipeline:
         return result
 
     def locate(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
-               progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> "Located":
+               progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+               saliency: Sequence[np.ndarray] | None = None) -> "Located":
         """The saliency stage alone: maps, kept components and per-slice prompts (no SAM)."""
-        return self._locate(volume, prompts, _Runner(progress, cancel))
+        return self._locate(volume, prompts, _Runner(progress, cancel), saliency)
 
     def _locate(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
-                runner: _Runner) -> "Located":
+                runner: _Runner, given: Sequence[np.ndarray] | None = None) -> "Located":
         s = self.settings
         groups = check_prompts(prompts)
         volume = volume if isinstance(volume, Volume) else as_volume(volume)
@@ -231,8 +251,11 @@ class Pipeline:
         messages = []
         if active.size == 0:
             messages.append("Every slice in the range is blank (constant); nothing to segment.")
-        texts = [self.clip.encode_text(g, self.device) for g in groups]
-        saliency = self._saliency(slices, active, texts, runner)
+        if given is None:
+            texts = [self.clip.encode_text(g, self.device) for g in groups]
+            saliency = self._saliency(slices, active, texts, runner)
+        else:
+            saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active)
         t = time.perf_counter()
         valid = np.zeros(slices.shape[0], dtype=bool)
         valid[active] = True
@@ -264,6 +287,31 @@ class Pipeline:
         body = (flat > BODY_INTENSITY).mean(axis=1) >= self.settings.min_body_fraction
         return chosen[varies & body]
 
+    def _key_slices(self, active: np.ndarray) -> np.ndarray:
+        """Slices that get a saliency map: every k-th active slice (``saliency_stride``) and the last."""
+        keys = active[:: self.settings.saliency_stride]
+        if keys.size and keys[-1] != active[-1]:
+            keys = np.append(keys, active[-1])
+        return keys
+
+    def _given_saliency(self, given: Sequence[np.ndarray], count: int, shape: tuple[int, ...], axis: int,
+                        active: np.ndarray) -> list[np.ndarray]:
+        """Caller's maps, reduced to the key slices and interpolated exactly as M2IB maps are."""
+        if len(given) != count:
+            raise InputError(f"Got {len(given)} saliency maps for {count} prompts; give one map per prompt.")
+        keys, maps = self._key_slices(active), []
+        for raw in given:
+            raw = np.asarray(raw, dtype=np.float32)
+            if raw.shape != shape:
+                raise InputError(f"A saliency map has shape {raw.shape} but the volume has {shape}; "
+                                 "give maps in the volume's array order and size.")
+            moved = np.moveaxis(raw, axis, 0)
+            target = np.zeros(moved.shape, dtype=np.float32)
+            target[keys] = moved[keys]
+            interpolate_between(target, keys, active)
+            maps.append(target)
+        return maps
+
     def _saliency(self, slices: np.ndarray, active: np.ndarray, texts: list[torch.Tensor],
                   runner: _Runner) -> list[np.ndarray]:
         """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt.
@@ -272,9 +320,7 @@ class Pipeline:
         of the slices between are interpolated linearly.
         """
         maps = [np.zeros(slices.shape, dtype=np.float32) for _ in texts]
-        keys = active[:: self.settings.saliency_stride]
-        if keys.size and keys[-1] != active[-1]:
-            keys = np.append(keys, active[-1])
+        keys = self._key_slices(active)
         done = 0
         runner.report("saliency", 0, len(keys))
 

