@@ -18,6 +18,7 @@ import torch
 from scipy import ndimage
 
 from .errors import Cancelled, InputError
+from .keyslices import interpolate_between, key_slices, target_ends
 from .imageio import MIN_SIDE, Volume, as_volume, image_to_gray, normalize_intensity, read_volume, resolve_axis
 from .models.catalog import ProgressCallback
 from .models.clip import ClipBundle, cached_clip
@@ -123,12 +124,23 @@ class _Runner:
     def __init__(self, progress: ProgressCallback | None, cancel: threading.Event | None):
         self.progress, self.cancel = progress, cancel
         self.timings: dict[str, float] = {}
+        self._counts: dict[str, list[int]] = {}
 
     def report(self, stage: str, done: int, total: int) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("Segmentation cancelled; nothing was changed.")
         if self.progress is not None:
             self.progress(stage, done, total)
+
+    def begin(self, stage: str, total: int, done: int = 0) -> None:
+        """Start (or extend) a counted stage; ``step`` then advances it."""
+        self._counts[stage] = [done, total]
+        self.report(stage, done, total)
+
+    def step(self, stage: str, count: int) -> None:
+        done, total = self._counts[stage]
+        self._counts[stage] = [done + count, total]
+        self.report(stage, done + count, total)
 
     def timed(self, stage: str, start: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
@@ -150,18 +162,6 @@ def _with_oom_retry(fn: Callable[[np.ndarray], None], indices: np.ndarray, batch
             continue
         position += len(part)
     return batch_size
-
-
-def interpolate_between(maps: np.ndarray, keys: np.ndarray, wanted: np.ndarray) -> None:
-    """Fill ``maps[z]`` for wanted slices that are not keys, linearly from the nearest keys (in place)."""
-    for z in np.setdiff1d(wanted, keys):
-        after = np.searchsorted(keys, z)
-        if after == 0 or after == len(keys):
-            maps[z] = maps[keys[min(after, len(keys) - 1)]]
-            continue
-        low, high = keys[after - 1], keys[after]
-        weight = (z - low) / (high - low)
-        maps[z] = (1 - weight) * maps[low] + weight * maps[high]
 
 
 class Pipeline:
@@ -255,7 +255,7 @@ class Pipeline:
             texts = [self.clip.encode_text(g, self.device) for g in groups]
             saliency = self._saliency(slices, active, texts, runner)
         else:
-            saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active)
+            saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active, runner)
         t = time.perf_counter()
         valid = np.zeros(slices.shape[0], dtype=bool)
         valid[active] = True
@@ -287,45 +287,32 @@ class Pipeline:
         body = (flat > BODY_INTENSITY).mean(axis=1) >= self.settings.min_body_fraction
         return chosen[varies & body]
 
-    def _key_slices(self, active: np.ndarray) -> np.ndarray:
-        """Slices that get a saliency map: every k-th active slice (``saliency_stride``) and the last."""
-        keys = active[:: self.settings.saliency_stride]
-        if keys.size and keys[-1] != active[-1]:
-            keys = np.append(keys, active[-1])
-        return keys
-
     def _given_saliency(self, given: Sequence[np.ndarray], count: int, shape: tuple[int, ...], axis: int,
-                        active: np.ndarray) -> list[np.ndarray]:
-        """Caller's maps, reduced to the key slices and interpolated exactly as M2IB maps are."""
+                        active: np.ndarray, runner: _Runner) -> list[np.ndarray]:
+        """Caller's maps, read on the same slices as M2IB would be and interpolated between them."""
         if len(given) != count:
             raise InputError(f"Got {len(given)} saliency maps for {count} prompts; give one map per prompt.")
-        keys, maps = self._key_slices(active), []
+        sources = []
         for raw in given:
-            raw = np.asarray(raw, dtype=np.float32)
-            if raw.shape != shape:
-                raise InputError(f"A saliency map has shape {raw.shape} but the volume has {shape}; "
+            if np.shape(raw) != shape:
+                raise InputError(f"A saliency map has shape {np.shape(raw)} but the volume has {shape}; "
                                  "give maps in the volume's array order and size.")
-            moved = np.moveaxis(raw, axis, 0)
-            target = np.zeros(moved.shape, dtype=np.float32)
-            target[keys] = moved[keys]
-            interpolate_between(target, keys, active)
-            maps.append(target)
-        return maps
+            sources.append(np.moveaxis(np.asarray(raw, dtype=np.float32), axis, 0))
+        maps = [np.zeros(sources[0].shape, dtype=np.float32) for _ in sources]
+
+        def compute(part: np.ndarray) -> None:
+            for target, source in zip(maps, sources):
+                target[part] = source[part]
+            runner.step("saliency", len(part))
+
+        return self._fill_maps(maps, active, compute, runner)
 
     def _saliency(self, slices: np.ndarray, active: np.ndarray, texts: list[torch.Tensor],
                   runner: _Runner) -> list[np.ndarray]:
-        """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt.
-
-        With ``saliency_stride`` k > 1 only every k-th active slice is computed and the maps
-        of the slices between are interpolated linearly.
-        """
+        """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt."""
         maps = [np.zeros(slices.shape, dtype=np.float32) for _ in texts]
-        keys = self._key_slices(active)
-        done = 0
-        runner.report("saliency", 0, len(keys))
 
         def batch(part: np.ndarray) -> None:
-            nonlocal done
             t = time.perf_counter()
             images, pad = clip_inputs(slices[part], self.clip, self.device)
             tokens = self.m2ib.prefix_tokens(images)
@@ -335,10 +322,24 @@ class Pipeline:
                 grid = self.m2ib.saliency_from_prefix(tokens, text)
                 target[part] = maps_to_slices(grid, pad, self.clip.image_size)
             runner.timed("m2ib", t)
-            done += len(part)
-            runner.report("saliency", done, len(keys))
+            runner.step("saliency", len(part))
 
-        _with_oom_retry(batch, keys, self.settings.clip_batch_size)
+        return self._fill_maps(maps, active, lambda part: _with_oom_retry(batch, part, self.settings.clip_batch_size),
+                               runner)
+
+    def _fill_maps(self, maps: list[np.ndarray], active: np.ndarray, compute: Callable[[np.ndarray], None],
+                   runner: _Runner) -> list[np.ndarray]:
+        """``compute`` the maps on the key slices and, with a stride, where the target starts and ends;
+        interpolate the rest (see keyslices)."""
+        s = self.settings
+        keys = key_slices(active, s.saliency_stride)
+        runner.begin("saliency", len(keys))
+        compute(keys)
+        if s.saliency_stride > 1:
+            ends = target_ends(maps, keys, active, s.max_components, s.min_component_fraction)
+            runner.begin("saliency", len(keys) + len(ends), done=len(keys))
+            compute(ends)
+            keys = np.union1d(keys, ends)
         for target in maps:
             interpolate_between(target, keys, active)
         return maps
@@ -347,11 +348,9 @@ class Pipeline:
         """SAM masks per prompt, encoding each slice that has any prompt once."""
         masks = [np.zeros(slices.shape, dtype=bool) for _ in prompts]
         needed = np.array([z for z in range(slices.shape[0]) if any(p[z] for p in prompts)], dtype=int)
-        done = 0
-        runner.report("sam", 0, len(needed))
+        runner.begin("sam", len(needed))
 
         def batch(part: np.ndarray) -> None:
-            nonlocal done
             t = time.perf_counter()
             encoded = self.sam.encode(slices[part])
             runner.timed("sam_encoder", t)
@@ -363,8 +362,7 @@ class Pipeline:
                         target[z] = self.sam.segment(enc, boxes=p.boxes or None, points=p.points or None,
                                                      refine_rounds=self.settings.refine_rounds)
             runner.timed("sam_decoder", t)
-            done += len(part)
-            runner.report("sam", done, len(needed))
+            runner.step("sam", len(part))
 
         _with_oom_retry(batch, needed, self.settings.sam_batch_size)
         return masks

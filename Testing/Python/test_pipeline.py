@@ -125,7 +125,7 @@ def test_brain_volume_end_to_end_keeps_geometry_and_bounded_memory(fast_settings
 
 
 def test_interpolation_between_key_slices():
-    from MedCLIPSAMLib.pipeline import interpolate_between
+    from MedCLIPSAMLib.keyslices import interpolate_between
 
     maps = np.zeros((7, 2, 2), np.float32)
     maps[1], maps[4] = 1.0, 4.0
@@ -198,13 +198,21 @@ def test_given_saliency_skips_clip_and_drives_prompts_and_sam(fast_settings, lit
 
 
 def test_given_saliency_is_checked_and_strided_like_m2ib(fast_settings, litemedsam):
-    pipeline = Pipeline(fast_settings.replace(saliency_stride=2), sam=litemedsam)
-    volume = np.stack([disk_image(48, 48, (24, 24), 10, seed=s) for s in range(5)]).astype(np.float32)
-    ramp = np.broadcast_to(np.arange(5, dtype=np.float32)[:, None, None] ** 2, volume.shape).copy()
-    located = pipeline.locate(volume, "disk", saliency=[ramp])
-    # keys 0, 2, 4 keep their values (0, 4, 16); slices 1 and 3 are interpolated (2, 10), not 1 and 9
-    np.testing.assert_allclose(located.targets[0].saliency[:, 0, 0] * 16, [0, 2, 4, 10, 16], atol=1e-5)
+    """Stride 4 over 13 slices: keys 0, 4, 8, 12. The target (slices 2-10) crosses keys 4 and 8, so the
+    gaps 1-3 and 9-11 where it starts and ends are read exactly; only 5-7 inside it are interpolated."""
+    volume = np.stack([disk_image(48, 48, (24, 24), 10, seed=s) for s in range(13)]).astype(np.float32)
+    saliency = np.zeros(volume.shape, np.float32)
+    strength = np.array([0, 0, 1, 2, 4, 6, 9, 6, 4, 2, 1, 0, 0], np.float32)
+    saliency[:, 14:35, 14:35] = strength[:, None, None]
+    stages = []
+    pipeline = Pipeline(fast_settings.replace(saliency_stride=4), sam=litemedsam)
+    located = pipeline.locate(volume, "disk", saliency=[saliency], progress=lambda *a: stages.append(a))
+    # read: 0-4 and 8-12 exactly; 5-7 interpolated between slices 4 and 8 (so the peak of 9 is missed)
+    expected = np.array([0, 0, 1, 2, 4, 4, 4, 4, 4, 2, 1, 0, 0]) / 4
+    np.testing.assert_allclose(located.targets[0].saliency[:, 24, 24], expected, atol=1e-6)
+    assert located.targets[0].saliency[:, 5, 5].max() == 0
+    assert stages[0] == ("saliency", 0, 4) and stages[-1] == ("saliency", 10, 10)
     with pytest.raises(InputError, match="one map per prompt"):
-        pipeline.locate(volume, ["disk", "square"], saliency=[ramp])
+        pipeline.locate(volume, ["disk", "square"], saliency=[saliency])
     with pytest.raises(InputError, match="array order and size"):
-        pipeline.locate(volume, "disk", saliency=[ramp[:, :10]])
+        pipeline.locate(volume, "disk", saliency=[saliency[:, :10]])

@@ -1,0 +1,59 @@
+"""Saliency on key slices only (the CPU shortcut ``saliency_stride``): which slices get M2IB.
+
+Every k-th slice is a key. Interpolating between keys is safe inside the target, where
+maps change smoothly, but it blurs where the target starts and ends: a key that shows the
+target next to one that does not says nothing about the slices between. So those gaps are
+computed too (``target_ends``), and only the rest is interpolated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .prompts import normalize_saliency, otsu_mask, select_components
+
+
+def key_slices(active: np.ndarray, stride: int) -> np.ndarray:
+    """Every ``stride``-th active slice, and the last one, so interpolation never extrapolates inward."""
+    keys = active[::stride]
+    if keys.size and keys[-1] != active[-1]:
+        keys = np.append(keys, active[-1])
+    return keys
+
+
+def crossed_keys(maps: list[np.ndarray], keys: np.ndarray, max_components: int,
+                 min_fraction: float) -> np.ndarray:
+    """Which keys (bool per key) the kept salient components of any prompt cross.
+
+    The same rule as the full pipeline (one Otsu over the keys, components by confidence,
+    K kept), applied to the stack of key slices.
+    """
+    crossed = np.zeros(len(keys), dtype=bool)
+    for raw in maps:
+        stack = normalize_saliency(raw[keys])
+        min_size = max(1, int(min_fraction * stack.size))
+        for component in select_components(otsu_mask(stack), stack, max_components, min_size):
+            crossed |= component.mask.reshape(len(keys), -1).any(axis=1)
+    return crossed
+
+
+def target_ends(maps: list[np.ndarray], keys: np.ndarray, active: np.ndarray, max_components: int,
+                min_fraction: float) -> np.ndarray:
+    """Active non-key slices between a key the target crosses and a neighbouring key it does not."""
+    if len(keys) < 2:
+        return np.zeros(0, dtype=int)
+    crossed = crossed_keys(maps, keys, max_components, min_fraction)
+    ends = [active[(active > low) & (active < high)]
+            for low, high, a, b in zip(keys[:-1], keys[1:], crossed[:-1], crossed[1:]) if a != b]
+    return np.concatenate(ends) if ends else np.zeros(0, dtype=int)
+
+
+def interpolate_between(maps: np.ndarray, keys: np.ndarray, wanted: np.ndarray) -> None:
+    """Fill ``maps[z]`` for wanted slices that are not keys, linearly from the nearest keys (in place)."""
+    for z in np.setdiff1d(wanted, keys):
+        after = np.searchsorted(keys, z)
+        if after == 0 or after == len(keys):
+            maps[z] = maps[keys[min(after, len(keys) - 1)]]
+            continue
+        low, high = keys[after - 1], keys[after]
+        weight = (z - low) / (high - low)
+        maps[z] = (1 - weight) * maps[low] + weight * maps[high]
