@@ -63,7 +63,8 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, help="M2IB KL weight")
     g.add_argument("--steps", type=int, help="M2IB optimisation steps")
     g.add_argument("--samples", type=int, help="M2IB noise samples per step")
-    g.add_argument("--stride", type=int, help="CPU shortcut: saliency on every k-th slice, interpolated between")
+    g.add_argument("--stride", type=int,
+                   help="CPU shortcut: saliency on every k-th slice and at the target's ends, interpolated inside")
     g.add_argument("--k", type=int, help="salient components (and mask components) to keep")
     g.add_argument("--prompt-mode", choices=PROMPT_MODES)
     g.add_argument("--points-per-component", type=int)
