@@ -216,3 +216,20 @@ def test_given_saliency_is_checked_and_strided_like_m2ib(fast_settings, litemeds
         pipeline.locate(volume, ["disk", "square"], saliency=[saliency])
     with pytest.raises(InputError, match="array order and size"):
         pipeline.locate(volume, "disk", saliency=[saliency[:, :10]])
+
+
+def test_litemedsam_gets_boxes_even_when_points_are_asked_for(fast_settings, litemedsam):
+    from types import SimpleNamespace
+
+    volume = disk_image(64, 80, (30, 40), 12)[None].astype(np.float32)
+    saliency = np.zeros(volume.shape, np.float32)
+    saliency[0, 17:44, 27:54] = 1.0
+    settings = fast_settings.replace(prompt_mode="points")
+    located = Pipeline(settings, sam=litemedsam).locate(volume, "disk", saliency=[saliency])
+    prompts = located.targets[0].prompts[0]
+    assert prompts.boxes and not prompts.points
+    assert any("box prompts only" in m for m in located.messages)
+    vit = SimpleNamespace(name="vit_b")  # only its name is read before SAM runs
+    located = Pipeline(settings, sam=vit).locate(volume, "disk", saliency=[saliency])
+    prompts = located.targets[0].prompts[0]
+    assert prompts.points and not prompts.boxes and not located.messages
