@@ -133,13 +133,19 @@ def test_saliency_finds_what_the_prompt_names(trained):
     assert sum(after["hits"]) >= sum(before["hits"]) + 4
 
 
-def test_fewer_m2ib_steps_and_samples_cost_little_on_the_trained_model(trained):
-    """The CPU shortcut's measured effect where saliency means something: hits out of 10 per shape."""
+def test_fewer_m2ib_samples_cost_little_but_fewer_steps_do(trained):
+    """The CPU shortcuts' measured effect where saliency means something (hits out of 10 per shape).
+
+    Measured: 10 steps x 10 samples (10, 9); 10 x 5 (10, 10); 10 x 3 (10, 8); 10 x 1 (10, 8);
+    7 x 5 (3, 8); 5 x 10 (2, 8); 5 x 5 (2, 8). From alpha = 5 with lr 1, fewer than 10 Adam steps
+    leave the bottleneck half open, so the map has not converged; the noise samples only average.
+    """
     _, bundle, _, _, after, both = trained
-    fast = {(steps, samples): saliency_hits(bundle, both, steps, samples) for steps, samples in ((5, 5), (3, 3))}
+    fast = {combo: saliency_hits(bundle, both, *combo) for combo in ((10, 3), (5, 5))}
     print(f"\nM2IB hits (disk, square) of 10: 10 steps x 10 samples {after['hits']}, "
           + ", ".join(f"{k[0]} x {k[1]} {v}" for k, v in fast.items()))
-    assert fast[(5, 5)][0] >= 8 and fast[(5, 5)][1] >= 8
+    assert min(fast[(10, 3)]) >= 8
+    assert fast[(5, 5)][0] <= after["hits"][0] - 4
 
 
 def test_pipeline_with_litemedsam_segments_the_named_disk(trained, litemedsam):
