@@ -73,6 +73,7 @@ class MedCLIPSAMParameterNode:
     maxComponents: Annotated[int, WithinRange(1, 10)] = 1
     promptMode: Annotated[str, Choice(["boxes", "box_all", "points"])] = "boxes"
     refineRounds: Annotated[int, WithinRange(0, 2)] = 2
+    fastSaliency: bool = False
     showSaliency: bool = True
     saliencyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     useLocalModels: bool = False
@@ -316,12 +317,14 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
     def settingsFromParameters(p, prompt: str, sliceScope=None):
         """Engine settings: the prompt's preset (e.g. its CT window), then what the panel shows."""
         from MedCLIPSAMLib.presets import apply_preset
-        from MedCLIPSAMLib.settings import BIOMEDCLIP_HUB_ID, Settings
+        from MedCLIPSAMLib.settings import BIOMEDCLIP_HUB_ID, FAST_SALIENCY, Settings
 
         settings, _ = apply_preset(Settings(), prompt)
         changes = dict(bottleneck_layer=p.bottleneckLayer, beta=p.beta, max_components=p.maxComponents,
                        prompt_mode=p.promptMode, refine_rounds=p.refineRounds, sam_backend=p.samModel,
                        device=p.device, clip_model=BIOMEDCLIP_HUB_ID, sam_checkpoint=None)
+        if p.fastSaliency:
+            changes.update(FAST_SALIENCY)
         if p.useLocalModels:
             changes["clip_model"] = p.clipModelPath or BIOMEDCLIP_HUB_ID
             changes["sam_checkpoint"] = p.samCheckpointPath or None

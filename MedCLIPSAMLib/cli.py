@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import MedCLIPSAMError, InputError
-from .settings import SAM_BACKENDS, PROMPT_MODES, Settings
+from .settings import FAST_SALIENCY, PROMPT_MODES, SAM_BACKENDS, Settings
 
 
 class TqdmProgress:
@@ -65,6 +65,8 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--samples", type=int, help="M2IB noise samples per step")
     g.add_argument("--stride", type=int,
                    help="CPU shortcut: saliency on every k-th slice and at the target's ends, interpolated inside")
+    g.add_argument("--fast", action="store_true",
+                   help="CPU shortcuts that measured cheap: --stride 4 --samples 3 (explicit options win)")
     g.add_argument("--k", type=int, help="salient components (and mask components) to keep")
     g.add_argument("--prompt-mode", choices=PROMPT_MODES)
     g.add_argument("--points-per-component", type=int)
@@ -93,6 +95,8 @@ def settings_from_args(args: argparse.Namespace, prompt: str | None) -> Settings
     settings = Settings()
     if prompt is not None and not args.no_preset:
         settings, _ = apply_preset(settings, prompt, explicit)
+    if getattr(args, "fast", False):
+        explicit = {**FAST_SALIENCY, **explicit}
     return settings.replace(**explicit)
 
 

@@ -105,3 +105,13 @@ def test_presets_fill_in_unless_the_user_set_the_option():
     args = parser.parse_args(["segment", "x.nii", "-p", "lungs", "-o", "y.nii", "--no-preset", "--slices", "3-7"])
     plain = settings_from_args(args, "lungs")
     assert plain.max_components == 1 and plain.slice_range == (3, 7)
+
+
+def test_fast_option_sets_the_cheap_shortcuts_and_explicit_options_win():
+    parser = build_parser()
+    plain = settings_from_args(parser.parse_args(["segment", "x.nii", "-p", "a", "-o", "y.nii"]), "a")
+    assert (plain.saliency_stride, plain.m2ib_samples, plain.m2ib_steps) == (1, 10, 10)
+    fast = settings_from_args(parser.parse_args(["segment", "x.nii", "-p", "a", "-o", "y.nii", "--fast"]), "a")
+    assert (fast.saliency_stride, fast.m2ib_samples, fast.m2ib_steps) == (4, 3, 10)
+    args = parser.parse_args(["segment", "x.nii", "-p", "a", "-o", "y.nii", "--fast", "--samples", "5"])
+    assert settings_from_args(args, "a").m2ib_samples == 5
