@@ -18,8 +18,8 @@ import torch
 from scipy import ndimage
 
 from .errors import Cancelled, InputError
-from .keyslices import interpolate_between, key_slices, target_ends
 from .imageio import MIN_SIDE, Volume, as_volume, image_to_gray, normalize_intensity, read_volume, resolve_axis
+from .keyslices import interpolate_between, key_slices, target_ends
 from .models.catalog import ProgressCallback
 from .models.clip import ClipBundle, cached_clip
 from .models.sam import SamBackend, load_sam, resolve_backend
