@@ -132,7 +132,8 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "sam": sam_name, "clip": size, "slices": slices,
-        "image_size": image_size, "slices_with_sam": sam_slices, "bf16": settings.bf16 and device.type == "cuda",
+        "image_size": image_size, "slices_with_saliency": result.saliency_slices, "slices_with_sam": sam_slices,
+        "bf16": settings.bf16 and device.type == "cuda",
         "clip_batch_size": settings.clip_batch_size, "sam_batch_size": settings.sam_batch_size,
         "m2ib_steps": settings.m2ib_steps, "m2ib_samples": settings.m2ib_samples,
         "saliency_stride": settings.saliency_stride, "sam_input_size": sam.image_size,
@@ -145,7 +146,8 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
 
 def format_report(report: dict) -> str:
     lines = [f"device {report['device']} ({report['threads']} threads), CLIP {report['clip']}, SAM {report['sam']}, "
-             f"{report['slices']} slices of {report['image_size']} px ({report['slices_with_sam']} with SAM at "
+             f"{report['slices']} slices of {report['image_size']} px ({report['slices_with_saliency']} with M2IB, "
+             f"{report['slices_with_sam']} with SAM at "
              f"{report['sam_input_size']} px), "
              f"bf16 {report['bf16']}", "stage             ms/slice"]
     for stage, value in report["seconds_per_slice"].items():

@@ -34,7 +34,7 @@ MASK_SUFFIXES = ("_mask", "_label", "_seg")
 IMAGE_SUFFIX = "_image"
 MODES = ("zero-shot", "saliency-only", "oracle", "oracle-saliency")
 ORACLE_NAME = "target"
-CSV_FIELDS = ["case", "dsc", "nsd", "runtime_s", "boxes", "prompt"]
+CSV_FIELDS = ["case", "dsc", "nsd", "runtime_s", "boxes", "saliency_slices", "prompt"]
 TOLERANCE_2D_PX = 2.0
 TOLERANCE_3D_MM = 2.0
 
@@ -122,8 +122,9 @@ class Evaluator:
                                  input_size=s.sam_input_size)
         return self._sam
 
-    def predict(self, volume: Volume, truth: np.ndarray, prompt) -> tuple[np.ndarray, int, dict]:
-        """Prediction (z, y, x), number of boxes, and per-slice boxes (for the figure)."""
+    def predict(self, volume: Volume, truth: np.ndarray, prompt) -> tuple[np.ndarray, int, dict, int | None]:
+        """Prediction (z, y, x), number of boxes, per-slice boxes (for the figure), and how many slices
+        got a saliency map of their own (None without saliency)."""
         if self.mode == "oracle":
             from .imageio import normalize_intensity
             axis = resolve_axis(self.settings.axis, volume)
@@ -131,12 +132,13 @@ class Evaluator:
             moved = np.moveaxis(truth, axis, 0)
             mask, boxes = oracle_segment(self.sam, slices, moved, self.grow, self.settings.refine_rounds,
                                          self.settings.sam_batch_size)
-            return np.moveaxis(mask, 0, axis), sum(map(len, boxes.values())), boxes if volume.is_2d else {}
+            return np.moveaxis(mask, 0, axis), sum(map(len, boxes.values())), boxes if volume.is_2d else {}, None
         if self.mode == "saliency-only":
             located = self.pipeline.locate(volume, [prompt])
             target = located.targets[0]
             boxes = {z: p.boxes for z, p in enumerate(target.prompts) if p.boxes}
-            return np.moveaxis(target.coarse, 0, located.axis), sum(map(len, boxes.values())), boxes
+            return (np.moveaxis(target.coarse, 0, located.axis), sum(map(len, boxes.values())), boxes,
+                    located.saliency_slices)
         if self.mode == "oracle-saliency":
             from .saliency import oracle_maps
             axis = resolve_axis(self.settings.axis, volume)
@@ -146,7 +148,7 @@ class Evaluator:
             result = self.pipeline.run(volume, [prompt])
         name = result.names[0]
         boxes = result.boxes[name]
-        return result.masks[name], sum(map(len, boxes.values())), boxes
+        return result.masks[name], sum(map(len, boxes.values())), boxes, result.saliency_slices
 
 
 def load_prompts(prompt: str | None, prompt_json: str | None, prompt_file: str | None) -> Callable[[str], Any]:
@@ -239,7 +241,7 @@ def evaluate_case(case: Case, evaluator: Evaluator, prompt, figure_dir: Path | N
         raise InputError(f"Case '{case.name}': mask shape {truth.shape} differs from image shape "
                          f"{volume.array.shape}.")
     start = time.perf_counter()
-    prediction, box_count, boxes = evaluator.predict(volume, truth, prompt)
+    prediction, box_count, boxes, saliency_slices = evaluator.predict(volume, truth, prompt)
     runtime = time.perf_counter() - start
     if volume.is_2d:
         nsd = normalized_surface_dice(prediction[0], truth[0], TOLERANCE_2D_PX)
@@ -247,6 +249,7 @@ def evaluate_case(case: Case, evaluator: Evaluator, prompt, figure_dir: Path | N
         nsd = normalized_surface_dice(prediction, truth, TOLERANCE_3D_MM, volume.spacing_zyx)
     row = {"case": case.name, "dsc": round(dice(prediction, truth), 5), "nsd": round(nsd, 5),
            "runtime_s": round(runtime, 3), "boxes": box_count,
+           "saliency_slices": "" if saliency_slices is None else saliency_slices,
            "prompt": prompt if isinstance(prompt, str) else " | ".join(prompt or [])}
     if figure_dir is not None:
         from .figures import overlay_figure

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from .errors import Cancelled, InputError
 from .imageio import MIN_SIDE, Volume, as_volume, image_to_gray, normalize_intensity, read_volume, resolve_axis
-from .keyslices import interpolate_between, key_slices, target_ends
+from .keyslices import end_midpoints, interpolate_between, key_slices
 from .models.catalog import ProgressCallback
 from .models.clip import ClipBundle, cached_clip
 from .models.sam import SamBackend, load_sam, resolve_backend
@@ -50,6 +50,8 @@ class SegmentationResult:
     axis: int
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    saliency_slices: int = 0
+    """Slices whose maps were computed (or read, for given maps); with a stride the rest are interpolated."""
 
     @property
     def names(self) -> list[str]:
@@ -116,6 +118,7 @@ class Located:
     targets: list[Target]
     messages: list[str]
     timings: dict[str, float]
+    saliency_slices: int
 
 
 class _Runner:
@@ -136,6 +139,9 @@ class _Runner:
         """Start (or extend) a counted stage; ``step`` then advances it."""
         self._counts[stage] = [done, total]
         self.report(stage, done, total)
+
+    def done(self, stage: str) -> int:
+        return self._counts.get(stage, [0, 0])[0]
 
     def step(self, stage: str, count: int) -> None:
         done, total = self._counts[stage]
@@ -256,6 +262,10 @@ class Pipeline:
             saliency = self._saliency(slices, active, texts, runner)
         else:
             saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active, runner)
+        computed = runner.done("saliency")
+        if computed < active.size:
+            messages.append(f"Saliency computed on {computed} of {active.size} slices (stride {s.saliency_stride}); "
+                            "the others were interpolated between them.")
         t = time.perf_counter()
         valid = np.zeros(slices.shape[0], dtype=bool)
         valid[active] = True
@@ -272,7 +282,7 @@ class Pipeline:
             targets.append(Target(group[0], normalised, components,
                                   prompts_per_slice(components, normalised, mode, s.points_per_component)))
         runner.timed("prompts", t)
-        return Located(slices, axis, targets, messages, runner.timings)
+        return Located(slices, axis, targets, messages, runner.timings, computed)
 
     def _prompt_mode(self, messages: list[str]) -> str:
         """Boxes instead of points for LiteMedSAM, which was trained with box prompts only.
@@ -345,19 +355,21 @@ class Pipeline:
 
     def _fill_maps(self, maps: list[np.ndarray], active: np.ndarray, compute: Callable[[np.ndarray], None],
                    runner: _Runner) -> list[np.ndarray]:
-        """``compute`` the maps on the key slices and, with a stride, where the target starts and ends;
-        interpolate the rest (see keyslices)."""
+        """``compute`` the maps on the key slices and, with a stride, bisect to where the target starts
+        and ends; interpolate the rest (see keyslices)."""
         s = self.settings
-        keys = key_slices(active, s.saliency_stride)
-        runner.begin("saliency", len(keys))
-        compute(keys)
-        if s.saliency_stride > 1:
-            ends = target_ends(maps, keys, active, s.max_components, s.min_component_fraction)
-            runner.begin("saliency", len(keys) + len(ends), done=len(keys))
-            compute(ends)
-            keys = np.union1d(keys, ends)
+        computed = key_slices(active, s.saliency_stride)
+        runner.begin("saliency", len(computed))
+        compute(computed)
+        while s.saliency_stride > 1:
+            middles = end_midpoints(maps, computed, active, s.max_components, s.min_component_fraction)
+            if not middles.size:
+                break
+            runner.begin("saliency", len(computed) + len(middles), done=len(computed))
+            compute(middles)
+            computed = np.union1d(computed, middles)
         for target in maps:
-            interpolate_between(target, keys, active)
+            interpolate_between(target, computed, active)
         return maps
 
     def _sam(self, slices: np.ndarray, prompts: list[list[SlicePrompts]], runner: _Runner) -> list[np.ndarray]:
@@ -399,7 +411,8 @@ class Pipeline:
             out_boxes[target.name] = {z: list(p.boxes) for z, p in enumerate(target.prompts) if p.boxes}
             scores[target.name] = target.score
         return SegmentationResult(labels=np.moveaxis(labels, 0, axis), masks=out_masks, saliency=out_saliency,
-                                  boxes=out_boxes, scores=scores, axis=axis, messages=located.messages)
+                                  boxes=out_boxes, scores=scores, axis=axis, messages=located.messages,
+                                  saliency_slices=located.saliency_slices)
 
 
 def segment_volume(volume: Volume | np.ndarray | str | os.PathLike, prompts: PromptSpec | Sequence[PromptSpec],

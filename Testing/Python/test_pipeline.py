@@ -198,8 +198,9 @@ def test_given_saliency_skips_clip_and_drives_prompts_and_sam(fast_settings, lit
 
 
 def test_given_saliency_is_checked_and_strided_like_m2ib(fast_settings, litemedsam):
-    """Stride 4 over 13 slices: keys 0, 4, 8, 12. The target (slices 2-10) crosses keys 4 and 8, so the
-    gaps 1-3 and 9-11 where it starts and ends are read exactly; only 5-7 inside it are interpolated."""
+    """Stride 4 over 13 slices: keys 0, 4, 8, 12. The target crosses keys 4 and 8, so the gaps 1-3 and
+    9-11 are bisected: 2 and 10 (too faint to pass Otsu), then 3 and 9 (inside), which ends the search.
+    8 slices are read; 1 and 11 outside the target and 5-7 inside it are interpolated."""
     volume = np.stack([disk_image(48, 48, (24, 24), 10, seed=s) for s in range(13)]).astype(np.float32)
     saliency = np.zeros(volume.shape, np.float32)
     strength = np.array([0, 0, 1, 2, 4, 6, 9, 6, 4, 2, 1, 0, 0], np.float32)
@@ -207,11 +208,11 @@ def test_given_saliency_is_checked_and_strided_like_m2ib(fast_settings, litemeds
     stages = []
     pipeline = Pipeline(fast_settings.replace(saliency_stride=4), sam=litemedsam)
     located = pipeline.locate(volume, "disk", saliency=[saliency], progress=lambda *a: stages.append(a))
-    # read: 0-4 and 8-12 exactly; 5-7 interpolated between slices 4 and 8 (so the peak of 9 is missed)
-    expected = np.array([0, 0, 1, 2, 4, 4, 4, 4, 4, 2, 1, 0, 0]) / 4
+    # 5-7 interpolated between slices 4 and 8 (so the peak of 9 is missed), 1 and 11 between 0|2 and 10|12
+    expected = np.array([0, 0.5, 1, 2, 4, 4, 4, 4, 4, 2, 1, 0.5, 0]) / 4
     np.testing.assert_allclose(located.targets[0].saliency[:, 24, 24], expected, atol=1e-6)
     assert located.targets[0].saliency[:, 5, 5].max() == 0
-    assert stages[0] == ("saliency", 0, 4) and stages[-1] == ("saliency", 10, 10)
+    assert stages[0] == ("saliency", 0, 4) and stages[-1] == ("saliency", 8, 8)
     with pytest.raises(InputError, match="one map per prompt"):
         pipeline.locate(volume, ["disk", "square"], saliency=[saliency])
     with pytest.raises(InputError, match="array order and size"):
