@@ -228,6 +228,7 @@ class Pipeline:
         """
         start = time.perf_counter()
         runner = _Runner(progress, cancel)
+        self.sam  # load (or download) SAM now: a bad checkpoint must fail before minutes of saliency
         located = self._locate(volume, prompts, runner, saliency)
         masks = self._sam(located.slices, [t.prompts for t in located.targets], runner)
         t = time.perf_counter()

@@ -181,9 +181,19 @@ def _sam_vit(key: str, checkpoint: str | None, progress: ProgressCallback | None
                              "or leave it out to download the official one.")
     try:
         return sam_model_registry[key](checkpoint=str(path))
-    except (RuntimeError, KeyError, EOFError) as exc:
-        raise ModelError(f"'{path}' is not a valid SAM {key} checkpoint ({str(exc).splitlines()[0][:200]}). "
-                         "Check the model type matches the file (vit_b/vit_l/vit_h).") from None
+    except RuntimeError as exc:
+        if "state_dict" in str(exc):
+            raise ModelError(f"'{path}' holds weights that do not fit SAM {key}: check the model type matches the "
+                             "file (vit_b, vit_l or vit_h).") from None
+        raise _unreadable_checkpoint(path, key, exc) from None
+    except Exception as exc:  # torch.load raises many types (pickle, zip, key errors) for files it cannot read
+        raise _unreadable_checkpoint(path, key, exc) from None
+
+
+def _unreadable_checkpoint(path: Path, key: str, exc: Exception) -> ModelError:
+    return ModelError(f"'{path}' cannot be read as a SAM {key} checkpoint ({type(exc).__name__}): the file is "
+                      "damaged or not a PyTorch .pth file. Download it again, or leave --sam-checkpoint out to "
+                      "fetch the official one.")
 
 
 _LOADED: dict[tuple, SamBackend] = {}

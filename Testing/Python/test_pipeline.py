@@ -234,3 +234,19 @@ def test_litemedsam_gets_boxes_even_when_points_are_asked_for(fast_settings, lit
     located = Pipeline(settings, sam=vit).locate(volume, "disk", saliency=[saliency])
     prompts = located.targets[0].prompts[0]
     assert prompts.points and not prompts.boxes and not located.messages
+
+
+def test_a_bad_sam_checkpoint_fails_before_any_saliency_is_computed(tmp_path, fast_settings):
+    from types import SimpleNamespace
+
+    from MedCLIPSAMLib.errors import ModelError
+
+    damaged = tmp_path / "sam_vit_b.pth"
+    damaged.write_bytes(b"not a checkpoint")
+    settings = fast_settings.replace(sam_backend="vit_b", sam_checkpoint=str(damaged))
+    no_clip = SimpleNamespace()  # any use of CLIP would raise AttributeError
+    volume = disk_image(48, 48, (24, 24), 10)[None].astype(np.float32)
+    stages = []
+    with pytest.raises(ModelError, match="cannot be read as a SAM vit_b checkpoint"):
+        Pipeline(settings, clip=no_clip).run(volume, "disk", progress=lambda *a: stages.append(a))
+    assert stages == []

