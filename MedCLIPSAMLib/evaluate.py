@@ -169,10 +169,15 @@ def _missing(case: str):
 
 
 def done_cases(csv_path: Path) -> set[str]:
+    """Cases already in a metrics.csv being resumed; one with other columns cannot be continued."""
     if not csv_path.exists():
         return set()
     with csv_path.open() as handle:
-        return {row["case"] for row in csv.DictReader(handle)}
+        reader = csv.DictReader(handle)
+        if reader.fieldnames and reader.fieldnames != CSV_FIELDS:
+            raise InputError(f"'{csv_path}' has the columns {reader.fieldnames}, not {CSV_FIELDS} (an older "
+                             "version wrote it), so it cannot be resumed; choose another --out folder.")
+        return {row["case"] for row in reader}
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:

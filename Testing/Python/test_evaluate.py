@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from conftest import disk_image, disk_mask
 from MedCLIPSAMLib.cli import main
 from MedCLIPSAMLib.errors import InputError
-from MedCLIPSAMLib.evaluate import find_cases, oracle_boxes
+from MedCLIPSAMLib.evaluate import done_cases, find_cases, oracle_boxes
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_oracle_mode_writes_metrics_summary_and_figures(tmp_path, dataset):
                  "--device", "cpu", "--quiet"]) == 0
     rows = read_rows(out)
     assert [r["case"] for r in rows] == ["case0", "case1", "case2"]
-    assert all(float(r["dsc"]) > 0.9 and int(r["boxes"]) == 1 for r in rows)
+    assert all(float(r["dsc"]) > 0.9 and int(r["boxes"]) == 1 and r["saliency_slices"] == "" for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["count"] == 3 and summary["mode"] == "oracle"
     assert summary["dsc_mean"] == pytest.approx(np.mean([float(r["dsc"]) for r in rows]), abs=1e-4)
@@ -73,6 +73,11 @@ def test_resume_skips_finished_cases_and_refuses_to_clobber(tmp_path, dataset):
     assert len(read_rows(out)) == 1
     assert main(args + ["--resume"]) == 0
     assert [r["case"] for r in read_rows(out)] == ["case0", "case1", "case2"]
+    older = tmp_path / "older"  # written before the saliency_slices column existed
+    older.mkdir()
+    (older / "metrics.csv").write_text("case,dsc,nsd,runtime_s,boxes,prompt\ncase0,0.9,0.8,1.0,1,\n")
+    with pytest.raises(InputError, match="cannot be resumed; choose another --out"):
+        done_cases(older / "metrics.csv")
 
 
 def test_zero_shot_and_saliency_only_modes(tmp_path, dataset, tiny_clip_folder):
@@ -84,6 +89,7 @@ def test_zero_shot_and_saliency_only_modes(tmp_path, dataset, tiny_clip_folder):
     rows = read_rows(tmp_path / "zs")
     assert [r["prompt"] for r in rows] == ["bright disk", "round lesion"]
     assert all(0 <= float(r["dsc"]) <= 1 and 0 <= float(r["nsd"]) <= 1 for r in rows)
+    assert [r["saliency_slices"] for r in rows] == ["1", "1"]  # a 2D image is one slice with its own map
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("a bright disk\na round bright shape\n")
     assert main(["evaluate", str(dataset), "--saliency-only", "--prompt-file", str(sentences),
@@ -111,4 +117,5 @@ def test_oracle_saliency_mode_runs_the_pipeline_without_clip(tmp_path, dataset):
                  "--device", "cpu", "--quiet", "--no-figures"]) == 0
     rows = read_rows(out)
     assert len(rows) == 3 and all(float(r["dsc"]) > 0.85 and int(r["boxes"]) == 1 for r in rows)
+    assert {r["saliency_slices"] for r in rows} == {"1"}
     assert json.loads((out / "summary.json").read_text())["mode"] == "oracle-saliency"

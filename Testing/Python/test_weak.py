@@ -78,3 +78,13 @@ def test_tiny_nnunet_run_export_train_ensemble(tmp_path, monkeypatch):
     with (out / "uncertainty.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["case"] for r in rows] == ["c0", "c1"] and rows[0]["checkpoints"] == "4"
+
+
+def test_a_schedule_that_does_not_fit_is_refused_before_training():
+    from MedCLIPSAMLib.errors import InputError
+    from MedCLIPSAMLib.weak.train import set_trainer_knobs
+
+    with pytest.raises(InputError, match="3 cycles do not fit in 2 epochs"):
+        set_trainer_knobs(2, 3, 1, 0.01, 5, 2)
+    with pytest.raises(InputError, match="--keep-last must be between 1 and the cycle length 5"):
+        set_trainer_knobs(10, 2, 6, 0.01, 5, 2)
