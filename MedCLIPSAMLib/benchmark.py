@@ -134,7 +134,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "threads": torch.get_num_threads(), "sam": sam_name, "clip": size, "slices": slices,
         "image_size": image_size, "slices_with_saliency": result.saliency_slices, "slices_with_sam": sam_slices,
         "bf16": settings.bf16 and device.type == "cuda",
-        "clip_batch_size": settings.clip_batch_size, "sam_batch_size": settings.sam_batch_size,
+        "clip_batch_size": settings.clip_batch_size, "sam_batch_size": settings.sam_batch_for(device.type),
         "m2ib_steps": settings.m2ib_steps, "m2ib_samples": settings.m2ib_samples,
         "saliency_stride": settings.saliency_stride, "sam_input_size": sam.image_size,
         "seconds_per_slice": per_slice, "naive_seconds_per_slice": naive,

@@ -131,7 +131,7 @@ class Evaluator:
             slices = np.moveaxis(normalize_intensity(volume.array, self.settings.window), axis, 0)
             moved = np.moveaxis(truth, axis, 0)
             mask, boxes = oracle_segment(self.sam, slices, moved, self.grow, self.settings.refine_rounds,
-                                         self.settings.sam_batch_size)
+                                         self.settings.sam_batch_for(self.sam.device.type))
             return np.moveaxis(mask, 0, axis), sum(map(len, boxes.values())), boxes if volume.is_2d else {}, None
         if self.mode == "saliency-only":
             located = self.pipeline.locate(volume, [prompt])

@@ -393,7 +393,7 @@ class Pipeline:
             runner.timed("sam_decoder", t)
             runner.step("sam", len(part))
 
-        _with_oom_retry(batch, needed, self.settings.sam_batch_size)
+        _with_oom_retry(batch, needed, self.settings.sam_batch_for(self.device.type))
         return masks
 
     def _assemble(self, located: "Located", masks: list[np.ndarray]) -> SegmentationResult:

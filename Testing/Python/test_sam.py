@@ -158,3 +158,30 @@ def test_sam_input_size_errors(tmp_path):
         load_sam("litemedsam", None, "cpu", input_size=512)
     with pytest.raises(InputError, match="sam_input_size"):
         Settings(sam_input_size=1000)
+
+
+def test_litemedsam_batchnorm_is_folded_into_its_convolutions_without_changing_the_embedding():
+    import torch
+    from MedCLIPSAMLib.models.sam import _litemedsam, fuse_conv_batchnorm
+
+    plain = _litemedsam(fuse=False).eval()
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.image_encoder.modules())
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = plain.image_encoder(image)
+        assert fuse_conv_batchnorm(plain.image_encoder) == norms > 0
+        after = plain.image_encoder(image)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.image_encoder.modules())
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    loaded = load_sam("litemedsam", None, "cpu").model.image_encoder
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
+
+
+def test_sam_encoder_batch_is_one_slice_on_cpu_unless_asked():
+    from MedCLIPSAMLib.errors import InputError
+    from MedCLIPSAMLib.settings import Settings
+
+    assert Settings().sam_batch_for("cpu") == 1 and Settings().sam_batch_for("cuda") == 4
+    assert Settings(sam_batch_size=3).sam_batch_for("cpu") == 3
+    with pytest.raises(InputError, match="'sam_batch_size' must be at least 1"):
+        Settings(sam_batch_size=0)
