@@ -67,8 +67,8 @@ class Settings:
     window: str | None = None
     """CT window preset name (see imageio.CT_WINDOWS); None: robust percentiles."""
     saliency_stride: int = 1
-    """CPU shortcut: M2IB on every k-th slice and where the target starts and ends, maps interpolated
-    inside it (1: every slice; measured cost in the README)."""
+    """CPU shortcut: M2IB on every k-th slice and, found by bisection, where the target starts and ends; maps
+    interpolated in between (1: every slice; measured cost in the README)."""
     min_body_fraction: float = 0.01
     """Slices where fewer than this fraction of pixels are above 10% intensity (air) are skipped."""
 
