@@ -458,12 +458,11 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
     def addToTrainingSet(self, p, segmentationNode, segmentId):
         from pathlib import Path
         from MedCLIPSAMLib.mrml import add_to_training_set
-        from MedCLIPSAMLib.weak.export import dataset_dir
+        from MedCLIPSAMLib.weak.export import dataset_dir, next_case_id
 
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
         folder = dataset_dir(Path(p.nnunetRawFolder), p.datasetId, p.datasetName)
-        existing = len(list((folder / "labelsTr").glob("*.nii.gz"))) if (folder / "labelsTr").exists() else 0
-        caseId = f"{p.datasetName}_{existing + 1:04d}"
+        caseId = next_case_id(folder, p.datasetName)
         return add_to_training_set(p.inputVolume, segmentationNode, segmentId, folder, caseId, segment.GetName(),
                                    modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
 

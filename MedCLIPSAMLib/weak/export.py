@@ -35,6 +35,14 @@ def dataset_dir(raw_root: str | Path, dataset_id: int, name: str) -> Path:
     return wanted
 
 
+def next_case_id(folder: str | Path, prefix: str) -> str:
+    """``<prefix>_<NNNN>`` one past the highest number already used, so deleted cases leave gaps
+    instead of making the next export collide with a case that is still there."""
+    used = [int(m.group(1)) for path in (Path(folder) / "labelsTr").glob(f"{prefix}_*{FILE_ENDING}")
+            if (m := re.fullmatch(rf"{re.escape(prefix)}_(\d+){re.escape(FILE_ENDING)}", path.name))]
+    return f"{prefix}_{max(used, default=0) + 1:04d}"
+
+
 def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
     return (a.GetSize() == b.GetSize()
             and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=GEOMETRY_TOLERANCE)

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from MedCLIPSAMLib.errors import InputError
-from MedCLIPSAMLib.weak.export import add_case, dataset_dir
+from MedCLIPSAMLib.weak.export import add_case, dataset_dir, next_case_id
 
 from test_imageio import assert_same_geometry, make_volume
 
@@ -74,3 +74,14 @@ def test_label_checks(tmp_path):
     with pytest.raises(InputError, match="Case id"):
         add_case(folder, "bad id!", image, label, "t")
     assert not (folder / "labelsTr").exists() or not list((folder / "labelsTr").iterdir())
+
+
+def test_next_case_id_follows_the_highest_number_so_a_deleted_case_causes_no_collision(tmp_path):
+    folder = dataset_dir(tmp_path, 9, "Tumour")
+    assert next_case_id(folder, "Tumour") == "Tumour_0001"  # the folder does not exist yet
+    image, label = volume_and_label()
+    for case in ("Tumour_0001", "Tumour_0002", "Tumour_0003", "other_0009"):
+        add_case(folder, case, image, label, "tumour")
+    (folder / "labelsTr" / "Tumour_0002.nii.gz").unlink()  # two cases left, the highest is 3
+    assert next_case_id(folder, "Tumour") == "Tumour_0004"
+    assert next_case_id(folder, "other") == "other_0010"
