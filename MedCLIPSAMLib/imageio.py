@@ -129,6 +129,8 @@ def check_array(array: np.ndarray, source: str = "image") -> np.ndarray:
                          f"need at least {MIN_SIDE}x{MIN_SIDE}.")
     if array.dtype.kind not in "uifb":
         raise InputError(f"{source}: pixel type {array.dtype} is not a number.")
+    if array.dtype.kind == "b":  # a mask given as the image: 0/1 intensities like any other
+        array = array.astype(np.float32)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InputError(f"{source}: contains NaN or infinite pixel values; replace them (for example with the "
                          "background value) before segmenting.")

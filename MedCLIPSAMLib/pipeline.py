@@ -71,17 +71,28 @@ def prompt_name(prompt: PromptSpec) -> str:
 
 
 def check_prompts(prompts: PromptSpec | Sequence[PromptSpec]) -> list[list[str]]:
-    """Normalise to a list of sentence lists; refuse empty or duplicate prompts."""
-    items = [prompts] if isinstance(prompts, str) else list(prompts)
-    sentences = [[p] if isinstance(p, str) else [str(s) for s in p] for p in items]
+    """Normalise to a list of sentence lists; refuse empty, non-text or duplicate prompts."""
+    def text_list(value) -> list:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise InputError(f"A prompt must be text or a list of sentences, not {type(value).__name__} ({value!r:.60}).")
+
+    if isinstance(prompts, str):
+        sentences = [[prompts]]
+    elif isinstance(prompts, (list, tuple)):
+        sentences = [text_list(p) for p in prompts]
+    else:
+        sentences = [text_list(prompts)]
     if not sentences:
         raise InputError("No prompt given: type what to segment, for example 'brain tumor'.")
     for group in sentences:
         if not group or any(not s.strip() for s in group):
             raise InputError("A prompt is empty: type what to segment, for example 'brain tumor'.")
     names = [g[0].strip() for g in sentences]
-    if len(set(names)) != len(names):
-        raise InputError(f"Prompts must differ; got {names}.")
+    if len({n.casefold() for n in names}) != len(names):
+        raise InputError(f"Prompts must differ (ignoring case); got {names}.")
     return [[s.strip() for s in g] for g in sentences]
 
 

@@ -47,6 +47,31 @@ def test_bad_inputs_are_clear_errors(fast_settings, tiny_clip, litemedsam, image
         segment_image(image, prompt, fast_settings, clip=tiny_clip, sam=litemedsam)
 
 
+@pytest.mark.parametrize("prompts, message", [
+    (None, "must be text or a list of sentences, not NoneType"),
+    (5, "not int"),
+    (["tumor", 3], "not int"),
+    (["Tumor", "tumor "], r"must differ \(ignoring case\)"),
+    ([], "No prompt given"),
+])
+def test_prompts_that_are_not_distinct_text_are_refused(prompts, message):
+    from MedCLIPSAMLib.pipeline import check_prompts
+
+    with pytest.raises(InputError, match=message):
+        check_prompts(prompts)
+    assert check_prompts(["brain tumor ", ["a lesion", " a mass"]]) == [["brain tumor"], ["a lesion", "a mass"]]
+
+
+def test_a_boolean_image_is_read_as_zero_and_one(fast_settings, tiny_clip, litemedsam):
+    from MedCLIPSAMLib.imageio import as_volume, normalize_intensity
+
+    mask = disk_image() > 100
+    volume = as_volume(mask)
+    assert volume.array.dtype == np.float32 and set(np.unique(volume.array)) == {0.0, 1.0}
+    assert set(np.unique(normalize_intensity(volume.array))) == {0, 255}
+    assert segment_image(mask, "disk", fast_settings, clip=tiny_clip, sam=litemedsam).mask.shape == mask.shape
+
+
 def test_blank_slices_are_skipped_and_stay_empty(pipeline):
     volume = np.zeros((6, 64, 64), np.float32)
     for z in (2, 3):
