@@ -60,6 +60,12 @@ def read_pairs(path: str | Path, min_chars: int = MIN_CAPTION_CHARS) -> list[Pai
         image = image if image.is_absolute() else path.parent / image
         if len(caption) >= min_chars:
             pairs.append(Pair(image, caption))
+    missing = [pair.image for pair in pairs if not pair.image.is_file()]
+    if missing:  # found now, not hours into training
+        shown = ", ".join(f"'{m}'" for m in missing[:3])
+        raise InputError(f"{len(missing)} image file(s) listed in '{path}' do not exist ({shown}"
+                         f"{', ...' if len(missing) > 3 else ''}); fix the paths (relative ones are read from the "
+                         "file's folder) or remove those rows.")
     if len(pairs) < 2:
         raise InputError(f"Only {len(pairs)} usable pairs in '{path}' (captions under {min_chars} characters "
                          "are dropped); need at least 2.")

@@ -34,6 +34,10 @@ def test_caption_cleaning_and_pair_reading(tmp_path):
     assert clean_caption("CT: <b>large</b> mass   in the #liver!!") == "CT: b large /b mass in the liver"
     (tmp_path / "pairs.csv").write_text("image,caption\na.png,short\nb.png,A long enough caption about a liver mass\n"
                                         "c.png,Another caption that is long enough here\n")
+    with pytest.raises(InputError, match=r"2 image file\(s\) listed in .* do not exist \('.*b.png', '.*c.png'\)"):
+        read_pairs(tmp_path / "pairs.csv")  # a.png's caption is too short, so it is not checked
+    for name in ("b.png", "c.png", "x.png"):
+        (tmp_path / name).write_bytes(b"")
     pairs = read_pairs(tmp_path / "pairs.csv")
     assert [p.image.name for p in pairs] == ["b.png", "c.png"] and pairs[0].image.parent == tmp_path
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"path": "x.png", "text": "a caption of twenty chars+"}) + "\n")
