@@ -72,19 +72,18 @@ def prompt_name(prompt: PromptSpec) -> str:
 
 def check_prompts(prompts: PromptSpec | Sequence[PromptSpec]) -> list[list[str]]:
     """Normalise to a list of sentence lists; refuse empty, non-text or duplicate prompts."""
-    def text_list(value) -> list:
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise InputError(f"A prompt must be text or a list of sentences, not {type(value).__name__} ({value!r:.60}).")
+    def not_text(value) -> InputError:
+        return InputError(f"A prompt must be text or a list of sentences, not {type(value).__name__} ({value!r:.60}).")
 
-    if isinstance(prompts, str):
-        sentences = [[prompts]]
-    elif isinstance(prompts, (list, tuple)):
-        sentences = [text_list(p) for p in prompts]
-    else:
-        sentences = [text_list(prompts)]
+    items = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(items, (list, tuple)):
+        raise not_text(items)
+    sentences = []
+    for item in items:
+        group = [item] if isinstance(item, str) else item
+        if not isinstance(group, (list, tuple)) or not all(isinstance(s, str) for s in group):
+            raise not_text(item)
+        sentences.append(list(group))
     if not sentences:
         raise InputError("No prompt given: type what to segment, for example 'brain tumor'.")
     for group in sentences:

@@ -2,10 +2,12 @@
 3 cycles, lr 0.01, checkpoints over the last 10 epochs of each cycle: G = 30)."""
 from __future__ import annotations
 
+from ..errors import InputError
+
 
 def cycle_length(epochs: int, cycles: int) -> int:
-    if cycles < 1 or epochs < cycles:
-        raise ValueError(f"need 1 <= cycles <= epochs (got {cycles} cycles over {epochs} epochs)")
+    if not 1 <= cycles <= epochs:
+        raise InputError(f"--cycles must be between 1 and --epochs: {cycles} cycles do not fit in {epochs} epochs.")
     return epochs // cycles
 
 

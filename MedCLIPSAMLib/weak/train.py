@@ -47,8 +47,6 @@ def dataset_id_of(raw: Path, dataset: str | int) -> int:
 def set_trainer_knobs(epochs: int, cycles: int, keep_last: int, lr: float, iterations: int,
                       val_iterations: int) -> None:
     """Pass the schedule to the trainer (nnU-Net builds it itself), after checking it fits together."""
-    if not 1 <= cycles <= epochs:
-        raise InputError(f"--cycles must be between 1 and --epochs: {cycles} cycles do not fit in {epochs} epochs.")
     length = cycle_length(epochs, cycles)
     if not 1 <= keep_last <= length:
         raise InputError(f"--keep-last must be between 1 and the cycle length {length}.")

@@ -8,6 +8,7 @@ import SimpleITK as sitk
 
 from conftest import disk_image, disk_mask
 from MedCLIPSAMLib.cli import main
+from MedCLIPSAMLib.errors import InputError
 from MedCLIPSAMLib.weak.ensemble import entropy_bits
 from MedCLIPSAMLib.weak.schedule import cycle_length, cyclic_lr, is_snapshot_epoch, snapshot_name
 
@@ -18,7 +19,7 @@ def test_cyclic_schedule_restarts_each_cycle():
     assert cyclic_lr(0, 0.01, length) == cyclic_lr(200, 0.01, length) == cyclic_lr(400, 0.01, length) == 0.01
     assert cyclic_lr(100, 0.01, length) == pytest.approx(0.01 * 0.5 ** 0.9)
     assert cyclic_lr(199, 0.01, length) < cyclic_lr(198, 0.01, length) < 0.01
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="3 cycles do not fit in 2 epochs"):
         cycle_length(2, 3)
 
 
@@ -81,7 +82,6 @@ def test_tiny_nnunet_run_export_train_ensemble(tmp_path, monkeypatch):
 
 
 def test_a_schedule_that_does_not_fit_is_refused_before_training():
-    from MedCLIPSAMLib.errors import InputError
     from MedCLIPSAMLib.weak.train import set_trainer_knobs
 
     with pytest.raises(InputError, match="3 cycles do not fit in 2 epochs"):
