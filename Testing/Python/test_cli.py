@@ -115,3 +115,15 @@ def test_fast_option_sets_the_cheap_shortcuts_and_explicit_options_win():
     assert (fast.saliency_stride, fast.m2ib_samples, fast.m2ib_steps) == (4, 3, 10)
     args = parser.parse_args(["segment", "x.nii", "-p", "a", "-o", "y.nii", "--fast", "--samples", "5"])
     assert settings_from_args(args, "a").m2ib_samples == 5
+
+
+def test_a_long_cpu_run_at_paper_settings_suggests_fast_first():
+    from MedCLIPSAMLib.cli import cpu_hint
+    from MedCLIPSAMLib.settings import FAST_SALIENCY, Settings
+
+    cpu = Settings(device="cpu")
+    assert "25 slices" in cpu_hint(cpu, 25) and "--fast" in cpu_hint(cpu, 25)
+    assert cpu_hint(cpu, 4) is None  # short enough as it is
+    assert cpu_hint(cpu.replace(**FAST_SALIENCY), 25) is None
+    assert cpu_hint(cpu.replace(m2ib_samples=5), 25) is None  # the user already traded accuracy for time
+    assert cpu_hint(cpu.replace(m2ib_steps=5), 25) is None
