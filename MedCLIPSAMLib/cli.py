@@ -136,7 +136,7 @@ def cpu_hint(settings: Settings, slices: int) -> str | None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .imageio import read_volume, resolve_axis, write_label
+    from .imageio import chosen_slices, read_volume, resolve_axis, write_label
     from .pipeline import prompt_name, segment_volume
 
     prompts = _prompts(args)
@@ -146,8 +146,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(f"'{output}' already exists. Choose another output name or pass --overwrite.")
     settings = settings_from_args(args, prompt_name(prompts[0]) if len(prompts) == 1 else None)
     count = volume.array.shape[resolve_axis(settings.axis, volume)]
-    first, last = settings.slice_range or (0, count - 1)
-    hint = cpu_hint(settings, min(last, count - 1) - first + 1)
+    hint = cpu_hint(settings, len(chosen_slices(count, settings.slice_range)))
     if hint and not args.quiet:
         print(f"note: {hint}", file=sys.stderr)
     progress = TqdmProgress(not args.quiet)

@@ -209,6 +209,15 @@ def resolve_axis(axis: int | None, volume: Volume) -> int:
     return check_axis(axis if axis is not None else through_plane_axis(volume), volume)
 
 
+def chosen_slices(count: int, slice_range: tuple[int, int] | None) -> np.ndarray:
+    """Indices of the slices a run covers: the inclusive range (clipped to the volume), else all."""
+    first, last = slice_range or (0, count - 1)
+    if first >= count:
+        raise InputError(f"Slice range {first}-{last} is outside the {count} slices along this axis "
+                         f"(0-{count - 1}).")
+    return np.arange(first, min(last, count - 1) + 1)
+
+
 def write_label(labels: np.ndarray, reference: sitk.Image, path: str | os.PathLike,
                 overwrite: bool = False) -> Path:
     """Write a (z, y, x) label array with the reference geometry; never overwrite silently."""

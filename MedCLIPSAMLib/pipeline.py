@@ -18,7 +18,8 @@ import torch
 from scipy import ndimage
 
 from .errors import Cancelled, InputError
-from .imageio import MIN_SIDE, Volume, as_volume, image_to_gray, normalize_intensity, read_volume, resolve_axis
+from .imageio import (MIN_SIDE, Volume, as_volume, chosen_slices, image_to_gray, normalize_intensity, read_volume,
+                      resolve_axis)
 from .keyslices import end_midpoints, interpolate_between, key_slices
 from .models.catalog import ProgressCallback
 from .models.clip import ClipBundle, cached_clip
@@ -312,13 +313,7 @@ class Pipeline:
 
     def _active_slices(self, slices: np.ndarray) -> np.ndarray:
         """Slices in the range that show anything: constant or nearly all-air slices get no CLIP/SAM pass."""
-        count = slices.shape[0]
-        first, last = self.settings.slice_range or (0, count - 1)
-        if first >= count:
-            raise InputError(f"Slice range {first}-{last} is outside the {count} slices along this axis "
-                             f"(0-{count - 1}).")
-        last = min(last, count - 1)
-        chosen = np.arange(first, last + 1)
+        chosen = chosen_slices(slices.shape[0], self.settings.slice_range)
         flat = slices[chosen].reshape(len(chosen), -1)
         varies = flat.max(axis=1) > flat.min(axis=1)
         body = (flat > BODY_INTENSITY).mean(axis=1) >= self.settings.min_body_fraction
