@@ -137,21 +137,26 @@ def cpu_hint(settings: Settings, slices: int) -> str | None:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .imageio import chosen_slices, read_volume, resolve_axis, write_label
-    from .pipeline import prompt_name, segment_volume
+    from .pipeline import prompt_name
 
     prompts = _prompts(args)
     volume = read_volume(args.input)
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise InputError(f"'{output}' already exists. Choose another output name or pass --overwrite.")
-    settings = settings_from_args(args, prompt_name(prompts[0]) if len(prompts) == 1 else None)
-    count = volume.array.shape[resolve_axis(settings.axis, volume)]
-    hint = cpu_hint(settings, len(chosen_slices(count, settings.slice_range)))
-    if hint and not args.quiet:
-        print(f"note: {hint}", file=sys.stderr)
     progress = TqdmProgress(not args.quiet)
     try:
-        result = segment_volume(volume, prompts, settings, progress=progress)
+        if args.server:
+            result = _segment_on_server(args, volume, prompts, progress)
+        else:
+            from .pipeline import segment_volume
+
+            settings = settings_from_args(args, prompt_name(prompts[0]) if len(prompts) == 1 else None)
+            count = volume.array.shape[resolve_axis(settings.axis, volume)]
+            hint = cpu_hint(settings, len(chosen_slices(count, settings.slice_range)))
+            if hint and not args.quiet:
+                print(f"note: {hint}", file=sys.stderr)
+            result = segment_volume(volume, prompts, settings, progress=progress)
     finally:
         progress.close()
     write_label(result.labels, volume.reference, output, overwrite=args.overwrite)
@@ -169,6 +174,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"wrote {output} ({timing})")
     return 0
+
+
+def _segment_on_server(args: argparse.Namespace, volume, prompts: list, progress: TqdmProgress):
+    """The same run on a ``medclipsam serve`` engine: only the options given explicitly are sent."""
+    from .client import EngineClient
+    from .server.serve import read_token
+    from .settings import SERVER_FIELDS
+
+    explicit = {field: getattr(args, dest) for dest, field in SETTING_OPTIONS.items()
+                if getattr(args, dest, None) is not None}
+    owned = [f"--{dest.replace('_', '-')}" for dest, field in SETTING_OPTIONS.items()
+             if field in SERVER_FIELDS and field in explicit]
+    if owned:
+        raise MedCLIPSAMError(f"{', '.join(owned)} cannot be used with --server: the server chose its models and "
+                              "device when it started (medclipsam serve --clip-model ... --device ...).")
+    if args.fast:
+        explicit = {**FAST_SALIENCY, **explicit}
+    token, chosen = read_token(args.token_file)
+    if not chosen:
+        raise MedCLIPSAMError("--server needs the server's token: --token-file FILE or MEDCLIPSAM_TOKEN.")
+    client = EngineClient(args.server, token)
+    return client.segment(volume, prompts, explicit, progress=progress, presets=not args.no_preset,
+                          saliency=bool(args.saliency_out))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -203,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--saliency-out", help="also write the saliency map(s) here")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    seg.add_argument("--server", metavar="URL", help="run on a 'medclipsam serve' engine, e.g. http://127.0.0.1:8765 "
+                     "(a GPU machine through an SSH tunnel)")
+    seg.add_argument("--token-file", help="with --server: file holding the server's token (or set MEDCLIPSAM_TOKEN)")
     add_setting_options(seg)
     seg.set_defaults(func=cmd_segment)
 
@@ -219,7 +250,7 @@ def _extra_commands() -> list[Callable]:
     """Subcommands that live with their own module (evaluation, benchmark, ...)."""
     registrars = []
     for module_name in ("evaluate", "benchmark", "finetune.train", "finetune.retrieval", "weak.export",
-                        "weak.train", "weak.ensemble"):
+                        "weak.train", "weak.ensemble", "server.serve"):
         try:
             module = __import__(f"{__package__}.{module_name}", fromlist=["register_cli"])
         except ModuleNotFoundError as exc:

@@ -126,3 +126,50 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+SERVER_FIELDS = ("clip_model", "sam_checkpoint", "device", "compile")
+"""Fields an engine server chooses when it starts (``medclipsam serve``), never a request: they name files
+on the server or its hardware."""
+
+
+def settings_from_dict(values: dict[str, Any], base: Settings | None = None) -> Settings:
+    """Settings from JSON-like values (a server request, a saved panel), checked field by field.
+
+    Unknown names and values of the wrong type are refused with a message naming the field, instead
+    of failing later inside the pipeline.
+    """
+    if not isinstance(values, dict):
+        raise InputError(f"Settings must be an object of field names and values, not {type(values).__name__}.")
+    defaults = Settings()
+    known = {f.name for f in dataclasses.fields(Settings)}
+    changes = {}
+    for name, value in values.items():
+        if name not in known:
+            raise InputError(f"Unknown setting '{name}'. Known settings: {', '.join(sorted(known))}.")
+        changes[name] = _checked_value(name, value, getattr(defaults, name))
+    return (base or defaults).replace(**changes)
+
+
+_OPTIONAL = {"sam_checkpoint": str, "sam_input_size": int, "axis": int, "window": str, "sam_batch_size": int,
+             "slice_range": tuple}
+"""Fields whose default is None, with the type of a value that is not None."""
+
+
+def _checked_value(name: str, value: Any, default: Any) -> Any:
+    kind = _OPTIONAL.get(name, type(default))
+    if value is None and name in _OPTIONAL:
+        return None
+    if kind is tuple:
+        if (isinstance(value, (list, tuple)) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            return (int(value[0]), int(value[1]))
+        raise InputError(f"Setting '{name}' must be two whole numbers [first, last] (got {value!r:.60}).")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool):
+        raise InputError(f"Setting '{name}' must be a whole number (got {value!r}).")
+    if isinstance(value, kind):
+        return value
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+    raise InputError(f"Setting '{name}' must be {names.get(kind, kind.__name__)} (got {value!r:.60}).")

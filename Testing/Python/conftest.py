@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +70,50 @@ def disk_image(height: int = 96, width: int = 128, center=(40, 70), radius: int 
 def disk_mask(height: int = 96, width: int = 128, center=(40, 70), radius: int = 18) -> np.ndarray:
     yy, xx = np.mgrid[:height, :width]
     return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius ** 2
+
+
+ENGINE_TOKEN = "test-token-0123456789abcdef"
+ENGINE_MAX_UPLOAD = 5_000_000
+
+
+class LiveServer:
+    """uvicorn serving the real engine app on a free loopback port, in a thread of this process."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.token = ENGINE_TOKEN
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+
+    def ready(self) -> bool:  # the engine interface the Slicer run uses
+        return True
+
+    def failure(self):
+        return None
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def engine_server(tiny_clip_folder):
+    """A real engine server (tiny random CLIP, LiteMedSAM) on 127.0.0.1 for the whole test session."""
+    from MedCLIPSAMLib.server.app import Limits, create_app
+    from MedCLIPSAMLib.server.engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(clip_model=str(tiny_clip_folder), device="cpu"))
+    engine.preload("litemedsam")
+    live = LiveServer(create_app(engine, ENGINE_TOKEN, Limits(max_upload_bytes=ENGINE_MAX_UPLOAD)))
+    yield live
+    live.stop()

@@ -1,6 +1,4 @@
 """Slicer glue with the real MRML and Segmentations classes of the slicer-core wheel."""
-import threading
-
 import numpy as np
 import pytest
 
@@ -8,10 +6,9 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from conftest import disk_image  # noqa: E402
-from MedCLIPSAMLib.errors import Cancelled  # noqa: E402
-from MedCLIPSAMLib.mrml import (add_saliency_volume, apply_result, array_from_volume, segment_style,  # noqa: E402
-                                segment_to_array)
-from MedCLIPSAMLib.slicer_run import Request, apply, compute, read_input, view_slice  # noqa: E402
+from MedCLIPSAMLib.slicer.mrml import (add_saliency_volume, apply_result, array_from_volume,  # noqa: E402
+                                       segment_style, segment_to_array)
+from MedCLIPSAMLib.slicer.run import read_input, view_slice  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,31 +126,8 @@ def test_view_slice_picks_the_axis_along_the_view_normal(volume_node):
     assert view_slice(volume_node, slice_to_ras) == (0, 4)
 
 
-def test_logic_run_end_to_end_and_cancel_changes_nothing(scene, volume_node, fast_settings, tiny_clip, litemedsam):
-    from MedCLIPSAMLib.pipeline import Pipeline
-
-    pipeline = Pipeline(fast_settings, clip=tiny_clip, sam=litemedsam)
-    request = Request(prompts=["brain tumor"], settings=fast_settings)
-    volume = read_input(volume_node)
-    assert volume.array.shape == (6, 40, 56) and volume.spacing_zyx == pytest.approx((3.0, 0.9, 0.6))
-    nodes_before = scene.GetNumberOfNodes()
-    cancel = threading.Event()
-    cancel.set()
-    with pytest.raises(Cancelled):
-        compute(volume, request, cancel=cancel, pipeline=pipeline)
-    assert scene.GetNumberOfNodes() == nodes_before
-    result = compute(volume, request, pipeline=pipeline)
-    record = apply(scene, volume_node, result, request)
-    node = scene.GetNodeByID(record.segmentation_node_id)
-    segment = node.GetSegmentation().GetSegment(record.segment_ids[0])
-    assert segment.GetName() == "brain tumor"
-    np.testing.assert_array_equal(segment_to_array(node, record.segment_ids[0], volume_node),
-                                  result.masks["brain tumor"].astype(np.uint8))
-    assert scene.GetFirstNodeByName("brain tumor saliency") is not None
-
-
 def test_volume_to_sitk_maps_every_voxel_to_the_same_point(volume_node):
-    from MedCLIPSAMLib.mrml import volume_to_sitk
+    from MedCLIPSAMLib.slicer.mrml import volume_to_sitk
 
     image = volume_to_sitk(volume_node, array_from_volume(volume_node))
     ijk_to_ras = vtk.vtkMatrix4x4()
@@ -165,7 +139,7 @@ def test_volume_to_sitk_maps_every_voxel_to_the_same_point(volume_node):
 
 def test_edited_segment_goes_to_the_training_set_and_prediction_comes_back(scene, volume_node, tmp_path):
     import SimpleITK as sitk
-    from MedCLIPSAMLib.mrml import add_to_training_set, load_prediction
+    from MedCLIPSAMLib.slicer.mrml import add_to_training_set, load_prediction
 
     mask = np.zeros((6, 40, 56), np.uint8)
     mask[1:4, 10:25, 5:30] = 1

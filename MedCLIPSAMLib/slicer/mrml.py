@@ -14,7 +14,7 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from .resources import resource_path
+from ..resources import resource_path
 
 SALIENCY_COLOR_NODES = ("vtkMRMLPETProceduralColorNodePET-Heat", "vtkMRMLColorTableNodeRainbow")
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
@@ -249,7 +249,7 @@ def volume_to_sitk(volume_node, array: np.ndarray):
 def add_to_training_set(volume_node, segmentation_node, segment_id: str, dataset_folder, case_id: str,
                         label_name: str, modality: str = "MRI", overwrite: bool = False):
     """Export the volume and one (edited) segment as an nnU-Net case; returns the written paths."""
-    from .weak.export import add_case
+    from ..weak.export import add_case
 
     image = volume_to_sitk(volume_node, array_from_volume(volume_node))
     label = volume_to_sitk(volume_node, segment_to_array(segmentation_node, segment_id, volume_node))

@@ -1,0 +1,173 @@
+"""The HTTP face of the engine (FastAPI): volumes up, jobs in, progress and results out.
+
+Every request needs ``Authorization: Bearer <token>``. Bad input is a 4xx answer whose
+``detail`` is the engine's one-line message; a job's own failure is reported in its status,
+so no request can take the server down.
+
+    GET    /info                      version, device, models, queue
+    HEAD   /volumes/{id}              200 if the server holds that volume (refreshes it), else 404
+    PUT    /volumes/{id}              upload (``wire.encode_volume`` bytes; id = their sha256)
+    POST   /jobs                      {"volume", "prompts", "settings", "presets", "saliency"} -> 202
+    GET    /jobs/{id}                 state, place in the queue, stage, done/total, error
+    GET    /jobs/{id}/result          the result (``wire.encode_result`` bytes) once done
+    DELETE /jobs/{id}                 cancel (between batches)
+    POST   /shutdown                  only on an engine Slicer started for itself
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from ..errors import InputError, MedCLIPSAMError
+from ..imageio import as_volume
+from . import wire
+from .engine import Engine
+from .jobs import DONE, Job, JobQueue
+from .store import VolumeStore
+
+log = logging.getLogger("medclipsam.server")
+
+
+@dataclass
+class Limits:
+    max_upload_bytes: int = 2 << 30
+    ttl_seconds: float = 3600.0
+    max_stored_bytes: int = 8 << 30
+
+
+def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_shutdown: bool = False) -> FastAPI:
+    """The app; ``allow_shutdown`` adds POST /shutdown for the engine a Slicer session started (not shared ones)."""
+    limits = limits or Limits()
+    if not token:
+        raise ValueError("The engine server needs a token.")
+    jobs = JobQueue(ttl=limits.ttl_seconds)
+    volumes = VolumeStore(ttl=limits.ttl_seconds, max_bytes=limits.max_stored_bytes)
+    expected = f"Bearer {token}".encode()
+
+    def authorised(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "Missing or wrong token: send 'Authorization: Bearer <token>' with the token "
+                                     "the server printed (or its --token-file).")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        jobs.stop()
+
+    app = FastAPI(title="MedCLIP-SAM engine", dependencies=[Depends(authorised)], docs_url=None, redoc_url=None,
+                  openapi_url=None, lifespan=lifespan)
+    app.state.jobs, app.state.volumes = jobs, volumes
+
+    @app.exception_handler(MedCLIPSAMError)
+    async def user_error(request: Request, exc: MedCLIPSAMError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    if allow_shutdown:
+        @app.post("/shutdown", status_code=202)
+        def shutdown(request: Request) -> dict[str, str]:
+            jobs.stop()
+            stop = getattr(request.app.state, "request_shutdown", None)
+            if stop is not None:
+                stop()
+            return {"state": "stopping"}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return {**engine.info(), "queue": jobs.counts(), "volumes": len(volumes),
+                "max_upload_bytes": limits.max_upload_bytes}
+
+    @app.head("/volumes/{volume_id}")
+    def has_volume(volume_id: str) -> Response:
+        return Response(status_code=200 if volumes.get(volume_id) is not None else 404)
+
+    @app.put("/volumes/{volume_id}", status_code=201)
+    async def upload(volume_id: str, request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes:
+            raise HTTPException(413, too_big(int(declared)))
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_upload_bytes:
+                raise HTTPException(413, too_big(len(body)))
+        volume = await run_in_threadpool(read_upload, volume_id, bytes(body))
+        volumes.put(volume_id, volume)
+        return {"volume": volume_id, "shape": list(volume.array.shape), "dtype": str(volume.array.dtype)}
+
+    def too_big(size: int) -> str:
+        return (f"The upload ({size / 1e6:.0f} MB) is over this server's limit of "
+                f"{limits.max_upload_bytes / 1e6:.0f} MB; crop the volume or start the server with a larger "
+                "--max-upload-mb.")
+
+    @app.post("/jobs", status_code=202)
+    async def submit(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InputError("The job request is not JSON: send {\"volume\": ID, \"prompts\": [...]}.") from None
+        if not isinstance(body, dict):
+            raise InputError("The job request must be a JSON object with 'volume' and 'prompts'.")
+        unknown = set(body) - {"volume", "prompts", "settings", "presets", "saliency"}
+        if unknown:
+            raise InputError(f"Unknown job field(s): {', '.join(sorted(unknown))}.")
+        volume = volumes.get(str(body.get("volume", "")))
+        if volume is None:
+            raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
+                                     "again with PUT /volumes/{id}.")
+        prompts = body.get("prompts")
+        settings = engine.settings_for(prompts, body.get("settings"), bool(body.get("presets", True)))
+        include_saliency = bool(body.get("saliency", True))
+
+        def work(progress, cancel) -> bytes:
+            result = engine.run(volume, prompts, settings, progress, cancel)
+            return wire.encode_result(result, include_saliency)
+
+        job = jobs.submit(work)
+        return status(job)
+
+    def status(job: Job) -> dict[str, Any]:
+        return {"id": job.id, "state": job.state, "position": jobs.position(job), "stage": job.stage,
+                "done": job.done, "total": job.total, "error": job.error, "error_kind": job.error_kind,
+                "seconds": round(job.seconds, 3)}
+
+    def find(job_id: str) -> Job:
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"No job '{job_id}' on this server (unknown, or its result expired).")
+        return job
+
+    @app.get("/jobs/{job_id}")
+    def job_status(job_id: str) -> dict[str, Any]:
+        return status(find(job_id))
+
+    @app.get("/jobs/{job_id}/result")
+    def job_result(job_id: str) -> Response:
+        job = find(job_id)
+        if job.state != DONE:
+            detail = job.error or f"The job is {job.state}; ask again when it is done."
+            raise HTTPException(409, detail)
+        return Response(job.result, media_type="application/octet-stream")
+
+    @app.delete("/jobs/{job_id}")
+    def cancel(job_id: str) -> dict[str, Any]:
+        job = find(job_id)
+        jobs.cancel(job)
+        return status(job)
+
+    return app
+
+
+def read_upload(volume_id: str, payload: bytes):
+    if wire.volume_id(payload) != volume_id:
+        raise InputError("The upload's sha256 does not match its id: the transfer was damaged or the id is wrong; "
+                         "upload again.")
+    array, spacing = wire.decode_volume(payload)
+    return as_volume(array, spacing)

@@ -1,0 +1,80 @@
+"""The models a server holds and how one request becomes one pipeline run.
+
+Which model files and which device are the server's choice, made when it starts: a request
+can choose method settings and the SAM backend, never a path on the server's disk. Models
+are loaded once (the loaders keep them per process) and shared by every job.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..errors import InputError
+from ..imageio import Volume
+from ..settings import SERVER_FIELDS, Settings, settings_from_dict
+
+
+@dataclass
+class EngineConfig:
+    clip_model: str
+    sam_checkpoint: str | None = None
+    device: str = "auto"
+    compile: bool = False
+
+    def base_settings(self) -> Settings:
+        return Settings(clip_model=self.clip_model, sam_checkpoint=self.sam_checkpoint, device=self.device,
+                        compile=self.compile)
+
+
+class Engine:
+    """Turns (volume, prompts, settings) into a pipeline run on the server's models."""
+
+    def __init__(self, config: EngineConfig):
+        from ..pipeline import resolve_device
+
+        self.config = config
+        try:
+            self.device = resolve_device(config.device)
+        except RuntimeError:
+            raise InputError(f"Unknown device '{config.device}': use auto, cpu, cuda or cuda:N.") from None
+        self._lock = threading.Lock()
+
+    def preload(self, sam_backend: str = "auto", progress: Callable | None = None) -> None:
+        """Load CLIP and SAM now, so a wrong model fails at start-up and the first job starts at once."""
+        from ..pipeline import Pipeline
+
+        pipeline = Pipeline(self.config.base_settings().replace(sam_backend=sam_backend), progress=progress)
+        pipeline.clip, pipeline.sam
+
+    def settings_for(self, prompts: Sequence[Any], values: dict[str, Any] | None, presets: bool = True) -> Settings:
+        """Server defaults, then the prompt's preset (one prompt), then the request's values."""
+        from ..pipeline import check_prompts
+        from ..presets import apply_preset
+
+        values = dict(values or {})
+        server_owned = sorted(set(values) & set(SERVER_FIELDS))
+        if server_owned:
+            raise InputError(f"Setting(s) {', '.join(server_owned)} are chosen when the server starts "
+                             "(medclipsam serve --clip-model / --sam-checkpoint / --device); leave them out.")
+        groups = check_prompts(prompts)
+        settings = self.config.base_settings()
+        if presets and len(groups) == 1:
+            settings, _ = apply_preset(settings, groups[0][0], explicit=values)
+        return settings_from_dict(values, base=settings)
+
+    def run(self, volume: Volume, prompts: Sequence[Any], settings: Settings,
+            progress: Callable[[str, int, int], None], cancel: threading.Event):
+        from ..pipeline import Pipeline
+
+        with self._lock:
+            pipeline = Pipeline(settings, progress=progress, cancel=cancel)
+            return pipeline.run(volume, prompts, progress, cancel)
+
+    def info(self) -> dict[str, Any]:
+        from .. import __version__
+        from ..models.sam import resolve_backend
+
+        return {"version": __version__, "device": str(self.device), "clip_model": self.config.clip_model,
+                "sam_checkpoint": self.config.sam_checkpoint,
+                "default_sam": resolve_backend("auto", self.device)}

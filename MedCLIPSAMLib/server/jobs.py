@@ -1,0 +1,143 @@
+"""One job at a time on the engine's device; the others wait in a queue and can see their place.
+
+A job is a function of (progress, cancel). One worker thread takes jobs in order, records their
+progress, stops them between batches on cancel (the pipeline checks the event), and keeps the
+outcome until it is collected or expires. Nothing here knows about HTTP or models.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import Cancelled, MedCLIPSAMError
+
+log = logging.getLogger("medclipsam.server")
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+Work = Callable[[Callable[[str, int, int], None], threading.Event], Any]
+
+
+@dataclass
+class Job:
+    id: str
+    work: Work
+    state: str = QUEUED
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    result: Any = None
+    error: str = ""
+    error_kind: str = ""
+    """Name of the MedCLIPSAMError subclass (InputError, ModelError, ...) so a client can raise the same."""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+    touched: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0
+
+
+class JobQueue:
+    """FIFO of jobs run by one worker thread; finished jobs expire ``ttl`` seconds after last use."""
+
+    def __init__(self, ttl: float = 3600.0):
+        self.ttl = ttl
+        self._jobs: dict[str, Job] = {}
+        self._waiting: deque[Job] = deque()
+        self._lock = threading.Condition()
+        self._stopped = False
+        self._worker = threading.Thread(target=self._run, name="medclipsam-jobs", daemon=True)
+        self._worker.start()
+
+    def submit(self, work: Work) -> Job:
+        with self._lock:
+            self._expire()
+            job = Job(id=secrets.token_hex(8), work=work)
+            self._jobs[job.id] = job
+            self._waiting.append(job)
+            self._lock.notify_all()
+            return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            self._expire()
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.touched = time.monotonic()
+            return job
+
+    def position(self, job: Job) -> int:
+        """0 while running or finished; 1 for the next job to run, and so on."""
+        with self._lock:
+            return next((i + 1 for i, waiting in enumerate(self._waiting) if waiting is job), 0)
+
+    def cancel(self, job: Job) -> None:
+        with self._lock:
+            job.cancel.set()
+            if job.state == QUEUED:
+                self._waiting.remove(job)
+                self._finish(job, CANCELLED, error="Cancelled before it started.", kind="Cancelled")
+
+    def forget(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.id, None)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            running = sum(job.state == RUNNING for job in self._jobs.values())
+            return {"queued": len(self._waiting), "running": running}
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for job in list(self._waiting):
+                self.cancel(job)
+            for job in self._jobs.values():
+                job.cancel.set()
+            self._lock.notify_all()
+
+    def _finish(self, job: Job, state: str, result: Any = None, error: str = "", kind: str = "") -> None:
+        job.state, job.result, job.error, job.error_kind = state, result, error, kind
+        job.touched = time.monotonic()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for job_id, job in list(self._jobs.items()):
+            if job.state in FINISHED and now - job.touched > self.ttl:
+                del self._jobs[job_id]
+
+    def _next(self) -> Job | None:
+        with self._lock:
+            while not self._waiting and not self._stopped:
+                self._lock.wait()
+            if self._stopped:
+                return None
+            job = self._waiting.popleft()
+            job.state = RUNNING
+            return job
+
+    def _run(self) -> None:
+        while (job := self._next()) is not None:
+            start = time.monotonic()
+
+            def progress(stage: str, done: int, total: int, job: Job = job) -> None:
+                job.stage, job.done, job.total = stage, int(done), int(total)
+
+            try:
+                result = job.work(progress, job.cancel)
+                outcome = (CANCELLED, None, "Cancelled.", "Cancelled") if job.cancel.is_set() else (DONE, result, "", "")
+            except Cancelled as exc:
+                outcome = (CANCELLED, None, str(exc) or "Cancelled.", "Cancelled")
+            except MedCLIPSAMError as exc:
+                outcome = (FAILED, None, str(exc), type(exc).__name__)
+            except Exception as exc:  # a bug: keep serving, tell the client, log the traceback here
+                log.exception("job %s failed", job.id)
+                outcome = (FAILED, None, f"Internal engine error ({type(exc).__name__}: {exc}); see the server log.",
+                           "MedCLIPSAMError")
+            job.seconds = time.monotonic() - start
+            with self._lock:
+                self._finish(job, *outcome)

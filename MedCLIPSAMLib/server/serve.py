@@ -1,0 +1,139 @@
+"""`medclipsam serve`: load the models once and answer segmentation jobs over HTTP.
+
+Binds 127.0.0.1 unless told otherwise; a non-loopback address needs a token chosen by the
+user (``--token-file`` or ``MEDCLIPSAM_TOKEN``), never a generated one that only this console
+saw. Prints ``MedCLIP-SAM engine listening on http://HOST:PORT`` once the socket accepts
+connections, so a parent process (the Slicer module) can read where it is.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..errors import InputError, MedCLIPSAMError
+
+READY_LINE = "MedCLIP-SAM engine listening on"
+TOKEN_ENV = "MEDCLIPSAM_TOKEN"
+
+
+def read_token(token_file: str | None) -> tuple[str, bool]:
+    """(token, chosen by the user): --token-file, else $MEDCLIPSAM_TOKEN, else a fresh random one."""
+    if token_file:
+        path = Path(token_file)
+        if not path.is_file():
+            raise InputError(f"Token file '{path}' does not exist; write a long random string into it "
+                             "(e.g. python -c \"import secrets; print(secrets.token_urlsafe(32))\" > FILE).")
+        token = path.read_text().strip()
+        if len(token) < 16:
+            raise InputError(f"The token in '{path}' is shorter than 16 characters; use a long random string.")
+        return token, True
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return os.environ[TOKEN_ENV].strip(), True
+    return secrets.token_urlsafe(24), False
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
+                         "(0 picks a free one).") from None
+    sock.listen(64)
+    return sock
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Stop when Slicer (``parent_pid``) or the launcher between us is gone, even after a crash (POSIX)."""
+    first_parent = os.getppid()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch() -> None:
+        while alive(parent_pid) and os.getppid() == first_parent:
+            time.sleep(2.0)
+        os._exit(0)
+
+    if sys.platform != "win32":
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..settings import BIOMEDCLIP_HUB_ID
+    from .app import Limits, create_app
+    from .engine import Engine, EngineConfig
+
+    token, chosen = read_token(args.token_file)
+    if not is_loopback(args.host) and not chosen:
+        raise MedCLIPSAMError(f"Refusing to listen on {args.host} without a token of your choosing: give "
+                              f"--token-file FILE (or set {TOKEN_ENV}) and hand that token to the clients.")
+    if args.max_upload_mb <= 0:
+        raise MedCLIPSAMError(f"--max-upload-mb must be positive (got {args.max_upload_mb}).")
+    config = EngineConfig(clip_model=args.clip_model or BIOMEDCLIP_HUB_ID, sam_checkpoint=args.sam_checkpoint,
+                          device=args.device, compile=args.compile)
+    engine = Engine(config)
+    print(f"Loading models on {engine.device} (CLIP: {config.clip_model}; SAM: {args.sam})...", file=sys.stderr,
+          flush=True)
+    engine.preload(args.sam)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), ttl_seconds=args.ttl)
+    app = create_app(engine, token, limits, allow_shutdown=bool(args.parent_pid))
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    if args.parent_pid:
+        exit_with_parent(args.parent_pid)
+    if not chosen:
+        print(f"token: {token}", flush=True)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"{READY_LINE} http://{shown}:{port}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False))
+    app.state.request_shutdown = lambda: setattr(server, "should_exit", True)
+    server.run(sockets=[sock])
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("serve", help="run the engine as a server for Slicer or other clients (local or GPU machine)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: a free port, printed on start)")
+    p.add_argument("--token-file", help="file holding the bearer token clients must send (default: "
+                   f"${TOKEN_ENV}, else a random token printed on start)")
+    p.add_argument("--clip-model", help="hf-hub id, local open_clip folder, or fine-tuned checkpoint")
+    p.add_argument("--sam", default="auto", choices=("auto", "litemedsam", "vit_b", "vit_l", "vit_h"),
+                   help="SAM backend loaded at start (jobs may ask for another)")
+    p.add_argument("--sam-checkpoint", help="local SAM ViT checkpoint (.pth) instead of the cached download")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--compile", action="store_true", help="torch.compile the M2IB network")
+    p.add_argument("--max-upload-mb", type=float, default=2000.0, help="largest volume upload accepted (MB)")
+    p.add_argument("--ttl", type=float, default=3600.0, help="seconds an unused volume or result is kept")
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,144 @@
+"""The engine server as a child process of Slicer ("This computer"), or the address of one elsewhere.
+
+Slicer's main thread holds Python's GIL while Qt runs, so heavy work cannot run in a Python
+thread there; the engine runs as ``python -m MedCLIPSAMLib.server`` instead, started once and
+reused. Nothing here blocks: ``ready()`` and ``failure()`` read the process's log file, so a Qt
+timer can poll them. Standard library only.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..client import EngineClient
+from ..errors import MedCLIPSAMError
+from ..server.serve import READY_LINE, TOKEN_ENV
+
+ENGINE_PARENT = Path(__file__).resolve().parents[2]
+"""The folder holding the MedCLIPSAMLib package, put on the child's PYTHONPATH."""
+URL_PATTERN = re.compile(re.escape(READY_LINE) + r" (http://[^\s/]+)")
+
+
+class LocalEngine:
+    """``medclipsam serve --port 0`` on this computer, with a fresh token, stopped with ``stop()``."""
+
+    def __init__(self, python: str, args: Sequence[str] = (), log_folder: str | os.PathLike | None = None):
+        self.python, self.args = python, list(args)
+        self.log_path = Path(tempfile.mkdtemp(prefix="medclipsam-engine-", dir=log_folder)) / "engine.log"
+        self.token = secrets.token_urlsafe(32)
+        self.url: str | None = None
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env[TOKEN_ENV] = self.token
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_PARENT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        command = [self.python, "-m", "MedCLIPSAMLib.server", "--host", "127.0.0.1", "--port", "0",
+                   "--parent-pid", str(os.getpid()), *self.args]
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, creationflags=flags)
+
+    def ready(self) -> bool:
+        """True once the server accepts connections (it printed its address)."""
+        if self.url is None and self.process is not None and self.process.poll() is None:
+            match = URL_PATTERN.search(self._log())
+            if match:
+                self.url = match.group(1)
+        return self.url is not None and self.running()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def failure(self) -> str | None:
+        """Why the process ended (its last 'error:' line, or the log's tail), or None while it runs."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        log = self._log()
+        errors = [line[len("error: "):] for line in log.splitlines() if line.startswith("error: ")]
+        if errors:
+            return errors[-1]
+        return (f"The MedCLIP-SAM engine stopped (exit code {self.process.returncode}) before it was ready. "
+                f"Its log: {self.log_path}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 8) -> str:
+        return "\n".join(self._log().splitlines()[-lines:])
+
+    def stop(self, wait: float = 5.0) -> None:
+        """Ask the server to exit (so the Python behind Slicer's PythonSlicer launcher ends too), then insist."""
+        if self.process is not None and self.process.poll() is None and self.url is not None:
+            try:
+                EngineClient(self.url, self.token, timeout=2.0)._json("POST", "/shutdown", {})
+                self.process.wait(wait)
+            except (MedCLIPSAMError, subprocess.TimeoutExpired):
+                pass
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(wait)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(wait)
+        self.url = None
+
+    def _log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class RemoteEngine:
+    """A server someone started elsewhere (a GPU workstation, often through an SSH tunnel)."""
+
+    url: str
+    token: str
+
+    def ready(self) -> bool:
+        return True
+
+    def failure(self) -> str | None:
+        return None
+
+    def stop(self) -> None:
+        """Not ours to stop."""
+
+
+class EngineChoice:
+    """The engine the panel asks for, reusing the running local process while its options stay the same."""
+
+    def __init__(self, python: str, log_folder: str | os.PathLike | None = None):
+        self.python, self.log_folder = python, log_folder
+        self.local: LocalEngine | None = None
+
+    def get(self, mode: str, local_args: Sequence[str] = (), url: str = "", token: str = ""):
+        """``mode``: "local" (start or reuse the child process) or "remote" (``url`` + ``token``)."""
+        from ..errors import InputError
+
+        if mode == "remote":
+            if not re.match(r"^https?://[^\s/]+", url.strip()):
+                raise InputError(f"Server address '{url}' is not a URL: write it like http://127.0.0.1:8765.")
+            if not token.strip():
+                raise InputError("Enter the server's token (printed by 'medclipsam serve', or its --token-file).")
+            return RemoteEngine(url.strip().rstrip("/"), token.strip())
+        if self.local is not None and (list(local_args) != self.local.args or self.local.failure() is not None):
+            self.stop()
+        if self.local is None:
+            self.local = LocalEngine(self.python, local_args, self.log_folder)
+            self.local.start()
+        return self.local
+
+    def stop(self) -> None:
+        if self.local is not None:
+            self.local.stop()
+            self.local = None

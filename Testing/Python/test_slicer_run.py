@@ -1,0 +1,111 @@
+"""One Segment click as Slicer runs it: real MRML (slicer-core), a real engine server on 127.0.0.1."""
+import time
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+from test_mrml import scene, segmentation_converters, volume_node  # noqa: E402,F401  (shared fixtures)
+from MedCLIPSAMLib.client import EngineClient  # noqa: E402
+from MedCLIPSAMLib.slicer.mrml import segment_to_array  # noqa: E402
+from MedCLIPSAMLib.slicer.run import APPLIED, CANCELLED, FAILED, SegmentRun, read_input  # noqa: E402
+
+QUICK = {"m2ib_steps": 2, "m2ib_samples": 2, "refine_rounds": 1}
+
+
+def drive(run: SegmentRun, timeout: float = 120.0, interval: float = 0.05) -> list:
+    """What the panel's QTimer does: step until finished; returns the progress texts seen."""
+    seen, deadline = [], time.monotonic() + timeout
+    while not run.finished:
+        assert time.monotonic() < deadline, run.progress
+        run.step()
+        seen.append(run.progress.text)
+        time.sleep(interval)
+    return seen
+
+
+def test_read_input_keeps_voxels_and_spacing_in_kji_order(volume_node):
+    upload = read_input(volume_node)
+    from MedCLIPSAMLib.server.wire import decode_volume
+
+    array, spacing = decode_volume(upload.payload)
+    assert array.shape == (6, 40, 56) and spacing == pytest.approx((3.0, 0.9, 0.6))
+
+
+def test_a_run_applies_the_engine_result_as_one_segment_and_overlay(scene, volume_node, engine_server):
+    run = SegmentRun(engine_server, scene, volume_node, ["brain tumor"], QUICK)
+    seen = drive(run)
+    assert run.state == APPLIED, run.error
+    assert any("sam" in text for text in seen) and run.progress.text == "Done..."
+    node = scene.GetNodeByID(run.record.segmentation_node_id)
+    segment = node.GetSegmentation().GetSegment(run.record.segment_ids[0])
+    assert segment.GetName() == "brain tumor"
+    np.testing.assert_array_equal(segment_to_array(node, run.record.segment_ids[0], volume_node),
+                                  run.result.masks["brain tumor"].astype(np.uint8))
+    overlay = scene.GetFirstNodeByName("brain tumor saliency")
+    assert overlay is not None and overlay.GetSpacing() == pytest.approx(volume_node.GetSpacing())
+    run.record.undo()
+    assert scene.GetNodeByID(run.record.segmentation_node_id) is None
+
+
+def test_cancel_changes_nothing_even_when_the_result_comes_later(scene, volume_node, engine_server):
+    nodes_before = scene.GetNumberOfNodes()
+    run = SegmentRun(engine_server, scene, volume_node, ["mass"], {"m2ib_steps": 3})
+    run.step()  # upload and submit
+    assert run.job_id is not None
+    run.cancel()
+    assert run.state == CANCELLED and run.finished
+    client = EngineClient(engine_server.url, engine_server.token)
+    deadline = time.monotonic() + 60
+    while client.status(run.job_id)["state"] not in ("done", "cancelled", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    run.step()  # a late timer tick must not apply anything
+    assert scene.GetNumberOfNodes() == nodes_before and run.record is None
+
+
+def test_a_result_for_a_removed_volume_is_not_applied(scene, volume_node, engine_server):
+    run = SegmentRun(engine_server, scene, volume_node, ["mass"], QUICK)
+    run.step()
+    scene.RemoveNode(volume_node)
+    drive(run)
+    assert run.state == FAILED and "input volume was removed" in run.error
+    assert scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
+
+
+def test_engine_errors_end_the_run_with_the_engine_message(scene, volume_node, engine_server):
+    run = SegmentRun(engine_server, scene, volume_node, ["mass"], QUICK | {"slice_range": [40, 50]})
+    drive(run)
+    assert run.state == FAILED and run.error.startswith("Slice range 40-50 is outside")
+    bad = SegmentRun(engine_server, scene, volume_node, ["mass"], {"beta": -1.0})
+    bad.step()
+    assert bad.state == FAILED and "'beta' must be >= 0" in bad.error
+
+
+class DeadEngine:
+    """A local engine whose process exited before it was ready (e.g. torch missing)."""
+
+    url = token = None
+
+    def ready(self):
+        return False
+
+    def failure(self):
+        return "No module named 'torch': install PyTorch first."
+
+
+class SlowEngine(DeadEngine):
+    def failure(self):
+        return None
+
+
+def test_an_engine_that_failed_to_start_fails_the_run_and_a_starting_one_waits(scene, volume_node):
+    run = SegmentRun(DeadEngine(), scene, volume_node, ["mass"])
+    run.step()
+    assert run.state == FAILED and "No module named 'torch'" in run.error
+    waiting = SegmentRun(SlowEngine(), scene, volume_node, ["mass"])
+    waiting.step()
+    assert not waiting.finished and "Starting the engine" in waiting.progress.text
+    waiting.cancel()
+    assert waiting.state == CANCELLED
