@@ -1,16 +1,20 @@
 """MedCLIP-SAM: text-prompted segmentation in 3D Slicer (Module, Widget, Logic, Test).
 
-The widget only gathers choices and shows progress. The engine (``MedCLIPSAMLib``) does
-the work in a worker thread; all MRML changes happen on the main thread through
-``MedCLIPSAMLib.mrml`` in one all-or-nothing step, which is tested outside Slicer.
+The widget gathers choices and shows progress; nothing heavy runs in Slicer's process. The
+engine runs as a separate process (``python -m MedCLIPSAMLib.server``, started here with Slicer's
+own Python, or a server elsewhere), and a ``SegmentRun`` advanced by a QTimer uploads the volume,
+follows the job and applies the result in one all-or-nothing step (``MedCLIPSAMLib.slicer``,
+tested outside Slicer). Slicer's own Python never imports torch.
+
+Requires Slicer 5.10 or later (Python 3.12); older versions get a message instead of the panel.
 """
 import logging
 import os
-import queue
+import shutil
 import sys
 import tempfile
-import threading
 import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import qt
@@ -21,6 +25,12 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+
+MINIMUM_PYTHON = (3, 10)
+SUPPORTED = sys.version_info >= MINIMUM_PYTHON
+UNSUPPORTED_TEXT = ("MedCLIP-SAM needs 3D Slicer 5.10 or later (Python 3.10+); this Slicer runs Python "
+                    f"{sys.version_info.major}.{sys.version_info.minor}. Install a current Slicer from "
+                    "download.slicer.org.")
 
 
 def _engine_on_path() -> None:
@@ -36,8 +46,11 @@ _engine_on_path()
 
 PROMPT_PRESETS = ["brain tumor", "breast tumor", "lungs", "liver", "kidney", "lung nodule"]
 RECENT_PROMPTS_KEY = "MedCLIPSAM/recentPrompts"
+ENGINE_MODE_KEY, SERVER_URL_KEY, SERVER_TOKEN_KEY = "MedCLIPSAM/engineMode", "MedCLIPSAM/serverUrl", "MedCLIPSAM/serverToken"
+ENGINE_MODES = ["This computer", "Server"]
 SAM_MODELS = ["auto", "litemedsam", "vit_b", "vit_l", "vit_h"]
 SCOPES = ["Whole volume", "Current slice", "Slice range"]
+POLL_MS = 250
 
 
 class MedCLIPSAM(ScriptedLoadableModule):
@@ -50,8 +63,10 @@ class MedCLIPSAM(ScriptedLoadableModule):
         self.parent.helpText = (
             "Type what to segment (for example <i>brain tumor</i>) and click Segment. BiomedCLIP with M2IB "
             "saliency finds the target slice by slice, its salient regions become box prompts, and SAM turns "
-            "them into an editable segment. Edit it with the Segment Editor. "
-            "See <a href='https://github.com/medclipsam/SlicerMedCLIPSAM'>the documentation</a>.")
+            "them into an editable segment. The work runs in a separate engine process on this computer or on "
+            "a GPU server. See <a href='https://github.com/medclipsam/SlicerMedCLIPSAM'>the documentation</a>.")
+        if not SUPPORTED:
+            self.parent.helpText = UNSUPPORTED_TEXT
         self.parent.acknowledgementText = (
             "Implements MedCLIP-SAMv2: T. Koleilat, H. Asgariandehkordi, H. Rivaz, Y. Xiao, "
             "<i>MedCLIP-SAMv2: Towards universal text-driven medical image segmentation</i>, "
@@ -77,13 +92,13 @@ class MedCLIPSAMParameterNode:
     showSaliency: bool = True
     saliencyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     useLocalModels: bool = False
-    clipModelPath: str = ""
-    samCheckpointPath: str = ""
-    nnunetRawFolder: str = ""
+    clipModelPath: Path  # unset reads as Path("."): see MedCLIPSAMLib.slicer.panel.path_or_none
+    samCheckpointPath: Path
+    nnunetRawFolder: Path
     datasetId: Annotated[int, WithinRange(1, 999)] = 501
     datasetName: str = "MedCLIPSAM"
-    predictionMaskPath: str = ""
-    predictionEntropyPath: str = ""
+    predictionMaskPath: Path
+    predictionEntropyPath: Path
 
 
 class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -93,44 +108,60 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._timer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if not SUPPORTED:
+            label = qt.QLabel(UNSUPPORTED_TEXT)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedCLIPSAM.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedCLIPSAMLogic()
 
-        self.ui.promptComboBox.addItems(self._recentPrompts() + [p for p in PROMPT_PRESETS
-                                                                 if p not in self._recentPrompts()])
-        self.ui.promptComboBox.lineEdit().returnPressed.connect(self.onSegmentButton)
+        # The handler first, so the first prompt's preset reaches the panel too.
         self.ui.promptComboBox.connect("currentTextChanged(QString)", self.onPromptChanged)
+        recent = self._recentPrompts()
+        self.ui.promptComboBox.addItems(recent + [p for p in PROMPT_PRESETS if p not in recent])
+        self.ui.promptComboBox.lineEdit().returnPressed.connect(self.onPromptReturn)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.downloadModelsButton.connect("clicked(bool)", self.onDownloadModels)
         self.ui.saliencyOpacitySlider.connect("valueChanged(double)", self.onSaliencyOpacity)
         self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
         self.ui.loadPredictionButton.connect("clicked(bool)", self.onLoadPrediction)
+        self.ui.stopEngineButton.connect("clicked(bool)", self.onStopEngine)
+        self._setupEngineSection()
         self.ui.progressBar.hide()
+
+        self._timer = qt.QTimer(uiWidget)
+        self._timer.setInterval(POLL_MS)
+        self._timer.connect("timeout()", self._onTick)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
+        self.onPromptChanged(self.ui.promptComboBox.currentText)
 
     def cleanup(self) -> None:
+        """Module reload or application exit: stop polling, the run and the engine this session started."""
+        if self._timer is not None:
+            self._timer.stop()
         if self.logic is not None:
-            self.logic.cancel()
+            self.logic.shutdown()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.cancel()
@@ -150,6 +181,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[MedCLIPSAMParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
@@ -164,102 +196,182 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.text = "Cancel" if busy else "Segment"
         self.ui.segmentButton.toolTip = "Stop the running segmentation" if busy else (
             "Segment the prompt in the input volume" if ready else "Select an input volume first")
-        rangeScope = self._parameterNode and self._parameterNode.scope == "Slice range"
-        self.ui.firstSliceSpinBox.enabled = self.ui.lastSliceSpinBox.enabled = bool(rangeScope)
+        rangeScope = bool(self._parameterNode and self._parameterNode.scope == "Slice range")
+        self.ui.firstSliceSpinBox.enabled = self.ui.lastSliceSpinBox.enabled = rangeScope
         self.ui.undoButton.enabled = self.logic.lastRun is not None and not busy
 
-    # --- actions -------------------------------------------------------------------------------
+    # --- engine choice (per user, in Slicer's settings: a token must not be saved in scene files) --------
+
+    def _setupEngineSection(self) -> None:
+        settings = qt.QSettings()
+        mode = settings.value(ENGINE_MODE_KEY) or ENGINE_MODES[0]
+        self.ui.engineModeComboBox.currentText = mode if mode in ENGINE_MODES else ENGINE_MODES[0]
+        self.ui.serverUrlLineEdit.text = settings.value(SERVER_URL_KEY) or "http://127.0.0.1:8765"
+        self.ui.serverTokenLineEdit.text = settings.value(SERVER_TOKEN_KEY) or ""
+        self.ui.engineModeComboBox.connect("currentTextChanged(QString)", self._onEngineChoiceChanged)
+        self.ui.serverUrlLineEdit.connect("editingFinished()", self._onEngineChoiceChanged)
+        self.ui.serverTokenLineEdit.connect("editingFinished()", self._onEngineChoiceChanged)
+        self._onEngineChoiceChanged()
+
+    def _onEngineChoiceChanged(self, *args) -> None:
+        remote = self.ui.engineModeComboBox.currentText == "Server"
+        settings = qt.QSettings()
+        settings.setValue(ENGINE_MODE_KEY, self.ui.engineModeComboBox.currentText)
+        settings.setValue(SERVER_URL_KEY, self.ui.serverUrlLineEdit.text.strip())
+        settings.setValue(SERVER_TOKEN_KEY, self.ui.serverTokenLineEdit.text.strip())
+        for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit):
+            widget.enabled = remote
+        self.ui.deviceComboBox.enabled = not remote
+        self.ui.deviceComboBox.toolTip = ("The server chose its device when it started." if remote else
+                                          "auto: the GPU when PyTorch sees one, else the CPU.")
+
+    def _engine(self):
+        from MedCLIPSAMLib.slicer.panel import local_engine_args
+
+        if self.ui.engineModeComboBox.currentText == "Server":
+            return self.logic.engine("remote", url=self.ui.serverUrlLineEdit.text,
+                                     token=self.ui.serverTokenLineEdit.text)
+        if not self.logic.ensureDependencies():
+            return None
+        return self.logic.engine("local", localArgs=local_engine_args(self._parameterNode))
+
+    def onStopEngine(self) -> None:
+        self.logic.cancel()
+        self.logic.stopEngine()
+        self.ui.statusLabel.text = "The engine on this computer was stopped; it starts again on the next Segment."
+        self._checkCanApply()
+
+    # --- prompts -------------------------------------------------------------------------------------------
 
     def _recentPrompts(self) -> list:
-        return [p for p in (qt.QSettings().value(RECENT_PROMPTS_KEY) or []) if p]
+        from MedCLIPSAMLib.slicer.panel import recent_prompts
+
+        return recent_prompts(qt.QSettings().value(RECENT_PROMPTS_KEY))
 
     def _rememberPrompt(self, prompt: str) -> None:
-        recent = [prompt] + [p for p in self._recentPrompts() if p != prompt]
-        qt.QSettings().setValue(RECENT_PROMPTS_KEY, recent[:10])
+        from MedCLIPSAMLib.slicer.panel import remember_prompt
+
+        qt.QSettings().setValue(RECENT_PROMPTS_KEY, remember_prompt(prompt, qt.QSettings().value(RECENT_PROMPTS_KEY)))
 
     def onPromptChanged(self, text: str) -> None:
         """Show a preset's method settings in the Advanced section, so what is shown is what runs."""
         from MedCLIPSAMLib.presets import load_presets
+        from MedCLIPSAMLib.slicer.panel import preset_parameters
 
-        preset = load_presets().get(text.strip().lower())
-        if preset is None or not self._parameterNode:
+        if not self._parameterNode:
             return
-        fields = {"bottleneck_layer": "bottleneckLayer", "beta": "beta", "max_components": "maxComponents",
-                  "prompt_mode": "promptMode"}
-        for key, name in fields.items():
-            if key in preset:
-                setattr(self._parameterNode, name, preset[key])
+        for name, value in preset_parameters(text, load_presets()).items():
+            setattr(self._parameterNode, name, value)
+
+    def onPromptReturn(self) -> None:
+        """Enter runs; it never cancels a running job (only the Cancel button does)."""
+        if not self.logic.isRunning():
+            self.onSegmentButton()
+
+    # --- run -----------------------------------------------------------------------------------------------
 
     def onSegmentButton(self) -> None:
         if self.logic.isRunning():
             self.logic.cancel()
-            self.ui.statusLabel.text = "Cancelling after the current batch..."
+            self.ui.statusLabel.text = "Cancelled; the engine stops after its current batch. Nothing was changed."
+            self._finishRun()
             return
         prompt = self.ui.promptComboBox.currentText.strip()
         if not prompt:
             slicer.util.errorDisplay("Type what to segment, for example 'brain tumor'.")
             return
-        if not self.logic.ensureDependencies():
-            return
         p = self._parameterNode
         try:
-            settings = self.logic.settingsFromParameters(p, prompt, self._currentSliceScope())
-        except Exception as exc:  # MedCLIPSAMError: a message for the user
-            slicer.util.errorDisplay(str(exc))
+            from MedCLIPSAMLib.slicer.panel import run_settings
+
+            settings = run_settings(p, self._currentSliceScope())
+            engine = self._engine()
+            if engine is None:
+                return
+            self.logic.start(engine, p.inputVolume, [prompt], settings, p.outputSegmentation, p.showSaliency)
+        except Exception as exc:  # MedCLIPSAMError / ValueError: a message for the user
+            slicer.util.errorDisplay(str(exc) or type(exc).__name__)
             return
         self._rememberPrompt(prompt)
         self.ui.progressBar.show()
-        self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = "Starting..."
-        self.logic.start(p.inputVolume, [prompt], settings, p.outputSegmentation, p.showSaliency,
-                         onProgress=self._onProgress, onDone=self._onDone)
+        self.ui.progressBar.maximum = 0  # busy until the engine reports a stage
+        self.ui.statusLabel.text = self.logic.run.progress.text
+        self._timer.start()
         self._checkCanApply()
 
     def _currentSliceScope(self):
         """(axis, index) of the Red view's slice in the input volume, for the 'Current slice' scope."""
-        if self._parameterNode.scope != "Current slice":
+        if self._parameterNode.scope != "Current slice" or not self._parameterNode.inputVolume:
             return None
-        from MedCLIPSAMLib.slicer_run import view_slice
-        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
-        return view_slice(self._parameterNode.inputVolume, sliceNode.GetSliceToRAS())
+        from MedCLIPSAMLib.slicer.run import view_slice
 
-    def _onProgress(self, stage: str, done: int, total: int) -> None:
-        self.ui.progressBar.maximum = max(total, 1)
-        self.ui.progressBar.value = done
-        self.ui.progressBar.format = f"{stage}: {done}/{total}"
-        self.ui.statusLabel.text = f"{stage} ({done} of {total})"
+        sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+        if sliceWidget is None:
+            return None
+        return view_slice(self._parameterNode.inputVolume, sliceWidget.mrmlSliceNode().GetSliceToRAS())
 
-    def _onDone(self, record, result, error) -> None:
+    def _onTick(self) -> None:
+        run = self.logic.run
+        if run is None:
+            self._timer.stop()
+            return
+        run.step()
+        progress = run.progress
+        self.ui.progressBar.maximum = max(progress.total, 0)
+        self.ui.progressBar.value = progress.done
+        self.ui.progressBar.format = f"{progress.stage}: {progress.done}/{progress.total}" if progress.total else progress.stage
+        self.ui.statusLabel.text = progress.text
+        if run.finished:
+            self._onFinished(run)
+
+    def _onFinished(self, run) -> None:
+        from MedCLIPSAMLib.slicer.run import APPLIED, FAILED
+
+        if run.state == APPLIED:
+            self.logic.lastRun = run.record
+            timings = ", ".join(f"{k} {v:.1f} s" for k, v in run.result.timings.items())
+            self.ui.statusLabel.text = f"Done: {timings}. {' '.join(run.result.messages)}".strip()
+            if self._parameterNode:
+                self._parameterNode.outputSegmentation = slicer.mrmlScene.GetNodeByID(run.record.segmentation_node_id)
+            if run.record.created_node_ids and run.show_saliency:
+                opacity = self._parameterNode.saliencyOpacity if self._parameterNode else 0.4
+                slicer.util.setSliceViewerLayers(foreground=run.record.created_node_ids[0], foregroundOpacity=opacity)
+        elif run.state == FAILED:
+            self.ui.statusLabel.text = run.error.splitlines()[0] if run.error else "Failed."
+            slicer.util.errorDisplay(run.error or "The segmentation failed.")
+        self._finishRun()
+
+    def _finishRun(self) -> None:
+        self._timer.stop()
+        self.logic.run = None
         self.ui.progressBar.hide()
-        if error is not None:
-            self.ui.statusLabel.text = str(error).splitlines()[0]
-            if not self.logic.wasCancelled:
-                slicer.util.errorDisplay(str(error))
-        else:
-            timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
-            notes = " ".join(result.messages)
-            self.ui.statusLabel.text = f"Done: {timings}. {notes}".strip()
-            self._parameterNode.outputSegmentation = slicer.mrmlScene.GetNodeByID(record.segmentation_node_id)
-            if record.created_node_ids and self._parameterNode.showSaliency:
-                slicer.util.setSliceViewerLayers(foreground=record.created_node_ids[0],
-                                                 foregroundOpacity=self._parameterNode.saliencyOpacity)
         self._checkCanApply()
 
     def onSaliencyOpacity(self, value: float) -> None:
+        """Only the views that show one of this module's overlays change."""
+        overlays = set(self.logic.overlayNodeIds()) if self.logic else set()
         for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
-            composite.SetForegroundOpacity(value)
+            if composite.GetForegroundVolumeID() in overlays:
+                composite.SetForegroundOpacity(value)
 
     def onUndoButton(self) -> None:
         self.logic.undoLastRun()
         self.ui.statusLabel.text = "The last run was undone."
         self._checkCanApply()
 
+    # --- training set and predictions ----------------------------------------------------------------------
+
     def onAddToTrainingSet(self) -> None:
         """Export the input volume and the current (edited) segment as one nnU-Net case."""
+        from MedCLIPSAMLib.slicer.panel import path_or_none
+
         p = self._parameterNode
         segmentationNode = p.outputSegmentation
-        if not (p.inputVolume and segmentationNode and p.nnunetRawFolder):
+        if not (p.inputVolume and segmentationNode and path_or_none(p.nnunetRawFolder)):
             slicer.util.errorDisplay("Choose the input volume, the output segmentation and the nnU-Net raw folder.")
+            return
+        if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
+            slicer.util.errorDisplay(f"'{segmentationNode.GetName()}' has no segment to export.")
             return
         segmentId = self._selectedSegmentId(segmentationNode)
         try:
@@ -297,74 +409,70 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
-    """Runs the engine off the main thread and applies results on it; keeps models loaded."""
+    """Engine process, the current run, and the Qt-free glue; no torch in this process."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._worker = None
-        self._cancel = threading.Event()
-        self._messages = queue.Queue()
-        self._timer = None
+        from MedCLIPSAMLib.slicer.engine_process import EngineChoice
+
+        self.engines = EngineChoice(self.pythonExecutable())
+        self.run = None
         self.lastRun = None
-        self.wasCancelled = False
 
     def getParameterNode(self):
         return MedCLIPSAMParameterNode(super().getParameterNode())
 
-    # --- settings and dependencies ---------------------------------------------------------------
-
     @staticmethod
-    def settingsFromParameters(p, prompt: str, sliceScope=None):
-        """Engine settings: the prompt's preset (e.g. its CT window), then what the panel shows."""
-        from MedCLIPSAMLib.presets import apply_preset
-        from MedCLIPSAMLib.settings import BIOMEDCLIP_HUB_ID, FAST_SALIENCY, Settings
+    def pythonExecutable() -> str:
+        """Slicer's Python launcher (sets up Slicer's library paths), as Slicer's own extensions use."""
+        return shutil.which("PythonSlicer") or sys.executable
 
-        settings, _ = apply_preset(Settings(), prompt)
-        changes = dict(bottleneck_layer=p.bottleneckLayer, beta=p.beta, max_components=p.maxComponents,
-                       prompt_mode=p.promptMode, refine_rounds=p.refineRounds, sam_backend=p.samModel,
-                       device=p.device, clip_model=BIOMEDCLIP_HUB_ID, sam_checkpoint=None)
-        if p.fastSaliency:
-            changes.update(FAST_SALIENCY)
-        if p.useLocalModels:
-            changes["clip_model"] = p.clipModelPath or BIOMEDCLIP_HUB_ID
-            changes["sam_checkpoint"] = p.samCheckpointPath or None
-        if p.scope == "Slice range":
-            changes["axis"], changes["slice_range"] = 0, (min(p.firstSlice, p.lastSlice), max(p.firstSlice, p.lastSlice))
-        elif p.scope == "Current slice" and sliceScope is not None:
-            changes["axis"], changes["slice_range"] = sliceScope[0], (sliceScope[1], sliceScope[1])
-        return settings.replace(**changes)
+    # --- dependencies and models ---------------------------------------------------------------------------
 
     def ensureDependencies(self, ask: bool = True) -> bool:
-        """Install what is missing, asking once; never lets pip replace Slicer's own packages."""
+        """Install what the local engine needs into Slicer's Python, asking once; never replaces Slicer's own
+        numpy/SimpleITK/VTK. Checks with importlib (nothing is imported here)."""
+        import importlib
+        import subprocess
         from MedCLIPSAMLib.dependencies import missing_requirements, torch_missing, write_constraints
 
-        missing = missing_requirements()
-        needTorch = torch_missing()
+        missing, needTorch = missing_requirements(), torch_missing()
         if not missing and not needTorch:
             return True
         listing = "\n".join((["PyTorch (through the PyTorch extension)"] if needTorch else []) + missing)
         if ask and not slicer.util.confirmOkCancelDisplay(
-                f"MedCLIP-SAM needs these Python packages, which will be installed now:\n\n{listing}"):
+                f"The MedCLIP-SAM engine needs these Python packages in Slicer's Python:\n\n{listing}\n\n"
+                "Install them now? (Or choose Engine: Server to use a server that has them.)"):
             return False
-        if needTorch:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                slicer.util.errorDisplay("Install the PyTorch extension from the Extensions Manager first.")
-                return False
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                return False
-        if missing:
-            constraints = write_constraints(__import__("pathlib").Path(tempfile.gettempdir()))
-            packaging = getattr(slicer, "packaging", None)
-            if packaging is not None and hasattr(packaging, "pip_ensure"):
-                packaging.pip_ensure(missing, requester="MedCLIP-SAM", constraints=str(constraints))
-            else:
-                slicer.util.pip_install(" ".join(f'"{r}"' for r in missing) + f' -c "{constraints}"')
+        try:
+            if needTorch:
+                try:
+                    import PyTorchUtils
+                except ImportError:
+                    slicer.util.errorDisplay("Install the PyTorch extension from the Extensions Manager, restart "
+                                             "Slicer, and click Segment again.")
+                    return False
+                # installTorch returns the torch module (it imports torch once, in the PyTorch extension's code)
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                    slicer.util.errorDisplay("PyTorch was not installed; MedCLIP-SAM cannot run on this computer.")
+                    return False
+            if missing:
+                constraints = write_constraints(Path(tempfile.gettempdir()))
+                # Slicer 5.10: pip_install takes a list of pip arguments and raises CalledProcessError on failure.
+                slicer.util.pip_install(missing + ["-c", str(constraints)])
+        except subprocess.CalledProcessError as exc:
+            slicer.util.errorDisplay(f"Installing the packages failed (pip exit code {exc.returncode}); the Python "
+                                     "console shows pip's output. Check the internet connection and try again.")
+            return False
+        except Exception as exc:
+            slicer.util.errorDisplay(f"Installing the packages failed: {exc or type(exc).__name__}")
+            return False
+        importlib.invalidate_caches()
         return not missing_requirements() and not torch_missing()
 
     def downloadModels(self, keys) -> None:
         """Download catalog models into the per-user cache with a cancellable progress dialog."""
+        import threading
         from MedCLIPSAMLib.models.catalog import ensure_model
 
         dialog = qt.QProgressDialog("Downloading models...", "Cancel", 0, 100, slicer.util.mainWindow())
@@ -384,95 +492,81 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
             slicer.util.errorDisplay(str(exc))
         finally:
             dialog.close()
+            dialog.deleteLater()
 
-    # --- running ---------------------------------------------------------------------------------
+    # --- engine and runs -----------------------------------------------------------------------------------
+
+    def engine(self, mode: str, localArgs=(), url: str = "", token: str = ""):
+        return self.engines.get(mode, localArgs, url, token)
+
+    def stopEngine(self) -> None:
+        self.engines.stop()
 
     def isRunning(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
+        return self.run is not None and not self.run.finished
+
+    def start(self, engine, volumeNode, prompts, settings, segmentationNode=None, showSaliency=True):
+        """A new run (the previous one, if any, is cancelled and can never apply its result)."""
+        from MedCLIPSAMLib.slicer.run import SegmentRun
+
+        if volumeNode is None:
+            raise ValueError("Select an input volume first.")
+        self.cancel()
+        self.run = SegmentRun(engine, slicer.mrmlScene, volumeNode, prompts, settings, segmentationNode, showSaliency)
+        return self.run
 
     def cancel(self) -> None:
-        if self.isRunning():
-            self.wasCancelled = True
-            self._cancel.set()
+        if self.run is not None:
+            self.run.cancel()
 
-    def start(self, volumeNode, prompts, settings, segmentationNode=None, showSaliency=True,
-              onProgress=None, onDone=None) -> None:
-        """Read the volume here, compute in a worker thread, apply here when it finishes."""
-        from MedCLIPSAMLib.slicer_run import Request, apply, compute, read_input
+    def shutdown(self) -> None:
+        self.cancel()
+        self.run = None
+        self.engines.stop()
 
-        request = Request(prompts=list(prompts), settings=settings, show_saliency=showSaliency)
-        volume = read_input(volumeNode)
-        self._cancel = threading.Event()
-        self.wasCancelled = False
-        messages = self._messages = queue.Queue()
+    def process(self, engine, volumeNode, prompts, settings, segmentationNode=None, showSaliency=True,
+                timeout: float = 600.0):
+        """Synchronous run for scripts and the self-test: returns the RunRecord."""
+        from MedCLIPSAMLib.errors import MedCLIPSAMError
 
-        def work():
-            try:
-                result = compute(volume, request, lambda *a: messages.put(("progress", a)), self._cancel)
-                messages.put(("done", result))
-            except BaseException as exc:  # reported on the main thread
-                messages.put(("error", exc))
+        run = self.start(engine, volumeNode, prompts, settings, segmentationNode, showSaliency)
+        deadline = time.monotonic() + timeout
+        while not run.finished:
+            if time.monotonic() > deadline:
+                run.cancel()
+                raise MedCLIPSAMError(f"The run did not finish within {timeout:.0f} s.")
+            run.step()
+            slicer.app.processEvents()
+            time.sleep(POLL_MS / 1000)
+        self.run = None
+        if run.record is None:
+            raise MedCLIPSAMError(run.error or f"The run ended as {run.state}.")
+        self.lastRun = run.record
+        return run.record
 
-        def poll():
-            while True:
-                try:
-                    kind, payload = messages.get_nowait()
-                except queue.Empty:
-                    return
-                if kind == "progress" and onProgress:
-                    onProgress(*payload)
-                elif kind in ("done", "error"):
-                    self._timer.stop()
-                    record, result, error = None, None, None
-                    if kind == "done":
-                        result = payload
-                        try:
-                            record = apply(slicer.mrmlScene, volumeNode, result, request, segmentationNode)
-                            self.lastRun = record
-                        except Exception as exc:
-                            error = exc
-                    else:
-                        error = payload
-                        if not isinstance(error, Exception):
-                            logging.error(f"MedCLIP-SAM stopped: {error!r}")
-                    if onDone:
-                        onDone(record, result, error)
-                    return
-
-        self._timer = qt.QTimer()
-        self._timer.setInterval(100)
-        self._timer.timeout.connect(poll)
-        self._worker = threading.Thread(target=work, name="MedCLIP-SAM", daemon=True)
-        self._worker.start()
-        self._timer.start()
-
-    def process(self, volumeNode, prompts, settings, segmentationNode=None, showSaliency=True, pipeline=None):
-        """Synchronous run for scripts and tests: returns the RunRecord."""
-        from MedCLIPSAMLib.slicer_run import Request, apply, compute, read_input
-
-        request = Request(prompts=list(prompts), settings=settings, show_saliency=showSaliency)
-        result = compute(read_input(volumeNode), request, pipeline=pipeline)
-        self.lastRun = apply(slicer.mrmlScene, volumeNode, result, request, segmentationNode)
-        return self.lastRun
+    def overlayNodeIds(self) -> list:
+        return list(self.lastRun.created_node_ids) if self.lastRun is not None else []
 
     def addToTrainingSet(self, p, segmentationNode, segmentId):
-        from pathlib import Path
-        from MedCLIPSAMLib.mrml import add_to_training_set
+        from MedCLIPSAMLib.slicer.mrml import add_to_training_set
+        from MedCLIPSAMLib.slicer.panel import path_or_none
         from MedCLIPSAMLib.weak.export import dataset_dir, next_case_id
 
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        folder = dataset_dir(Path(p.nnunetRawFolder), p.datasetId, p.datasetName)
+        folder = dataset_dir(Path(path_or_none(p.nnunetRawFolder)), p.datasetId, p.datasetName)
         caseId = next_case_id(folder, p.datasetName)
         return add_to_training_set(p.inputVolume, segmentationNode, segmentId, folder, caseId, segment.GetName(),
                                    modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
 
     def loadPrediction(self, p):
-        from MedCLIPSAMLib.mrml import load_prediction
+        from MedCLIPSAMLib.slicer.mrml import load_prediction
+        from MedCLIPSAMLib.slicer.panel import path_or_none
 
-        if not (p.inputVolume and p.predictionMaskPath):
+        mask = path_or_none(p.predictionMaskPath)
+        if not (p.inputVolume and mask):
             raise ValueError("Choose the input volume and the predicted mask file.")
-        self.lastRun = load_prediction(slicer.mrmlScene, p.inputVolume, p.predictionMaskPath,
-                                       p.predictionEntropyPath or None, "nnU-Net", p.outputSegmentation)
+        self.lastRun = load_prediction(slicer.mrmlScene, p.inputVolume, mask, path_or_none(p.predictionEntropyPath),
+                                       "nnU-Net", p.outputSegmentation)
         return self.lastRun
 
     def undoLastRun(self) -> None:
@@ -482,7 +576,7 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
 
 
 class MedCLIPSAMTest(ScriptedLoadableModuleTest):
-    """Offline self-test: synthetic volume, tiny random CLIP, real LiteMedSAM weights."""
+    """Offline self-test: synthetic volume, an engine process with a tiny random CLIP and real LiteMedSAM."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -492,11 +586,10 @@ class MedCLIPSAMTest(ScriptedLoadableModuleTest):
         self.test_SegmentSyntheticVolume()
 
     def test_SegmentSyntheticVolume(self):
+        import subprocess
         import numpy as np
-        from MedCLIPSAMLib.models.random_clip import make_random_clip
-        from MedCLIPSAMLib.mrml import segment_to_array
-        from MedCLIPSAMLib.pipeline import Pipeline
-        from MedCLIPSAMLib.settings import Settings
+        from MedCLIPSAMLib.slicer.engine_process import LocalEngine
+        from MedCLIPSAMLib.slicer.mrml import segment_to_array
 
         self.delayDisplay("Creating a synthetic volume")
         yy, xx = np.mgrid[:48, :64]
@@ -505,20 +598,28 @@ class MedCLIPSAMTest(ScriptedLoadableModuleTest):
         volumeNode = slicer.util.addVolumeFromArray(array, name="synthetic")
         volumeNode.SetSpacing(0.7, 0.8, 2.5)
 
-        self.delayDisplay("Running MedCLIP-SAM with a tiny random CLIP and LiteMedSAM")
-        folder = tempfile.mkdtemp(prefix="medclipsam_test_")
-        clip = make_random_clip(__import__("pathlib").Path(folder))
-        settings = Settings(clip_model=folder, sam_backend="litemedsam", device="cpu", m2ib_steps=2, m2ib_samples=2)
+        self.delayDisplay("Starting an engine process with a tiny random CLIP and LiteMedSAM")
         logic = MedCLIPSAMLogic()
-        start = time.time()
-        record = logic.process(volumeNode, ["brain tumor"], settings, pipeline=Pipeline(settings, clip=clip))
-        segmentationNode = slicer.mrmlScene.GetNodeByID(record.segmentation_node_id)
-        segment = segmentationNode.GetSegmentation().GetSegment(record.segment_ids[0])
-        self.assertEqual(segment.GetName(), "brain tumor")
-        exported = segment_to_array(segmentationNode, record.segment_ids[0], volumeNode)
-        self.assertEqual(exported.shape, array.shape)
-        saliencyNode = slicer.mrmlScene.GetNodeByID(record.created_node_ids[0])
-        self.assertEqual(saliencyNode.GetSpacing(), volumeNode.GetSpacing())
-        logic.undoLastRun()
-        self.assertIsNone(slicer.mrmlScene.GetNodeByID(record.segmentation_node_id))
-        self.delayDisplay(f"Test passed ({time.time() - start:.1f} s)")
+        folder = tempfile.mkdtemp(prefix="medclipsam_test_")
+        subprocess.run([logic.pythonExecutable(), "-c", "import sys; from pathlib import Path; "
+                        "from MedCLIPSAMLib.models.random_clip import make_random_clip; make_random_clip(Path(sys.argv[1]))",
+                        folder], check=True, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
+                            os.path.abspath(__file__)))})
+        engine = LocalEngine(logic.pythonExecutable(), ["--clip-model", folder, "--sam", "litemedsam", "--device", "cpu"])
+        engine.start()
+        try:
+            start = time.time()
+            record = logic.process(engine, volumeNode, ["brain tumor"], {"m2ib_steps": 2, "m2ib_samples": 2})
+            segmentationNode = slicer.mrmlScene.GetNodeByID(record.segmentation_node_id)
+            segment = segmentationNode.GetSegmentation().GetSegment(record.segment_ids[0])
+            self.assertEqual(segment.GetName(), "brain tumor")
+            exported = segment_to_array(segmentationNode, record.segment_ids[0], volumeNode)
+            self.assertEqual(exported.shape, array.shape)
+            saliencyNode = slicer.mrmlScene.GetNodeByID(record.created_node_ids[0])
+            self.assertEqual(saliencyNode.GetSpacing(), volumeNode.GetSpacing())
+            self.assertNotIn("torch", sys.modules)
+            logic.undoLastRun()
+            self.assertIsNone(slicer.mrmlScene.GetNodeByID(record.segmentation_node_id))
+            self.delayDisplay(f"Test passed ({time.time() - start:.1f} s)")
+        finally:
+            engine.stop()

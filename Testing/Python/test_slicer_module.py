@@ -16,6 +16,8 @@ EXPECTED_CLASSES = {
     "downloadModelsButton": "QPushButton", "firstSliceSpinBox": "QSpinBox", "lastSliceSpinBox": "QSpinBox",
     "inputVolumeSelector": "qMRMLNodeComboBox", "outputSegmentationSelector": "qMRMLNodeComboBox",
     "clipModelPathLineEdit": "ctkPathLineEdit", "samCheckpointPathLineEdit": "ctkPathLineEdit",
+    "engineModeComboBox": "QComboBox", "serverUrlLineEdit": "QLineEdit", "serverTokenLineEdit": "QLineEdit",
+    "stopEngineButton": "QPushButton",
 }
 
 
@@ -42,7 +44,31 @@ def test_every_widget_the_code_uses_exists_with_the_right_class(ui_widgets):
     assert ui_widgets["promptComboBox"].find("property[@name='editable']/bool").text == "true"
 
 
-def test_parameter_node_fields_are_all_bound_to_widgets_of_a_fitting_class(ui_widgets):
+# Which parameter types each widget class can represent, by the connectors of Slicer's
+# parameterNodeWrapper (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py, canRepresent; the same
+# in 5.10.0 and main). Widget classes must match exactly; combo boxes need a Choice (or an Enum).
+CONNECTOR_TYPES = {
+    "QCheckBox": {"bool"}, "ctkCheckBox": {"bool"},
+    "QSpinBox": {"int"}, "QSlider": {"int"},
+    "QDoubleSpinBox": {"float", "int"}, "ctkSliderWidget": {"float", "int"}, "ctkDoubleSpinBox": {"float", "int"},
+    "QComboBox": {"str+Choice", "int+Choice", "float+Choice", "bool+Choice"},
+    "ctkComboBox": {"str+Choice", "int+Choice", "float+Choice", "bool+Choice"},
+    "QLineEdit": {"str"}, "QLabel": {"str"}, "QTextEdit": {"str"},
+    "ctkPathLineEdit": {"Path", "pathlib.Path"}, "ctkDirectoryButton": {"Path", "pathlib.Path"},
+    "qMRMLNodeComboBox": {"vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"},
+}
+
+
+def connector_key(annotation: str) -> str:
+    """'Annotated[str, Choice([...])]' -> 'str+Choice'; 'Annotated[int, WithinRange(0, 1)]' -> 'int'."""
+    match = re.match(r"^Annotated\[([\w.]+),\s*(.*)\]$", annotation)
+    if not match:
+        return annotation
+    base, extras = match.groups()
+    return f"{base}+Choice" if extras.startswith("Choice(") else base
+
+
+def test_parameter_node_fields_are_all_bound_to_widgets_slicer_can_connect(ui_widgets):
     bound = {}
     for name, widget in ui_widgets.items():
         prop = widget.find("property[@name='SlicerParameterName']/string")
@@ -50,17 +76,67 @@ def test_parameter_node_fields_are_all_bound_to_widgets_of_a_fitting_class(ui_wi
             bound[prop.text] = widget.get("class")
     fields = parameter_fields()
     assert set(bound) == set(fields), f"unbound: {set(fields) - set(bound)}, unknown: {set(bound) - set(fields)}"
-    fitting = {"int": {"QSpinBox"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"}, "bool": {"QCheckBox"},
-               "str": {"QComboBox", "ctkPathLineEdit", "QLineEdit"},
-               "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"}, "vtkMRMLSegmentationNode": {"qMRMLNodeComboBox"}}
     for field, annotation in fields.items():
-        base = re.sub(r"^Annotated\[(\w+),.*$", r"\1", annotation)
-        assert bound[field] in fitting[base], f"{field}: {base} bound to {bound[field]}"
+        key = connector_key(annotation)
+        assert key in CONNECTOR_TYPES[bound[field]], f"{field}: {annotation} cannot bind to a {bound[field]}"
+
+
+def test_connector_rules_refuse_what_slicer_refuses():
+    """The rules above are the ones that made setup() raise before: str paths, a combo without Choice."""
+    assert "str" not in CONNECTOR_TYPES["ctkPathLineEdit"]
+    assert connector_key("Annotated[str, Choice(['a'])]") == "str+Choice"
+    assert "str" not in CONNECTOR_TYPES["QComboBox"]
+    assert connector_key("Annotated[int, WithinRange(0, 10)]") in CONNECTOR_TYPES["QSpinBox"]
+
+
+def test_folder_pickers_open_folder_dialogs(ui_widgets):
+    """ctkPathLineEdit browses for files whenever its filters include Files."""
+    for name in ("clipModelPathLineEdit", "nnunetRawFolderLineEdit"):
+        filters = ui_widgets[name].find("property[@name='filters']/set").text
+        assert "Files" not in filters and "Dirs" in filters, name
+        assert "ShowDirsOnly" in ui_widgets[name].find("property[@name='options']/set").text
+    for name in ("samCheckpointPathLineEdit", "predictionMaskPathLineEdit"):
+        assert "Files" in ui_widgets[name].find("property[@name='filters']/set").text
+
+
+def widget_method(name: str) -> ast.FunctionDef:
+    tree = ast.parse(MODULE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MedCLIPSAMWidget")
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_setup_connects_the_prompt_handler_before_adding_items_and_enter_never_cancels():
+    setup = ast.unparse(widget_method("setup"))
+    assert setup.index("onPromptChanged") < setup.index("addItems"), "the first prompt's preset would be lost"
+    assert "returnPressed.connect(self.onPromptReturn)" in setup
+    assert "self.onPromptChanged(self.ui.promptComboBox.currentText)" in setup
+    enter = ast.unparse(widget_method("onPromptReturn"))
+    assert "if not self.logic.isRunning()" in enter
+
+
+def test_cleanup_stops_the_timer_the_engine_and_the_gui_binding():
+    cleanup = ast.unparse(widget_method("cleanup"))
+    for call in ("self._timer.stop()", "self.logic.shutdown()", "self.setParameterNode(None)", "self.removeObservers()"):
+        assert call in cleanup
+    assert "disconnectGui" in ast.unparse(widget_method("setParameterNode"))
+
+
+def test_module_never_imports_torch_or_the_pipeline():
+    source = MODULE.read_text()
+    for heavy in ("import torch", "MedCLIPSAMLib.pipeline", "MedCLIPSAMLib.models.clip", "slicer.packaging",
+                  "from MedCLIPSAMLib.slicer_run", "threading.Thread"):
+        assert heavy not in source, heavy
+
+
+def test_module_source_parses_on_python_3_9():
+    """Slicer 5.8 (Python 3.9) must get the 'needs 5.10' message, not a SyntaxError."""
+    ast.parse(MODULE.read_text(), feature_version=(3, 9))
 
 
 def test_choice_lists_match_combo_box_items(ui_widgets):
     source = MODULE.read_text()
-    for combo, constant in (("samModelComboBox", "SAM_MODELS"), ("scopeComboBox", "SCOPES")):
+    for combo, constant in (("samModelComboBox", "SAM_MODELS"), ("scopeComboBox", "SCOPES"),
+                            ("engineModeComboBox", "ENGINE_MODES")):
         items = [i.find("property/string").text for i in ui_widgets[combo].findall("item")]
         values = ast.literal_eval(re.search(rf"^{constant} = (\[.*\])$", source, re.M).group(1))
         assert items == values
