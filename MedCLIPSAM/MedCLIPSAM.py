@@ -148,13 +148,17 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onPromptChanged(self.ui.promptComboBox.currentText)
 
     def cleanup(self) -> None:
-        """Module reload or application exit: stop polling, the run and the engine this session started."""
-        if self._timer is not None:
-            self._timer.stop()
-        if self.logic is not None:
-            self.logic.shutdown()
-        self.setParameterNode(None)
-        self.removeObservers()
+        """Module reload or application exit: stop polling, the run and the engine this session started.
+
+        Each step runs even if an earlier one fails, so Slicer always quits promptly."""
+        steps = [lambda: self._timer.stop() if self._timer is not None else None,
+                 lambda: self.logic.shutdown() if self.logic is not None else None,
+                 lambda: self.setParameterNode(None), self.removeObservers]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                logging.exception("MedCLIP-SAM cleanup")
 
     def enter(self) -> None:
         if self.logic is not None:
@@ -165,6 +169,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.cancel()
+        self.logic.lastRun = None  # node IDs are reused after a scene close: undo must not touch new nodes
+        self._finishRun()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -305,7 +311,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         from MedCLIPSAMLib.slicer.run import view_slice
 
-        sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+        layoutManager = slicer.app.layoutManager()
+        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager is not None else None
         if sliceWidget is None:
             return None
         return view_slice(self._parameterNode.inputVolume, sliceWidget.mrmlSliceNode().GetSliceToRAS())
@@ -315,7 +322,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run is None:
             self._timer.stop()
             return
-        run.step()
+        run.step()  # never raises: a failure ends the run with its message
         progress = run.progress
         self.ui.progressBar.maximum = max(progress.total, 0)
         self.ui.progressBar.value = progress.done
@@ -325,6 +332,12 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onFinished(run)
 
     def _onFinished(self, run) -> None:
+        try:
+            self._report(run)
+        finally:
+            self._finishRun()
+
+    def _report(self, run) -> None:
         from MedCLIPSAMLib.slicer.run import APPLIED, FAILED
 
         if run.state == APPLIED:
@@ -339,7 +352,6 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif run.state == FAILED:
             self.ui.statusLabel.text = run.error.splitlines()[0] if run.error else "Failed."
             slicer.util.errorDisplay(run.error or "The segmentation failed.")
-        self._finishRun()
 
     def _finishRun(self) -> None:
         self._timer.stop()
@@ -415,7 +427,7 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         from MedCLIPSAMLib.slicer.engine_process import EngineChoice
 
-        self.engines = EngineChoice(self.pythonExecutable())
+        self.engines = EngineChoice(self.pythonExecutable)
         self.run = None
         self.lastRun = None
 
@@ -425,7 +437,13 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def pythonExecutable() -> str:
         """Slicer's Python launcher (sets up Slicer's library paths), as Slicer's own extensions use."""
-        return shutil.which("PythonSlicer") or sys.executable
+        from MedCLIPSAMLib.errors import MedCLIPSAMError
+
+        python = shutil.which("PythonSlicer")
+        if not python:
+            raise MedCLIPSAMError("Slicer's Python launcher (PythonSlicer) was not found on PATH, so the engine "
+                                  "cannot start on this computer. Choose Engine: Server, or reinstall Slicer.")
+        return python
 
     # --- dependencies and models ---------------------------------------------------------------------------
 
@@ -601,10 +619,13 @@ class MedCLIPSAMTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Starting an engine process with a tiny random CLIP and LiteMedSAM")
         logic = MedCLIPSAMLogic()
         folder = tempfile.mkdtemp(prefix="medclipsam_test_")
+        from MedCLIPSAMLib.slicer.engine_process import ENGINE_PARENT
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ENGINE_PARENT),
+                                                                        os.environ.get("PYTHONPATH", "")) if p)}
         subprocess.run([logic.pythonExecutable(), "-c", "import sys; from pathlib import Path; "
                         "from MedCLIPSAMLib.models.random_clip import make_random_clip; make_random_clip(Path(sys.argv[1]))",
-                        folder], check=True, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
-                            os.path.abspath(__file__)))})
+                        folder], check=True, env=env)
         engine = LocalEngine(logic.pythonExecutable(), ["--clip-model", folder, "--sam", "litemedsam", "--device", "cpu"])
         engine.start()
         try:

@@ -250,7 +250,8 @@ def _extra_commands() -> list[Callable]:
     """Subcommands that live with their own module (evaluation, benchmark, ...)."""
     registrars = []
     for module_name in ("evaluate", "benchmark", "finetune.train", "finetune.retrieval", "weak.export",
-                        "weak.train", "weak.ensemble", "server.serve"):
+                        "weak.train", "weak.ensemble", "server.serve",
+                        "server.benchmark"):
         try:
             module = __import__(f"{__package__}.{module_name}", fromlist=["register_cli"])
         except ModuleNotFoundError as exc:
@@ -261,7 +262,19 @@ def _extra_commands() -> list[Callable]:
     return registrars
 
 
+THIRD_PARTY_NOISE = (r"Importing from timm\.models\.", r"`torch\.jit\.interface` is deprecated")
+"""Deprecation notes that timm and torch print on every start; they are not the user's to act on."""
+
+
+def quiet_third_party_warnings() -> None:
+    import warnings
+
+    for message in THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import Cancelled, InputError, MedCLIPSAMError, ModelError
 from .server import wire
-from .server.wire import WireResult
+from .result import SegmentationResult
 
 FINISHED = ("done", "failed", "cancelled")
 ERROR_KINDS = {"InputError": InputError, "ModelError": ModelError, "Cancelled": Cancelled}
@@ -55,6 +55,9 @@ class EngineClient:
         self.token = token
         self.timeout = timeout
         self.bytes_sent = 0
+        """All request bodies and paths sent."""
+        self.volume_bytes_sent = 0
+        """Volume uploads alone (a second prompt on the same volume adds nothing)."""
         self.bytes_received = 0
 
     # --- one request each ------------------------------------------------------------------------
@@ -81,6 +84,7 @@ class EngineClient:
                               f"{limit / 1e6:.0f} MB; crop it or start the server with a larger --max-upload-mb.", 413)
         self._request("PUT", f"/volumes/{upload.id}", upload.payload, "application/octet-stream",
                       timeout=max(self.timeout, len(upload.payload) / 5e6))
+        self.volume_bytes_sent += len(upload.payload)
         return True
 
     def submit(self, volume_id: str, prompts: Sequence[Any], settings: dict[str, Any] | None = None,
@@ -92,7 +96,7 @@ class EngineClient:
     def status(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/jobs/{job_id}")
 
-    def result(self, job_id: str) -> WireResult:
+    def result(self, job_id: str) -> SegmentationResult:
         return wire.decode_result(self._request("GET", f"/jobs/{job_id}/result", timeout=max(self.timeout, 120)))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -103,8 +107,8 @@ class EngineClient:
     def segment(self, volume: Any, prompts: Any, settings: dict[str, Any] | None = None,
                 progress: Callable[[str, int, int], None] | None = None,
                 cancel: threading.Event | Callable[[], bool] | None = None, *, spacing: Sequence[float] | None = None,
-                presets: bool = True, saliency: bool = True, poll_interval: float = 0.2) -> WireResult:
-        """Upload (if needed), run and collect one segmentation; the fields of ``SegmentationResult``.
+                presets: bool = True, saliency: bool = True, poll_interval: float = 0.2) -> SegmentationResult:
+        """Upload (if needed), run and collect one segmentation, as the same ``SegmentationResult`` a local run gives.
 
         ``volume``: a file path (read with SimpleITK), a ``Volume``, or a (z, y, x) / (y, x) array
         with ``spacing`` in the same order. ``prompts``: a prompt or a list of them.
@@ -141,7 +145,7 @@ class EngineClient:
             return Upload.of(volume, spacing)
         raise InputError(f"Give a file path, a Volume or a numpy array to segment, not {type(volume).__name__}.")
 
-    def _cancel_and_wait(self, job_id: str, wait: float = 60.0) -> WireResult:
+    def _cancel_and_wait(self, job_id: str, wait: float = 60.0) -> SegmentationResult:
         self.cancel(job_id)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and self.status(job_id)["state"] not in FINISHED:

@@ -27,36 +27,13 @@ from .models.sam import SamBackend, load_sam, resolve_backend
 from .prompts import (Box, Component, SlicePrompts, keep_largest_components, keep_overlapping, normalize_saliency,
                       otsu_mask, prompts_per_slice, select_components)
 from .saliency import M2IB, M2IBConfig, clip_inputs, maps_to_slices
+from .result import SegmentationResult
 from .settings import Settings
 
 BODY_INTENSITY = 25
 """uint8 level (10% of the normalised range) above which a pixel counts as body, not air."""
 PromptSpec = str | Sequence[str]
 """A prompt: one text, or a list of sentences averaged as an ensemble (named after the first)."""
-
-
-@dataclass
-class SegmentationResult:
-    """Everything a run produced, in the input array's (z, y, x) order."""
-
-    labels: np.ndarray
-    """0 background, i + 1 for prompt i (where prompts overlap, the earlier prompt wins)."""
-    masks: dict[str, np.ndarray]
-    saliency: dict[str, np.ndarray]
-    """Volume-normalised saliency in [0, 1] per prompt (0 on skipped slices)."""
-    boxes: dict[str, dict[int, list[Box]]]
-    """Per prompt: slice index along ``axis`` -> boxes (x0, y0, x1, y1) in that slice."""
-    scores: dict[str, float]
-    """Mean saliency of the kept components: 0 means nothing was found."""
-    axis: int
-    messages: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    saliency_slices: int = 0
-    """Slices whose maps were computed (or read, for given maps); with a stride the rest are interpolated."""
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.masks)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, inclusive
+from .result import Box
 Point = tuple[int, int]  # x, y
 
 FULL_CONNECTIVITY_3D = np.ones((3, 3, 3), dtype=bool)

@@ -136,7 +136,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     def status(job: Job) -> dict[str, Any]:
         return {"id": job.id, "state": job.state, "position": jobs.position(job), "stage": job.stage,
                 "done": job.done, "total": job.total, "error": job.error, "error_kind": job.error_kind,
-                "seconds": round(job.seconds, 3)}
+                "seconds": round(job.seconds, 3), "cpu_seconds": round(job.cpu_seconds, 3)}
 
     def find(job_id: str) -> Job:
         job = jobs.get(job_id)

@@ -39,6 +39,8 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     touched: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU time of the whole server process while the job ran (all threads: compute and request handling)."""
 
 
 class JobQueue:
@@ -122,7 +124,7 @@ class JobQueue:
 
     def _run(self) -> None:
         while (job := self._next()) is not None:
-            start = time.monotonic()
+            start, cpu_start = time.monotonic(), time.process_time()
 
             def progress(stage: str, done: int, total: int, job: Job = job) -> None:
                 job.stage, job.done, job.total = stage, int(done), int(total)
@@ -138,6 +140,6 @@ class JobQueue:
                 log.exception("job %s failed", job.id)
                 outcome = (FAILED, None, f"Internal engine error ({type(exc).__name__}: {exc}); see the server log.",
                            "MedCLIPSAMError")
-            job.seconds = time.monotonic() - start
+            job.seconds, job.cpu_seconds = time.monotonic() - start, time.process_time() - cpu_start
             with self._lock:
                 self._finish(job, *outcome)

@@ -63,26 +63,41 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def exit_with_parent(parent_pid: int) -> None:
-    """Stop when Slicer (``parent_pid``) or the launcher between us is gone, even after a crash (POSIX)."""
-    first_parent = os.getppid()
+def process_alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        import ctypes
 
-    def alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
             return False
-        except PermissionError:
-            return True
+        try:
+            return kernel32.WaitForSingleObject(handle, 0) == 0x102  # WAIT_TIMEOUT: still running
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a zombie (exited, not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
         return True
 
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Stop when Slicer (``parent_pid``) is gone, or (POSIX) the launcher between us and Slicer, even after a
+    crash; started before the models load, so a Slicer closed during start-up leaves nothing behind."""
+    first_parent = os.getppid()
+
     def watch() -> None:
-        while alive(parent_pid) and os.getppid() == first_parent:
+        while process_alive(parent_pid) and (sys.platform == "win32" or os.getppid() == first_parent):
             time.sleep(2.0)
         os._exit(0)
 
-    if sys.platform != "win32":
-        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -101,15 +116,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = EngineConfig(clip_model=args.clip_model or BIOMEDCLIP_HUB_ID, sam_checkpoint=args.sam_checkpoint,
                           device=args.device, compile=args.compile)
     engine = Engine(config)
-    print(f"Loading models on {engine.device} (CLIP: {config.clip_model}; SAM: {args.sam})...", file=sys.stderr,
-          flush=True)
+    if args.parent_pid:
+        exit_with_parent(args.parent_pid)
+    print(f"Loading models on {engine.device} (CLIP: {config.clip_model}; SAM: {args.sam}; pid {os.getpid()})...",
+          file=sys.stderr, flush=True)
     engine.preload(args.sam)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), ttl_seconds=args.ttl)
     app = create_app(engine, token, limits, allow_shutdown=bool(args.parent_pid))
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    if args.parent_pid:
-        exit_with_parent(args.parent_pid)
     if not chosen:
         print(f"token: {token}", flush=True)
     shown = f"[{host}]" if ":" in host else host

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..result import SegmentationResult
 
 SALIENCY_LEVELS = 65535
 """Saliency is sent as uint16: at most 7.7e-6 from the engine's float map, a quarter of float64's bytes."""
@@ -55,27 +54,8 @@ def decode_volume(payload: bytes) -> tuple[np.ndarray, tuple[float, ...] | None]
     return array, tuple(float(s) for s in spacing)
 
 
-@dataclass
-class WireResult:
-    """A segmentation result as the client sees it (the fields of ``SegmentationResult``)."""
-
-    labels: np.ndarray
-    masks: dict[str, np.ndarray]
-    saliency: dict[str, np.ndarray]
-    boxes: dict[str, dict[int, list[tuple[int, int, int, int]]]]
-    scores: dict[str, float]
-    axis: int
-    messages: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    saliency_slices: int = 0
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.masks)
-
-
-def encode_result(result: Any, include_saliency: bool = True) -> bytes:
-    """Result bytes from a ``SegmentationResult`` (or anything with its fields)."""
+def encode_result(result: SegmentationResult, include_saliency: bool = True) -> bytes:
+    """Result bytes; without saliency the client gets empty saliency maps (smaller, when no overlay is shown)."""
     names = list(result.masks)
     arrays: dict[str, np.ndarray] = {"labels": np.asarray(result.labels)}
     for index, name in enumerate(names):
@@ -98,7 +78,7 @@ def encode_result(result: Any, include_saliency: bool = True) -> bytes:
     return buffer.getvalue()
 
 
-def decode_result(payload: bytes) -> WireResult:
+def decode_result(payload: bytes) -> SegmentationResult:
     with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
         meta = json.loads(archive["meta"].tobytes().decode())
         shape = tuple(meta["shape"])
@@ -111,6 +91,6 @@ def decode_result(payload: bytes) -> WireResult:
         labels = archive["labels"]
     boxes = {name: {int(z): [tuple(b) for b in found] for z, found in per_slice.items()}
              for name, per_slice in meta["boxes"].items()}
-    return WireResult(labels=labels, masks=masks, saliency=saliency, boxes=boxes, scores=meta["scores"],
+    return SegmentationResult(labels=labels, masks=masks, saliency=saliency, boxes=boxes, scores=meta["scores"],
                       axis=meta["axis"], messages=meta["messages"], timings=meta["timings"],
                       saliency_slices=meta["saliency_slices"])

@@ -13,9 +13,10 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..client import EngineClient
 from ..errors import MedCLIPSAMError
@@ -43,10 +44,13 @@ class LocalEngine:
         env["PYTHONUNBUFFERED"] = "1"
         command = [self.python, "-m", "MedCLIPSAMLib.server", "--host", "127.0.0.1", "--port", "0",
                    "--parent-pid", str(os.getpid()), *self.args]
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+        windows = sys.platform == "win32"
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if windows else 0
         with open(self.log_path, "wb") as log:
+            # Own process group: Slicer's PythonSlicer is a launcher that does not pass signals on to the Python
+            # it starts, so stopping means stopping the whole group (taskkill /T on Windows).
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, creationflags=flags)
+                                            env=env, creationflags=flags, start_new_session=not windows)
 
     def ready(self) -> bool:
         """True once the server accepts connections (it printed its address)."""
@@ -73,22 +77,40 @@ class LocalEngine:
     def log_tail(self, lines: int = 8) -> str:
         return "\n".join(self._log().splitlines()[-lines:])
 
-    def stop(self, wait: float = 5.0) -> None:
-        """Ask the server to exit (so the Python behind Slicer's PythonSlicer launcher ends too), then insist."""
-        if self.process is not None and self.process.poll() is None and self.url is not None:
+    def stop(self, wait: float = 3.0) -> None:
+        """Ask the server to exit, then end the launcher and the Python it started (the whole process group)."""
+        process = self.process
+        if process is not None and process.poll() is None and self.url is not None:
             try:
                 EngineClient(self.url, self.token, timeout=2.0)._json("POST", "/shutdown", {})
-                self.process.wait(wait)
+                process.wait(wait)
             except (MedCLIPSAMError, subprocess.TimeoutExpired):
                 pass
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(wait)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(wait)
+        if process is not None:
+            self._kill_tree(process, wait)
         self.url = None
+
+    @staticmethod
+    def _kill_tree(process: subprocess.Popen, wait: float) -> None:
+        if sys.platform == "win32":
+            if process.poll() is None:
+                subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True)
+            return
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, sig)  # the group outlives a launcher that already exited
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                process.poll()  # reap the launcher
+                try:
+                    os.killpg(process.pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.1)
 
     def _log(self) -> str:
         try:
@@ -115,9 +137,12 @@ class RemoteEngine:
 
 
 class EngineChoice:
-    """The engine the panel asks for, reusing the running local process while its options stay the same."""
+    """The engine the panel asks for, reusing the running local process while its options stay the same.
 
-    def __init__(self, python: str, log_folder: str | os.PathLike | None = None):
+    ``python``: the interpreter path, or a function returning it (asked only when a local engine starts,
+    so a Slicer without its launcher can still use a remote server)."""
+
+    def __init__(self, python: str | Callable[[], str], log_folder: str | os.PathLike | None = None):
         self.python, self.log_folder = python, log_folder
         self.local: LocalEngine | None = None
 
@@ -134,7 +159,8 @@ class EngineChoice:
         if self.local is not None and (list(local_args) != self.local.args or self.local.failure() is not None):
             self.stop()
         if self.local is None:
-            self.local = LocalEngine(self.python, local_args, self.log_folder)
+            python = self.python() if callable(self.python) else self.python
+            self.local = LocalEngine(python, local_args, self.log_folder)
             self.local.start()
         return self.local
 

@@ -80,7 +80,10 @@ def segment_style(name: str) -> SegmentStyle | None:
     if entry is None:
         return None
     (cs, cv, cm), (ts, tv, tm) = entry["category"], entry["type"]
-    terminology = f"{TERMINOLOGY_CONTEXT}~{cs}^{cv}^{cm}~{ts}^{tv}^{tm}~^^~Anatomic codes - DICOM master list~^^~^^"
+    context = entry.get("list", TERMINOLOGY_CONTEXT)
+    if context is None:
+        return SegmentStyle(tuple(entry["color"]))
+    terminology = f"{context}~{cs}^{cv}^{cm}~{ts}^{tv}^{tm}~^^~Anatomic codes - DICOM master list~^^~^^"
     return SegmentStyle(tuple(entry["color"]), terminology)
 
 
@@ -184,7 +187,8 @@ def apply_result(scene, reference, masks: dict[str, np.ndarray], segmentation_no
             if style is not None:
                 segment = segmentation.GetSegment(segment_id)
                 segment.SetColor(*style.color)
-                segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), style.terminology)
+                if style.terminology:
+                    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), style.terminology)
             record.segment_ids.append(segment_id)
         for name, values in (saliency or {}).items():
             _check_shape(values, reference, f"Saliency '{name}'")

@@ -67,6 +67,11 @@ def test_mask_reads_back_voxel_identical_through_slicer_export(scene, volume_nod
     assert segment.GetColor() == pytest.approx(style.color)
     tag = vtk.reference("")
     assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag) and "108369006" in str(tag)
+    assert str(tag).startswith("Segmentation category and type - DICOM master list~"), "Neoplasm's list"
+    assert segment_style("liver").terminology.startswith("Segmentation category and type - 3D Slicer General")
+    assert segment_style("lesion").terminology is None and segment_style("lesion").color
+
+
 
 
 def test_existing_segments_survive_and_names_do_not_clash(scene, volume_node):

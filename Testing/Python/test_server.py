@@ -258,6 +258,60 @@ def test_serve_command_prints_where_it_listens_and_refuses_an_open_host_without_
         assert engine.url.startswith("http://127.0.0.1:")
         info = EngineClient(engine.url, engine.token).info()
         assert info["device"] == "cpu" and info["default_sam"] == "litemedsam"
+        assert "FutureWarning" not in engine.log_tail(50), "third-party deprecation noise in the engine log"
     finally:
         engine.stop()
     assert engine.process.poll() is not None
+
+
+def test_an_engine_that_cannot_start_reports_its_own_error_line(tmp_path):
+    from MedCLIPSAMLib.slicer.engine_process import LocalEngine
+
+    engine = LocalEngine(sys.executable, ["--device", "tpu9"], log_folder=tmp_path)
+    engine.start()
+    engine.process.wait(120)
+    assert not engine.ready()
+    assert engine.failure() == "Unknown device 'tpu9': use auto, cpu, cuda or cuda:N."
+
+
+def test_server_benchmark_reports_overhead_and_sends_no_volume_for_a_second_prompt():
+    from MedCLIPSAMLib.server.benchmark import format_report, run_server_benchmark
+
+    report = run_server_benchmark("tiny", "cpu", "litemedsam", {"slice_range": [10, 11], "m2ib_steps": 1,
+                                                                 "m2ib_samples": 1, "refine_rounds": 0}, repeats=2)
+    first, second = report["server_runs"]
+    assert first["uploaded"] and first["volume_bytes_sent"] > 25 * 256 * 256 * 2
+    assert not second["uploaded"] and second["volume_bytes_sent"] == 0
+    for job in (first, second):
+        assert 0 < job["engine_s"] <= job["wall_s"] and job["cpu_s"] > 0
+        assert job["overhead_s"] == pytest.approx(job["wall_s"] - job["engine_s"])
+        assert set(job["engine_timings"]) >= {"m2ib", "sam_encoder", "total"}
+    assert len(report["in_process_runs"]) == 2 and report["in_process_wall_s"] > 0
+    text = format_report(report)
+    assert "later prompts 0 B" in text and "in-process 2" in text and "server 2" in text
+
+
+def test_stopping_an_engine_behind_a_launcher_ends_the_python_too(tiny_clip_folder, tmp_path):
+    """Slicer's PythonSlicer starts the real Python as a child and does not pass signals on; stopping the
+    engine (here while it still loads its models) must end that Python as well."""
+    import re
+
+    from MedCLIPSAMLib.server.serve import process_alive
+    from MedCLIPSAMLib.slicer.engine_process import LocalEngine
+
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text(f"#!/bin/sh\n{sys.executable} \"$@\"\necho launcher-done\n")
+    launcher.chmod(0o755)
+    engine = LocalEngine(str(launcher), ["--clip-model", str(tiny_clip_folder), "--device", "cpu"], log_folder=tmp_path)
+    engine.start()
+    deadline = time.monotonic() + 120
+    while not (match := re.search(r"pid (\d+)\)", engine.log_tail(50))):
+        assert time.monotonic() < deadline and engine.failure() is None, engine.log_tail()
+        time.sleep(0.05)
+    python_pid = int(match.group(1))
+    assert python_pid != engine.process.pid and process_alive(python_pid)
+    engine.stop()
+    deadline = time.monotonic() + 10
+    while process_alive(python_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(python_pid), "the engine's Python outlived its launcher"

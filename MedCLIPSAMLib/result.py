@@ -1,0 +1,37 @@
+"""What a segmentation run produces, shared by the engine and its torch-free client.
+
+The pipeline builds it; the server sends its fields (``server.wire``) and the client rebuilds the
+same class, so code written against a local run works unchanged against a server.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, inclusive
+
+
+@dataclass
+class SegmentationResult:
+    """Everything a run produced, in the input array's (z, y, x) order."""
+
+    labels: np.ndarray
+    """0 background, i + 1 for prompt i (where prompts overlap, the earlier prompt wins)."""
+    masks: dict[str, np.ndarray]
+    saliency: dict[str, np.ndarray]
+    """Volume-normalised saliency in [0, 1] per prompt (0 on skipped slices); empty when a server client asked
+    for none."""
+    boxes: dict[str, dict[int, list[Box]]]
+    """Per prompt: slice index along ``axis`` -> boxes (x0, y0, x1, y1) in that slice."""
+    scores: dict[str, float]
+    """Mean saliency of the kept components: 0 means nothing was found."""
+    axis: int
+    messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    saliency_slices: int = 0
+    """Slices whose maps were computed (or read, for given maps); with a stride the rest are interpolated."""
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.masks)

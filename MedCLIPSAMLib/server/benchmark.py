@@ -1,0 +1,160 @@
+"""`medclipsam benchmark-server`: what the server path costs on top of the same run in-process.
+
+Both paths run the same settings on the bundled sample with the same models (BiomedCLIP's
+architecture with random weights, written to a folder the server loads; LiteMedSAM's real
+weights). The server is a real ``medclipsam serve`` child process on 127.0.0.1, as Slicer
+starts it. The two paths alternate, so the machine's drift hits both; reported per run: wall
+and CPU time, the server's own compute time, the transport and polling time (client wall minus
+engine time), and the volume bytes sent (the first prompt uploads, later ones send none).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..resources import PACKAGE_DIR
+
+SAMPLE = PACKAGE_DIR.parent / "Resources" / "Samples" / "brain1_image.nrrd"
+
+
+def _wait_ready(engine, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not engine.ready():
+        failure = engine.failure()
+        if failure:
+            raise RuntimeError(failure)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the engine did not start within {timeout:.0f} s:\n{engine.log_tail()}")
+        time.sleep(0.2)
+
+
+POLL_SECONDS = 0.2
+"""As ``EngineClient.segment`` polls (Slicer's panel polls every 0.25 s)."""
+
+
+def _timed_job(client, volume, prompt: str, settings: dict[str, Any]) -> dict[str, Any]:
+    sent, volume_sent, received = client.bytes_sent, client.volume_bytes_sent, client.bytes_received
+    start = time.perf_counter()
+    upload = client.prepare(volume)
+    prepared = time.perf_counter()
+    uploaded = client.upload(upload)
+    after_upload = time.perf_counter()
+    job = client.submit(upload.id, [prompt], settings)
+    while job["state"] not in ("done", "failed", "cancelled"):
+        time.sleep(POLL_SECONDS)
+        job = client.status(job["id"])
+    if job["state"] != "done":
+        raise RuntimeError(job["error"])
+    fetch = time.perf_counter()
+    result = client.result(job["id"])
+    end = time.perf_counter()
+    return {"wall_s": end - start, "engine_s": job["seconds"], "cpu_s": job["cpu_seconds"],
+            "overhead_s": end - start - job["seconds"], "encode_s": prepared - start,
+            "upload_s": after_upload - prepared, "result_s": end - fetch, "uploaded": uploaded,
+            "sent_bytes": client.bytes_sent - sent, "volume_bytes_sent": client.volume_bytes_sent - volume_sent,
+            "received_bytes": client.bytes_received - received, "engine_timings": result.timings}
+
+
+def run_server_benchmark(clip_size: str = "pubmedbert", device: str = "cpu", sam: str = "litemedsam",
+                         settings: dict[str, Any] | None = None, repeats: int = 3,
+                         python: str = sys.executable) -> dict[str, Any]:
+    """In-process and server runs, alternating ``repeats`` times (the machine's drift hits both alike)."""
+    from ..client import EngineClient
+    from ..imageio import read_volume
+    from ..models.random_clip import make_random_clip
+    from ..pipeline import Pipeline
+    from ..presets import apply_preset
+    from ..settings import Settings, settings_from_dict
+    from ..slicer.engine_process import LocalEngine
+
+    settings = dict(settings or {})
+    volume = read_volume(SAMPLE)
+    local, remote = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "clip"
+        make_random_clip(folder, size=clip_size)
+        local_settings, _ = apply_preset(Settings(clip_model=str(folder), device=device, sam_backend=sam),
+                                         "brain tumor", settings)
+        warm_up = {k: v for k, v in settings.items() if k not in ("slice_range", "axis")}  # on one slice
+        pipeline = Pipeline(settings_from_dict(warm_up, local_settings))
+        pipeline.run(volume.array[10:11], "brain tumor")  # warm-up, as the server warms up below
+        pipeline.settings = settings_from_dict(settings, local_settings)
+        engine = LocalEngine(python, ["--clip-model", str(folder), "--sam", sam, "--device", device], tmp)
+        engine.start()
+        try:
+            _wait_ready(engine)
+            client = EngineClient(engine.url, engine.token, timeout=120)
+            _timed_job(client, volume.array[10:11].copy(), "brain tumor", warm_up)
+            for _ in range(repeats):
+                start, cpu = time.perf_counter(), time.process_time()
+                result = pipeline.run(volume, "brain tumor")
+                local.append({"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+                              "engine_timings": result.timings})
+                remote.append(_timed_job(client, volume, "brain tumor", settings))  # uploads the first time only
+        finally:
+            engine.stop()
+    median = statistics.median
+    return {"sample": SAMPLE.name, "shape": list(volume.array.shape), "dtype": str(volume.array.dtype),
+            "clip": clip_size, "sam": sam, "device": device, "settings": settings, "repeats": repeats,
+            "in_process_runs": local, "server_runs": remote,
+            "in_process_wall_s": median(r["wall_s"] for r in local), "in_process_cpu_s": median(r["cpu_s"] for r in local),
+            "server_wall_s": median(r["wall_s"] for r in remote), "server_cpu_s": median(r["cpu_s"] for r in remote),
+            "transport_s": median(r["overhead_s"] for r in remote)}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    first, later = report["server_runs"][0], report["server_runs"][1:]
+    lines = [f"{report['sample']} {report['shape']} {report['dtype']}, CLIP {report['clip']} (random weights), "
+             f"SAM {report['sam']}, {report['device']}, settings {report['settings']}, {report['repeats']} runs each "
+             "(alternating)", "run          wall s   CPU s   (server: engine s, transport ms, volume bytes sent)"]
+    for index, (local, remote) in enumerate(zip(report["in_process_runs"], report["server_runs"])):
+        lines.append(f"in-process {index + 1} {local['wall_s']:7.2f} {local['cpu_s']:7.2f}")
+        lines.append(f"server {index + 1}     {remote['wall_s']:7.2f} {remote['cpu_s']:7.2f}   ({remote['engine_s']:.2f} s, "
+                     f"{1000 * remote['overhead_s']:.0f} ms: encode {1000 * remote['encode_s']:.0f}, upload "
+                     f"{1000 * remote['upload_s']:.0f}, result {1000 * remote['result_s']:.0f}; "
+                     f"{remote['volume_bytes_sent']} B)")
+    wall, cpu = report["in_process_wall_s"], report["in_process_cpu_s"]
+    lines += [f"median: in-process {wall:.2f} s wall / {cpu:.2f} s CPU; server {report['server_wall_s']:.2f} s wall "
+              f"({100 * (report['server_wall_s'] - wall) / wall:+.1f} %) / {report['server_cpu_s']:.2f} s CPU "
+              f"({100 * (report['server_cpu_s'] - cpu) / cpu:+.1f} %)",
+              f"transport and polling (client wall - engine time): median {1000 * report['transport_s']:.0f} ms "
+              f"({100 * report['transport_s'] / wall:.2f} % of an in-process run)",
+              f"volume data sent: first prompt {first['volume_bytes_sent']} B, later prompts "
+              f"{max((r['volume_bytes_sent'] for r in later), default=0)} B; result received "
+              f"{first['received_bytes'] / 1e6:.2f} MB per run"]
+    return "\n".join(lines)
+
+
+def register_cli(sub) -> None:
+    parser = sub.add_parser("benchmark-server", help="cost of running through 'medclipsam serve' vs in-process")
+    parser.add_argument("--clip-size", default="pubmedbert", choices=["pubmedbert", "tiny"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sam", default="litemedsam", choices=["litemedsam", "vit_b", "vit_l", "vit_h"])
+    parser.add_argument("--fast", action="store_true", help="the --fast CPU settings (stride 4, 3 samples)")
+    parser.add_argument("--steps", type=int, help="M2IB steps")
+    parser.add_argument("--samples", type=int, help="M2IB noise samples")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each path, alternating (default 3)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.set_defaults(func=cmd_benchmark_server)
+
+
+def cmd_benchmark_server(args: argparse.Namespace) -> int:
+    from ..errors import MedCLIPSAMError
+    from ..settings import FAST_SALIENCY
+
+    settings = dict(FAST_SALIENCY) if args.fast else {}
+    settings.update({k: v for k, v in {"m2ib_steps": args.steps, "m2ib_samples": args.samples}.items()
+                     if v is not None})
+    if args.repeats < 1:
+        raise MedCLIPSAMError(f"--repeats must be at least 1 (got {args.repeats}).")
+    report = run_server_benchmark(args.clip_size, args.device, args.sam, settings, args.repeats)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
