@@ -118,17 +118,24 @@ class EngineClient:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         job = self.submit(upload.id, prompts, settings, presets, saliency)
         last = None
-        while True:
-            if _is_set(cancel):
-                return self._cancel_and_wait(job["id"])
-            job = self.status(job["id"])
-            if job["state"] in FINISHED:
-                break
-            seen = (job["stage"], job["done"], job["total"])
-            if progress is not None and job["stage"] and seen != last:
-                progress(*seen)
-                last = seen
-            time.sleep(poll_interval)
+        try:
+            while True:
+                if _is_set(cancel):
+                    return self._cancel_and_wait(job["id"])
+                job = self.status(job["id"])
+                if job["state"] in FINISHED:
+                    break
+                seen = (job["stage"], job["done"], job["total"])
+                if progress is not None and job["stage"] and seen != last:
+                    progress(*seen)
+                    last = seen
+                time.sleep(poll_interval)
+        except KeyboardInterrupt:  # Ctrl-C on the command line: do not leave the job running on the server
+            try:
+                self.cancel(job["id"])
+            except EngineError:
+                pass
+            raise
         if job["state"] == "done":
             return self.result(job["id"])
         raise job_error(job)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def decode_volume(payload: bytes) -> tuple[np.ndarray, tuple[float, ...] | None]
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
             array, spacing = archive["array"], archive["spacing"]
-    except (ValueError, OSError, KeyError, EOFError) as exc:
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"The upload is not a MedCLIP-SAM volume (an .npz with 'array' and 'spacing'): {exc}.") from None
     if array.dtype.kind not in VOLUME_DTYPES:
         raise InputError(f"The uploaded volume has pixel type {array.dtype}; send numbers.")
