@@ -9,7 +9,6 @@ the same process, so the speed-up is measured, not assumed.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import tempfile
@@ -163,14 +162,17 @@ def format_report(report: dict) -> str:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
+    from .cli import at_least
+    from .outputs import add_output_option, add_overwrite_option
+
     parser = sub.add_parser("benchmark", help="per-stage speed with the real architectures at random weights")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--slices", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=240)
+    parser.add_argument("--slices", type=at_least(1), default=16)
+    parser.add_argument("--image-size", type=at_least(32), default=240)
     parser.add_argument("--sam", default="litemedsam", choices=["litemedsam", "vit_b", "vit_l", "vit_h"])
     parser.add_argument("--clip-size", default="pubmedbert", choices=["pubmedbert", "tiny"],
                         help="pubmedbert: BiomedCLIP's architecture; tiny: a quick smoke run")
-    parser.add_argument("--naive-slices", type=int, default=1, help="slices for the naive baseline")
+    parser.add_argument("--naive-slices", type=at_least(1), default=1, help="slices for the naive baseline")
     parser.add_argument("--steps", type=int, help="M2IB steps (default 10)")
     parser.add_argument("--samples", type=int, help="M2IB noise samples (default 10)")
     parser.add_argument("--stride", type=int, help="saliency on every k-th slice")
@@ -179,19 +181,26 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--sam-batch-size", type=int)
     parser.add_argument("--fp32", action="store_true", help="disable bf16 autocast on CUDA")
     parser.add_argument("--compile", action="store_true", help="torch.compile the M2IB network")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    add_output_option(parser, "--json", help="also write the figures to this .json file")
+    add_overwrite_option(parser)
     parser.set_defaults(func=cmd_benchmark)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .outputs import check_output, write_json
+    from .pipeline import resolve_device
+
     changes = {k: v for k, v in {"m2ib_steps": args.steps, "m2ib_samples": args.samples,
                                  "saliency_stride": args.stride, "clip_batch_size": args.clip_batch_size,
                                  "sam_batch_size": args.sam_batch_size,
                                  "sam_input_size": args.sam_input_size}.items() if v is not None}
     settings = Settings(bf16=not args.fp32, compile=args.compile, **changes)
+    resolve_device(args.device)
+    if args.json:
+        check_output(args.json, "--json", args.overwrite, extensions=(".json",))
     report = run_benchmark(args.device, args.slices, args.sam, args.clip_size, args.naive_slices,
                            args.image_size, settings)
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report, overwrite=args.overwrite)
     return 0

@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from .errors import MedCLIPSAMError, InputError
+from .errors import Cancelled, InputError, MedCLIPSAMError, OptionError, SettingError
+from .inputs import read_text
+from .outputs import add_output_option, add_overwrite_option, check_distinct, check_output, extension
 from .settings import FAST_SALIENCY, PROMPT_MODES, SAM_BACKENDS, Settings
+
+
+STAGE_UNITS = {"evaluate": "case"}
+"""Unit of a stage's progress bar when it does not count slices."""
 
 
 class TqdmProgress:
@@ -24,7 +31,8 @@ class TqdmProgress:
         if stage != self.stage:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=total, desc=stage, unit="B" if stage.startswith("download") else "slice",
+            unit = "B" if stage.startswith("download") else STAGE_UNITS.get(stage, "slice")
+            self.bar = tqdm(total=total, desc=stage, unit=unit,
                             unit_scale=stage.startswith("download"), file=sys.stderr, leave=True)
         self.bar.total = total
         self.bar.n = done
@@ -36,12 +44,49 @@ class TqdmProgress:
             self.bar = None
 
 
+def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``low`` (and <= ``high``); an option error (exit 2) names the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number.") from None
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {value}).")
+        return value
+    return parse
+
+
+def number(low: float = -math.inf, high: float = math.inf, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite number in [low, high] (``low_open``: above ``low``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number.") from None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            bound = f"above {low:g}" if low_open else f"at least {low:g}" if high == math.inf else \
+                f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {text}).")
+        return value
+    return parse
+
+
 def _slice_range(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
     if not match:
         raise argparse.ArgumentTypeError(f"'{text}' is not a slice or range; write N or FIRST-LAST, e.g. 10-20.")
     first = int(match.group(1))
     return first, int(match.group(2)) if match.group(2) else first
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with our one-line ``error:`` message and exit 2, instead of a usage dump."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (\S+): (?=must)", r"\1 ", message).removeprefix("argument ").rstrip(".")
+        raise OptionError(f"{message[:1].upper()}{message[1:]}; see '{self.prog} --help'.")
 
 
 SETTING_OPTIONS = {  # option dest -> Settings field
@@ -53,6 +98,15 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "sam_batch_size": "sam_batch_size", "seed": "seed", "stride": "saliency_stride",
     "compile": "compile", "sam_input_size": "sam_input_size",
 }
+
+
+def option_name(field: str, args: argparse.Namespace | None = None) -> str:
+    """The command-line name of a setting: the command's own option of that name, else the shared setting
+    option (``--k`` for ``max_components``), else the field itself."""
+    if args is not None and field in vars(args):
+        return f"--{field.replace('_', '-')}"
+    dest = next((d for d, f in SETTING_OPTIONS.items() if f == field), None)
+    return f"--{dest.replace('_', '-')}" if dest else f"'{field}'"
 
 
 def add_setting_options(parser: argparse.ArgumentParser) -> None:
@@ -103,21 +157,23 @@ def settings_from_args(args: argparse.Namespace, prompt: str | None) -> Settings
 def _prompts(args: argparse.Namespace) -> list:
     prompts: list = list(args.prompt or [])
     if args.prompt_file:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise InputError(f"Prompt file '{path}' does not exist.")
-        sentences = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not sentences:
-            raise InputError(f"Prompt file '{path}' holds no sentences.")
-        prompts.append(sentences)
+        prompts.append(prompt_sentences(args.prompt_file))
     if not prompts:
         raise InputError("Give a prompt with --prompt TEXT (repeatable) or --prompt-file FILE.")
     return prompts
 
 
+def prompt_sentences(path: str) -> list[str]:
+    """The sentences of a prompt file (one per line), averaged as one ensemble prompt."""
+    sentences = [line.strip() for line in read_text(path, "Prompt file").splitlines() if line.strip()]
+    if not sentences:
+        raise InputError(f"Prompt file '{path}' holds no sentences.")
+    return sentences
+
+
 def _suffixed(path: Path, tag: str) -> Path:
     name = path.name
-    ext = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
+    ext = name[len(name) - len(extension(path)):] if extension(path) else ""
     slug = re.sub(r"[^a-z0-9]+", "_", tag.lower()).strip("_")
     return path.with_name(f"{name[: len(name) - len(ext)]}_{slug}{ext}")
 
@@ -136,50 +192,73 @@ def cpu_hint(settings: Settings, slices: int) -> str | None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .imageio import chosen_slices, read_volume, resolve_axis, write_label
-    from .pipeline import prompt_name
+    """Everything is checked before a model loads, cheapest first (options, prompts, outputs, the input and
+    what the options ask of it), so a mistake costs seconds, not a run."""
+    from .imageio import check_plain_2d, chosen_slices, read_volume, resolve_axis, write_label
+    from .pipeline import check_prompts, prompt_name, resolve_device
 
     prompts = _prompts(args)
+    settings = settings_from_args(args, prompt_name(prompts[0]) if len(prompts) == 1 else None)
+    explicit = _server_options(args) if args.server else None
+    names = [group[0] for group in check_prompts(prompts)]
+    if not args.server:
+        resolve_device(settings.device)
+    label_path, saliency_paths = segment_outputs(args, names)
     volume = read_volume(args.input)
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise InputError(f"'{output}' already exists. Choose another output name or pass --overwrite.")
+    for option, path in [("-o", label_path), *(("--saliency-out", p) for p in saliency_paths.values())]:
+        check_plain_2d(path, option, volume.is_2d)
+    count = volume.array.shape[resolve_axis(settings.axis, volume)]
+    chosen = chosen_slices(count, settings.slice_range)
     progress = TqdmProgress(not args.quiet)
     try:
         if args.server:
-            result = _segment_on_server(args, volume, prompts, progress)
+            result = _segment_on_server(args, explicit, volume, prompts, progress)
         else:
             from .pipeline import segment_volume
 
-            settings = settings_from_args(args, prompt_name(prompts[0]) if len(prompts) == 1 else None)
-            count = volume.array.shape[resolve_axis(settings.axis, volume)]
-            hint = cpu_hint(settings, len(chosen_slices(count, settings.slice_range)))
+            hint = cpu_hint(settings, len(chosen))
             if hint and not args.quiet:
                 print(f"note: {hint}", file=sys.stderr)
             result = segment_volume(volume, prompts, settings, progress=progress)
     finally:
         progress.close()
-    write_label(result.labels, volume.reference, output, overwrite=args.overwrite)
     for message in result.messages:
         print(f"note: {message}", file=sys.stderr)
+    targets = [(label_path, result.labels), *((p, result.saliency[n]) for n, p in saliency_paths.items())]
+    written: list[str] = []
+    try:
+        for path, array in targets:
+            write_label(array, volume.reference, path, overwrite=args.overwrite)
+            written.append(str(path))
+    except KeyboardInterrupt:
+        raise Cancelled(f"interrupted while writing; written in full: {', '.join(written) or 'nothing'}; the "
+                        "other outputs were not written.") from None
     for index, name in enumerate(result.names, start=1):
         voxels = int(result.masks[name].sum())
         print(f"label {index}: '{name}'  voxels={voxels}  score={result.scores[name]:.3f}  "
               f"slices_with_boxes={len(result.boxes[name])}")
-    if args.saliency_out:
-        for name in result.names:
-            target = Path(args.saliency_out) if len(result.names) == 1 else _suffixed(Path(args.saliency_out), name)
-            write_label(result.saliency[name], volume.reference, target, overwrite=args.overwrite)
-            print(f"saliency '{name}' -> {target}")
+    for name, path in saliency_paths.items():
+        print(f"saliency '{name}' -> {path}")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-    print(f"wrote {output} ({timing})")
+    print(f"wrote {label_path} ({timing})")
     return 0
 
 
-def _segment_on_server(args: argparse.Namespace, volume, prompts: list, progress: TqdmProgress):
-    """The same run on a ``medclipsam serve`` engine: only the options given explicitly are sent."""
-    from .client import EngineClient
-    from .server.serve import read_token
+def segment_outputs(args: argparse.Namespace, names: list[str]) -> tuple[Path, dict[str, Path]]:
+    """The label map's path and one saliency map's per prompt, each checked now: a known extension, not an
+    input, not existing unless --overwrite, and no two the same."""
+    inputs = [p for p in (args.input, args.prompt_file, args.token_file) if p]
+    saliency: dict[str, Path] = {}
+    if args.saliency_out:
+        base = Path(args.saliency_out)
+        saliency = {name: base if len(names) == 1 else _suffixed(base, name) for name in names}
+    check_distinct([("-o", Path(args.output)), *(("--saliency-out", p) for p in saliency.values())])
+    label = check_output(args.output, "-o", args.overwrite, inputs)
+    return label, {name: check_output(p, "--saliency-out", args.overwrite, inputs) for name, p in saliency.items()}
+
+
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a --server run sends (only those given explicitly); refuses options the server owns."""
     from .settings import SERVER_FIELDS
 
     explicit = {field: getattr(args, dest) for dest, field in SETTING_OPTIONS.items()
@@ -187,13 +266,20 @@ def _segment_on_server(args: argparse.Namespace, volume, prompts: list, progress
     owned = [f"--{dest.replace('_', '-')}" for dest, field in SETTING_OPTIONS.items()
              if field in SERVER_FIELDS and field in explicit]
     if owned:
-        raise MedCLIPSAMError(f"{', '.join(owned)} cannot be used with --server: the server chose its models and "
-                              "device when it started (medclipsam serve --clip-model ... --device ...).")
-    if args.fast:
-        explicit = {**FAST_SALIENCY, **explicit}
+        raise OptionError(f"{', '.join(owned)} cannot be used with --server: the server chose its models and "
+                          "device when it started (medclipsam serve --clip-model ... --device ...).")
+    return {**FAST_SALIENCY, **explicit} if args.fast else explicit
+
+
+def _segment_on_server(args: argparse.Namespace, explicit: dict[str, Any], volume, prompts: list,
+                       progress: TqdmProgress):
+    """The same run on a ``medclipsam serve`` engine: only the options given explicitly are sent."""
+    from .client import EngineClient
+    from .server.serve import read_token
+
     token, chosen = read_token(args.token_file)
     if not chosen:
-        raise MedCLIPSAMError("--server needs the server's token: --token-file FILE or MEDCLIPSAM_TOKEN.")
+        raise OptionError("--server needs the server's token: --token-file FILE or MEDCLIPSAM_TOKEN.")
     client = EngineClient(args.server, token)
     return client.segment(volume, prompts, explicit, progress=progress, presets=not args.no_preset,
                           saliency=bool(args.saliency_out))
@@ -203,6 +289,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .models.catalog import cache_dir, ensure_model, is_cached, load_catalog
 
     catalog = load_catalog()
+    if args.download and args.download not in catalog:
+        raise OptionError(f"--download '{args.download}' is not in the catalog; choose one of {', '.join(catalog)}.")
     if args.download:
         progress = TqdmProgress()
         try:
@@ -219,7 +307,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medclipsam", description="Text-prompted medical image segmentation "
+    parser = Parser(prog="medclipsam", description="Text-prompted medical image segmentation "
                                      "(BiomedCLIP + M2IB saliency + SAM).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -227,9 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("input", help="image file, volume file (NIfTI, NRRD, MHA) or DICOM series folder")
     seg.add_argument("--prompt", "-p", action="append", help="what to segment; repeat for several labels")
     seg.add_argument("--prompt-file", help="text file of sentences averaged as one prompt (ensemble)")
-    seg.add_argument("-o", "--output", required=True, help="label map (.nii.gz, .nrrd, .mha, .png)")
-    seg.add_argument("--saliency-out", help="also write the saliency map(s) here")
-    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_output_option(seg, "-o", "--output", required=True, help="label map (.nii.gz, .nrrd, .mha, .png)")
+    add_output_option(seg, "--saliency-out", help="also write the saliency map(s) here (several prompts: "
+                      "NAME_<prompt>.EXT)")
+    add_overwrite_option(seg)
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     seg.add_argument("--server", metavar="URL", help="run on a 'medclipsam serve' engine, e.g. http://127.0.0.1:8765 "
                      "(a GPU machine through an SSH tunnel)")
@@ -273,18 +362,28 @@ def quiet_third_party_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
+INTERRUPTED = "interrupted; every file is written whole or not at all, so none is half-written."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    quiet_third_party_warnings()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; a problem the user can fix is one ``error:`` line and its exit code, never a
+    traceback (Ctrl-C during start-up included)."""
+    args = None
     try:
+        quiet_third_party_warnings()
+        args = build_parser().parse_args(argv)
         return args.func(args)
+    except SettingError as exc:  # a setting's check names the field; say the option the user typed
+        return _fail(exc.named(option_name(exc.field, args)), exc.exit_code)
     except MedCLIPSAMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+        return _fail(INTERRUPTED, Cancelled.exit_code)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from .server import wire
 from .result import SegmentationResult
 
 FINISHED = ("done", "failed", "cancelled")
-ERROR_KINDS = {"InputError": InputError, "ModelError": ModelError, "Cancelled": Cancelled}
+ERROR_KINDS = {"InputError": InputError, "SettingError": InputError, "ModelError": ModelError, "Cancelled": Cancelled}
 
 
 class EngineError(MedCLIPSAMError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import platform
 import time
@@ -24,8 +25,10 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from .errors import Cancelled, InputError, OptionError
 from .imageio import Volume, read_volume, resolve_axis
+from .inputs import read_json, read_text
+from .outputs import add_output_option, add_overwrite_option, check_folder, write_json, write_text
 from .metrics import dice, normalized_surface_dice
 from .prompts import Box, box_of, grow_box
 from .settings import Settings
@@ -54,12 +57,17 @@ def _split_name(path: Path) -> tuple[str, str]:
     return path.stem, path.suffix
 
 
-def find_cases(folder: Path) -> list[Case]:
-    """Pairs ``<case>.<ext>`` + ``<case>_mask.<ext>`` (or ``_label``/``_seg``; ``<case>_image`` too)."""
+IMAGE_FILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".mha",
+                         ".seg.nrrd", ".dcm")
+
+
+def pair_files(folder: Path) -> tuple[list[Case], list[Path]]:
+    """Pairs ``<case>.<ext>`` + ``<case>_mask.<ext>`` (or ``_label``/``_seg``; ``<case>_image`` too), and the
+    images that have no mask (skipped, and the caller says so)."""
     if not folder.is_dir():
         raise InputError(f"'{folder}' is not a folder of image/mask pairs.")
     files = {_split_name(p): p for p in sorted(folder.iterdir()) if p.is_file()}
-    cases = []
+    cases, unpaired = [], []
     for (stem, ext), path in files.items():
         if stem.endswith(MASK_SUFFIXES):
             continue
@@ -67,10 +75,26 @@ def find_cases(folder: Path) -> list[Case]:
         partner = next((files[(base + s, ext)] for s in MASK_SUFFIXES if (base + s, ext) in files), None)
         if partner is not None:
             cases.append(Case(base, path, partner))
+        elif ext.lower() in IMAGE_FILE_EXTENSIONS:
+            unpaired.append(path)
     if not cases:
         raise InputError(f"No image/mask pairs in '{folder}': name them <case>.png + <case>_mask.png "
                          "(or <case>_image.nrrd + <case>_label.nrrd).")
-    return cases
+    return cases, unpaired
+
+
+def find_cases(folder: Path) -> list[Case]:
+    """The image/mask pairs of a folder (see ``pair_files``)."""
+    return pair_files(folder)[0]
+
+
+def unpaired_note(unpaired: list[Path]) -> str | None:
+    """A note naming the images skipped for want of a mask, so none is left out silently."""
+    if not unpaired:
+        return None
+    names = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
+    return (f"{len(unpaired)} image(s) have no mask and are skipped: {names} (a mask is named <case>_mask.<ext>, "
+            "_label or _seg, with the image's extension).")
 
 
 def oracle_boxes(truth: np.ndarray, grow: float) -> dict[int, list[Box]]:
@@ -122,6 +146,17 @@ class Evaluator:
                                  input_size=s.sam_input_size)
         return self._sam
 
+    def load_models(self) -> None:
+        """Load (or download) what this mode needs now, so a missing model fails before the first case."""
+        if self.mode == "oracle":
+            self.sam
+        elif self.mode == "saliency-only":
+            self.pipeline.clip
+        else:
+            self.pipeline.sam
+            if self.mode == "zero-shot":
+                self.pipeline.clip
+
     def predict(self, volume: Volume, truth: np.ndarray, prompt) -> tuple[np.ndarray, int, dict, int | None]:
         """Prediction (z, y, x), number of boxes, per-slice boxes (for the figure), and how many slices
         got a saliency map of their own (None without saliency)."""
@@ -154,12 +189,13 @@ class Evaluator:
 def load_prompts(prompt: str | None, prompt_json: str | None, prompt_file: str | None) -> Callable[[str], Any]:
     """A function case name -> prompt (text, or a sentence list for an ensemble)."""
     if prompt_json:
-        table = json.loads(Path(prompt_json).read_text())
+        table = read_json(prompt_json, "Prompt table")
+        if not isinstance(table, dict) or not all(isinstance(v, (str, list)) for v in table.values()):
+            raise InputError(f"Prompt table '{prompt_json}' must be a JSON object of case name -> prompt text.")
         return lambda case: table.get(case, prompt) or _missing(case)
     if prompt_file:
-        sentences = [s.strip() for s in Path(prompt_file).read_text().splitlines() if s.strip()]
-        if not sentences:
-            raise InputError(f"Prompt file '{prompt_file}' holds no sentences.")
+        from .cli import prompt_sentences
+        sentences = prompt_sentences(prompt_file)
         return lambda case: sentences
     return lambda case: prompt
 
@@ -168,16 +204,41 @@ def _missing(case: str):
     raise InputError(f"No prompt for case '{case}': add it to the JSON file or give --prompt as a default.")
 
 
+def check_cases(cases: list[Case], prompt_for: Callable[[str], Any]) -> None:
+    """Every case has a prompt, and an image and mask that are whole and of one size: found now, not at
+    case 40 of 50. Only headers are read (the pixels wait for the case's turn)."""
+    from .imageio import read_size
+    from .pipeline import check_prompts
+
+    for case in cases:
+        prompt = prompt_for(case.name)
+        if prompt is not None:
+            check_prompts([prompt])
+        image, mask = read_size(case.image), read_size(case.mask)
+        if image != mask:
+            raise InputError(f"Case '{case.name}': the mask '{case.mask.name}' has size {mask}, the image "
+                             f"'{case.image.name}' {image}; a mask must be on its image's grid.")
+
+
 def done_cases(csv_path: Path) -> set[str]:
-    """Cases already in a metrics.csv being resumed; one with other columns cannot be continued."""
-    if not csv_path.exists():
+    """Cases already in a metrics.csv being resumed (an empty file has none); a file with other columns or a
+    row without numbers cannot be continued, and the message says which line."""
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
         return set()
-    with csv_path.open() as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames and reader.fieldnames != CSV_FIELDS:
-            raise InputError(f"'{csv_path}' has the columns {reader.fieldnames}, not {CSV_FIELDS} (an older "
-                             "version wrote it), so it cannot be resumed; choose another --out folder.")
-        return {row["case"] for row in reader}
+    reader = csv.DictReader(io.StringIO(read_text(csv_path, "Metrics file")))
+    if reader.fieldnames != CSV_FIELDS:
+        raise InputError(f"'{csv_path}' has the columns {reader.fieldnames}, not {CSV_FIELDS} (an older "
+                         "version wrote it, or it was edited), so it cannot be resumed; choose another --out folder.")
+    done = set()
+    for line, row in enumerate(reader, start=2):
+        for key in ("dsc", "nsd"):
+            try:
+                float(row[key])
+            except (TypeError, ValueError):
+                raise InputError(f"'{csv_path}' line {line} (case '{row['case']}') has {key} {row[key]!r}, not a "
+                                 "number, so it cannot be resumed; delete that line to evaluate the case again.") from None
+        done.add(row["case"])
+    return done
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
@@ -203,36 +264,70 @@ def versions() -> dict[str, str]:
     return found
 
 
+OUTPUT_FILES = ("metrics.csv", "summary.json", "best_worst.png")
+"""What ``evaluate`` writes into --out, besides overlays/<case>.png."""
+
+
+def output_files(out: Path, cases: list[Case], figures: bool) -> list[Path]:
+    files = [out / name for name in OUTPUT_FILES if figures or name != "best_worst.png"]
+    return files + ([out / "overlays" / f"{case.name}.png" for case in cases] if figures else [])
+
+
+def check_outputs(out: Path, cases: list[Case], resume: bool, overwrite: bool, figures: bool) -> set[str]:
+    """Refuse to touch an earlier run's files unless --resume (continue it) or --overwrite (start over);
+    returns the cases already done."""
+    if resume and overwrite:
+        raise OptionError("--resume continues an earlier run and --overwrite replaces it; choose one.")
+    check_folder(out, "--out")
+    if resume:
+        return done_cases(out / "metrics.csv")
+    existing = [path for path in output_files(out, cases, figures) if path.exists()]
+    if existing and not overwrite:
+        raise InputError(f"'{existing[0]}' exists ({len(existing)} file(s) of an earlier run in '{out}'). Pass "
+                         "--resume to continue that run, --overwrite to start over, or choose another --out folder.")
+    return set()
+
+
 def evaluate(data: Path, out: Path, evaluator: Evaluator, prompt_for: Callable[[str], Any],
              resume: bool = False, limit: int | None = None, figures: bool = True,
-             progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Evaluate every case (or the first ``limit``); returns the summary written to summary.json."""
-    cases = find_cases(data)[:limit]
-    out.mkdir(parents=True, exist_ok=True)
+             progress: Callable[[str, int, int], None] | None = None, overwrite: bool = False,
+             note: Callable[[str], None] | None = None) -> dict:
+    """Evaluate every case (or the first ``limit``); returns the summary written to summary.json.
+
+    Cases, prompts, inputs and outputs are all checked, and the models loaded, before the first case runs.
+    """
+    cases, unpaired = pair_files(data)
+    cases = cases[:limit]
+    if note and unpaired_note(unpaired):
+        note(unpaired_note(unpaired))
+    skip = check_outputs(out, cases, resume, overwrite, figures)
+    check_cases([c for c in cases if c.name not in skip], prompt_for)
+    evaluator.load_models()
     csv_path = out / "metrics.csv"
-    if csv_path.exists() and not resume:
-        raise InputError(f"'{csv_path}' exists. Pass --resume to continue it, or choose another --out folder.")
-    skip = done_cases(csv_path) if resume else set()
-    new_file = not csv_path.exists()
-    with csv_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        if new_file:
-            writer.writeheader()
-        for index, case in enumerate(cases):
-            if progress:
-                progress("evaluate", index, len(cases))
-            if case.name in skip:
-                continue
-            row = evaluate_case(case, evaluator, prompt_for(case.name), out if figures else None)
-            writer.writerow(row)
-            handle.flush()
+    if not skip and not (resume and csv_path.exists() and csv_path.stat().st_size):
+        write_text(csv_path, ",".join(CSV_FIELDS) + "\n", overwrite=True)  # a fresh file, replaced whole
+    finished = len(skip)
+    try:
+        with csv_path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            for index, case in enumerate(cases):
+                if progress:
+                    progress("evaluate", index, len(cases))
+                if case.name in skip:
+                    continue
+                writer.writerow(evaluate_case(case, evaluator, prompt_for(case.name), out if figures else None))
+                handle.flush()
+                finished += 1
+    except KeyboardInterrupt:
+        raise Cancelled(f"interrupted after {finished} of {len(cases)} cases. Their rows in '{csv_path}' (and "
+                        "their overlays) are complete; run the same command with --resume to continue.") from None
     if progress:
         progress("evaluate", len(cases), len(cases))
     with csv_path.open() as handle:
         rows = [r for r in csv.DictReader(handle) if r["case"] in {c.name for c in cases}]
     summary = {**summarise(rows), "mode": evaluator.mode, "grow": evaluator.grow, "data": str(data),
                "settings": evaluator.settings.to_dict(), "versions": versions()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(out / "summary.json", summary, overwrite=True)
     if figures and rows:
         from .figures import best_worst_grid
         best_worst_grid(rows, out)
@@ -265,11 +360,12 @@ def evaluate_case(case: Case, evaluator: Evaluator, prompt, figure_dir: Path | N
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_setting_options
+    from .cli import add_setting_options, at_least, number
 
     parser = sub.add_parser("evaluate", help="DSC/NSD over a folder of image/mask pairs")
     parser.add_argument("data", help="folder of <case>.<ext> + <case>_mask.<ext> pairs (2D or volumes)")
-    parser.add_argument("--out", required=True, help="folder for metrics.csv, summary.json and figures")
+    add_output_option(parser, "--out", kind="folder", required=True,
+                      help="folder for metrics.csv, summary.json and figures")
     parser.add_argument("--prompt", "-p", help="prompt for every case (a preset may set options)")
     parser.add_argument("--prompt-json", help="JSON file: case -> prompt")
     parser.add_argument("--prompt-file", help="text file of sentences: one ensemble prompt for every case")
@@ -278,10 +374,11 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--saliency-only", action="store_true", help="Otsu coarse mask (saliency stage alone)")
     mode.add_argument("--oracle-saliency", action="store_true",
                       help="ground truth on the CLIP token grid as saliency, then the rest of the pipeline")
-    parser.add_argument("--grow", type=float, default=0.0,
+    parser.add_argument("--grow", type=number(0), default=0.0,
                         help="with --oracle-boxes: enlarge each box by this fraction of its size per side")
     parser.add_argument("--resume", action="store_true", help="skip cases already in metrics.csv")
-    parser.add_argument("--limit", type=int, help="only the first N cases")
+    add_overwrite_option(parser, "results in --out (start over)")
+    parser.add_argument("--limit", type=at_least(1), help="only the first N cases")
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--quiet", "-q", action="store_true")
     add_setting_options(parser)
@@ -289,19 +386,26 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import sys
+
     from .cli import TqdmProgress, settings_from_args
+    from .pipeline import resolve_device
 
     mode = ("oracle" if args.oracle_boxes else "saliency-only" if args.saliency_only
             else "oracle-saliency" if args.oracle_saliency else "zero-shot")
+    if args.grow and mode != "oracle":
+        raise OptionError("--grow applies to --oracle-boxes only (it enlarges the ground-truth boxes).")
     if not mode.startswith("oracle") and not (args.prompt or args.prompt_json or args.prompt_file):
         raise InputError("Give --prompt, --prompt-json or --prompt-file (only the oracle modes need no prompt).")
     settings = settings_from_args(args, args.prompt)
+    resolve_device(settings.device)
+    prompt_for = load_prompts(args.prompt, args.prompt_json, args.prompt_file)
     evaluator = Evaluator(mode, settings, grow=args.grow)
     progress = TqdmProgress(not args.quiet)
     try:
-        summary = evaluate(Path(args.data), Path(args.out), evaluator,
-                           load_prompts(args.prompt, args.prompt_json, args.prompt_file),
-                           resume=args.resume, limit=args.limit, figures=not args.no_figures, progress=progress)
+        summary = evaluate(Path(args.data), Path(args.out), evaluator, prompt_for, resume=args.resume,
+                           limit=args.limit, figures=not args.no_figures, progress=progress,
+                           overwrite=args.overwrite, note=lambda text: print(f"note: {text}", file=sys.stderr))
     finally:
         progress.close()
     print(f"{mode}: {summary['count']} cases  DSC {summary['dsc_mean']:.4f} (median {summary['dsc_median']:.4f}, "

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .outputs import replacing
 from .prompts import Box
 
 
@@ -33,9 +34,7 @@ def overlay_figure(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1))
     ax.set_title(title + ("" if image.shape[0] == 1 else f"  (slice {z})"), fontsize=9)
     ax.axis("off")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -55,6 +54,14 @@ def best_worst_grid(rows: list[dict], out: Path, count: int = 4) -> Path | None:
         ax.imshow(plt.imread(out / "overlays" / f"{row['case']}.png"))
         ax.set_title(f"{kind}: {row['case']}", fontsize=9)
     path = out / "best_worst.png"
-    fig.savefig(path, bbox_inches="tight", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
+
+
+def save_figure(fig, path: Path, **options) -> None:
+    """Write the figure atomically and close it (the command checked beforehand that it may replace ``path``)."""
+    try:
+        with replacing(path, overwrite=True) as temp:
+            fig.savefig(temp, bbox_inches="tight", **options)
+    finally:
+        _pyplot().close(fig)

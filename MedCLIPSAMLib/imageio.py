@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .completeness import INCOMPLETE_SIGNS, check_complete, incomplete
+from .errors import InputError, OptionError, SettingError
+from .outputs import PLAIN_2D_EXTENSIONS, check_output, extension, write_image
 
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     # name: (level, width) in Hounsfield units
@@ -58,14 +60,42 @@ def _read_sitk(path: Path) -> sitk.Image:
         raise InputError(f"'{path}' does not exist. Check the path (for a DICOM series, give its folder).")
     if path.is_dir():
         return _read_dicom_series(path)
-    if path.stat().st_size == 0:
-        raise InputError(f"'{path}' is an empty file. Re-export or copy the image again.")
+    _check_file(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise InputError(f"Cannot read '{path}' as an image ({first_line}). "
-                         "Supported: NIfTI, NRRD, MHA, DICOM series folders, PNG/JPEG/TIFF.") from None
+        raise _unreadable(path, exc) from None
+
+
+def read_size(path: str | os.PathLike) -> tuple[int, ...]:
+    """An image file's size (x, y[, z]) from its header alone, after the same checks as a full read; a
+    trailing size of 1 is dropped (a one-slice volume is a 2D image)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"'{path}' does not exist or is not a file.")
+    _check_file(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from None
+    size = reader.GetSize()
+    return size[:-1] if len(size) == 3 and size[-1] == 1 else size
+
+
+def _check_file(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise InputError(f"'{path}' is an empty file. Re-export or copy the image again.")
+    check_complete(path)
+
+
+def _unreadable(path: Path, exc: RuntimeError) -> InputError:
+    if any(sign in str(exc) for sign in INCOMPLETE_SIGNS):
+        return InputError(incomplete(path, "its pixel data is shorter than its header says"))
+    first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    return InputError(f"Cannot read '{path}' as an image ({first_line}). "
+                      "Supported: NIfTI, NRRD, MHA, DICOM series folders, PNG/JPEG/TIFF.")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -197,10 +227,12 @@ def through_plane_axis(volume: Volume) -> int:
 def check_axis(axis: int, volume: Volume) -> int:
     if volume.is_2d:
         if axis not in (0, -3):
-            raise InputError(f"Axis {axis} is not valid for a 2D image: a 2D image has one slice (axis 0).")
+            raise SettingError("axis", f"{{name}} {axis} is not valid for a 2D image: a 2D image has one slice "
+                               "(axis 0).", "Axis")
         return 0
     if not -3 <= axis <= 2:
-        raise InputError(f"Axis {axis} is out of range for a 3D volume: use 0 (z), 1 (y) or 2 (x).")
+        raise SettingError("axis", f"{{name}} {axis} is out of range for a 3D volume: use 0 (z), 1 (y) or 2 (x).",
+                           "Axis")
     return axis % 3
 
 
@@ -213,29 +245,32 @@ def chosen_slices(count: int, slice_range: tuple[int, int] | None) -> np.ndarray
     """Indices of the slices a run covers: the inclusive range (clipped to the volume), else all."""
     first, last = slice_range or (0, count - 1)
     if first >= count:
-        raise InputError(f"Slice range {first}-{last} is outside the {count} slices along this axis "
-                         f"(0-{count - 1}).")
+        raise SettingError("slice_range", f"{{name}} {first}-{last} is outside the {count} slices along this axis "
+                           f"(0-{count - 1}).", "Slice range")
     return np.arange(first, min(last, count - 1) + 1)
 
 
 def write_label(labels: np.ndarray, reference: sitk.Image, path: str | os.PathLike,
                 overwrite: bool = False) -> Path:
-    """Write a (z, y, x) label array with the reference geometry; never overwrite silently."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"'{path}' already exists. Choose another output name or pass --overwrite.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a (z, y, x) label array with the reference geometry, atomically; never overwrite silently.
+
+    Commands check the name first (``outputs.check_output``, ``check_plain_2d``), before any model loads.
+    """
+    path = check_output(path, "output", overwrite)
+    check_plain_2d(path, "output", reference.GetDimension() == 2)
     data = labels[0] if reference.GetDimension() == 2 else labels
-    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+    if extension(path) in PLAIN_IMAGE_SUFFIXES:
         data = _to_8bit_for_plain_image(data)
     image = sitk.GetImageFromArray(data)
     image.CopyInformation(reference)
-    try:
-        sitk.WriteImage(image, str(path), useCompression=True)
-    except RuntimeError:
-        raise InputError(f"Cannot write '{path}': unknown extension or no permission. "
-                         "Use .nii.gz, .nrrd, .mha or .png.") from None
-    return path
+    return write_image(image, path, overwrite)
+
+
+def check_plain_2d(path: str | os.PathLike, option: str, is_2d: bool) -> None:
+    """A volume cannot go into a one-image format: SimpleITK would write one slice of it without a word."""
+    if not is_2d and extension(path) in PLAIN_2D_EXTENSIONS:
+        raise OptionError(f"{option} '{path}': {extension(path)} holds one 2D image, but the input is a volume; "
+                          "use .nii.gz, .nrrd or .mha.")
 
 
 def _to_8bit_for_plain_image(data: np.ndarray) -> np.ndarray:

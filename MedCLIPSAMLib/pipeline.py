@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, SettingError
 from .imageio import (MIN_SIDE, Volume, as_volume, chosen_slices, image_to_gray, normalize_intensity, read_volume,
                       resolve_axis)
 from .keyslices import end_midpoints, interpolate_between, key_slices
@@ -28,7 +28,7 @@ from .prompts import (Box, Component, SlicePrompts, keep_largest_components, kee
                       otsu_mask, prompts_per_slice, select_components)
 from .saliency import M2IB, M2IBConfig, clip_inputs, maps_to_slices
 from .result import SegmentationResult
-from .settings import Settings
+from .settings import Settings, check_device
 
 BODY_INTENSITY = 25
 """uint8 level (10% of the normalised range) above which a pixel counts as body, not air."""
@@ -37,11 +37,19 @@ PromptSpec = str | Sequence[str]
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for a device setting; one this machine lacks is refused here, not deep in torch."""
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but no CUDA GPU is available; use --device cpu.")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        found = torch.cuda.device_count()
+        raise SettingError("device", f"{{name}} '{name}' needs a CUDA GPU, and this machine has "
+                           f"{found or 'none'}{' (numbered from 0)' if found else ''}; use cpu.", "Device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingError("device", f"{{name}} '{name}' needs Apple's Metal, which is not available; use cpu.",
+                           "Device")
+    return device
 
 
 def prompt_name(prompt: PromptSpec) -> str:
@@ -247,6 +255,7 @@ class Pipeline:
         if active.size == 0:
             messages.append("Every slice in the range is blank (constant); nothing to segment.")
         if given is None:
+            messages += self.clip.truncation_notes([s for g in groups for s in g])
             texts = [self.clip.encode_text(g, self.device) for g in groups]
             saliency = self._saliency(slices, active, texts, runner)
         else:

@@ -6,14 +6,26 @@ docstring of a field says why we differ.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, SettingError
 
 BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 SAM_BACKENDS = ("auto", "litemedsam", "vit_b", "vit_l", "vit_h")
 PROMPT_MODES = ("boxes", "box_all", "points")
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+"""Device names a run accepts; anything else would be a torch traceback."""
+
+
+def check_device(name: str) -> str:
+    """Refuse a device name torch cannot parse (``--device foo``), before torch is even imported."""
+    if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
+        raise SettingError("device", f"Unknown {{name}} '{name}': use auto, cpu, cuda or cuda:N.", "device")
+    return name
 
 
 FAST_SALIENCY = {"saliency_stride": 4, "m2ib_samples": 3}
@@ -90,29 +102,35 @@ class Settings:
     def validate(self) -> None:
         """Reject values that cannot work, before any model is loaded."""
         if self.sam_backend not in SAM_BACKENDS:
-            raise InputError(f"Unknown SAM backend '{self.sam_backend}'. Choose one of: {', '.join(SAM_BACKENDS)}.")
+            raise SettingError("sam_backend", f"Unknown SAM backend '{self.sam_backend}' ({{name}}). "
+                               f"Choose one of: {', '.join(SAM_BACKENDS)}.")
         if self.prompt_mode not in PROMPT_MODES:
-            raise InputError(f"Unknown prompt mode '{self.prompt_mode}'. Choose one of: {', '.join(PROMPT_MODES)}.")
+            raise SettingError("prompt_mode", f"Unknown prompt mode '{self.prompt_mode}' ({{name}}). "
+                               f"Choose one of: {', '.join(PROMPT_MODES)}.")
         positive = {"max_components": self.max_components, "m2ib_steps": self.m2ib_steps,
                     "m2ib_samples": self.m2ib_samples, "clip_batch_size": self.clip_batch_size,
                     "sam_batch_size": self.sam_batch_size, "points_per_component": self.points_per_component,
                     "saliency_stride": self.saliency_stride}
         for name, value in positive.items():
             if value is not None and int(value) < 1:
-                raise InputError(f"'{name}' must be at least 1 (got {value}).")
+                raise SettingError(name, f"{{name}} must be at least 1 (got {value}).")
         if not 0 <= self.refine_rounds <= 5:
-            raise InputError(f"'refine_rounds' must be between 0 and 5 (got {self.refine_rounds}).")
-        if self.beta < 0:
-            raise InputError(f"'beta' must be >= 0 (got {self.beta}).")
+            raise SettingError("refine_rounds", f"{{name}} must be between 0 and 5 (got {self.refine_rounds}).")
+        if not self.beta >= 0:  # also refuses NaN
+            raise SettingError("beta", f"{{name}} must be >= 0 (got {self.beta}).")
         if self.bottleneck_layer < 0:
-            raise InputError(f"'bottleneck_layer' must be >= 0 (got {self.bottleneck_layer}).")
+            raise SettingError("bottleneck_layer", f"{{name}} must be >= 0 (got {self.bottleneck_layer}).")
         size = self.sam_input_size
         if size is not None and not (64 <= size <= 1024 and size % 16 == 0):
-            raise InputError(f"'sam_input_size' must be a multiple of 16 between 64 and 1024 (got {size}).")
+            raise SettingError("sam_input_size", f"{{name}} must be a multiple of 16 between 64 and 1024 (got {size}).")
+        if self.axis is not None and not -3 <= self.axis <= 2:
+            raise SettingError("axis", f"{{name}} {self.axis} is out of range: use 0 (z), 1 (y) or 2 (x).", "Axis")
         if self.slice_range is not None:
             first, last = self.slice_range
             if first < 0 or last < first:
-                raise InputError(f"Slice range {first}-{last} is invalid: give FIRST-LAST with 0 <= FIRST <= LAST.")
+                raise SettingError("slice_range", f"{{name}} {first}-{last} is invalid: give FIRST-LAST with "
+                                   "0 <= FIRST <= LAST.", "Slice range")
+        check_device(self.device)
 
     def sam_batch_for(self, device_type: str) -> int:
         """The SAM encoder batch on this device type ('cpu' or 'cuda')."""

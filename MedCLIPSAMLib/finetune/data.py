@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import random
 import re
 from dataclasses import dataclass
@@ -12,6 +12,7 @@ import torch
 
 from ..errors import InputError
 from ..imageio import normalize_intensity, read_volume
+from ..inputs import parse_json, read_text
 from ..models.clip import ClipBundle
 from ..saliency import clip_inputs
 
@@ -33,18 +34,23 @@ def clean_caption(text: str) -> str:
 
 
 def _rows(path: Path) -> list[dict]:
+    """The rows of a CSV or JSONL pairs file; encoding and syntax errors name the file and line."""
+    text = read_text(path, "Pairs file")
     if path.suffix.lower() in (".jsonl", ".json"):
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        return [json.loads(line) for line in lines]
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+        lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        rows = [parse_json(line, f"Line {number} of '{path}'") for number, line in lines]
+        if not all(isinstance(row, dict) for row in rows):
+            raise InputError(f"'{path}' must hold one JSON object per line, e.g. {{\"image\": ..., \"caption\": ...}}.")
+        return rows
+    try:
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise InputError(f"'{path}' is not a readable CSV file ({exc}).") from None
 
 
 def read_pairs(path: str | Path, min_chars: int = MIN_CAPTION_CHARS) -> list[Pair]:
     """Pairs from a CSV or JSONL file; image paths are relative to the file's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Pairs file '{path}' does not exist.")
     rows = _rows(path)
     if not rows:
         raise InputError(f"'{path}' holds no rows.")
@@ -55,8 +61,8 @@ def read_pairs(path: str | Path, min_chars: int = MIN_CAPTION_CHARS) -> list[Pai
                          f"({'/'.join(CAPTION_KEYS)}); found {sorted(rows[0])}.")
     pairs = []
     for row in rows:
-        caption = clean_caption(str(row[caption_key]))
-        image = Path(row[image_key])
+        caption = clean_caption(str(row.get(caption_key) or ""))
+        image = Path(str(row.get(image_key) or ""))
         image = image if image.is_absolute() else path.parent / image
         if len(caption) >= min_chars:
             pairs.append(Pair(image, caption))

@@ -8,17 +8,17 @@ resumable ``last.pt``, a progress bar and a loss/recall plot.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import Cancelled, InputError, OptionError, SettingError
+from ..figures import save_figure
 from ..models.clip import ClipBundle, load_clip
-from ..settings import BIOMEDCLIP_HUB_ID
+from ..outputs import add_output_option, check_folder, replacing, write_json
+from ..settings import BIOMEDCLIP_HUB_ID, check_device
 from .data import PairDataset, collate, embed_pairs, read_pairs, split_pairs
 from .losses import LOSSES, contrastive_loss
 from .retrieval import batched_recall, caption_groups
@@ -43,6 +43,42 @@ class FinetuneConfig:
     device: str = "auto"
     workers: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values that cannot train, before data or model load (the command line names the option)."""
+        if self.loss not in LOSSES:
+            raise SettingError("loss", f"Unknown loss '{self.loss}' ({{name}}); choose one of {', '.join(LOSSES)}.")
+        for name in ("epochs", "batch_size", "accumulation", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise SettingError(name, f"{{name}} must be at least 1 (got {getattr(self, name)}).")
+        for name in ("lr", "tau"):
+            if not getattr(self, name) > 0:
+                raise SettingError(name, f"{{name}} must be above 0 (got {getattr(self, name)}).")
+        for name in ("beta1", "beta2", "weight_decay", "workers"):
+            if not getattr(self, name) >= 0:
+                raise SettingError(name, f"{{name}} must be at least 0 (got {getattr(self, name)}).")
+        for name in ("warmup_fraction", "validation_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SettingError(name, f"{{name}} must be at least 0 and below 1 (got {getattr(self, name)}).")
+        check_device(self.device)
+
+
+OUTPUT_FILES = ("best.pt", "last.pt", "history.json", "training.png")
+"""What ``finetune`` writes into --out, besides epoch_NNN.pt."""
+
+
+def check_out_folder(out: Path, resume: bool) -> None:
+    """An earlier run's files are continued with --resume, never replaced without it."""
+    check_folder(out, "--out")
+    existing = [out / name for name in OUTPUT_FILES if (out / name).exists()] + sorted(out.glob("epoch_*.pt"))
+    if existing and not resume:
+        raise InputError(f"'{out}' already holds an earlier run ({existing[0].name}); pass --resume to continue it "
+                         "or choose another --out.")
+    if resume and existing and not (out / "last.pt").exists():
+        raise InputError(f"'{out}' holds no last.pt to resume from; choose another --out to start afresh.")
+
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up to 1, then cosine decay to 0."""
@@ -54,9 +90,8 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 def _save(payload: dict, path: Path) -> None:
     """Write atomically, so an interrupted save never leaves a broken checkpoint."""
-    partial = path.with_name(path.name + ".part")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with replacing(path, overwrite=True) as temp:
+        torch.save(payload, temp)
 
 
 def _plot(history: list[dict], path: Path) -> None:
@@ -73,8 +108,19 @@ def _plot(history: list[dict], path: Path) -> None:
     right.set(xlabel="epoch", ylabel="validation recall (%)")
     right.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
+
+
+def _resume_state(out: Path, epochs: int) -> dict | None:
+    """last.pt of the run being resumed (None: nothing to resume), read before the model loads so a run that
+    has nothing left to do says so at once."""
+    if not (out / "last.pt").exists():
+        return None
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    if state["epoch"] >= epochs:
+        raise OptionError(f"Nothing to train: '{out / 'last.pt'}' already has {state['epoch']} epochs; raise "
+                          "--epochs to train longer.")
+    return state
 
 
 def finetune(data: str | Path, out: str | Path, config: FinetuneConfig, resume: bool = False,
@@ -85,17 +131,16 @@ def finetune(data: str | Path, out: str | Path, config: FinetuneConfig, resume: 
     from ..pipeline import resolve_device
 
     out = Path(out)
-    if config.loss not in LOSSES:
-        raise InputError(f"Unknown loss '{config.loss}'; choose one of {', '.join(LOSSES)}.")
-    if out.exists() and any(out.glob("*.pt")) and not resume:
-        raise InputError(f"'{out}' already holds checkpoints; pass --resume to continue or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
+    config.validate()
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
     train_pairs, val_pairs = split_pairs(read_pairs(data), config.validation_fraction, config.seed)
     if len(train_pairs) < 2:
         raise InputError("Too few training pairs after the validation split.")
+    check_out_folder(out, resume)
+    state = _resume_state(out, config.epochs) if resume else None
+    torch.manual_seed(config.seed)
     bundle = bundle or load_clip(config.clip)
+    out.mkdir(parents=True, exist_ok=True)
     model = bundle.model.to(device).requires_grad_(True)
     loader = torch.utils.data.DataLoader(PairDataset(train_pairs, bundle), batch_size=config.batch_size,
                                          shuffle=True, drop_last=len(train_pairs) > config.batch_size,
@@ -108,8 +153,7 @@ def finetune(data: str | Path, out: str | Path, config: FinetuneConfig, resume: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup))
     history: list[dict] = []
     best, start_epoch = -1.0, 0
-    if resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -146,7 +190,7 @@ def finetune(data: str | Path, out: str | Path, config: FinetuneConfig, resume: 
             _save(model_state, out / "best.pt")
         _save({**model_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "history": history, "best": best, "config": asdict(config)}, out / "last.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=2))
+        write_json(out / "history.json", history, overwrite=True)
         _plot(history, out / "training.png")
     model.eval().requires_grad_(False)
     return history
@@ -155,7 +199,8 @@ def finetune(data: str | Path, out: str | Path, config: FinetuneConfig, resume: 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("finetune", help="fine-tune BiomedCLIP on image-caption pairs (DHN-NCE)")
     parser.add_argument("--data", required=True, help="CSV/JSONL with image path and caption columns")
-    parser.add_argument("--out", required=True, help="folder for checkpoints, history.json, training.png")
+    add_output_option(parser, "--out", kind="folder", required=True,
+                      help="folder for checkpoints, history.json, training.png")
     defaults = FinetuneConfig()
     parser.add_argument("--clip", default=defaults.clip, help="start from: hub id, folder or checkpoint")
     parser.add_argument("--loss", default=defaults.loss, choices=LOSSES)
@@ -170,9 +215,15 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     fields = FinetuneConfig.__dataclass_fields__
-    config = FinetuneConfig(**{k: getattr(args, k) for k in fields})
-    history = finetune(args.data, args.out, config, resume=args.resume)
-    last = history[-1] if history else {}
+    config = FinetuneConfig(**{k: getattr(args, k) for k in fields})  # option errors name the option (exit 2)
+    out = Path(args.out)
+    try:
+        history = finetune(args.data, out, config, resume=args.resume)
+    except KeyboardInterrupt:
+        done = "" if not (out / "last.pt").exists() else "; the finished epochs' checkpoints are complete: " \
+            "continue with --resume"
+        raise Cancelled(f"interrupted{done or ' before the first epoch finished'}.") from None
+    last = history[-1]
     print(f"finished {len(history)} epochs; last: " + "  ".join(
-        f"{k} {v:.4f}" for k, v in last.items() if isinstance(v, float)) + f"; best checkpoint: {Path(args.out) / 'best.pt'}")
+        f"{k} {v:.4f}" for k, v in last.items() if isinstance(v, float)) + f"; best checkpoint: {out / 'best.pt'}")
     return 0

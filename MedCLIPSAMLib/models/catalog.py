@@ -81,12 +81,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+LOCAL_OPTIONS = {"clip": " (or into any folder you then pass with --clip-model FOLDER)",
+                 "sam": " (or anywhere, then pass the file with --sam-checkpoint FILE)"}
+"""Where a model of each kind can be given by hand instead of from the cache."""
+
+
 def offline_help(entry: CatalogEntry) -> str:
     """How to supply the weights by hand, for machines without internet."""
     names = "\n".join(f"  {f.url}" for f in entry.files)
+    elsewhere = LOCAL_OPTIONS.get(entry.kind, "")
     return (f"Download these files on a machine with internet access:\n{names}\n"
-            f"and put them into the folder '{entry_folder(entry)}' (or any folder you then pass as the "
-            f"model path, e.g. --clip-model FOLDER / --sam-checkpoint FILE). "
+            f"and put them into the folder '{entry_folder(entry)}'{elsewhere}. "
             f"Set MEDCLIPSAM_CACHE to use another cache folder.")
 
 

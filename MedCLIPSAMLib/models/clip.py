@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +48,23 @@ class ClipBundle:
         return self.model.visual.trunk.blocks
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """Token ids with the model's own tokenizer; warns when a prompt is truncated."""
-        for text in texts:
-            length = len(self.tokenizer.tokenizer(text)["input_ids"])
-            if length > self.context_length:
-                warnings.warn(f"Prompt '{text[:40]}...' has {length} tokens; truncated to the model's "
-                              f"context length {self.context_length}.", stacklevel=2)
+        """Token ids with the model's own tokenizer, cut to its context length (see ``truncation_notes``)."""
         return self.tokenizer(texts)
+
+    def token_count(self, text: str) -> int:
+        """Tokens of ``text`` before truncation (``verbose=False``: the tokenizer's own warning about
+        "indexing errors" does not apply, since ``tokenize`` truncates)."""
+        return len(self.tokenizer.tokenizer(text, verbose=False)["input_ids"])
+
+    def truncation_notes(self, texts: list[str]) -> list[str]:
+        """One note per prompt longer than the context length, saying how much of it the model reads."""
+        notes = []
+        for text in texts:
+            count = self.token_count(text)
+            if count > self.context_length:
+                notes.append(f"The prompt '{text[:40]}...' has {count} tokens; the model reads only the first "
+                             f"{self.context_length}, so the rest was left out. Shorten it.")
+        return notes
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str], device: torch.device) -> torch.Tensor:

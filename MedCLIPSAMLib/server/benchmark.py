@@ -10,7 +10,6 @@ engine time), and the volume bytes sent (the first prompt uploads, later ones se
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -132,6 +131,9 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def register_cli(sub) -> None:
+    from ..cli import at_least
+    from ..outputs import add_output_option, add_overwrite_option
+
     parser = sub.add_parser("benchmark-server", help="cost of running through 'medclipsam serve' vs in-process")
     parser.add_argument("--clip-size", default="pubmedbert", choices=["pubmedbert", "tiny"])
     parser.add_argument("--device", default="cpu")
@@ -139,22 +141,26 @@ def register_cli(sub) -> None:
     parser.add_argument("--fast", action="store_true", help="the --fast CPU settings (stride 4, 3 samples)")
     parser.add_argument("--steps", type=int, help="M2IB steps")
     parser.add_argument("--samples", type=int, help="M2IB noise samples")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each path, alternating (default 3)")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="runs of each path, alternating (default 3)")
+    add_output_option(parser, "--json", help="also write the figures to this .json file")
+    add_overwrite_option(parser)
     parser.set_defaults(func=cmd_benchmark_server)
 
 
 def cmd_benchmark_server(args: argparse.Namespace) -> int:
-    from ..errors import MedCLIPSAMError
-    from ..settings import FAST_SALIENCY
+    from ..outputs import check_output, write_json
+    from ..pipeline import resolve_device
+    from ..settings import FAST_SALIENCY, settings_from_dict
 
     settings = dict(FAST_SALIENCY) if args.fast else {}
     settings.update({k: v for k, v in {"m2ib_steps": args.steps, "m2ib_samples": args.samples}.items()
                      if v is not None})
-    if args.repeats < 1:
-        raise MedCLIPSAMError(f"--repeats must be at least 1 (got {args.repeats}).")
+    settings_from_dict(settings)  # option errors now, not in the server's log
+    resolve_device(args.device)
+    if args.json:
+        check_output(args.json, "--json", args.overwrite, extensions=(".json",))
     report = run_server_benchmark(args.clip_size, args.device, args.sam, settings, args.repeats)
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report, overwrite=args.overwrite)
     return 0

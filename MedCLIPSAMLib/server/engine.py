@@ -34,10 +34,7 @@ class Engine:
         from ..pipeline import resolve_device
 
         self.config = config
-        try:
-            self.device = resolve_device(config.device)
-        except RuntimeError:
-            raise InputError(f"Unknown device '{config.device}': use auto, cpu, cuda or cuda:N.") from None
+        self.device = resolve_device(config.device)  # an unknown or absent device is a SettingError
         self._lock = threading.Lock()
 
     def preload(self, sam_backend: str = "auto", progress: Callable | None = None) -> None:

@@ -111,8 +111,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not chosen:
         raise MedCLIPSAMError(f"Refusing to listen on {args.host} without a token of your choosing: give "
                               f"--token-file FILE (or set {TOKEN_ENV}) and hand that token to the clients.")
-    if args.max_upload_mb <= 0:
-        raise MedCLIPSAMError(f"--max-upload-mb must be positive (got {args.max_upload_mb}).")
     config = EngineConfig(clip_model=args.clip_model or BIOMEDCLIP_HUB_ID, sam_checkpoint=args.sam_checkpoint,
                           device=args.device, compile=args.compile)
     engine = Engine(config)
@@ -136,9 +134,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub) -> None:
+    from ..cli import at_least, number
+
     p = sub.add_parser("serve", help="run the engine as a server for Slicer or other clients (local or GPU machine)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
-    p.add_argument("--port", type=int, default=8765, help="port (0: a free port, printed on start)")
+    p.add_argument("--port", type=at_least(0, 65535), default=8765, help="port (0: a free port, printed on start)")
     p.add_argument("--token-file", help="file holding the bearer token clients must send (default: "
                    f"${TOKEN_ENV}, else a random token printed on start)")
     p.add_argument("--clip-model", help="hf-hub id, local open_clip folder, or fine-tuned checkpoint")
@@ -147,8 +147,8 @@ def register_cli(sub) -> None:
     p.add_argument("--sam-checkpoint", help="local SAM ViT checkpoint (.pth) instead of the cached download")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--compile", action="store_true", help="torch.compile the M2IB network")
-    p.add_argument("--max-upload-mb", type=float, default=2000.0, help="largest volume upload accepted (MB)")
-    p.add_argument("--ttl", type=float, default=3600.0, help="seconds an unused volume or result is kept")
+    p.add_argument("--max-upload-mb", type=number(0, low_open=True), default=2000.0, help="largest volume upload accepted (MB)")
+    p.add_argument("--ttl", type=number(0, low_open=True), default=3600.0, help="seconds an unused volume or result is kept")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..outputs import add_output_option, add_overwrite_option, check_output, write_image, write_text
 
 
 def entropy_bits(probabilities: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -32,21 +34,52 @@ def snapshots(fold_folder: Path) -> list[Path]:
     return found
 
 
-def _write_like(array: np.ndarray, reference: sitk.Image, path: Path) -> None:
+OUTPUT_SUFFIXES = ("", "_probability", "_entropy")
+"""Per case: the mask, the mean foreground probability and the entropy, each <case><suffix>.nii.gz."""
+
+
+def case_name(image: Path) -> str:
+    return image.name.split(".")[0].removesuffix("_0000")
+
+
+def prediction_outputs(images: list[Path], out: Path, overwrite: bool) -> dict[Path, list[Path]]:
+    """Every file a prediction will write, checked before nnU-Net loads: per image its three maps, plus
+    uncertainty.csv; two images of one case name would write the same files."""
+    names = [case_name(image) for image in images]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"Several images are named case '{twice[0]}'; their outputs would collide. Rename them.")
+    planned = {image: [out / f"{name}{suffix}.nii.gz" for suffix in OUTPUT_SUFFIXES]
+               for image, name in zip(images, names)}
+    for path in [*(p for paths in planned.values() for p in paths), out / "uncertainty.csv"]:
+        check_output(path, "--out", overwrite, images, extensions=None)
+    return planned
+
+
+def _write_like(array: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool) -> None:
     data = array.reshape(sitk.GetArrayViewFromImage(reference).shape)
     image = sitk.GetImageFromArray(data)
     image.CopyInformation(reference)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    write_image(image, path, overwrite)
 
 
 def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: int = 0, device: str = "cpu",
-                     checkpoints: list[Path] | None = None) -> list[dict]:
-    """Mean probabilities over snapshot checkpoints for each image; returns the per-case scores."""
+                     checkpoints: list[Path] | None = None, overwrite: bool = False) -> list[dict]:
+    """Mean probabilities over snapshot checkpoints for each image; returns the per-case scores.
+
+    Device, checkpoints, images and outputs are all checked before nnU-Net loads a model."""
     import torch
+    from ..imageio import read_size
+    from ..pipeline import resolve_device
+
+    resolve_device(device)
+    checkpoints = checkpoints or snapshots(model_folder / f"fold_{fold}")
+    planned = prediction_outputs(images, out, overwrite)
+    for image in images:
+        read_size(image)
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    checkpoints = checkpoints or snapshots(model_folder / f"fold_{fold}")
     out.mkdir(parents=True, exist_ok=True)
     io = SimpleITKIO()
     inputs = [io.read_images([str(p)]) for p in images]
@@ -61,31 +94,34 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
     rows = []
     for path, total in zip(images, sums):
         mean = total / len(checkpoints)
-        case = path.name.split(".")[0].removesuffix("_0000")
         reference = sitk.ReadImage(str(path))
         mask = mean.argmax(axis=0).astype(np.uint8)
         entropy = entropy_bits(mean)
-        _write_like(mask, reference, out / f"{case}.nii.gz")
-        _write_like(mean[1].astype(np.float32), reference, out / f"{case}_probability.nii.gz")
-        _write_like(entropy, reference, out / f"{case}_entropy.nii.gz")
-        rows.append({"case": case, "checkpoints": len(checkpoints), "mean_entropy_bits": float(entropy.mean()),
+        for array, target in zip((mask, mean[1].astype(np.float32), entropy), planned[path]):
+            _write_like(array, reference, target, overwrite)
+        rows.append({"case": case_name(path), "checkpoints": len(checkpoints), "mean_entropy_bits": float(entropy.mean()),
                      "max_entropy_bits": float(entropy.max()),
                      "foreground_entropy_bits": float(entropy[mask > 0].mean()) if mask.any() else 0.0,
                      "foreground_voxels": int(mask.sum())})
-    with (out / "uncertainty.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "uncertainty.csv", table.getvalue(), overwrite)
     return rows
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
+    from ..cli import at_least
+
     parser = sub.add_parser("nnunet-predict", help="checkpoint-ensembled nnU-Net prediction with entropy maps")
     parser.add_argument("model", help="trained model folder (.../nnUNetTrainerCyclicLR__nnUNetPlans__2d)")
     parser.add_argument("images", nargs="+", help="input images (one channel each)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--fold", type=int, default=0)
+    add_output_option(parser, "--out", kind="folder", required=True,
+                      help="folder for <case>.nii.gz, <case>_probability/_entropy.nii.gz and uncertainty.csv")
+    parser.add_argument("--fold", type=at_least(0, 4), default=0)
     parser.add_argument("--device", default="cpu")
+    add_overwrite_option(parser)
     parser.set_defaults(func=cmd_predict)
 
 
@@ -93,7 +129,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import os
     from .train import TRAINER_FOLDER
     os.environ.setdefault("nnUNet_extTrainer", str(TRAINER_FOLDER))
-    rows = predict_ensemble(Path(args.model), [Path(p) for p in args.images], Path(args.out), args.fold, args.device)
+    rows = predict_ensemble(Path(args.model), [Path(p) for p in args.images], Path(args.out), args.fold, args.device,
+                            overwrite=args.overwrite)
     for row in rows:
         print(f"{row['case']}: {row['checkpoints']} checkpoints, mean entropy {row['mean_entropy_bits']:.4f} bits, "
               f"foreground {row['foreground_voxels']} voxels")

@@ -3,19 +3,24 @@
 Layout: ``Dataset<NNN>_<Name>/imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz`` and
 ``dataset.json`` (channel_names, labels {background: 0, <target>: 1}, numTraining,
 file_ending). An existing case is refused unless overwriting is asked for; labels must be
-0/1 on exactly the image's grid; dataset.json is rewritten atomically (temp file + rename).
+0/1 on exactly the image's grid; a damaged or disagreeing dataset.json stops the export before
+anything is written; every file is written atomically (temp file + rename), all or nothing.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
+from ..imageio import PLAIN_IMAGE_SUFFIXES
+from ..inputs import read_json
+from ..outputs import add_output_option, add_overwrite_option, check_folder, extension, write_image, write_json
 
 FILE_ENDING = ".nii.gz"
 GEOMETRY_TOLERANCE = 1e-4
@@ -65,58 +70,135 @@ def _as_image(data: sitk.Image | np.ndarray | str | Path, reference: sitk.Image 
     return image
 
 
-def write_dataset_json(folder: Path, label_name: str, modality: str) -> dict:
-    """(Re)write dataset.json from what is on disk, atomically; labels must agree with an existing file."""
+def _label_values(label: sitk.Image, source, case_id: str) -> sitk.Image:
+    """The label as uint8 0/1, or a refusal naming the values found: nnU-Net needs exactly background 0 and
+    the target 1, and binarising {0, 2} or merging {0, 1, 2} silently would train on the wrong target.
+
+    A PNG/BMP/TIFF mask of 0 and 255 is 0/1 as image viewers show it (``segment -o mask.png`` writes it so).
+    """
+    values = np.unique(sitk.GetArrayViewFromImage(label)).tolist()
+    plain = isinstance(source, (str, Path)) and extension(source) in PLAIN_IMAGE_SUFFIXES
+    if plain and set(values) <= {0, 255}:
+        binary = sitk.Cast(label > 0, sitk.sitkUInt8)
+        binary.CopyInformation(label)
+        return binary
+    if not set(values) <= {0, 1}:
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise InputError(f"Case '{case_id}': the label holds the values {{{shown}}}; nnU-Net needs 0 (background) "
+                         "and 1 (the target) only. Save the target alone as a 0/1 mask.")
+    return sitk.Cast(label, sitk.sitkUInt8)
+
+
+def read_dataset_json(folder: Path) -> dict | None:
+    """The dataset's dataset.json (None for a new dataset); a damaged one is a one-line error."""
+    path = folder / "dataset.json"
+    if not path.exists():
+        return None
+    content = read_json(path, "The dataset's index")
+    if not isinstance(content, dict):
+        raise InputError(f"'{path}' is not an nnU-Net dataset.json (a JSON object); fix or restore it.")
+    return content
+
+
+def check_dataset_json(folder: Path, label_name: str, modality: str) -> None:
+    """An existing dataset.json must agree with this export (labels, channel, file ending), or nothing is added."""
+    current = read_dataset_json(folder)
+    if current is None:
+        return
     path = folder / "dataset.json"
     labels = {"background": 0, label_name: 1}
-    if path.exists():
-        current = json.loads(path.read_text())
-        if current.get("labels") != labels:
-            raise InputError(f"{path} has labels {current.get('labels')}, not {labels}; export this target to "
-                             "another dataset.")
-    content = {"channel_names": {"0": modality}, "labels": labels,
-               "numTraining": len(list((folder / "labelsTr").glob(f"*{FILE_ENDING}"))), "file_ending": FILE_ENDING,
+    if current.get("labels") != labels:
+        raise InputError(f"{path} has labels {current.get('labels')}, not {labels}; give the dataset's own "
+                         "--label-name, or export this target to another dataset.")
+    if current.get("channel_names", {"0": modality}) != {"0": modality}:
+        raise InputError(f"{path} has the channel {current['channel_names']}, not {{'0': '{modality}'}}; give "
+                         "the dataset's own --modality, or export to another dataset.")
+    if current.get("file_ending", FILE_ENDING) != FILE_ENDING:
+        raise InputError(f"{path} uses '{current['file_ending']}' files; this export writes {FILE_ENDING}.")
+
+
+def write_dataset_json(folder: Path, label_name: str, modality: str) -> dict:
+    """(Re)write dataset.json from what is on disk, atomically; labels must agree with an existing file."""
+    check_dataset_json(folder, label_name, modality)
+    cases = [p for p in (folder / "labelsTr").glob(f"*{FILE_ENDING}") if not p.name.startswith(".")]
+    content = {"channel_names": {"0": modality}, "labels": {"background": 0, label_name: 1},
+               "numTraining": len(cases), "file_ending": FILE_ENDING,
                "name": folder.name.split("_", 1)[1], "description": "MedCLIP-SAM pseudo-labels (zero-shot, edited)"}
-    partial = path.with_name("dataset.json.part")
-    partial.write_text(json.dumps(content, indent=2))
-    os.replace(partial, path)
+    write_json(folder / "dataset.json", content, overwrite=True)
     return content
+
+
+@dataclass
+class CaseSource:
+    """One case to export: an id, and its image and label as files, arrays or SimpleITK images."""
+
+    case_id: str
+    image: Any
+    label: Any
+
+
+def case_paths(folder: Path, case_id: str) -> tuple[Path, Path]:
+    return folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}", folder / "labelsTr" / f"{case_id}{FILE_ENDING}"
+
+
+def load_case(folder: Path, case: CaseSource, overwrite: bool) -> tuple[sitk.Image, sitk.Image]:
+    """The case's image and 0/1 label after every check (id, not there yet, image, grid, label values)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", case.case_id):
+        raise InputError(f"Case id '{case.case_id}' may only hold letters, digits, '_' and '-'.")
+    if any(path.exists() for path in case_paths(folder, case.case_id)) and not overwrite:
+        raise InputError(f"Case '{case.case_id}' is already in {folder.name}; choose another case id or pass "
+                         "--overwrite.")
+    image = _as_image(case.image)
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
+        raise InputError(f"Case '{case.case_id}': the image must be a 2D or 3D grayscale image.")
+    label = _as_image(case.label, image)
+    if not _same_geometry(image, label):
+        raise InputError(f"Case '{case.case_id}': the label's size, spacing, origin or direction differs from the "
+                         "image's; export the label on the image's grid.")
+    return image, _label_values(label, case.label, case.case_id)
+
+
+def add_cases(folder: str | Path, cases: list[CaseSource], label_name: str, modality: str = "MRI",
+              overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """Add cases to a dataset all or nothing: everything is checked first (dataset.json, every case), then
+    each file is written atomically, and a failure removes the new files again, so no orphan is left and
+    dataset.json always counts what is there."""
+    folder = Path(folder)
+    label_name = label_name.strip()
+    if not label_name:
+        raise InputError("The label needs a name (the prompt, e.g. 'brain tumor').")
+    ids = [case.case_id for case in cases]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"Case id '{next(i for i in ids if ids.count(i) > 1)}' is given twice.")
+    check_dataset_json(folder, label_name, modality)
+    for case in cases:  # all checks first (read, then let go: a folder of volumes need not fit in memory)
+        load_case(folder, case, overwrite)
+    written: list[Path] = []
+    try:
+        for case in cases:
+            image, label = load_case(folder, case, overwrite)
+            for data, path in zip((image, label), case_paths(folder, case.case_id)):
+                existed = path.exists()
+                write_image(data, path, overwrite)
+                if not existed:
+                    written.append(path)
+        write_dataset_json(folder, label_name, modality)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return [case_paths(folder, case.case_id) for case in cases]
 
 
 def add_case(folder: str | Path, case_id: str, image, label, label_name: str, modality: str = "MRI",
              overwrite: bool = False) -> tuple[Path, Path]:
     """Add one case (image file/array/sitk.Image + 0/1 label on its grid); returns the two paths."""
-    folder = Path(folder)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", case_id):
-        raise InputError(f"Case id '{case_id}' may only hold letters, digits, '_' and '-'.")
-    if not label_name.strip():
-        raise InputError("The label needs a name (the prompt, e.g. 'brain tumor').")
-    image = _as_image(image)
-    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
-        raise InputError(f"Case '{case_id}': the image must be a 2D or 3D grayscale image.")
-    label = _as_image(label, image)
-    if not _same_geometry(image, label):
-        raise InputError(f"Case '{case_id}': the label's size, spacing, origin or direction differs from the "
-                         "image's; export the label on the image's grid.")
-    values = np.unique(sitk.GetArrayViewFromImage(label))
-    if not set(values.tolist()) <= {0, 1}:
-        raise InputError(f"Case '{case_id}': label values {values.tolist()[:6]} are not 0/1.")
-    image_path = folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}"
-    label_path = folder / "labelsTr" / f"{case_id}{FILE_ENDING}"
-    if (image_path.exists() or label_path.exists()) and not overwrite:
-        raise InputError(f"Case '{case_id}' is already in {folder.name}; choose another case id or pass --overwrite.")
-    image_path.parent.mkdir(parents=True, exist_ok=True)
-    label_path.parent.mkdir(parents=True, exist_ok=True)
-    label = sitk.Cast(label, sitk.sitkUInt8)
-    sitk.WriteImage(image, str(image_path), useCompression=True)
-    sitk.WriteImage(label, str(label_path), useCompression=True)
-    write_dataset_json(folder, label_name.strip(), modality)
-    return image_path, label_path
+    return add_cases(folder, [CaseSource(case_id, image, label)], label_name, modality, overwrite)[0]
 
 
 def register_cli(sub) -> None:
     parser = sub.add_parser("nnunet-export", help="add image/label cases to an nnU-Net v2 raw dataset")
-    parser.add_argument("--raw", required=True, help="nnU-Net raw folder")
+    add_output_option(parser, "--raw", kind="folder", required=True, help="nnU-Net raw folder")
     parser.add_argument("--dataset-id", type=int, required=True)
     parser.add_argument("--name", required=True, help="dataset name (Dataset<NNN>_<name>)")
     parser.add_argument("--label-name", required=True, help="the target, e.g. 'brain tumor'")
@@ -125,23 +207,24 @@ def register_cli(sub) -> None:
     parser.add_argument("--label", help="its 0/1 label on the image's grid (e.g. from medclipsam segment)")
     parser.add_argument("--case-id")
     parser.add_argument("--pairs", help="or: a folder of <case>.<ext> + <case>_mask.<ext> pairs")
-    parser.add_argument("--overwrite", action="store_true", help="replace cases that already exist")
+    add_overwrite_option(parser, "cases")
     parser.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
     folder = dataset_dir(args.raw, args.dataset_id, args.name)
     if args.pairs:
-        from ..evaluate import find_cases
-        cases = [(c.name, c.image, c.mask) for c in find_cases(Path(args.pairs))]
+        from ..evaluate import pair_files, unpaired_note
+        pairs, unpaired = pair_files(Path(args.pairs))
+        if unpaired_note(unpaired):
+            print(f"note: {unpaired_note(unpaired)}", file=sys.stderr)
+        cases = [CaseSource(c.name, c.image, c.mask) for c in pairs]
     elif args.image and args.label and args.case_id:
-        cases = [(args.case_id, Path(args.image), Path(args.label))]
+        cases = [CaseSource(args.case_id, Path(args.image), Path(args.label))]
     else:
-        raise InputError("Give --image, --label and --case-id, or --pairs FOLDER.")
-    for case_id, image, label in cases:
-        label_image = _as_image(label)
-        binary = sitk.Cast(label_image > 0, sitk.sitkUInt8)
-        binary.CopyInformation(label_image)
-        add_case(folder, case_id, image, binary, args.label_name, args.modality, args.overwrite)
-    print(f"{folder}: {json.loads((folder / 'dataset.json').read_text())['numTraining']} cases")
+        raise OptionError("Give --image, --label and --case-id, or --pairs FOLDER.")
+    check_folder(args.raw, "--raw")
+    add_cases(folder, cases, args.label_name, args.modality, args.overwrite)
+    count = read_dataset_json(folder)["numTraining"]
+    print(f"{folder}: {count} cases")
     return 0

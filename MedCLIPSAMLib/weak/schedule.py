@@ -2,12 +2,12 @@
 3 cycles, lr 0.01, checkpoints over the last 10 epochs of each cycle: G = 30)."""
 from __future__ import annotations
 
-from ..errors import InputError
+from ..errors import OptionError
 
 
 def cycle_length(epochs: int, cycles: int) -> int:
     if not 1 <= cycles <= epochs:
-        raise InputError(f"--cycles must be between 1 and --epochs: {cycles} cycles do not fit in {epochs} epochs.")
+        raise OptionError(f"--cycles must be between 1 and --epochs: {cycles} cycles do not fit in {epochs} epochs.")
     return epochs // cycles
 
 

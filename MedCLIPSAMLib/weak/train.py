@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
+from ..outputs import add_output_option, add_overwrite_option
 from .schedule import cycle_length
 
 TRAINER = "nnUNetTrainerCyclicLR"
@@ -49,22 +50,50 @@ def set_trainer_knobs(epochs: int, cycles: int, keep_last: int, lr: float, itera
     """Pass the schedule to the trainer (nnU-Net builds it itself), after checking it fits together."""
     length = cycle_length(epochs, cycles)
     if not 1 <= keep_last <= length:
-        raise InputError(f"--keep-last must be between 1 and the cycle length {length}.")
+        raise OptionError(f"--keep-last must be between 1 and the cycle length {length}.")
     os.environ.update({"MEDCLIPSAM_NNUNET_EPOCHS": str(epochs), "MEDCLIPSAM_NNUNET_CYCLES": str(cycles),
                        "MEDCLIPSAM_NNUNET_KEEP_LAST": str(keep_last), "MEDCLIPSAM_NNUNET_LR": str(lr),
                        "MEDCLIPSAM_NNUNET_ITERATIONS": str(iterations),
                        "MEDCLIPSAM_NNUNET_VAL_ITERATIONS": str(val_iterations)})
 
 
+def raw_dataset(raw: Path, dataset_id: int) -> Path:
+    """The raw dataset folder nnU-Net will read, checked before anything is planned or written."""
+    found = sorted(raw.glob(f"Dataset{dataset_id:03d}_*"))
+    if not found or not (found[0] / "dataset.json").is_file():
+        raise InputError(f"No nnU-Net dataset {dataset_id} (Dataset{dataset_id:03d}_<Name>/dataset.json) in '{raw}'; "
+                         "add cases with medclipsam nnunet-export first.")
+    return found[0]
+
+
+def clear_earlier_training(paths: NnunetPaths, dataset_folder: Path, configuration: str, fold: int,
+                           overwrite: bool) -> None:
+    """nnU-Net would write over an earlier training of this fold, and old snapshots would join the new
+    ensemble: refused unless --overwrite, which removes the old snapshots first."""
+    fold_folder = (paths.results / dataset_folder.name / f"{TRAINER}__nnUNetPlans__{configuration}"
+                   / f"fold_{fold}")
+    earlier = sorted(fold_folder.glob("checkpoint*.pth")) if fold_folder.is_dir() else []
+    if earlier and not overwrite:
+        raise InputError(f"'{fold_folder}' already holds a trained model ({earlier[0].name}); pass --overwrite to "
+                         "train it again (its checkpoints are replaced) or choose another --results folder.")
+    for old in earlier:
+        old.unlink()
+
+
 def train_nnunet(paths: NnunetPaths, dataset: str | int, configuration: str = "2d", epochs: int = 600,
                  cycles: int = 3, keep_last: int = 10, lr: float = 1e-2, iterations: int = 250,
-                 val_iterations: int = 50, fold: int = 0, device: str = "cuda", processes: int = 2) -> Path:
-    """Train and return the model folder holding the snapshot checkpoints."""
+                 val_iterations: int = 50, fold: int = 0, device: str = "cuda", processes: int = 2,
+                 overwrite: bool = False) -> Path:
+    """Train and return the model folder holding the snapshot checkpoints; everything is checked first."""
     import torch
 
-    paths.export()
+    from ..pipeline import resolve_device
+
     set_trainer_knobs(epochs, cycles, keep_last, lr, iterations, val_iterations)
+    resolve_device(device)
     dataset_id = dataset_id_of(paths.raw, dataset)
+    clear_earlier_training(paths, raw_dataset(paths.raw, dataset_id), configuration, fold, overwrite)
+    paths.export()
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                      preprocess)
     from nnunetv2.run.run_training import run_training
@@ -85,21 +114,25 @@ def model_folder(paths: NnunetPaths, dataset_id: int, configuration: str) -> Pat
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
+    from ..cli import at_least, number
+
     parser = sub.add_parser("nnunet-train", help="train nnU-Net v2 with a cyclic LR and snapshot checkpoints")
     parser.add_argument("dataset", help="dataset id or Dataset<NNN>_<Name>")
     parser.add_argument("--raw", required=True, help="nnU-Net raw folder (holds Dataset<NNN>_<Name>)")
-    parser.add_argument("--preprocessed", required=True)
-    parser.add_argument("--results", required=True)
+    parser.add_argument("--preprocessed", required=True, help="nnU-Net's preprocessed data (recomputed each run)")
+    add_output_option(parser, "--results", kind="folder", required=True, help="folder for the trained model")
     parser.add_argument("--config", default="2d", choices=["2d", "3d_fullres", "3d_lowres"])
-    parser.add_argument("--epochs", type=int, default=600)
-    parser.add_argument("--cycles", type=int, default=3)
-    parser.add_argument("--keep-last", type=int, default=10, help="snapshots over the last N epochs of each cycle")
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--iterations", type=int, default=250, help="training iterations per epoch")
-    parser.add_argument("--val-iterations", type=int, default=50)
-    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--epochs", type=at_least(1), default=600)
+    parser.add_argument("--cycles", type=at_least(1), default=3)
+    parser.add_argument("--keep-last", type=at_least(1), default=10,
+                        help="snapshots over the last N epochs of each cycle")
+    parser.add_argument("--lr", type=number(0, low_open=True), default=1e-2)
+    parser.add_argument("--iterations", type=at_least(1), default=250, help="training iterations per epoch")
+    parser.add_argument("--val-iterations", type=at_least(1), default=50)
+    parser.add_argument("--fold", type=at_least(0, 4), default=0)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--processes", type=at_least(1), default=2)
+    add_overwrite_option(parser, "training of this fold (its checkpoints)")
     parser.set_defaults(func=cmd_train)
 
 
@@ -107,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     folder = train_nnunet(NnunetPaths(Path(args.raw), Path(args.preprocessed), Path(args.results)), args.dataset,
                           args.config, args.epochs, args.cycles, args.keep_last, args.lr, args.iterations,
-                          args.val_iterations, args.fold, args.device, args.processes)
+                          args.val_iterations, args.fold, args.device, args.processes, args.overwrite)
     snapshots = sorted((folder / f"fold_{args.fold}").glob("checkpoint_cycle*_epoch*.pth"))
     print(f"trained in {time.perf_counter() - start:.0f} s; {len(snapshots)} snapshot checkpoints in "
           f"{folder / f'fold_{args.fold}'}")

@@ -67,10 +67,19 @@ def test_cached_hub_files_load_without_network(tiny_clip_folder, tmp_path, monke
     assert load_clip(BIOMEDCLIP_HUB_ID).context_length == 256
 
 
-def test_long_prompt_is_truncated_with_a_warning(tiny_clip):
-    with pytest.warns(UserWarning, match="truncated"):
-        tokens = tiny_clip.tokenize(["tumor " * 300])
+def test_a_prompt_over_the_context_length_gets_our_note_not_the_tokenizers_warning(tiny_clip, capfd):
+    import logging
+    import warnings
+
+    long = "tumor " * 300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logging.getLogger("transformers").setLevel(logging.WARNING)
+        notes = tiny_clip.truncation_notes([long, "brain tumor"])
+        tokens = tiny_clip.tokenize([long])
     assert tokens.shape == (1, 256)
+    assert len(notes) == 1 and "302 tokens" in notes[0] and "only the first 256" in notes[0]
+    assert "indexing errors" not in capfd.readouterr().err
 
 
 def test_download_verifies_checksum_and_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from conftest import disk_image, disk_mask
 from MedCLIPSAMLib.cli import main
-from MedCLIPSAMLib.errors import InputError
+from MedCLIPSAMLib.errors import OptionError
 from MedCLIPSAMLib.weak.ensemble import entropy_bits
 from MedCLIPSAMLib.weak.schedule import cycle_length, cyclic_lr, is_snapshot_epoch, snapshot_name
 
@@ -19,7 +19,7 @@ def test_cyclic_schedule_restarts_each_cycle():
     assert cyclic_lr(0, 0.01, length) == cyclic_lr(200, 0.01, length) == cyclic_lr(400, 0.01, length) == 0.01
     assert cyclic_lr(100, 0.01, length) == pytest.approx(0.01 * 0.5 ** 0.9)
     assert cyclic_lr(199, 0.01, length) < cyclic_lr(198, 0.01, length) < 0.01
-    with pytest.raises(InputError, match="3 cycles do not fit in 2 epochs"):
+    with pytest.raises(OptionError, match="3 cycles do not fit in 2 epochs"):
         cycle_length(2, 3)
 
 
@@ -84,7 +84,7 @@ def test_tiny_nnunet_run_export_train_ensemble(tmp_path, monkeypatch):
 def test_a_schedule_that_does_not_fit_is_refused_before_training():
     from MedCLIPSAMLib.weak.train import set_trainer_knobs
 
-    with pytest.raises(InputError, match="3 cycles do not fit in 2 epochs"):
+    with pytest.raises(OptionError, match="3 cycles do not fit in 2 epochs"):
         set_trainer_knobs(2, 3, 1, 0.01, 5, 2)
-    with pytest.raises(InputError, match="--keep-last must be between 1 and the cycle length 5"):
+    with pytest.raises(OptionError, match="--keep-last must be between 1 and the cycle length 5"):
         set_trainer_knobs(10, 2, 6, 0.01, 5, 2)

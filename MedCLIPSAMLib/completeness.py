@@ -1,0 +1,120 @@
+"""Refuse image files that were cut off or damaged, before SimpleITK reads them.
+
+SimpleITK's NIfTI reader fills a short .nii/.nii.gz with zeros without a word (a truncated download
+becomes half a volume of air, and the run segments it), and its MetaImage reader says only "No such
+file or directory". So the bytes are compared with what the header promises: a .gz must reach its
+end-of-stream marker with a matching checksum, a NIfTI file must hold vox_offset + voxels x bytes per
+voxel, an .mha its header plus the pixel data. NRRD files are refused by ITK itself; its messages
+are recognised (``INCOMPLETE_SIGNS``) so the user reads the same sentence.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from pathlib import Path
+
+from .errors import InputError
+
+INCOMPLETE_SIGNS = ("not read completely", "but received", "fread got only", "end-of-stream", "unexpected end")
+"""What ITK's NRRD and MetaImage readers say about a short file (they refuse it; the NIfTI reader does not)."""
+
+
+def incomplete(path: Path, why: str) -> str:
+    return (f"'{path}' is incomplete: {why}. The file was cut off (an interrupted copy or download); "
+            "copy or export it again.")
+
+
+def check_complete(path: Path) -> None:
+    """Refuse a truncated or damaged .nii, .nii.gz, .mha or other .gz file (see the module docstring)."""
+    name = path.name.lower()
+    if not name.endswith((".gz", ".nii", ".mha")):
+        return
+    compressed = _is_gzip(path)
+    size = _gzip_length(path) if compressed else path.stat().st_size
+    if name.endswith((".nii", ".nii.gz")):
+        with (gzip.open if compressed else open)(path, "rb") as handle:
+            expected = _nifti_size(handle.read(NIFTI2_HEADER_SIZE))
+    elif name.endswith(".mha"):
+        expected = _metaimage_size(path)
+    else:
+        return
+    if expected is not None and size < expected:
+        raise InputError(incomplete(path, f"it holds {size} bytes where its header needs {expected}"))
+
+
+def _is_gzip(path: Path) -> bool:
+    """By content, not name: readers accept a plain .nii named .nii.gz."""
+    with path.open("rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed size of a gzip file, read to the end so a cut-off or corrupted stream is noticed."""
+    size = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                size += len(block)
+    except EOFError:
+        raise InputError(incomplete(path, "its compressed data ends before the end-of-stream marker")) from None
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"'{path}' is damaged: its compressed data cannot be read ({exc}). "
+                         "Copy or export it again.") from None
+    return size
+
+
+NIFTI1_HEADER_SIZE, NIFTI2_HEADER_SIZE = 348, 540
+
+
+def _nifti_size(header: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file needs (header, extensions and voxels); None when the header is not NIfTI."""
+    for order in "<>":
+        if len(header) >= NIFTI1_HEADER_SIZE and struct.unpack(order + "i", header[:4])[0] == NIFTI1_HEADER_SIZE:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = max(int(struct.unpack(order + "f", header[108:112])[0]), NIFTI1_HEADER_SIZE)
+            break
+        if len(header) >= NIFTI2_HEADER_SIZE and struct.unpack(order + "i", header[:4])[0] == NIFTI2_HEADER_SIZE:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = max(struct.unpack(order + "q", header[168:176])[0], NIFTI2_HEADER_SIZE)
+            break
+    else:
+        return None
+    count = dims[0]
+    if not 1 <= count <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:count + 1]):
+        return None  # not a header we can reason about: leave it to SimpleITK
+    return offset + math.prod(dims[1:count + 1]) * bitpix // 8
+
+
+METAIMAGE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                   "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                   "MET_DOUBLE": 8}
+
+
+def _metaimage_size(path: Path) -> int | None:
+    """Bytes a MetaImage (.mha, data after the header) needs; None when its header is not one we know.
+
+    ITK refuses a short .mha but says only "No such file or directory", so the size is checked here.
+    """
+    fields: dict[str, str] = {}
+    with path.open("rb") as handle:
+        for raw in iter(lambda: handle.readline(4096), b""):
+            key, _, value = raw.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+        header = handle.tell()
+    if fields.get("ElementDataFile") != "LOCAL":
+        return None
+    if fields.get("CompressedData", "False").lower() == "true":
+        compressed = fields.get("CompressedDataSize", "")
+        return header + int(compressed) if compressed.isdigit() else None
+    try:
+        dims = [int(d) for d in fields["DimSize"].split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+        return header + math.prod(dims) * channels * METAIMAGE_BYTES[fields["ElementType"]]
+    except (KeyError, ValueError):
+        return None
