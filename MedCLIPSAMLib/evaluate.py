@@ -283,7 +283,7 @@ def check_outputs(out: Path, cases: list[Case], resume: bool, overwrite: bool, f
         return done_cases(out / "metrics.csv")
     existing = [path for path in output_files(out, cases, figures) if path.exists()]
     if existing and not overwrite:
-        raise InputError(f"'{existing[0]}' exists ({len(existing)} file(s) of an earlier run in '{out}'). Pass "
+        raise InputError(f"'{existing[0]}' already exists ({len(existing)} file(s) of an earlier run in '{out}'). Pass "
                          "--resume to continue that run, --overwrite to start over, or choose another --out folder.")
     return set()
 

@@ -45,12 +45,17 @@ def dataset_id_of(raw: Path, dataset: str | int) -> int:
     raise InputError(f"'{dataset}' is not a dataset id or a Dataset<NNN>_<Name> folder name.")
 
 
-def set_trainer_knobs(epochs: int, cycles: int, keep_last: int, lr: float, iterations: int,
-                      val_iterations: int) -> None:
-    """Pass the schedule to the trainer (nnU-Net builds it itself), after checking it fits together."""
+def check_schedule(epochs: int, cycles: int, keep_last: int) -> None:
+    """The cycles fit in the epochs and the snapshots in a cycle."""
     length = cycle_length(epochs, cycles)
     if not 1 <= keep_last <= length:
         raise OptionError(f"--keep-last must be between 1 and the cycle length {length}.")
+
+
+def set_trainer_knobs(epochs: int, cycles: int, keep_last: int, lr: float, iterations: int,
+                      val_iterations: int) -> None:
+    """Pass the schedule to the trainer (nnU-Net builds it itself), after checking it fits together."""
+    check_schedule(epochs, cycles, keep_last)
     os.environ.update({"MEDCLIPSAM_NNUNET_EPOCHS": str(epochs), "MEDCLIPSAM_NNUNET_CYCLES": str(cycles),
                        "MEDCLIPSAM_NNUNET_KEEP_LAST": str(keep_last), "MEDCLIPSAM_NNUNET_LR": str(lr),
                        "MEDCLIPSAM_NNUNET_ITERATIONS": str(iterations),
@@ -89,10 +94,11 @@ def train_nnunet(paths: NnunetPaths, dataset: str | int, configuration: str = "2
 
     from ..pipeline import resolve_device
 
-    set_trainer_knobs(epochs, cycles, keep_last, lr, iterations, val_iterations)
+    check_schedule(epochs, cycles, keep_last)
     resolve_device(device)
     dataset_id = dataset_id_of(paths.raw, dataset)
     clear_earlier_training(paths, raw_dataset(paths.raw, dataset_id), configuration, fold, overwrite)
+    set_trainer_knobs(epochs, cycles, keep_last, lr, iterations, val_iterations)
     paths.export()
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                      preprocess)
