@@ -4,8 +4,8 @@ SimpleITK's NIfTI reader fills a short .nii/.nii.gz with zeros without a word (a
 becomes half a volume of air, and the run segments it), and its MetaImage reader says only "No such
 file or directory". So the bytes are compared with what the header promises: a .gz must reach its
 end-of-stream marker with a matching checksum, a NIfTI file must hold vox_offset + voxels x bytes per
-voxel, an .mha its header plus the pixel data. NRRD files are refused by ITK itself; its messages
-are recognised (``INCOMPLETE_SIGNS``) so the user reads the same sentence.
+voxel, an .mha or .nrrd its header plus the pixel data. ITK's own NRRD messages are recognised too
+(``INCOMPLETE_SIGNS``), so the user reads the same sentence whichever check sees it first.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 import struct
 import zlib
 from pathlib import Path
+from typing import Callable
 
 from .errors import InputError
 
@@ -29,6 +30,8 @@ def incomplete(path: Path, why: str) -> str:
 def check_complete(path: Path) -> None:
     """Refuse a truncated or damaged .nii, .nii.gz, .mha or other .gz file (see the module docstring)."""
     name = path.name.lower()
+    if name.endswith(".nrrd"):
+        return _check_nrrd(path)
     if not name.endswith((".gz", ".nii", ".mha")):
         return
     compressed = _is_gzip(path)
@@ -40,6 +43,10 @@ def check_complete(path: Path) -> None:
         expected = _metaimage_size(path)
     else:
         return
+    _compare(path, size, expected)
+
+
+def _compare(path: Path, size: int, expected: int | None) -> None:
     if expected is not None and size < expected:
         raise InputError(incomplete(path, f"it holds {size} bytes where its header needs {expected}"))
 
@@ -50,11 +57,13 @@ def _is_gzip(path: Path) -> bool:
         return handle.read(2) == b"\x1f\x8b"
 
 
-def _gzip_length(path: Path) -> int:
-    """Uncompressed size of a gzip file, read to the end so a cut-off or corrupted stream is noticed."""
+def _gzip_length(path: Path, offset: int = 0) -> int:
+    """Uncompressed size of a gzip stream (from ``offset``), read to the end so a cut-off or corrupted stream
+    is noticed."""
     size = 0
     try:
-        with gzip.open(path, "rb") as handle:
+        with path.open("rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+            raw.seek(offset)
             while block := handle.read(1 << 22):
                 size += len(block)
     except EOFError:
@@ -89,6 +98,43 @@ def _nifti_size(header: bytes) -> int | None:
     return offset + math.prod(dims[1:count + 1]) * bitpix // 8
 
 
+NRRD_BYTES = (("char", 1), ("int8", 1), ("short", 2), ("int16", 2), ("long", 8), ("int64", 8), ("float", 4),
+              ("double", 8), ("int", 4))
+"""NRRD type names by the word that fixes their size (checked in this order: 'unsigned long long int' is 8)."""
+
+
+def _read_header(path: Path, separator: str, end: Callable[[str, str], bool]) -> tuple[dict[str, str], int]:
+    """``key<separator>value`` lines (keys in lower case) up to the line where ``end(key, line)`` holds; and the
+    offset of the data after it."""
+    fields: dict[str, str] = {}
+    with path.open("rb") as handle:
+        for raw in iter(lambda: handle.readline(4096), b""):
+            line = raw.decode("latin-1").rstrip("\r\n")
+            key, _, value = line.partition(separator)
+            fields[key.strip().lower()] = value.strip()
+            if end(key.strip().lower(), line):
+                break
+        return fields, handle.tell()
+
+
+def _check_nrrd(path: Path) -> None:
+    """A NRRD with attached data (raw or gzip) holds what its header promises. ITK refuses a short one
+    too, but only when the pixels are read, and a header-only check (evaluate, nnunet-predict) would pass."""
+    fields, offset = _read_header(path, ":", lambda key, line: line == "")
+    if "data file" in fields or "datafile" in fields or "byte skip" in fields or "line skip" in fields:
+        return
+    try:
+        count = math.prod(int(v) for v in fields["sizes"].split())
+        width = next(size for word, size in NRRD_BYTES if word in fields["type"].lower())
+    except (KeyError, ValueError, StopIteration):
+        return
+    encoding = fields.get("encoding", "raw").lower()
+    if encoding in ("gzip", "gz"):
+        _compare(path, _gzip_length(path, offset), count * width)
+    elif encoding == "raw":
+        _compare(path, path.stat().st_size - offset, count * width)
+
+
 METAIMAGE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
                    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
                    "MET_DOUBLE": 8}
@@ -99,22 +145,15 @@ def _metaimage_size(path: Path) -> int | None:
 
     ITK refuses a short .mha but says only "No such file or directory", so the size is checked here.
     """
-    fields: dict[str, str] = {}
-    with path.open("rb") as handle:
-        for raw in iter(lambda: handle.readline(4096), b""):
-            key, _, value = raw.decode("latin-1").partition("=")
-            fields[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                break
-        header = handle.tell()
-    if fields.get("ElementDataFile") != "LOCAL":
+    fields, header = _read_header(path, "=", lambda key, line: key == "elementdatafile")
+    if fields.get("elementdatafile") != "LOCAL":
         return None
-    if fields.get("CompressedData", "False").lower() == "true":
-        compressed = fields.get("CompressedDataSize", "")
+    if fields.get("compresseddata", "False").lower() == "true":
+        compressed = fields.get("compresseddatasize", "")
         return header + int(compressed) if compressed.isdigit() else None
     try:
-        dims = [int(d) for d in fields["DimSize"].split()]
-        channels = int(fields.get("ElementNumberOfChannels", "1"))
-        return header + math.prod(dims) * channels * METAIMAGE_BYTES[fields["ElementType"]]
+        dims = [int(d) for d in fields["dimsize"].split()]
+        channels = int(fields.get("elementnumberofchannels", "1"))
+        return header + math.prod(dims) * channels * METAIMAGE_BYTES[fields["elementtype"]]
     except (KeyError, ValueError):
         return None
