@@ -5,7 +5,8 @@ import SimpleITK as sitk
 
 from conftest import disk_image
 from test_imageio import assert_same_geometry, make_volume, write_dicom_series
-from MedCLIPSAMLib.cli import build_parser, main, settings_from_args
+from MedCLIPSAMLib import cli
+from MedCLIPSAMLib.cli import TqdmProgress, build_parser, main, settings_from_args
 
 
 def small_volume() -> sitk.Image:
@@ -79,8 +80,8 @@ def test_bad_inputs_exit_with_code_3_and_a_message(tmp_path, tiny_clip_folder, c
 def test_axis_out_of_range_and_existing_output(tmp_path, tiny_clip_folder, capsys):
     sitk.WriteImage(small_volume(), str(tmp_path / "v.nii.gz"))
     assert run(["segment", str(tmp_path / "v.nii.gz"), "-p", "x", "-o", str(tmp_path / "o.nii.gz"),
-                "--axis", "3"], tiny_clip_folder) == 3
-    assert "Axis 3 is out of range" in capsys.readouterr().err
+                "--axis", "3"], tiny_clip_folder) == 2
+    assert "--axis 3 is out of range" in capsys.readouterr().err
     (tmp_path / "o.nii.gz").write_bytes(b"keep me")
     assert run(["segment", str(tmp_path / "v.nii.gz"), "-p", "x", "-o", str(tmp_path / "o.nii.gz")],
                tiny_clip_folder) == 3
@@ -127,3 +128,123 @@ def test_a_long_cpu_run_at_paper_settings_suggests_fast_first():
     assert cpu_hint(cpu.replace(**FAST_SALIENCY), 25) is None
     assert cpu_hint(cpu.replace(m2ib_samples=5), 25) is None  # the user already traded accuracy for time
     assert cpu_hint(cpu.replace(m2ib_steps=5), 25) is None
+
+
+def test_an_output_named_like_the_input_plus_its_extension_never_replaces_the_input(tmp_path, tiny_clip_folder,
+                                                                                    capsys):
+    """-o scan.nii.gz.nii.gz: SimpleITK alone writes scan.nii.gz, the user's image; the exact name is written.
+    The same writer serves --saliency-out. A prompt over the context length gets our own note."""
+    scan = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(small_volume(), str(scan))
+    (tmp_path / "sal.nii.gz").write_bytes(b"another file of the user's")
+    image_bytes = scan.read_bytes()
+    long_prompt = "lesion " * 300
+    code = run(["segment", str(scan), "-p", long_prompt, "-o", str(tmp_path / "scan.nii.gz.nii.gz"),
+                "--saliency-out", str(tmp_path / "sal.nii.gz.nii.gz")], tiny_clip_folder)
+    err = capsys.readouterr().err
+    assert code == 0 and scan.read_bytes() == image_bytes
+    assert (tmp_path / "sal.nii.gz").read_bytes() == b"another file of the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sal.nii.gz", "sal.nii.gz.nii.gz", "scan.nii.gz",
+                                                          "scan.nii.gz.nii.gz"]
+    assert_same_geometry(sitk.ReadImage(str(tmp_path / "scan.nii.gz.nii.gz")), small_volume())
+    assert "note: The prompt 'lesion lesion" in err and "302 tokens" in err and "indexing errors" not in err
+    # the input itself is never an output, not even with --overwrite
+    assert run(["segment", str(scan), "-p", "x", "-o", str(scan), "--overwrite"], tiny_clip_folder) == 2
+    assert "is an input of this command" in capsys.readouterr().err and scan.read_bytes() == image_bytes
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """A model load fails the test: the refusal under test must come before it."""
+    from MedCLIPSAMLib.models import catalog, clip, sam
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the problem was reported")
+
+    for module, name in ((clip, "load_clip_folder"), (sam, "_build_backend"), (catalog, "download_file")):
+        monkeypatch.setattr(module, name, forbidden)
+
+
+@pytest.mark.parametrize("output, saliency, message", [
+    ("seg.xyz", None, "-o '{tmp}/seg.xyz' has the unknown extension '.xyz'"),
+    ("seg", None, "-o '{tmp}/seg' has no extension"),
+    ("seg.png", None, ".png holds one 2D image, but the input is a volume"),
+    ("seg.nrrd", "sal.nhdr", "--saliency-out '{tmp}/sal.nhdr' has the unknown extension '.nhdr'"),
+    ("seg.nrrd", "seg.nrrd", "-o and --saliency-out both name"),
+])
+def test_output_names_are_refused_before_any_model_loads(tmp_path, no_models, capsys, output, saliency, message):
+    sitk.WriteImage(small_volume(), str(tmp_path / "v.nrrd"))
+    args = ["segment", str(tmp_path / "v.nrrd"), "-p", "x", "-o", str(tmp_path / output), "--quiet"]
+    assert main(args + (["--saliency-out", str(tmp_path / saliency)] if saliency else [])) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.nrrd"]
+
+
+def test_an_existing_saliency_output_is_refused_before_the_label_is_written(tmp_path, no_models, capsys):
+    sitk.WriteImage(small_volume(), str(tmp_path / "v.nrrd"))
+    (tmp_path / "sal_b.nrrd").write_bytes(b"keep")
+    code = main(["segment", str(tmp_path / "v.nrrd"), "-p", "a", "-p", "b", "-o", str(tmp_path / "seg.nrrd"),
+                 "--saliency-out", str(tmp_path / "sal.nrrd"), "--quiet"])
+    assert code == 3 and f"'{tmp_path / 'sal_b.nrrd'}' already exists" in capsys.readouterr().err
+    assert not (tmp_path / "seg.nrrd").exists() and (tmp_path / "sal_b.nrrd").read_bytes() == b"keep"
+
+
+def test_an_empty_prompt_is_reported_before_the_sam_download(tmp_path, no_models, capsys):
+    sitk.WriteImage(small_volume(), str(tmp_path / "v.nrrd"))
+    code = main(["segment", str(tmp_path / "v.nrrd"), "-p", "", "--sam", "vit_b", "-o", str(tmp_path / "o.nrrd")])
+    assert code == 3 and "A prompt is empty" in capsys.readouterr().err
+
+
+def test_a_truncated_nifti_is_refused_not_segmented(tmp_path, no_models, capsys):
+    scan = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(small_volume(), str(scan))
+    scan.write_bytes(scan.read_bytes()[:-200])
+    assert main(["segment", str(scan), "-p", "x", "-o", str(tmp_path / "o.nrrd"), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert f"error: '{scan}' is incomplete" in err and "Traceback" not in err
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--k", "0", "--k must be at least 1 (got 0)"),
+    ("--beta", "-1", "--beta must be >= 0 (got -1.0)"),
+    ("--axis", "3", "--axis 3 is out of range"),
+    ("--stride", "0", "--stride must be at least 1 (got 0)"),
+    ("--refine-rounds", "9", "--refine-rounds must be between 0 and 5 (got 9)"),
+    ("--slices", "7-2", "--slices 7-2 is invalid"),
+    ("--slices", "50-60", "--slices 50-60 is outside the 4 slices along this axis"),
+    ("--device", "foo", "Unknown --device 'foo': use auto, cpu, cuda or cuda:N"),
+    ("--layer", "-1", "--layer must be >= 0"),
+    ("--sam-input-size", "100", "--sam-input-size must be a multiple of 16"),
+])
+def test_option_errors_exit_2_and_name_the_option(tmp_path, no_models, capsys, option, value, message):
+    sitk.WriteImage(small_volume(), str(tmp_path / "v.nrrd"))
+    code = main(["segment", str(tmp_path / "v.nrrd"), "-p", "x", "-o", str(tmp_path / "o.nrrd"), option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not any(name in err for name in ("max_components", "saliency_stride", "slice_range", "bottleneck_layer"))
+
+
+def test_an_axis_a_2d_image_does_not_have_is_an_option_error(tmp_path, no_models, capsys):
+    sitk.WriteImage(sitk.GetImageFromArray(disk_image()), str(tmp_path / "us.png"))
+    assert main(["segment", str(tmp_path / "us.png"), "-p", "x", "-o", str(tmp_path / "o.png"), "--axis", "1"]) == 2
+    assert "--axis 1 is not valid for a 2D image" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_start_up_is_one_line_not_a_traceback(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["segment", "x.nii.gz", "-p", "x", "-o", "y.nii.gz"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: interrupted") and "Traceback" not in err and "none is half-written" in err
+
+
+def test_progress_bars_count_cases_for_evaluate_and_slices_otherwise(capsys):
+    progress = TqdmProgress()
+    progress("evaluate", 1, 3)
+    progress("saliency", 2, 4)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "case/s" in err.split("saliency")[0] and "slice/s" in err.split("saliency")[1]
