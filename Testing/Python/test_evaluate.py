@@ -7,9 +7,12 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import disk_image, disk_mask
+from MedCLIPSAMLib import evaluate
 from MedCLIPSAMLib.cli import main
 from MedCLIPSAMLib.errors import InputError
 from MedCLIPSAMLib.evaluate import done_cases, find_cases, oracle_boxes
+
+ORACLE = ["--oracle-boxes", "--sam", "litemedsam", "--device", "cpu", "--no-figures"]
 
 
 @pytest.fixture
@@ -119,3 +122,88 @@ def test_oracle_saliency_mode_runs_the_pipeline_without_clip(tmp_path, dataset):
     assert len(rows) == 3 and all(float(r["dsc"]) > 0.85 and int(r["boxes"]) == 1 for r in rows)
     assert {r["saliency_slices"] for r in rows} == {"1"}
     assert json.loads((out / "summary.json").read_text())["mode"] == "oracle-saliency"
+
+
+def test_resume_of_an_empty_metrics_file_starts_it_with_a_header(tmp_path, dataset, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_bytes(b"")
+    assert main(["evaluate", str(dataset), "--out", str(out), "--resume", "-q"] + ORACLE) == 0
+    assert [r["case"] for r in read_rows(out)] == ["case0", "case1", "case2"]
+    assert "oracle: 3 cases  DSC 0." in capsys.readouterr().out
+
+
+def test_resume_of_a_metrics_file_with_a_word_for_a_number_names_the_line(tmp_path, dataset, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_text("case,dsc,nsd,runtime_s,boxes,saliency_slices,prompt\n"
+                                     "case0,0.9,0.8,1.0,1,,\ncase1,good,0.8,1.0,1,,\n")
+    assert main(["evaluate", str(dataset), "--out", str(out), "--resume", "-q"] + ORACLE) == 3
+    err = capsys.readouterr().err
+    assert "line 3 (case 'case1') has dsc 'good', not a number" in err and "Traceback" not in err
+
+
+def test_an_image_without_a_mask_is_named_not_skipped_silently(tmp_path, dataset, capsys):
+    sitk.WriteImage(sitk.GetImageFromArray(disk_image()), str(dataset / "orphan.png"))
+    assert main(["evaluate", str(dataset), "--out", str(tmp_path / "out"), "-q", "--limit", "1"] + ORACLE) == 0
+    assert "note: 1 image(s) have no mask and are skipped: orphan.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--grow", "-1"], "--grow must be at least 0 (got -1)"),
+    (["--limit", "0"], "--limit must be at least 1 (got 0)"),
+    (["--saliency-only", "--prompt", "x", "--grow", "0.2"], "--grow applies to --oracle-boxes only"),
+    (["--oracle-boxes", "--resume", "--overwrite"], "choose one"),
+])
+def test_option_errors_exit_2_before_any_case(tmp_path, dataset, capsys, options, message):
+    code = main(["evaluate", str(dataset), "--out", str(tmp_path / "out"), "-q", "--device", "cpu"] + options)
+    assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_inputs_are_checked_before_the_first_case(tmp_path, dataset, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, "evaluate_case", lambda *a: pytest.fail("a case ran before the checks"))
+    sitk.WriteImage(sitk.GetImageFromArray(disk_mask(50, 60).astype(np.uint8)), str(dataset / "case2_mask.png"))
+    assert main(["evaluate", str(dataset), "--out", str(tmp_path / "out"), "-q"] + ORACLE) == 3
+    assert "Case 'case2': the mask 'case2_mask.png' has size (60, 50)" in capsys.readouterr().err
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text('{"case0": "disk",')
+    assert main(["evaluate", str(dataset), "--prompt-json", str(prompts), "--out", str(tmp_path / "zs"), "-q"]) == 3
+    assert "is not valid JSON" in capsys.readouterr().err
+    prompts.write_text('{"case0": "disk"}')
+    assert main(["evaluate", str(dataset), "--prompt-json", str(prompts), "--out", str(tmp_path / "zs"), "-q"]) == 3
+    assert "No prompt for case 'case1'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "zs").exists()
+
+
+def test_ctrl_c_says_what_is_on_disk_and_resume_finishes(tmp_path, dataset, capsys, monkeypatch):
+    real = evaluate.evaluate_case
+
+    def stopped_at_case1(case, *args):
+        if case.name == "case1":
+            raise KeyboardInterrupt
+        return real(case, *args)
+
+    monkeypatch.setattr(evaluate, "evaluate_case", stopped_at_case1)
+    args = ["evaluate", str(dataset), "--out", str(tmp_path / "out"), "-q"] + ORACLE[:-1]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after 1 of 3 cases" in err and "run the same command with --resume" in err
+    assert "nothing was written" not in err
+    assert [r["case"] for r in read_rows(tmp_path / "out")] == ["case0"]
+    assert (tmp_path / "out" / "overlays" / "case0.png").exists()
+    monkeypatch.setattr(evaluate, "evaluate_case", real)
+    assert main(args + ["--resume"]) == 0
+    assert [r["case"] for r in read_rows(tmp_path / "out")] == ["case0", "case1", "case2"]
+
+
+def test_the_progress_bar_counts_cases(tmp_path, dataset, capsys):
+    assert main(["evaluate", str(dataset), "--out", str(tmp_path / "out"), "--limit", "1"] + ORACLE) == 0
+    err = capsys.readouterr().err
+    assert "evaluate:" in err and "case/s" in err and "slice/s" not in err
+
+
+def test_overwrite_starts_over(tmp_path, dataset):
+    out = tmp_path / "out"
+    assert main(["evaluate", str(dataset), "--out", str(out), "-q", "--limit", "2"] + ORACLE) == 0
+    assert main(["evaluate", str(dataset), "--out", str(out), "-q", "--limit", "1", "--overwrite"] + ORACLE) == 0
+    assert [r["case"] for r in read_rows(out)] == ["case0"]
