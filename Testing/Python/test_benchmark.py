@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from MedCLIPSAMLib.benchmark import STAGES, format_report, synthetic_volume
 from MedCLIPSAMLib.cli import main
@@ -29,3 +30,17 @@ def test_benchmark_reports_every_stage_and_writes_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.strip() == format_report(report)
     assert f"{report['slices_with_saliency']} with M2IB" in printed and "naive M2IB" in printed
+
+
+def test_benchmark_option_errors_exit_2_before_any_model(tmp_path, capsys, monkeypatch):
+    from MedCLIPSAMLib import benchmark
+
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda *a: pytest.fail("the benchmark ran"))
+    for args, message in ((["--slices", "0"], "--slices must be at least 1 (got 0)"),
+                          (["--steps", "0"], "--steps must be at least 1 (got 0)"),
+                          (["--device", "foo"], "Unknown --device 'foo'"),
+                          (["--json", str(tmp_path / "figures.txt")], "--json '" + str(tmp_path) + "/figures.txt' "
+                           "has the unknown extension '.txt'; use one of .json")):
+        assert main(["benchmark", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

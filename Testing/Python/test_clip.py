@@ -55,8 +55,11 @@ def test_unreachable_hub_explains_offline_setup(tmp_path, monkeypatch):
         load_clip(BIOMEDCLIP_HUB_ID)
     message = str(error.value)
     assert "open_clip_pytorch_model.bin" in message and "--clip-model FOLDER" in message
+    assert "--sam-checkpoint" not in message  # the option for SAM files would not help here
     assert str(tmp_path / "cache" / "biomedclip") in message
     assert not list((tmp_path / "cache").rglob("*.part"))
+    sam_help = catalog.offline_help(catalog.load_catalog()["vit_b"])
+    assert "--sam-checkpoint FILE" in sam_help and "--clip-model" not in sam_help
 
 
 def test_cached_hub_files_load_without_network(tiny_clip_folder, tmp_path, monkeypatch):

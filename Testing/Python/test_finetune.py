@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from shapes import draw, write_pairs
-from MedCLIPSAMLib.errors import InputError
+from MedCLIPSAMLib.errors import InputError, OptionError
 from MedCLIPSAMLib.finetune.data import clean_caption, read_pairs, split_pairs
 from MedCLIPSAMLib.finetune.retrieval import caption_groups, evaluate_retrieval, recall_at_k
 from MedCLIPSAMLib.finetune.train import FinetuneConfig, finetune, lr_factor
@@ -126,8 +126,57 @@ def test_training_writes_checkpoints_and_improves_retrieval(trained):
 
 def test_refuses_to_overwrite_checkpoints_without_resume(trained):
     root, bundle, *_ = trained
-    with pytest.raises(InputError, match="already holds checkpoints"):
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "out").iterdir()}
+    with pytest.raises(InputError, match="already holds an earlier run"):
         finetune(root / "train" / "pairs.csv", root / "out", FinetuneConfig(clip=str(root / "model")), bundle=bundle)
+    with pytest.raises(OptionError, match="Nothing to train: .* already has 6 epochs; raise --epochs"):
+        finetune(root / "train" / "pairs.csv", root / "out", FinetuneConfig(clip=str(root / "model"), epochs=6),
+                 resume=True, bundle=bundle)
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "out").iterdir()} == before
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "0", "--batch-size must be at least 1 (got 0)"),
+    ("--lr", "-1", "--lr must be above 0 (got -1.0)"),
+    ("--epochs", "0", "--epochs must be at least 1 (got 0)"),
+    ("--validation-fraction", "1", "--validation-fraction must be at least 0 and below 1"),
+    ("--device", "foo", "Unknown --device 'foo'"),
+])
+def test_finetune_option_errors_exit_2_before_anything_is_read(tmp_path, capsys, option, value, message):
+    from MedCLIPSAMLib.cli import main
+
+    code = main(["finetune", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "run"), option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_pairs_file_in_another_encoding_is_one_line(tmp_path, capsys):
+    from MedCLIPSAMLib.cli import main
+
+    (tmp_path / "pairs.csv").write_bytes("image,caption\na.png,Läsion im rechten Leberlappen\n".encode("latin-1"))
+    code = main(["finetune", "--data", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 3 and "is not UTF-8 text (byte 0xe4 at position 21); save it as UTF-8" in err
+    assert "Traceback" not in err
+    (tmp_path / "pairs.jsonl").write_text('{"image": "a.png", "caption": "a caption long enough to count"}\n{"image"\n')
+    assert main(["finetune", "--data", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "run")]) == 3
+    assert "Line 2 of" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_finetune_says_what_can_be_resumed(tmp_path, capsys, monkeypatch):
+    from MedCLIPSAMLib.cli import main
+    from MedCLIPSAMLib.finetune import train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "finetune", interrupted)
+    assert main(["finetune", "--data", "pairs.csv", "--out", str(tmp_path / "run")]) == 130
+    assert "interrupted before the first epoch finished" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    assert main(["finetune", "--data", "pairs.csv", "--out", str(tmp_path / "run")]) == 130
+    assert "continue with --resume" in capsys.readouterr().err
 
 
 def test_saliency_finds_what_the_prompt_names(trained):

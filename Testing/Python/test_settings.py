@@ -1,0 +1,47 @@
+"""Settings checks: one rule, named as the caller knows it (the server's field, the command line's option)."""
+import pytest
+
+from MedCLIPSAMLib.cli import option_name
+from MedCLIPSAMLib.errors import InputError, SettingError
+from MedCLIPSAMLib.settings import Settings, check_device, settings_from_dict
+
+
+@pytest.mark.parametrize("changes, field, plain, option", [
+    ({"max_components": 0}, "max_components", "'max_components' must be at least 1 (got 0).", "--k"),
+    ({"saliency_stride": 0}, "saliency_stride", "'saliency_stride' must be at least 1 (got 0).", "--stride"),
+    ({"slice_range": (5, 2)}, "slice_range", "Slice range 5-2 is invalid", "--slices"),
+    ({"axis": 4}, "axis", "Axis 4 is out of range", "--axis"),
+    ({"device": "tpu9"}, "device", "Unknown device 'tpu9': use auto, cpu, cuda or cuda:N.", "--device"),
+    ({"beta": float("nan")}, "beta", "'beta' must be >= 0 (got nan).", "--beta"),
+])
+def test_a_bad_setting_names_the_field_for_python_and_the_option_for_the_cli(changes, field, plain, option):
+    with pytest.raises(SettingError) as error:
+        Settings(**changes)
+    assert isinstance(error.value, InputError)  # the server answers 400, as for any bad input
+    assert error.value.field == field and plain in str(error.value)
+    assert error.value.named(option_name(field)).startswith((option, "Unknown " + option))
+    assert error.value.exit_code == 2
+
+
+def test_server_requests_are_checked_field_by_field():
+    with pytest.raises(SettingError, match="'max_components' must be at least 1"):
+        settings_from_dict({"max_components": 0})
+    with pytest.raises(InputError, match="'beta' must be a number"):
+        settings_from_dict({"beta": "high"})
+
+
+def test_device_names_are_checked_without_torch():
+    for name in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert check_device(name) == name
+    for name in ("foo", "cuda:", "CPU", "gpu0", ""):
+        with pytest.raises(SettingError, match="Unknown device"):
+            check_device(name)
+
+
+def test_a_device_this_machine_lacks_is_an_option_error_not_a_torch_traceback():
+    from MedCLIPSAMLib.pipeline import resolve_device
+
+    with pytest.raises(SettingError, match="Device 'cuda:99' needs a CUDA GPU") as error:
+        resolve_device("cuda:99")
+    assert error.value.named("--device").startswith("--device 'cuda:99'")
+    assert resolve_device("cpu").type == "cpu"
