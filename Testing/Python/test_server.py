@@ -271,7 +271,7 @@ def test_an_engine_that_cannot_start_reports_its_own_error_line(tmp_path):
     engine.start()
     engine.process.wait(120)
     assert not engine.ready()
-    assert engine.failure() == "Unknown device 'tpu9': use auto, cpu, cuda or cuda:N."
+    assert engine.failure() == "Unknown --device 'tpu9': use auto, cpu, cuda or cuda:N."
 
 
 def test_server_benchmark_reports_overhead_and_sends_no_volume_for_a_second_prompt():
