@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .schedule import cycle_length
+from .schedule import SCHEDULES, cycle_length
 
 TRAINER = "nnUNetTrainerCyclicLR"
 TRAINER_FOLDER = Path(__file__).resolve().parent / "trainers"
@@ -30,9 +30,14 @@ class NnunetPaths:
                            ("nnUNet_results", self.results)):
             path.mkdir(parents=True, exist_ok=True)
             os.environ[name] = str(path)
-        existing = os.environ.get("nnUNet_extTrainer", "")
-        if str(TRAINER_FOLDER) not in existing.split(os.pathsep):
-            os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(TRAINER_FOLDER), existing) if p)
+        add_trainer_folder()
+
+
+def add_trainer_folder() -> None:
+    """Put our trainer's folder first in ``nnUNet_extTrainer``, keeping the user's own folders after it."""
+    existing = os.environ.get("nnUNet_extTrainer", "")
+    if str(TRAINER_FOLDER) not in existing.split(os.pathsep):
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(TRAINER_FOLDER), existing) if p)
 
 
 def dataset_id_of(raw: Path, dataset: str | int) -> int:
@@ -45,25 +50,28 @@ def dataset_id_of(raw: Path, dataset: str | int) -> int:
 
 
 def set_trainer_knobs(epochs: int, cycles: int, keep_last: int, lr: float, iterations: int,
-                      val_iterations: int) -> None:
+                      val_iterations: int, schedule: str = "authors") -> None:
     """Pass the schedule to the trainer (nnU-Net builds it itself), after checking it fits together."""
     length = cycle_length(epochs, cycles)
+    if schedule not in SCHEDULES:
+        raise InputError(f"Unknown --schedule '{schedule}'; choose one of: {', '.join(SCHEDULES)}.")
     if not 1 <= keep_last <= length:
         raise InputError(f"--keep-last must be between 1 and the cycle length {length}.")
     os.environ.update({"MEDCLIPSAM_NNUNET_EPOCHS": str(epochs), "MEDCLIPSAM_NNUNET_CYCLES": str(cycles),
                        "MEDCLIPSAM_NNUNET_KEEP_LAST": str(keep_last), "MEDCLIPSAM_NNUNET_LR": str(lr),
                        "MEDCLIPSAM_NNUNET_ITERATIONS": str(iterations),
-                       "MEDCLIPSAM_NNUNET_VAL_ITERATIONS": str(val_iterations)})
+                       "MEDCLIPSAM_NNUNET_VAL_ITERATIONS": str(val_iterations), "MEDCLIPSAM_NNUNET_SCHEDULE": schedule})
 
 
 def train_nnunet(paths: NnunetPaths, dataset: str | int, configuration: str = "2d", epochs: int = 600,
                  cycles: int = 3, keep_last: int = 10, lr: float = 1e-2, iterations: int = 250,
-                 val_iterations: int = 50, fold: int = 0, device: str = "cuda", processes: int = 2) -> Path:
+                 val_iterations: int = 50, fold: int = 0, device: str = "cuda", processes: int = 2,
+                 schedule: str = "authors") -> Path:
     """Train and return the model folder holding the snapshot checkpoints."""
     import torch
 
     paths.export()
-    set_trainer_knobs(epochs, cycles, keep_last, lr, iterations, val_iterations)
+    set_trainer_knobs(epochs, cycles, keep_last, lr, iterations, val_iterations, schedule)
     dataset_id = dataset_id_of(paths.raw, dataset)
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                      preprocess)
@@ -95,6 +103,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--keep-last", type=int, default=10, help="snapshots over the last N epochs of each cycle")
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--schedule", default="authors", choices=SCHEDULES,
+                        help="authors: each cycle restarts, decays over the whole run and holds from 80%% of the "
+                             "cycle (snapshots at ~0.76 lr); restart: poly over each cycle (snapshots near lr 0)")
     parser.add_argument("--iterations", type=int, default=250, help="training iterations per epoch")
     parser.add_argument("--val-iterations", type=int, default=50)
     parser.add_argument("--fold", type=int, default=0)
@@ -107,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     folder = train_nnunet(NnunetPaths(Path(args.raw), Path(args.preprocessed), Path(args.results)), args.dataset,
                           args.config, args.epochs, args.cycles, args.keep_last, args.lr, args.iterations,
-                          args.val_iterations, args.fold, args.device, args.processes)
+                          args.val_iterations, args.fold, args.device, args.processes, args.schedule)
     snapshots = sorted((folder / f"fold_{args.fold}").glob("checkpoint_cycle*_epoch*.pth"))
     print(f"trained in {time.perf_counter() - start:.0f} s; {len(snapshots)} snapshot checkpoints in "
           f"{folder / f'fold_{args.fold}'}")
