@@ -41,3 +41,17 @@ def normalized_surface_dice(prediction: np.ndarray, truth: np.ndarray, tolerance
     close_p = (distance_to_t[surface_p] <= tolerance).sum()
     close_t = (distance_to_p[surface_t] <= tolerance).sum()
     return float((close_p + close_t) / (surface_p.sum() + surface_t.sum()))
+
+
+NSD_CONVENTIONS = ("ours", "paper")
+
+
+def nsd_2d(prediction: np.ndarray, truth: np.ndarray, tolerance: float, convention: str = "ours") -> float:
+    """NSD of 2D masks. ``paper``: as the authors' evaluation computes it, on (H, W, 1) volumes, where
+    every foreground pixel's top and bottom faces are surface: that "NSD" is close to the share of
+    foreground lying within ``tolerance`` of the other mask, far above the boundary-only NSD (``ours``)."""
+    if convention == "paper":
+        return normalized_surface_dice(prediction[..., None], truth[..., None], tolerance)
+    if convention != "ours":
+        raise ValueError(f"unknown NSD convention '{convention}'")
+    return normalized_surface_dice(prediction, truth, tolerance)

@@ -27,6 +27,8 @@ cannot be replaced atomically; JPEG would blur a label map."""
 PLAIN_2D_EXTENSIONS = (".png", ".bmp")
 """Formats that hold one 2D image only: a volume cannot be written to them."""
 TEMP_PREFIX = ".medclipsam-part-"
+STAGING_FOLDER = ".medclipsam_tmp"
+"""Staging folder inside an nnU-Net dataset for files being written (never inside imagesTr/labelsTr)."""
 OUTPUT_ATTRIBUTE = "medclipsam_output"
 """Set on the argparse action of every option naming an output ('file' or 'folder'), so tests can find them."""
 
@@ -109,15 +111,19 @@ def check_distinct(paths: Iterable[tuple[str, Path]]) -> None:
 
 
 @contextmanager
-def replacing(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, overwrite: bool = False, staging: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same extension) for a writer; on success the file is renamed
     onto ``path``, on any failure (Ctrl-C included) it is removed, so ``path`` is either untouched or whole.
 
-    An output that appeared while the command worked is still refused unless ``overwrite``.
+    An output that appeared while the command worked is still refused unless ``overwrite``. ``staging``: a
+    folder on the same disk for the temporary file instead, where a stray one (after a power cut) must not
+    sit among the outputs (nnU-Net would take it for a case: see ``STAGING_FOLDER``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}{extension(path) or '.tmp'}")
+    folder = staging or path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(4)}{extension(path) or '.tmp'}"
     try:
         yield temp
         if not temp.is_file():
@@ -141,12 +147,12 @@ def write_json(path: str | os.PathLike, content, overwrite: bool = False) -> Pat
     return write_text(path, json.dumps(content, indent=2, default=str), overwrite)
 
 
-def write_image(image, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_image(image, path: str | os.PathLike, overwrite: bool = False, staging: Path | None = None) -> Path:
     """Write a SimpleITK image (compressed where the format allows) atomically; the name is used as given."""
     import SimpleITK as sitk
 
     path = Path(path)
-    with replacing(path, overwrite) as temp:
+    with replacing(path, overwrite, staging) as temp:
         try:
             sitk.WriteImage(image, str(temp), useCompression=True)
         except RuntimeError:

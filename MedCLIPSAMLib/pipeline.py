@@ -178,6 +178,7 @@ class Pipeline:
             torch.set_num_threads(max(1, os.cpu_count() or 1))
         self._clip, self._sam_backend, self._load_callbacks = clip, sam, (progress, cancel)
         self._clip_source = settings.clip_model
+        self._texts: dict[tuple[str, ...], torch.Tensor] = {}
         self.settings = settings
 
     @property
@@ -196,6 +197,13 @@ class Pipeline:
         if self._clip is None:
             self._clip = cached_clip(self._clip_source, *self._load_callbacks)
         return self._clip
+
+    def _text(self, sentences: list[str]) -> torch.Tensor:
+        """A prompt's text embedding, computed once per pipeline (a cohort reuses it for every case)."""
+        key = tuple(sentences)
+        if key not in self._texts:
+            self._texts[key] = self.clip.encode_text(list(sentences), self.device)
+        return self._texts[key]
 
     @property
     def m2ib(self) -> M2IB:
@@ -256,7 +264,7 @@ class Pipeline:
             messages.append("Every slice in the range is blank (constant); nothing to segment.")
         if given is None:
             messages += self.clip.truncation_notes([s for g in groups for s in g])
-            texts = [self.clip.encode_text(g, self.device) for g in groups]
+            texts = [self._text(g) for g in groups]
             saliency = self._saliency(slices, active, texts, runner)
         else:
             saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active, runner)

@@ -42,12 +42,16 @@ class Limits:
     max_stored_bytes: int = 8 << 30
 
 
-def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_shutdown: bool = False) -> FastAPI:
-    """The app; ``allow_shutdown`` adds POST /shutdown for the engine a Slicer session started (not shared ones)."""
+def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_shutdown: bool = False,
+               jobs: JobQueue | None = None) -> FastAPI:
+    """The app; ``allow_shutdown`` adds POST /shutdown for the engine a Slicer session started (not shared ones).
+
+    ``jobs``: a queue whose jobs the caller runs (``serve`` runs them on the main thread); default: its own thread.
+    """
     limits = limits or Limits()
     if not token:
         raise ValueError("The engine server needs a token.")
-    jobs = JobQueue(ttl=limits.ttl_seconds)
+    jobs = jobs or JobQueue(ttl=limits.ttl_seconds)
     volumes = VolumeStore(ttl=limits.ttl_seconds, max_bytes=limits.max_stored_bytes)
     expected = f"Bearer {token}".encode()
 

@@ -106,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..settings import BIOMEDCLIP_HUB_ID
     from .app import Limits, create_app
     from .engine import Engine, EngineConfig
+    from .jobs import JobQueue
 
     token, chosen = read_token(args.token_file)
     if not is_loopback(args.host) and not chosen:
@@ -120,16 +121,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     engine.preload(args.sam)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), ttl_seconds=args.ttl)
-    app = create_app(engine, token, limits, allow_shutdown=bool(args.parent_pid))
+    jobs = JobQueue(ttl=args.ttl, worker_thread=False)
+    app = create_app(engine, token, limits, allow_shutdown=bool(args.parent_pid), jobs=jobs)
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False))
+    app.state.request_shutdown = lambda: setattr(server, "should_exit", True)
+
+    def serve_http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            jobs.stop()
+
+    http = threading.Thread(target=serve_http, name="medclipsam-http", daemon=True)
+    http.start()
+    while not server.started and http.is_alive():
+        time.sleep(0.01)
     if not chosen:
         print(f"token: {token}", flush=True)
     shown = f"[{host}]" if ":" in host else host
     print(f"{READY_LINE} http://{shown}:{port}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False))
-    app.state.request_shutdown = lambda: setattr(server, "should_exit", True)
-    server.run(sockets=[sock])
+    try:
+        jobs.run_forever()  # compute on the main thread (see server/jobs.py for why)
+    except KeyboardInterrupt:
+        jobs.stop()
+    server.should_exit = True
+    http.join(10)
     return 0
 
 

@@ -80,6 +80,9 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from .train import add_trainer_folder
+
+    add_trainer_folder()  # nnU-Net finds the trainer class by name, for prediction as for training
     out.mkdir(parents=True, exist_ok=True)
     io = SimpleITKIO()
     inputs = [io.read_images([str(p)]) for p in images]
@@ -126,9 +129,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import os
-    from .train import TRAINER_FOLDER
-    os.environ.setdefault("nnUNet_extTrainer", str(TRAINER_FOLDER))
     rows = predict_ensemble(Path(args.model), [Path(p) for p in args.images], Path(args.out), args.fold, args.device,
                             overwrite=args.overwrite)
     for row in rows:

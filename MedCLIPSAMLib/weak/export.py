@@ -20,7 +20,8 @@ import SimpleITK as sitk
 from ..errors import InputError, OptionError
 from ..imageio import PLAIN_IMAGE_SUFFIXES
 from ..inputs import read_json
-from ..outputs import add_output_option, add_overwrite_option, check_folder, extension, write_image, write_json
+from ..outputs import (STAGING_FOLDER, add_output_option, add_overwrite_option, check_folder, extension,
+                       write_image, write_json)
 
 FILE_ENDING = ".nii.gz"
 GEOMETRY_TOLERANCE = 1e-4
@@ -179,7 +180,7 @@ def add_cases(folder: str | Path, cases: list[CaseSource], label_name: str, moda
             image, label = load_case(folder, case, overwrite)
             for data, path in zip((image, label), case_paths(folder, case.case_id)):
                 existed = path.exists()
-                write_image(data, path, overwrite)
+                write_image(data, path, overwrite, staging=folder / STAGING_FOLDER)
                 if not existed:
                     written.append(path)
         write_dataset_json(folder, label_name, modality)
@@ -187,7 +188,16 @@ def add_cases(folder: str | Path, cases: list[CaseSource], label_name: str, moda
         for path in written:
             path.unlink(missing_ok=True)
         raise
+    finally:
+        _remove_if_empty(folder / STAGING_FOLDER)
     return [case_paths(folder, case.case_id) for case in cases]
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # missing, or another writer's file is in it
+        pass
 
 
 def add_case(folder: str | Path, case_id: str, image, label, label_name: str, modality: str = "MRI",

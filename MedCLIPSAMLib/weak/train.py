@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError, OptionError
 from ..outputs import add_output_option, add_overwrite_option
-from .schedule import cycle_length
+from .schedule import SCHEDULES, cycle_length
 
 TRAINER = "nnUNetTrainerCyclicLR"
 TRAINER_FOLDER = Path(__file__).resolve().parent / "trainers"
@@ -31,9 +31,14 @@ class NnunetPaths:
                            ("nnUNet_results", self.results)):
             path.mkdir(parents=True, exist_ok=True)
             os.environ[name] = str(path)
-        existing = os.environ.get("nnUNet_extTrainer", "")
-        if str(TRAINER_FOLDER) not in existing.split(os.pathsep):
-            os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(TRAINER_FOLDER), existing) if p)
+        add_trainer_folder()
+
+
+def add_trainer_folder() -> None:
+    """Put our trainer's folder first in ``nnUNet_extTrainer``, keeping the user's own folders after it."""
+    existing = os.environ.get("nnUNet_extTrainer", "")
+    if str(TRAINER_FOLDER) not in existing.split(os.pathsep):
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(TRAINER_FOLDER), existing) if p)
 
 
 def dataset_id_of(raw: Path, dataset: str | int) -> int:
@@ -53,13 +58,15 @@ def check_schedule(epochs: int, cycles: int, keep_last: int) -> None:
 
 
 def set_trainer_knobs(epochs: int, cycles: int, keep_last: int, lr: float, iterations: int,
-                      val_iterations: int) -> None:
+                      val_iterations: int, schedule: str = "authors") -> None:
     """Pass the schedule to the trainer (nnU-Net builds it itself), after checking it fits together."""
     check_schedule(epochs, cycles, keep_last)
+    if schedule not in SCHEDULES:
+        raise OptionError(f"Unknown --schedule '{schedule}'; choose one of: {', '.join(SCHEDULES)}.")
     os.environ.update({"MEDCLIPSAM_NNUNET_EPOCHS": str(epochs), "MEDCLIPSAM_NNUNET_CYCLES": str(cycles),
                        "MEDCLIPSAM_NNUNET_KEEP_LAST": str(keep_last), "MEDCLIPSAM_NNUNET_LR": str(lr),
                        "MEDCLIPSAM_NNUNET_ITERATIONS": str(iterations),
-                       "MEDCLIPSAM_NNUNET_VAL_ITERATIONS": str(val_iterations)})
+                       "MEDCLIPSAM_NNUNET_VAL_ITERATIONS": str(val_iterations), "MEDCLIPSAM_NNUNET_SCHEDULE": schedule})
 
 
 def raw_dataset(raw: Path, dataset_id: int) -> Path:
@@ -88,7 +95,7 @@ def clear_earlier_training(paths: NnunetPaths, dataset_folder: Path, configurati
 def train_nnunet(paths: NnunetPaths, dataset: str | int, configuration: str = "2d", epochs: int = 600,
                  cycles: int = 3, keep_last: int = 10, lr: float = 1e-2, iterations: int = 250,
                  val_iterations: int = 50, fold: int = 0, device: str = "cuda", processes: int = 2,
-                 overwrite: bool = False) -> Path:
+                 schedule: str = "authors", overwrite: bool = False) -> Path:
     """Train and return the model folder holding the snapshot checkpoints; everything is checked first."""
     import torch
 
@@ -98,7 +105,7 @@ def train_nnunet(paths: NnunetPaths, dataset: str | int, configuration: str = "2
     resolve_device(device)
     dataset_id = dataset_id_of(paths.raw, dataset)
     clear_earlier_training(paths, raw_dataset(paths.raw, dataset_id), configuration, fold, overwrite)
-    set_trainer_knobs(epochs, cycles, keep_last, lr, iterations, val_iterations)
+    set_trainer_knobs(epochs, cycles, keep_last, lr, iterations, val_iterations, schedule)
     paths.export()
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                      preprocess)
@@ -133,6 +140,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-last", type=at_least(1), default=10,
                         help="snapshots over the last N epochs of each cycle")
     parser.add_argument("--lr", type=number(0, low_open=True), default=1e-2)
+    parser.add_argument("--schedule", default="authors", choices=SCHEDULES,
+                        help="authors: each cycle restarts, decays over the whole run and holds from 80%% of the "
+                             "cycle (snapshots at ~0.76 lr); restart: poly over each cycle (snapshots near lr 0)")
     parser.add_argument("--iterations", type=at_least(1), default=250, help="training iterations per epoch")
     parser.add_argument("--val-iterations", type=at_least(1), default=50)
     parser.add_argument("--fold", type=at_least(0, 4), default=0)
@@ -146,7 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     folder = train_nnunet(NnunetPaths(Path(args.raw), Path(args.preprocessed), Path(args.results)), args.dataset,
                           args.config, args.epochs, args.cycles, args.keep_last, args.lr, args.iterations,
-                          args.val_iterations, args.fold, args.device, args.processes, args.overwrite)
+                          args.val_iterations, args.fold, args.device, args.processes, args.schedule,
+                          args.overwrite)
     snapshots = sorted((folder / f"fold_{args.fold}").glob("checkpoint_cycle*_epoch*.pth"))
     print(f"trained in {time.perf_counter() - start:.0f} s; {len(snapshots)} snapshot checkpoints in "
           f"{folder / f'fold_{args.fold}'}")

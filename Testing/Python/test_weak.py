@@ -1,5 +1,6 @@
 """Cyclic schedule, snapshot choice, entropy, and one real tiny nnU-Net run end to end on CPU."""
 import csv
+import os
 import time
 
 import numpy as np
@@ -21,6 +22,28 @@ def test_cyclic_schedule_restarts_each_cycle():
     assert cyclic_lr(199, 0.01, length) < cyclic_lr(198, 0.01, length) < 0.01
     with pytest.raises(OptionError, match="3 cycles do not fit in 2 epochs"):
         cycle_length(2, 3)
+
+
+def test_the_authors_schedule_holds_a_working_rate_through_the_snapshot_window():
+    """600 epochs, 3 cycles, lr 0.01: restart at each cycle, poly over the whole run, flat from 80% of a cycle."""
+    length, snapshots = 200, [e for e in range(600) if is_snapshot_epoch(e, 200, 10, 600)]
+    authors = [cyclic_lr(e, 0.01, length, schedule="authors", epochs=600) for e in snapshots]
+    restart = [cyclic_lr(e, 0.01, length, schedule="restart") for e in snapshots]
+    assert authors == pytest.approx([0.01 * (1 - 160 / 600) ** 0.9] * 30) and min(authors) > 7.5e-3
+    assert max(restart) < 7e-4 and min(restart) > 8e-5  # near zero: snapshots of a cycle barely differ
+    assert [cyclic_lr(e, 0.01, length, schedule="authors", epochs=600) for e in (0, 200, 400)] == [0.01] * 3
+    assert cyclic_lr(100, 0.01, length, schedule="authors", epochs=600) == pytest.approx(0.01 * (5 / 6) ** 0.9)
+    with pytest.raises(InputError, match="Unknown schedule"):
+        cyclic_lr(1, 0.01, length, schedule="cosine", epochs=600)
+
+
+def test_our_trainer_folder_comes_first_and_the_users_folders_stay(monkeypatch, tmp_path):
+    from MedCLIPSAMLib.weak.train import TRAINER_FOLDER, add_trainer_folder
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(tmp_path))
+    add_trainer_folder()
+    add_trainer_folder()
+    assert os.environ["nnUNet_extTrainer"].split(os.pathsep) == [str(TRAINER_FOLDER), str(tmp_path)]
 
 
 def test_snapshots_are_the_last_epochs_of_each_cycle():
@@ -88,3 +111,5 @@ def test_a_schedule_that_does_not_fit_is_refused_before_training():
         set_trainer_knobs(2, 3, 1, 0.01, 5, 2)
     with pytest.raises(OptionError, match="--keep-last must be between 1 and the cycle length 5"):
         set_trainer_knobs(10, 2, 6, 0.01, 5, 2)
+    with pytest.raises(InputError, match="Unknown --schedule 'cosine'"):
+        set_trainer_knobs(10, 2, 2, 0.01, 5, 2, "cosine")
