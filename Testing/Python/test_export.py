@@ -181,11 +181,11 @@ def test_a_write_that_fails_half_way_leaves_no_orphan_files(tmp_path, monkeypatc
     index = (folder / "dataset.json").read_bytes()
     real, calls = export.write_image, []
 
-    def failing(data, path, overwrite=False):
+    def failing(data, path, overwrite=False, staging=None):
         calls.append(path)
         if len(calls) == 3:
             raise InputError("disk full")
-        return real(data, path, overwrite)
+        return real(data, path, overwrite, staging)
 
     monkeypatch.setattr(export, "write_image", failing)
     cases = [CaseSource("second", image, label), CaseSource("third", image, label)]
