@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +106,7 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
                      "max_entropy_bits": float(entropy.max()),
                      "foreground_entropy_bits": float(entropy[mask > 0].mean()) if mask.any() else 0.0,
                      "foreground_voxels": int(mask.sum())})
-    table = io.StringIO()
+    table = StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from conftest import disk_image, disk_mask
 from MedCLIPSAMLib.cli import build_parser, main
 from MedCLIPSAMLib.errors import InputError, OptionError
-from MedCLIPSAMLib.outputs import (OUTPUT_ATTRIBUTE, TEMP_PREFIX, check_distinct, check_output, extension, replacing,
+from MedCLIPSAMLib.outputs import (OUTPUT_ATTRIBUTE, check_distinct, check_output, extension, replacing,
                                    write_image)
 
 

@@ -33,7 +33,7 @@ def test_the_authors_schedule_holds_a_working_rate_through_the_snapshot_window()
     assert max(restart) < 7e-4 and min(restart) > 8e-5  # near zero: snapshots of a cycle barely differ
     assert [cyclic_lr(e, 0.01, length, schedule="authors", epochs=600) for e in (0, 200, 400)] == [0.01] * 3
     assert cyclic_lr(100, 0.01, length, schedule="authors", epochs=600) == pytest.approx(0.01 * (5 / 6) ** 0.9)
-    with pytest.raises(InputError, match="Unknown schedule"):
+    with pytest.raises(OptionError, match="Unknown schedule"):
         cyclic_lr(1, 0.01, length, schedule="cosine", epochs=600)
 
 
@@ -111,5 +111,5 @@ def test_a_schedule_that_does_not_fit_is_refused_before_training():
         set_trainer_knobs(2, 3, 1, 0.01, 5, 2)
     with pytest.raises(OptionError, match="--keep-last must be between 1 and the cycle length 5"):
         set_trainer_knobs(10, 2, 6, 0.01, 5, 2)
-    with pytest.raises(InputError, match="Unknown --schedule 'cosine'"):
+    with pytest.raises(OptionError, match="Unknown --schedule 'cosine'"):
         set_trainer_knobs(10, 2, 2, 0.01, 5, 2, "cosine")
