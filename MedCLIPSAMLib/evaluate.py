@@ -28,7 +28,7 @@ from .errors import Cancelled, InputError, OptionError
 from .imageio import Volume, read_volume, resolve_axis
 from .inputs import read_json, read_text
 from .outputs import add_output_option, add_overwrite_option, check_folder, write_json, write_text
-from .metrics import dice, normalized_surface_dice
+from .metrics import NSD_CONVENTIONS, dice, normalized_surface_dice, nsd_2d
 from .prompts import Box, box_of, grow_box
 from .settings import Settings
 
@@ -120,6 +120,9 @@ def oracle_segment(sam, slices: np.ndarray, truth: np.ndarray, grow: float, refi
 
 class Evaluator:
     """Runs one mode over cases; models are loaded once."""
+
+    nsd_convention = "ours"
+    """2D NSD as ours (boundary) or the paper's ((H, W, 1) volumes); see metrics.nsd_2d."""
 
     def __init__(self, mode: str, settings: Settings, grow: float = 0.0):
         if mode not in MODES:
@@ -343,7 +346,7 @@ def evaluate_case(case: Case, evaluator: Evaluator, prompt, figure_dir: Path | N
     prediction, box_count, boxes, saliency_slices = evaluator.predict(volume, truth, prompt)
     runtime = time.perf_counter() - start
     if volume.is_2d:
-        nsd = normalized_surface_dice(prediction[0], truth[0], TOLERANCE_2D_PX)
+        nsd = nsd_2d(prediction[0], truth[0], TOLERANCE_2D_PX, evaluator.nsd_convention)
     else:
         nsd = normalized_surface_dice(prediction, truth, TOLERANCE_3D_MM, volume.spacing_zyx)
     row = {"case": case.name, "dsc": round(dice(prediction, truth), 5), "nsd": round(nsd, 5),
@@ -373,6 +376,11 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--saliency-only", action="store_true", help="Otsu coarse mask (saliency stage alone)")
     mode.add_argument("--oracle-saliency", action="store_true",
                       help="ground truth on the CLIP token grid as saliency, then the rest of the pipeline")
+    mode.add_argument("--predictions", metavar="DIR",
+                      help="score a folder of predicted masks (nnU-Net's <case>.nii.gz, <case>.png ...) instead")
+    parser.add_argument("--nsd-convention", choices=NSD_CONVENTIONS, default="ours",
+                        help="2D NSD: ours (boundary pixels) or paper (the authors' (H, W, 1) volumes, where every "
+                             "foreground pixel is surface)")
     parser.add_argument("--grow", type=number(0), default=0.0,
                         help="with --oracle-boxes: enlarge each box by this fraction of its size per side")
     parser.add_argument("--resume", action="store_true", help="skip cases already in metrics.csv")
@@ -390,6 +398,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .cli import TqdmProgress, settings_from_args
     from .pipeline import resolve_device
 
+    if args.predictions:
+        return _score_predictions(args)
     mode = ("oracle" if args.oracle_boxes else "saliency-only" if args.saliency_only
             else "oracle-saliency" if args.oracle_saliency else "zero-shot")
     if args.grow and mode != "oracle":
@@ -400,6 +410,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     resolve_device(settings.device)
     prompt_for = load_prompts(args.prompt, args.prompt_json, args.prompt_file)
     evaluator = Evaluator(mode, settings, grow=args.grow)
+    evaluator.nsd_convention = args.nsd_convention
     progress = TqdmProgress(not args.quiet)
     try:
         summary = evaluate(Path(args.data), Path(args.out), evaluator, prompt_for, resume=args.resume,
@@ -409,4 +420,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress.close()
     print(f"{mode}: {summary['count']} cases  DSC {summary['dsc_mean']:.4f} (median {summary['dsc_median']:.4f}, "
           f"std {summary['dsc_std']:.4f})  NSD {summary['nsd_mean']:.4f}  -> {args.out}")
+    return 0
+
+
+def _score_predictions(args: argparse.Namespace) -> int:
+    from .weak.score import score_predictions
+
+    summary = score_predictions(Path(args.data), Path(args.predictions), Path(args.out), args.nsd_convention,
+                                args.overwrite)
+    missing = f", {summary['missing']} without a prediction (rows in metrics.csv)" if summary["missing"] else ""
+    entropy = (f"  mean entropy {summary['mean_entropy_bits']:.4f} bits" if summary["mean_entropy_bits"] is not None
+               else "")
+    print(f"predictions: {summary['scored']} of {summary['cases']} cases scored{missing}  DSC {summary['dsc_mean']:.4f}  "
+          f"NSD ({args.nsd_convention}) {summary['nsd_mean']:.4f}{entropy}  -> {args.out}")
     return 0

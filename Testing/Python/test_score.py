@@ -58,3 +58,19 @@ def test_the_papers_2d_nsd_counts_area_not_boundary():
     assert nsd_2d(grown, truth, 2.0, "ours") == 0.0
     assert nsd_2d(grown, truth, 2.0, "paper") > 0.6
     assert nsd_2d(truth, truth, 2.0, "paper") == nsd_2d(truth, truth, 2.0, "ours") == 1.0
+
+
+def test_evaluate_predictions_command(cases, tmp_path, capsys):
+    from MedCLIPSAMLib.cli import main
+
+    data, predictions = cases
+    out = tmp_path / "scored"
+    assert main(["evaluate", str(data), "--predictions", str(predictions), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 of 3 cases scored, 1 without a prediction" in text and "mean entropy 0.2500 bits" in text
+    assert main(["evaluate", str(data), "--predictions", str(predictions), "--out", str(out),
+                 "--nsd-convention", "paper", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["nsd_convention"] == "paper"
+    assert main(["evaluate", str(data), "--predictions", str(tmp_path / "nowhere"), "--out",
+                 str(tmp_path / "o2")]) == 3
+    assert "does not exist" in capsys.readouterr().err
