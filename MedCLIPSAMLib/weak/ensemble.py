@@ -63,6 +63,20 @@ def _write_like(array: np.ndarray, reference: sitk.Image, path: Path, overwrite:
     write_image(image, path, overwrite)
 
 
+def snapshot_agreement(packed_masks: list[np.ndarray]) -> float:
+    """Mean pairwise Dice between the snapshots' own masks: 1.0 means the ensemble is one model repeated."""
+    from itertools import combinations
+
+    if len(packed_masks) < 2:
+        return 1.0
+    counts = [int(np.unpackbits(m).sum()) for m in packed_masks]
+    scores = []
+    for (a, count_a), (b, count_b) in combinations(zip(packed_masks, counts), 2):
+        overlap = int(np.unpackbits(a & b).sum())
+        scores.append(1.0 if count_a + count_b == 0 else 2 * overlap / (count_a + count_b))
+    return float(np.mean(scores))
+
+
 def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: int = 0, device: str = "cpu",
                      checkpoints: list[Path] | None = None, overwrite: bool = False) -> list[dict]:
     """Mean probabilities over snapshot checkpoints for each image; returns the per-case scores.
@@ -87,6 +101,7 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
     io = SimpleITKIO()
     inputs = [io.read_images([str(p)]) for p in images]
     sums: list[np.ndarray | None] = [None] * len(images)
+    votes: list[list[np.ndarray]] = [[] for _ in images]  # each snapshot's own mask, bit-packed
     for checkpoint in checkpoints:
         predictor = nnUNetPredictor(device=torch.device(device), allow_tqdm=False, perform_everything_on_device=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
@@ -94,8 +109,9 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
         for i, (data, properties) in enumerate(inputs):
             _, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
             sums[i] = probabilities.astype(np.float64) if sums[i] is None else sums[i] + probabilities
+            votes[i].append(np.packbits(probabilities.argmax(axis=0) > 0))
     rows = []
-    for path, total in zip(images, sums):
+    for path, total, case_votes in zip(images, sums, votes):
         mean = total / len(checkpoints)
         reference = sitk.ReadImage(str(path))
         mask = mean.argmax(axis=0).astype(np.uint8)
@@ -105,7 +121,7 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
         rows.append({"case": case_name(path), "checkpoints": len(checkpoints), "mean_entropy_bits": float(entropy.mean()),
                      "max_entropy_bits": float(entropy.max()),
                      "foreground_entropy_bits": float(entropy[mask > 0].mean()) if mask.any() else 0.0,
-                     "foreground_voxels": int(mask.sum())})
+                     "foreground_voxels": int(mask.sum()), "snapshot_agreement_dsc": snapshot_agreement(case_votes)})
     table = StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -54,6 +54,19 @@ def test_snapshots_are_the_last_epochs_of_each_cycle():
     assert snapshot_name(199, 200) == "checkpoint_cycle1_epoch0200.pth"
 
 
+def test_snapshot_agreement_is_the_mean_pairwise_dice():
+    from MedCLIPSAMLib.weak.ensemble import snapshot_agreement
+
+    a = np.zeros((4, 8), bool)
+    a[:2] = True
+    b = np.zeros((4, 8), bool)
+    b[1:3] = True
+    packed = [np.packbits(m) for m in (a, a, b)]
+    assert snapshot_agreement(packed) == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    assert snapshot_agreement(packed[:1]) == 1.0
+    assert snapshot_agreement([np.packbits(np.zeros(8, bool))] * 2) == 1.0
+
+
 def test_entropy_of_known_probabilities():
     p = np.array([[0.5, 1.0, 0.0, 0.25], [0.5, 0.0, 1.0, 0.75]])
     h = entropy_bits(p)
@@ -102,6 +115,7 @@ def test_tiny_nnunet_run_export_train_ensemble(tmp_path, monkeypatch):
     with (out / "uncertainty.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["case"] for r in rows] == ["c0", "c1"] and rows[0]["checkpoints"] == "4"
+    assert 0.0 <= float(rows[0]["snapshot_agreement_dsc"]) <= 1.0
 
 
 def test_a_schedule_that_does_not_fit_is_refused_before_training():
