@@ -426,6 +426,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _score_predictions(args: argparse.Namespace) -> int:
     from .weak.score import score_predictions
 
+    for option, given in (("--resume", args.resume), ("--grow", args.grow), ("--limit", args.limit)):
+        if given:
+            raise OptionError(f"{option} does not apply to --predictions (scoring reads every case; use --overwrite "
+                              "to score again into the same --out).")
+
     summary = score_predictions(Path(args.data), Path(args.predictions), Path(args.out), args.nsd_convention,
                                 args.overwrite)
     missing = f", {summary['missing']} without a prediction (rows in metrics.csv)" if summary["missing"] else ""

@@ -74,3 +74,13 @@ def test_evaluate_predictions_command(cases, tmp_path, capsys):
     assert main(["evaluate", str(data), "--predictions", str(tmp_path / "nowhere"), "--out",
                  str(tmp_path / "o2")]) == 3
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_options_that_do_not_apply_to_predictions_are_refused(cases, tmp_path, capsys):
+    from MedCLIPSAMLib.cli import main
+
+    data, predictions = cases
+    for extra in (["--resume"], ["--grow", "0.2"], ["--limit", "1"]):
+        assert main(["evaluate", str(data), "--predictions", str(predictions), "--out", str(tmp_path / "x"),
+                     *extra]) == 2
+        assert f"{extra[0]} does not apply to --predictions" in capsys.readouterr().err

@@ -32,8 +32,8 @@ RAW=$OUT/raw-$SCHEDULE; PRE=$OUT/pre-$SCHEDULE; RES=$OUT/res-$SCHEDULE
 time medclipsam label "$OUT/train" --oracle-saliency -p "breast tumor" --raw "$RAW" --dataset-id 600 --name BUS \
   --modality US --sam litemedsam --device cpu -q
 medclipsam evaluate "$OUT/train" --predictions "$RAW/Dataset600_BUS/labelsTr" --out "$OUT/score-pseudo-$SCHEDULE" --overwrite
-time medclipsam nnunet-train 600 --raw "$RAW" --preprocessed "$PRE" --results "$RES" --config 2d --epochs 30 --cycles 3 \
-  --keep-last 3 --iterations 25 --val-iterations 5 --device cpu --processes 2 --schedule "$SCHEDULE"
+time medclipsam nnunet-train 600 --raw "$RAW" --preprocessed "$PRE" --results "$RES" --config 2d --epochs ${EPOCHS:-15} --cycles 3 \
+  --keep-last ${KEEP_LAST:-2} --iterations ${ITERATIONS:-20} --val-iterations 4 --device cpu --processes 2 --schedule "$SCHEDULE"
 TEST_IMAGES=$(ls "$OUT"/test/*.nii.gz | grep -v _mask)
 medclipsam nnunet-predict "$RES/Dataset600_BUS/nnUNetTrainerCyclicLR__nnUNetPlans__2d" $TEST_IMAGES --out "$OUT/pred-$SCHEDULE"
 medclipsam evaluate "$OUT/test" --predictions "$OUT/pred-$SCHEDULE" --out "$OUT/score-nnunet-$SCHEDULE" --overwrite
