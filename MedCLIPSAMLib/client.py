@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
@@ -121,7 +121,7 @@ class EngineClient:
         try:
             while True:
                 if _is_set(cancel):
-                    return self._cancel_and_wait(job["id"])
+                    self._cancel_and_wait(job["id"])
                 job = self.status(job["id"])
                 if job["state"] in FINISHED:
                     break
@@ -152,7 +152,7 @@ class EngineClient:
             return Upload.of(volume, spacing)
         raise InputError(f"Give a file path, a Volume or a numpy array to segment, not {type(volume).__name__}.")
 
-    def _cancel_and_wait(self, job_id: str, wait: float = 60.0) -> SegmentationResult:
+    def _cancel_and_wait(self, job_id: str, wait: float = 60.0) -> NoReturn:
         self.cancel(job_id)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and self.status(job_id)["state"] not in FINISHED:

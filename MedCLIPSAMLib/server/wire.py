@@ -20,7 +20,6 @@ from ..result import SegmentationResult
 
 SALIENCY_LEVELS = 65535
 """Saliency is sent as uint16: at most 7.7e-6 from the engine's float map, a quarter of float64's bytes."""
-VOLUME_DTYPES = "uifb"
 
 
 def encode_volume(array: np.ndarray, spacing: tuple[float, ...] | None = None) -> bytes:
@@ -37,16 +36,14 @@ def volume_id(payload: bytes) -> str:
 
 
 def decode_volume(payload: bytes) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """(array, spacing) from upload bytes; anything else is an InputError naming what is wrong."""
+    """(array, spacing) from upload bytes; anything else is an InputError naming what is wrong.
+
+    Pixel type and dimensions are checked where every array is, in ``imageio.as_volume``."""
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
             array, spacing = archive["array"], archive["spacing"]
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"The upload is not a MedCLIP-SAM volume (an .npz with 'array' and 'spacing'): {exc}.") from None
-    if array.dtype.kind not in VOLUME_DTYPES:
-        raise InputError(f"The uploaded volume has pixel type {array.dtype}; send numbers.")
-    if array.ndim not in (2, 3):
-        raise InputError(f"The uploaded volume has shape {array.shape}; send a 2D image or a 3D volume.")
     if spacing.size == 0:
         return array, None
     if spacing.shape != (array.ndim,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):

@@ -67,7 +67,7 @@ class LabelJob:
     overwrite: bool = False
     presets: bool = True
     oracle_saliency: bool = False
-    settings_by_prompt: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings_by_prompt: dict[str, Settings] = field(default_factory=dict)
 
     def settings_for(self, prompt: str) -> Settings:
         """Defaults, the prompt's preset, then the explicit options (as ``segment`` does); cached per prompt."""
@@ -78,9 +78,8 @@ class LabelJob:
             base = Settings()
             if self.presets:
                 base, _ = apply_preset(base, prompt, self.settings)
-            self.settings_by_prompt[prompt] = settings_from_dict(self.settings, base).to_dict()
-        return Settings(**{**self.settings_by_prompt[prompt],
-                           "slice_range": _as_range(self.settings_by_prompt[prompt]["slice_range"])})
+            self.settings_by_prompt[prompt] = settings_from_dict(self.settings, base)
+        return self.settings_by_prompt[prompt]
 
     def settings_hash(self, prompt: str) -> str:
         from .. import __version__
@@ -88,10 +87,6 @@ class LabelJob:
         content = {"settings": self.settings_for(prompt).to_dict(), "prompt": prompt, "engine": __version__,
                    "oracle_saliency": self.oracle_saliency, "min_score": self.min_score}
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _as_range(value) -> tuple[int, int] | None:
-    return None if value is None else (int(value[0]), int(value[1]))
 
 
 # --- which cases ---------------------------------------------------------------------------------------------
