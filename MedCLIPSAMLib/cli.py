@@ -96,7 +96,9 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "refine_rounds": "refine_rounds", "fill_holes": "fill_holes", "axis": "axis", "slices": "slice_range",
     "window": "window", "device": "device", "clip_batch_size": "clip_batch_size",
     "sam_batch_size": "sam_batch_size", "seed": "seed", "stride": "saliency_stride",
-    "compile": "compile", "sam_input_size": "sam_input_size",
+    "compile": "compile", "sam_input_size": "sam_input_size", "component_ratio": "component_ratio",
+    "min_component_mm": "min_component_mm", "refine_margin": "refine_margin", "zoom_below": "zoom_below",
+    "zoom_context": "zoom_context", "split_fraction": "split_fraction",
 }
 
 
@@ -121,13 +123,23 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
                    help="CPU shortcut: saliency on every k-th slice and at the target's ends, interpolated inside")
     g.add_argument("--fast", action="store_true",
                    help="CPU shortcuts that measured cheap: --stride 4 --samples 3 (explicit options win)")
-    g.add_argument("--k", type=int, help="salient components (and mask components) to keep")
+    g.add_argument("--k", type=int, help="at most this many salient components (and mask components) are kept")
+    g.add_argument("--component-ratio", type=float,
+                   help="keep components at least this fraction as confident as the best (0: the K most confident)")
+    g.add_argument("--min-component-mm", type=float,
+                   help="a salient component this wide (mm, sphere or disc) is never dropped as noise")
     g.add_argument("--prompt-mode", choices=PROMPT_MODES)
     g.add_argument("--points-per-component", type=int)
     g.add_argument("--sam", choices=SAM_BACKENDS, help="SAM backend (auto: LiteMedSAM on CPU, ViT-H on CUDA)")
     g.add_argument("--sam-checkpoint", help="local SAM ViT checkpoint (.pth) instead of downloading")
     g.add_argument("--sam-input-size", type=int, help="CPU shortcut: SAM ViT input side in px, e.g. 512")
-    g.add_argument("--refine-rounds", type=int, help="box refinement rounds (0-2)")
+    g.add_argument("--refine-rounds", type=int, help="box refinement rounds (0-5)")
+    g.add_argument("--refine-margin", type=float, help="re-prompt box margin, a fraction of its size per side")
+    g.add_argument("--zoom-below", type=float,
+                   help="SAM on a zoomed crop for boxes under this fraction of the slice's side (0: never)")
+    g.add_argument("--zoom-context", type=float, help="context around a zoomed box, in box sides per side")
+    g.add_argument("--split-fraction", type=float,
+                   help="a box whose mask falls into pieces this large (vs the largest) gets a box per piece")
     g.add_argument("--fill-holes", action="store_const", const=True)
     g.add_argument("--axis", type=int, help="slice axis in (z, y, x) array order; default: through-plane")
     g.add_argument("--slices", type=_slice_range, help="slice N or range FIRST-LAST (inclusive)")
@@ -214,12 +226,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if args.server:
             result = _segment_on_server(args, explicit, volume, prompts, progress)
         else:
-            from .pipeline import segment_volume
+            from .pipeline import Pipeline
 
+            pipeline = Pipeline(settings, progress=progress)
+            pipeline.sam, pipeline.clip  # models found (or downloaded) and readable before any time estimate
             hint = cpu_hint(settings, len(chosen))
             if hint and not args.quiet:
                 print(f"note: {hint}", file=sys.stderr)
-            result = segment_volume(volume, prompts, settings, progress=progress)
+            result = pipeline.run(volume, prompts, progress)
     finally:
         progress.close()
     for message in result.messages:

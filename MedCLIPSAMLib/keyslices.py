@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .prompts import normalize_saliency, otsu_mask, select_components
+from .prompts import ComponentRule, normalize_saliency, otsu_mask, select_by_rule
 
 
 def key_slices(active: np.ndarray, stride: int) -> np.ndarray:
@@ -22,8 +22,7 @@ def key_slices(active: np.ndarray, stride: int) -> np.ndarray:
     return keys
 
 
-def crossed_keys(maps: list[np.ndarray], keys: np.ndarray, max_components: int,
-                 min_fraction: float) -> np.ndarray:
+def crossed_keys(maps: list[np.ndarray], keys: np.ndarray, rule: ComponentRule) -> np.ndarray:
     """Which keys (bool per key) the kept salient components of any prompt cross.
 
     The same rule as the full pipeline (one Otsu over the keys, components by confidence,
@@ -32,19 +31,18 @@ def crossed_keys(maps: list[np.ndarray], keys: np.ndarray, max_components: int,
     crossed = np.zeros(len(keys), dtype=bool)
     for raw in maps:
         stack = normalize_saliency(raw[keys])
-        min_size = max(1, int(min_fraction * stack.size))
-        for component in select_components(otsu_mask(stack), stack, max_components, min_size):
+        for component in select_by_rule(otsu_mask(stack), stack, rule, stack.size).kept:
             crossed |= component.mask.reshape(len(keys), -1).any(axis=1)
     return crossed
 
 
-def end_midpoints(maps: list[np.ndarray], computed: np.ndarray, active: np.ndarray, max_components: int,
-                  min_fraction: float) -> np.ndarray:
+def end_midpoints(maps: list[np.ndarray], computed: np.ndarray, active: np.ndarray,
+                  rule: ComponentRule) -> np.ndarray:
     """One bisection round: the middle active slice of each gap between a computed slice the target
     crosses and a neighbouring computed slice it does not. Empty once every end is found."""
     if len(computed) < 2:
         return np.zeros(0, dtype=int)
-    crossed = crossed_keys(maps, computed, max_components, min_fraction)
+    crossed = crossed_keys(maps, computed, rule)
     middles = []
     for low, high, a, b in zip(computed[:-1], computed[1:], crossed[:-1], crossed[1:]):
         between = active[(active > low) & (active < high)]

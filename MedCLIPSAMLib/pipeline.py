@@ -24,8 +24,8 @@ from .keyslices import end_midpoints, interpolate_between, key_slices
 from .models.catalog import ProgressCallback
 from .models.clip import ClipBundle, cached_clip
 from .models.sam import SamBackend, load_sam, resolve_backend
-from .prompts import (Box, Component, SlicePrompts, keep_largest_components, keep_overlapping, normalize_saliency,
-                      otsu_mask, prompts_per_slice, select_components)
+from .prompts import (Box, Component, ComponentRule, SlicePrompts, keep_largest_components, keep_overlapping,
+                      normalize_saliency, otsu_mask, physical_floor, prompts_per_slice, select_by_rule)
 from .saliency import M2IB, M2IBConfig, clip_inputs, maps_to_slices
 from .result import SegmentationResult
 from .settings import Settings, check_device
@@ -262,12 +262,13 @@ class Pipeline:
         messages = []
         if active.size == 0:
             messages.append("Every slice in the range is blank (constant); nothing to segment.")
+        rule = self._component_rule(volume, axis)
         if given is None:
             messages += self.clip.truncation_notes([s for g in groups for s in g])
             texts = [self._text(g) for g in groups]
-            saliency = self._saliency(slices, active, texts, runner)
+            saliency = self._saliency(slices, active, texts, runner, rule)
         else:
-            saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active, runner)
+            saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active, runner, rule)
         computed = runner.done("saliency")
         if computed < active.size:
             messages.append(f"Saliency computed on {computed} of {active.size} slices (stride {s.saliency_stride}); "
@@ -276,12 +277,16 @@ class Pipeline:
         valid = np.zeros(slices.shape[0], dtype=bool)
         valid[active] = True
         valid3d = np.broadcast_to(valid[:, None, None], slices.shape)
-        min_size = max(1, int(s.min_component_fraction * valid3d.sum()))
+        voxels = int(valid3d.sum())
         mode = self._prompt_mode(messages)
         targets = []
         for group, raw in zip(groups, saliency):
             normalised = normalize_saliency(raw, valid3d)
-            components = select_components(otsu_mask(normalised, valid3d), normalised, s.max_components, min_size)
+            components, too_small = select_by_rule(otsu_mask(normalised, valid3d), normalised, rule, voxels)
+            if too_small:
+                messages.append(f"'{group[0]}': {too_small} salient region(s) under {rule.min_size(voxels)} voxels "
+                                f"were dropped as noise (min component fraction {s.min_component_fraction:g}, "
+                                f"or a {s.min_component_mm:g} mm target).")
             if not components and active.size:
                 messages.append(f"No salient region found for '{group[0]}': the result is empty. Try another "
                                 "wording, a prompt preset, or another bottleneck layer.")
@@ -289,6 +294,16 @@ class Pipeline:
                                   prompts_per_slice(components, normalised, mode, s.points_per_component)))
         runner.timed("prompts", t)
         return Located(slices, axis, targets, messages, runner.timings, computed)
+
+    def _component_rule(self, volume: Volume, axis: int) -> ComponentRule:
+        """K, the confidence ratio and the size floor: relative to the processed voxels, but never above a
+        target of ``min_component_mm`` (a sphere in a volume, a disc in a 2D image)."""
+        s = self.settings
+        spacing = [float(v) for v in volume.spacing_zyx]
+        in_plane = [v for i, v in enumerate(spacing) if i != axis % 3]
+        floor = physical_floor(s.min_component_mm, tuple(in_plane) if volume.array.shape[axis] == 1 else
+                               tuple(spacing))
+        return ComponentRule(s.max_components, s.component_ratio, s.min_component_fraction, floor)
 
     def _prompt_mode(self, messages: list[str]) -> str:
         """Boxes instead of points for LiteMedSAM, which was trained with box prompts only.
@@ -314,7 +329,7 @@ class Pipeline:
         return chosen[varies & body]
 
     def _given_saliency(self, given: Sequence[np.ndarray], count: int, shape: tuple[int, ...], axis: int,
-                        active: np.ndarray, runner: _Runner) -> list[np.ndarray]:
+                        active: np.ndarray, runner: _Runner, rule: ComponentRule) -> list[np.ndarray]:
         """Caller's maps, read on the same slices as M2IB would be and interpolated between them."""
         if len(given) != count:
             raise InputError(f"Got {len(given)} saliency maps for {count} prompts; give one map per prompt.")
@@ -331,10 +346,10 @@ class Pipeline:
                 target[part] = source[part]
             runner.step("saliency", len(part))
 
-        return self._fill_maps(maps, active, compute, runner)
+        return self._fill_maps(maps, active, compute, runner, rule)
 
     def _saliency(self, slices: np.ndarray, active: np.ndarray, texts: list[torch.Tensor],
-                  runner: _Runner) -> list[np.ndarray]:
+                  runner: _Runner, rule: ComponentRule) -> list[np.ndarray]:
         """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt."""
         maps = [np.zeros(slices.shape, dtype=np.float32) for _ in texts]
 
@@ -351,10 +366,10 @@ class Pipeline:
             runner.step("saliency", len(part))
 
         return self._fill_maps(maps, active, lambda part: _with_oom_retry(batch, part, self.settings.clip_batch_size),
-                               runner)
+                               runner, rule)
 
     def _fill_maps(self, maps: list[np.ndarray], active: np.ndarray, compute: Callable[[np.ndarray], None],
-                   runner: _Runner) -> list[np.ndarray]:
+                   runner: _Runner, rule: ComponentRule) -> list[np.ndarray]:
         """``compute`` the maps on the key slices and, with a stride, bisect to where the target starts
         and ends; interpolate the rest (see keyslices)."""
         s = self.settings
@@ -362,7 +377,7 @@ class Pipeline:
         runner.begin("saliency", len(computed))
         compute(computed)
         while s.saliency_stride > 1:
-            middles = end_midpoints(maps, computed, active, s.max_components, s.min_component_fraction)
+            middles = end_midpoints(maps, computed, active, rule)
             if not middles.size:
                 break
             runner.begin("saliency", len(computed) + len(middles), done=len(computed))
@@ -376,6 +391,7 @@ class Pipeline:
         """SAM masks per prompt, encoding each slice that has any prompt once."""
         masks = [np.zeros(slices.shape, dtype=bool) for _ in prompts]
         needed = np.array([z for z in range(slices.shape[0]) if any(p[z] for p in prompts)], dtype=int)
+        rules = self.settings.box_rules()
         runner.begin("sam", len(needed))
 
         def batch(part: np.ndarray) -> None:
@@ -388,7 +404,7 @@ class Pipeline:
                     p = slice_prompts[z]
                     if p:
                         target[z] = self.sam.segment(enc, boxes=p.boxes or None, points=p.points or None,
-                                                     refine_rounds=self.settings.refine_rounds)
+                                                     rules=rules)
             runner.timed("sam_decoder", t)
             runner.step("sam", len(part))
 

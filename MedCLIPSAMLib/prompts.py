@@ -6,7 +6,9 @@ code path (SPEC 2.4 and 3).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -67,23 +69,70 @@ def otsu_mask(saliency: np.ndarray, valid: np.ndarray | None = None) -> np.ndarr
     return mask
 
 
+class Selection(NamedTuple):
+    kept: list[Component]
+    too_small: int
+    """Components that were confident enough to be kept but dropped for size (the result's messages say so)."""
+
+
+@dataclass(frozen=True)
+class ComponentRule:
+    """Which salient components become targets: the most confident, those close to it, none too small."""
+
+    max_components: int = 1
+    ratio: float = 0.0
+    """Keep a component only if its confidence is at least this fraction of the best one's (0: top K)."""
+    min_fraction: float = 0.0
+    """A component needs this fraction of the processed voxels ..."""
+    floor_voxels: float = math.inf
+    """... or this many voxels (a physical size), whichever is less."""
+
+    def min_size(self, voxels: int) -> int:
+        return max(1, int(min(self.min_fraction * voxels, self.floor_voxels)))
+
+
+def physical_floor(diameter_mm: float, spacing: tuple[float, ...]) -> float:
+    """Voxels of a sphere of ``diameter_mm`` (a disc when ``spacing`` has two entries: one slice)."""
+    if len(spacing) == 2:
+        return math.pi / 4 * diameter_mm ** 2 / math.prod(spacing)
+    return math.pi / 6 * diameter_mm ** 3 / math.prod(spacing)
+
+
 def select_components(coarse: np.ndarray, saliency: np.ndarray, max_components: int,
-                      min_size: int = 1) -> list[Component]:
-    """Connected components of the coarse mask, most confident first, at most K.
+                      min_size: int = 1, ratio: float = 0.0) -> Selection:
+    """Connected components of the coarse mask, most confident first, at most K, each at least
+    ``ratio`` times as confident as the best.
 
     Confidence is the mean saliency inside the component (SPEC 2.4); the authors'
     code ranks by area instead, which prefers large dull regions over a small bright target.
+    A relative rule instead of a fixed K: three metastases are three targets, a dim blob beside
+    one lesion is not.
     """
     labels, count = ndimage.label(coarse, structure=FULL_CONNECTIVITY_3D)
     if count == 0:
-        return []
+        return Selection([], 0)
     index = np.arange(1, count + 1)
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index)
     means = ndimage.mean(saliency, labels, index)
-    candidates = [(float(means[i]), int(sizes[i]), int(index[i])) for i in range(count) if sizes[i] >= min_size]
-    candidates.sort(key=lambda c: (-c[0], -c[1]))
-    return [Component(label=lab, size=size, confidence=conf, mask=labels == lab)
-            for conf, size, lab in candidates[:max_components]]
+    ranked = sorted(((float(means[i]), int(sizes[i]), int(index[i])) for i in range(count)),
+                    key=lambda c: (-c[0], -c[1]))
+    chosen = _confident(ranked, max_components, ratio, min_size)
+    kept = [Component(label=lab, size=size, confidence=conf, mask=labels == lab) for conf, size, lab in chosen]
+    unsized = _confident(ranked, max_components, ratio, 1)
+    return Selection(kept, sum(1 for c in unsized if c[1] < min_size))
+
+
+def _confident(ranked: list[tuple[float, int, int]], max_components: int, ratio: float,
+               min_size: int) -> list[tuple[float, int, int]]:
+    """The first K of the ranked (confidence, size, label) entries of at least ``min_size`` voxels that are
+    at least ``ratio`` times as confident as the best of them."""
+    sized = [c for c in ranked if c[1] >= min_size]
+    return [c for c in sized[:max_components] if c[0] >= ratio * sized[0][0]] if sized else []
+
+
+def select_by_rule(coarse: np.ndarray, saliency: np.ndarray, rule: ComponentRule, voxels: int) -> Selection:
+    """``select_components`` with a rule's K, ratio and size floor over ``voxels`` processed voxels."""
+    return select_components(coarse, saliency, rule.max_components, rule.min_size(voxels), rule.ratio)
 
 
 def box_of(mask2d: np.ndarray) -> Box | None:

@@ -53,12 +53,18 @@ class Settings:
 
     # --- coarse mask and prompts (SPEC 2.4-2.5, 3) ---
     max_components: int = 1
-    """K: how many salient components (and final mask components) to keep."""
+    """K: at most this many salient components (and final mask components) are kept."""
+    component_ratio: float = 1.0
+    """Of those, keep each whose confidence is at least this fraction of the most confident one's, so a
+    multi-focal target keeps its lesions and a single one drops dimmer noise (1.0: the K most confident)."""
     prompt_mode: str = "boxes"
     """boxes: one box per component; box_all: one box around all; points: positive points."""
     points_per_component: int = 3
     min_component_fraction: float = 0.001
-    """Salient components smaller than this fraction of the processed voxels are noise."""
+    """Salient components smaller than this fraction of the processed voxels are noise ..."""
+    min_component_mm: float = 5.0
+    """... unless they are at least a sphere (a disc on one slice) of this diameter in mm: a relative floor
+    alone drops every target under ~4 cm in a 512 x 512 x 300 CT. Files without spacing count 1 px as 1 mm."""
 
     # --- SAM (SPEC 2.6-2.7) ---
     sam_backend: str = "auto"
@@ -69,6 +75,18 @@ class Settings:
     """CPU shortcut for the SAM ViT models: input side in px (e.g. 512); None: the model's own 1024."""
     refine_rounds: int = 2
     """Re-prompt SAM with its own mask's box (SPEC 2.7); 0 disables."""
+    refine_margin: float = 0.0
+    """The re-prompt box is the mask's box grown by this fraction of its size per side."""
+    refine_keep_better: bool = False
+    """Keep a re-prompted mask only when SAM's own IoU estimate does not fall."""
+    zoom_below: float = 0.0
+    """Zoom in (SAM on a crop at the model's full input size) for boxes whose longer side is under this
+    fraction of the slice's; 0 never."""
+    zoom_context: float = 1.0
+    """Context around a zoomed box, in box sides per side."""
+    split_fraction: float = 0.0
+    """Give each piece of a box's first mask its own box when every piece is at least this fraction of the
+    largest (two lungs merged in the saliency map); 0 never."""
     fill_holes: bool = False
 
     # --- volumes (SPEC 3) ---
@@ -116,6 +134,16 @@ class Settings:
                 raise SettingError(name, f"{{name}} must be at least 1 (got {value}).")
         if not 0 <= self.refine_rounds <= 5:
             raise SettingError("refine_rounds", f"{{name}} must be between 0 and 5 (got {self.refine_rounds}).")
+        fractions = {"component_ratio": self.component_ratio, "zoom_below": self.zoom_below,
+                     "split_fraction": self.split_fraction}
+        for name, value in fractions.items():
+            if not 0 <= value <= 1:
+                raise SettingError(name, f"{{name}} must be between 0 and 1 (got {value}).")
+        spans = {"refine_margin": (self.refine_margin, 1.0), "zoom_context": (self.zoom_context, 4.0),
+                 "min_component_mm": (self.min_component_mm, 1000.0)}
+        for name, (value, high) in spans.items():
+            if not 0 <= value <= high:
+                raise SettingError(name, f"{{name}} must be between 0 and {high:g} (got {value}).")
         if not self.beta >= 0:  # also refuses NaN
             raise SettingError("beta", f"{{name}} must be >= 0 (got {self.beta}).")
         if self.bottleneck_layer < 0:
@@ -131,6 +159,14 @@ class Settings:
                 raise SettingError("slice_range", f"{{name}} {first}-{last} is invalid: give FIRST-LAST with "
                                    "0 <= FIRST <= LAST.", "Slice range")
         check_device(self.device)
+
+    def box_rules(self):
+        """The SAM-stage rules (models.box_prompting.BoxRules) these settings choose."""
+        from .models.box_prompting import BoxRules
+
+        return BoxRules(refine_rounds=self.refine_rounds, refine_margin=self.refine_margin,
+                        refine_keep_better=self.refine_keep_better, zoom_below=self.zoom_below,
+                        zoom_context=self.zoom_context, split_fraction=self.split_fraction)
 
     def sam_batch_for(self, device_type: str) -> int:
         """The SAM encoder batch on this device type ('cpu' or 'cuda')."""

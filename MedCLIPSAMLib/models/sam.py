@@ -7,7 +7,7 @@ class drives both; they differ only in input size and intensity normalisation.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import ModelError
-from ..prompts import Box, Point, box_of
+from ..prompts import Box, Point
+from .box_prompting import BoxRules, Region, segment_box
 from .catalog import ProgressCallback, ensure_model, load_catalog
 from .sam_attention import use_sdpa
 
@@ -31,6 +32,10 @@ class EncodedSlice:
     embedding: torch.Tensor  # (1, C, h, w)
     input_hw: tuple[int, int]  # size after resizing, before padding
     original_hw: tuple[int, int]
+    image: np.ndarray | None = field(default=None, repr=False)
+    """The uint8 slice itself, for zoomed crops."""
+    crops: dict[Region, "EncodedSlice"] = field(default_factory=dict, repr=False)
+    """Crops encoded so far, so refinement rounds and other boxes reuse them."""
 
 
 class SamBackend:
@@ -69,7 +74,16 @@ class SamBackend:
         images, input_hw = self.preprocess(slices)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             embeddings = self.model.image_encoder(images).float()
-        return [EncodedSlice(embeddings[i:i + 1], input_hw, slices.shape[1:]) for i in range(len(slices))]
+        return [EncodedSlice(embeddings[i:i + 1], input_hw, slices.shape[1:], slices[i]) for i in range(len(slices))]
+
+    def encode_region(self, encoded: EncodedSlice, region: Region) -> EncodedSlice:
+        """A crop of an encoded slice, encoded at the model's full input size once (zoom for small targets)."""
+        if region not in encoded.crops:
+            if encoded.image is None:
+                raise ValueError("this slice was encoded without its image, so it cannot be cropped")
+            x0, y0, x1, y1 = region
+            (encoded.crops[region],) = self.encode(np.ascontiguousarray(encoded.image[y0:y1 + 1, x0:x1 + 1])[None])
+        return encoded.crops[region]
 
     def _to_input(self, coords: np.ndarray, encoded: EncodedSlice) -> torch.Tensor:
         (height, width), (new_h, new_w) = encoded.original_hw, encoded.input_hw
@@ -79,8 +93,9 @@ class SamBackend:
 
     @torch.no_grad()
     def decode(self, encoded: EncodedSlice, boxes: list[Box] | None = None,
-               points: list[list[Point]] | None = None) -> np.ndarray:
-        """One binary mask per prompt (N, H, W) at the slice's resolution, multimask off."""
+               points: list[list[Point]] | None = None, with_scores: bool = False):
+        """One binary mask per prompt (N, H, W) at the slice's resolution, multimask off; with
+        ``with_scores`` also SAM's own IoU estimate per mask (N,)."""
         if boxes:
             sparse, dense = self.model.prompt_encoder(
                 points=None, boxes=self._to_input(np.asarray(boxes, dtype=np.float32), encoded), masks=None)
@@ -95,31 +110,28 @@ class SamBackend:
                 points=(self._to_input(coords, encoded), torch.as_tensor(labels, device=self.device)),
                 boxes=None, masks=None)
         else:
-            return np.zeros((0, *encoded.original_hw), dtype=bool)
-        low_res, _ = self.model.mask_decoder(
+            empty = np.zeros((0, *encoded.original_hw), dtype=bool)
+            return (empty, np.zeros(0, dtype=np.float32)) if with_scores else empty
+        low_res, iou = self.model.mask_decoder(
             image_embeddings=encoded.embedding, image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
         logits = F.interpolate(low_res.float(), size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         logits = logits[..., :encoded.input_hw[0], :encoded.input_hw[1]]
         logits = F.interpolate(logits, size=encoded.original_hw, mode="bilinear", align_corners=False)
-        return (logits[:, 0] > 0).cpu().numpy()
+        masks = (logits[:, 0] > 0).cpu().numpy()
+        return (masks, iou[:, 0].float().cpu().numpy()) if with_scores else masks
 
     def segment(self, encoded: EncodedSlice, boxes: list[Box] | None = None,
-                points: list[list[Point]] | None = None, refine_rounds: int = 0) -> np.ndarray:
-        """Union of the prompts' masks; each box is re-prompted with its own mask's box.
+                points: list[list[Point]] | None = None, rules: BoxRules = BoxRules(refine_rounds=0)) -> np.ndarray:
+        """Union of the prompts' masks; each box follows ``rules`` (zoom, refinement, split; see box_prompting).
 
-        Refinement (SPEC 2.7) reuses the embedding, so a round costs one decoder pass; it
-        stops early once the box no longer changes or the mask vanishes.
+        Refinement reuses the embedding (a round costs one decoder pass) and a zoomed crop is encoded
+        once per slice and region. Point prompts are decoded on the whole slice as given.
         """
-        masks = self.decode(encoded, boxes=boxes, points=points)
         if boxes:
-            for i, box in enumerate(boxes):
-                for _ in range(refine_rounds):
-                    tight = box_of(masks[i])
-                    if tight is None or tight == box:
-                        break
-                    box = tight
-                    masks[i] = self.decode(encoded, boxes=[box])[0]
+            masks = [segment_box(self, encoded, box, rules) for box in boxes]
+        else:
+            masks = list(self.decode(encoded, points=points))
         return np.logical_or.reduce(masks, axis=0) if len(masks) else np.zeros(encoded.original_hw, bool)
 
 

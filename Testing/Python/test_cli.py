@@ -96,6 +96,17 @@ def test_missing_clip_weights_exit_code_4(tmp_path, capsys):
     assert code == 4 and "open_clip_config.json is missing" in capsys.readouterr().err
 
 
+def test_a_missing_model_is_reported_before_any_time_estimate(tmp_path, capsys):
+    """A user without BiomedCLIP reads the model error, not 'about 10 s each' followed by it."""
+    array = np.stack([disk_image(48, 56, (20, 30), 9, seed=z) for z in range(12)]).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "v.nii.gz"))
+    code = main(["segment", str(tmp_path / "v.nii.gz"), "-p", "x", "-o", str(tmp_path / "o.nii.gz"),
+                 "--clip-model", str(tmp_path), "--device", "cpu", "--sam", "litemedsam"])
+    err = capsys.readouterr().err
+    assert code == 4 and "open_clip_config.json is missing" in err
+    assert "10 s each" not in err
+
+
 def test_presets_fill_in_unless_the_user_set_the_option():
     parser = build_parser()
     args = parser.parse_args(["segment", "x.nii", "-p", "brain tumor", "-o", "y.nii"])

@@ -2,6 +2,7 @@
 import numpy as np
 
 from MedCLIPSAMLib.keyslices import crossed_keys, end_midpoints, key_slices
+from MedCLIPSAMLib.prompts import ComponentRule
 
 
 def blob_maps(count: int, target: slice, size: int = 20) -> np.ndarray:
@@ -13,7 +14,7 @@ def blob_maps(count: int, target: slice, size: int = 20) -> np.ndarray:
 def bisection_rounds(maps: list[np.ndarray], keys: np.ndarray, active: np.ndarray, k: int = 1) -> list[list[int]]:
     """The slices each round asks for, as the pipeline's loop computes them (the maps here are complete)."""
     computed, rounds = keys, []
-    while (middles := end_midpoints(maps, computed, active, k, 0.0)).size:
+    while (middles := end_midpoints(maps, computed, active, ComponentRule(k))).size:
         rounds.append(middles.tolist())
         computed = np.union1d(computed, middles)
     return rounds
@@ -30,7 +31,7 @@ def test_bisection_finds_where_the_target_appears_and_disappears():
     active = np.arange(21)
     keys = key_slices(active, 5)  # 0, 5, 10, 15, 20
     maps = [blob_maps(21, slice(7, 13))]  # slices 7-12: crosses key 10 only
-    assert crossed_keys(maps, keys, 1, 0.0).tolist() == [False, False, True, False, False]
+    assert crossed_keys(maps, keys, ComponentRule(1)).tolist() == [False, False, True, False, False]
     # 6 | 7 and 12 | 13 are found with 5 extra slices; computing both gaps whole would take 8
     assert bisection_rounds(maps, keys, active) == [[8, 13], [7, 12], [6]]
     # a target crossing no key is invisible to the stride: nothing more is computed
@@ -52,7 +53,7 @@ def test_only_the_k_kept_components_count():
     maps = np.zeros((11, 30, 30), np.float32)
     maps[4:7, 2:8, 2:8] = 1.0  # strong, crosses key 5
     maps[9:11, 20:26, 20:26] = 0.6  # weaker, crosses key 10
-    assert crossed_keys([maps], keys, 1, 0.0).tolist() == [False, True, False]
-    assert crossed_keys([maps], keys, 2, 0.0).tolist() == [False, True, True]
+    assert crossed_keys([maps], keys, ComponentRule(1)).tolist() == [False, True, False]
+    assert crossed_keys([maps], keys, ComponentRule(2)).tolist() == [False, True, True]
     assert bisection_rounds([maps], keys, active, k=2) == [[3], [4]]
     assert bisection_rounds([maps], keys, active, k=1) == [[3, 8], [4, 7], [6]]

@@ -16,7 +16,7 @@ def blob(shape, center, radius, value=1.0):
 
 def run_2d(saliency2d, k=1, mode="boxes"):
     sal = normalize_saliency(saliency2d[None])
-    comps = select_components(otsu_mask(sal), sal, k)
+    comps = select_components(otsu_mask(sal), sal, k).kept
     return comps, prompts_per_slice(comps, sal, mode)[0]
 
 
@@ -80,7 +80,7 @@ def test_volume_target_in_slices_10_to_20_gets_boxes_only_there():
     sal = 0.1 * rng.random((32, 48, 48)).astype(np.float32)
     sal[10:21, 15:30, 20:35] += 1.0
     norm = normalize_saliency(sal)
-    comps = select_components(otsu_mask(norm), norm, 1)
+    comps = select_components(otsu_mask(norm), norm, 1).kept
     prompts = prompts_per_slice(comps, norm, "boxes")
     with_boxes = [z for z, p in enumerate(prompts) if p.boxes]
     assert with_boxes == list(range(10, 21))
@@ -92,11 +92,11 @@ def test_volume_two_targets_with_k2_and_k1():
     sal[2:6, 5:10, 5:10] = 0.9
     sal[12:18, 25:35, 25:35] = 1.0
     norm = normalize_saliency(sal)
-    two = select_components(otsu_mask(norm), norm, 2)
+    two = select_components(otsu_mask(norm), norm, 2).kept
     assert len(two) == 2
     prompts = prompts_per_slice(two, norm, "boxes")
     assert [z for z, p in enumerate(prompts) if p.boxes] == [2, 3, 4, 5, 12, 13, 14, 15, 16, 17]
-    one = select_components(otsu_mask(norm), norm, 1)
+    one = select_components(otsu_mask(norm), norm, 1).kept
     assert [z for z, p in enumerate(prompts_per_slice(one, norm, "boxes")) if p.boxes] == list(range(12, 18))
 
 
@@ -107,7 +107,7 @@ def test_volume_normalisation_is_global_not_per_slice():
     sal[2, 4:6, 4:6] = 5.0
     norm = normalize_saliency(sal)
     assert norm[0].max() < 0.05 and norm.max() == pytest.approx(1.0)
-    comps = select_components(otsu_mask(norm), norm, 3)
+    comps = select_components(otsu_mask(norm), norm, 3).kept
     assert all(not c.mask[0].any() for c in comps)
 
 
@@ -126,7 +126,7 @@ def test_min_size_drops_specks():
     sal = np.zeros((1, 30, 30), dtype=np.float32)
     sal[0, 1, 1] = 1.0
     sal[0, 10:20, 10:20] = 0.9
-    comps = select_components(sal > 0.5, sal, 2, min_size=5)
+    comps = select_components(sal > 0.5, sal, 2, min_size=5).kept
     assert [c.size for c in comps] == [100]
 
 

@@ -6,6 +6,7 @@ import SimpleITK as sitk
 from conftest import disk_image, disk_mask, shared_data
 from MedCLIPSAMLib.errors import ModelError
 from MedCLIPSAMLib.metrics import dice
+from MedCLIPSAMLib.models.box_prompting import BoxRules
 from MedCLIPSAMLib.models.sam import SamBackend, load_sam, resolve_backend
 from MedCLIPSAMLib.prompts import box_of, grow_box
 
@@ -23,8 +24,8 @@ def test_refinement_recovers_from_a_loose_box(litemedsam):
     image, truth = disk_image(seed=1), disk_mask()
     (encoded,) = litemedsam.encode(image[None])
     loose = grow_box(box_of(truth), 0.5, truth.shape)
-    plain = dice(litemedsam.segment(encoded, boxes=[loose], refine_rounds=0), truth)
-    refined = dice(litemedsam.segment(encoded, boxes=[loose], refine_rounds=2), truth)
+    plain = dice(litemedsam.segment(encoded, boxes=[loose], rules=BoxRules(refine_rounds=0)), truth)
+    refined = dice(litemedsam.segment(encoded, boxes=[loose], rules=BoxRules(refine_rounds=2)), truth)
     assert refined > plain + 0.1 and refined > 0.95
 
 
