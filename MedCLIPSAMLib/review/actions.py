@@ -136,8 +136,8 @@ def exclude_case(dataset: ReviewDataset | str | Path, case: str) -> dict[str, An
     """Move the case out of the training set (kept in ``medclipsam_review/excluded/``)."""
     data = _dataset(dataset)
     folder = data.folder
+    data.row(case)  # a case not in labels.csv is a one-line error; one whose image is gone may be excluded
     entry = read_states(folder).get(case)
-    data.image_path(case)  # a case named in labels.csv whose image is gone is reported, not excluded blindly
     if entry is not None and entry.get("state") == EXCLUDED:
         raise InputError(f"Case '{case}' is already excluded; 'Undo exclude' puts it back.")
     before = entry.get("before") if entry is not None and entry.get("state") == EXCLUDING else entry

@@ -82,7 +82,7 @@ class ReviewDataset:
 
     def image_path(self, case: str) -> Path:
         """The case's image: in imagesTr, kept aside by an exclusion, or (not in the set) the source image."""
-        row = self._row(case)
+        row = self.row(case)
         candidates = [case_paths(self.folder, case)[0], excluded_paths(self.folder, case)[0]]
         if row.get("image"):
             candidates.append(Path(row["image"]))
@@ -94,7 +94,7 @@ class ReviewDataset:
 
     def label_path(self, case: str) -> Path | None:
         """The case's current label (in labelsTr, or kept aside by an exclusion); None when it has none."""
-        self._row(case)
+        self.row(case)
         return next((p for p in (case_paths(self.folder, case)[1], excluded_paths(self.folder, case)[1])
                      if p.exists()), None)
 
@@ -105,7 +105,7 @@ class ReviewDataset:
         path = self.predictions / f"{case}_entropy.nii.gz"
         return path if path.is_file() else None
 
-    def _row(self, case: str) -> dict[str, str]:
+    def row(self, case: str) -> dict[str, str]:
         if case not in self.rows:
             raise InputError(f"Case '{case}' is not in {self.folder / 'labels.csv'}; pick a case of the queue.")
         return self.rows[case]
@@ -132,15 +132,25 @@ def priority(item: QueueItem) -> tuple:
     return (3, score, item.case)
 
 
-def next_case(queue: list[QueueItem], current: str | None = None) -> QueueItem | None:
-    """The first case still to review after ``current`` in queue order (wrapping round), else None."""
+def upcoming(queue: list[QueueItem], current: str | None = None, order: list[str] | None = None) -> list[QueueItem]:
+    """The cases still to review, in queue order from the one after ``current`` on, then the ones before it
+    (``current`` last, if still pending).
+
+    ``order``: the case order when ``current`` was opened; accepting a case moves it to the end of the queue,
+    and the reviewer should still go on from where it stood."""
     pending = [item for item in queue if not item.reviewed]
-    if not pending:
-        return None
-    cases = [item.case for item in pending]
-    if current in cases and len(cases) > 1:
-        return pending[(cases.index(current) + 1) % len(cases)]
-    return pending[0]
+    order = order or [item.case for item in queue]
+    if current not in order:
+        return pending
+    after = set(order[order.index(current) + 1:])
+    return ([item for item in pending if item.case in after]
+            + [item for item in pending if item.case not in after and item.case != current]
+            + [item for item in pending if item.case == current])
+
+
+def next_case(queue: list[QueueItem], current: str | None = None) -> QueueItem | None:
+    """The first case still to review after ``current``, else None."""
+    return next(iter(upcoming(queue, current)), None)
 
 
 def _number(text: Any) -> float | None:

@@ -17,7 +17,7 @@ import vtk
 
 from ..errors import InputError
 from ..review import actions
-from ..review.queue import QueueItem, ReviewDataset, next_case, open_dataset
+from ..review.queue import QueueItem, ReviewDataset, open_dataset, upcoming
 from .mrml import _image_data, apply_result, remove_node, segment_to_array
 
 NO_SALIENCY_NOTE = ("No overlay: 'medclipsam label' keeps no saliency maps; open the dataset with the "
@@ -93,6 +93,8 @@ class ReviewSession:
     def __init__(self, scene, dataset: ReviewDataset):
         self.scene, self.dataset = scene, dataset
         self.current: LoadedCase | None = None
+        self.order: list[str] = []
+        """The queue's order when the current case was opened: Next goes on from there."""
 
     @classmethod
     def open(cls, scene, folder: str | Path, predictions: str | Path | None = None) -> ReviewSession:
@@ -102,15 +104,29 @@ class ReviewSession:
         return self.dataset.queue()
 
     def next_case(self) -> LoadedCase | None:
-        """Load the next case still to review after the current one (None: all are reviewed)."""
-        item = next_case(self.queue(), self.current.case if self.current else None)
-        return self.load(item.case) if item is not None else None
+        """Load the next case still to review after the current one (None: all are reviewed).
+
+        A case that cannot be loaded (its image is gone) is passed over and named in the loaded case's note,
+        so one broken case never blocks the queue; it stays listed, to exclude or fix."""
+        problems = []
+        for item in upcoming(self.queue(), self.current.case if self.current else None, self.order):
+            try:
+                loaded = self.load(item.case)
+            except InputError as exc:
+                problems.append(str(exc).splitlines()[0])
+                continue
+            loaded.note = " ".join([f"Passed over: {p}" for p in problems] + ([loaded.note] if loaded.note else []))
+            return loaded
+        if problems:
+            raise InputError(problems[0])
+        return None
 
     def load(self, case: str) -> LoadedCase:
         """Replace the case on screen by ``case``; the scene gains nodes only for this one case."""
         data = self.dataset
         reference = actions.read_case_image(data.image_path(case))
         self.unload()
+        self.order = [item.case for item in self.queue()]
         volume = volume_from_sitk(self.scene, reference, case)
         created = [volume.GetID()]
         try:
