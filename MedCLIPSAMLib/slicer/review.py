@@ -164,6 +164,18 @@ class ReviewSession:
             return None, f"The entropy map {path.name} is not on this image's grid; not shown."
         return values.astype(np.float32), ""
 
+    def forget_nodes(self) -> None:
+        """The scene was closed: its nodes are gone (and their IDs will be reused), so never remove by ID."""
+        self.current = None
+
+    def summary(self) -> str:
+        """One line for the panel: what is left, what is done, and what orders the queue."""
+        queue = self.queue()
+        counts = {state: sum(item.state == state for item in queue) for state in ("accepted", "excluded")}
+        left = sum(not item.reviewed for item in queue)
+        return (f"{self.dataset.folder.name}: {left} of {len(queue)} cases to review ({counts['accepted']} accepted, "
+                f"{counts['excluded']} excluded); ordered by {self.dataset.source}.")
+
     def unload(self) -> None:
         """Remove the current case's nodes (with their display and storage nodes)."""
         if self.current is not None:
@@ -206,7 +218,13 @@ def _remove_id(scene, node_id: str) -> None:
 
 
 def show_case(scene, loaded: LoadedCase, overlay_opacity: float = 0.4) -> None:
-    """Image in the background, the overlay (or none) in the foreground, every slice view centred on the target."""
+    """Image in the background, the overlay (or none) in the foreground, every slice view centred on the target,
+    and the Segment Editor set to edit the case's segment."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode")):
+        editor = scene.GetNthNodeByClass(index, "vtkMRMLSegmentEditorNode")
+        editor.SetAndObserveSegmentationNode(scene.GetNodeByID(loaded.segmentation_node_id))
+        editor.SetAndObserveSourceVolumeNode(scene.GetNodeByID(loaded.volume_node_id))
+        editor.SetSelectedSegmentID(loaded.segment_id)
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
         composite.SetBackgroundVolumeID(loaded.volume_node_id)

@@ -32,6 +32,8 @@ def scene():
         slice_node.SetLayoutName(name)
         composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
         composite.SetLayoutName(name)
+    scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())  # the Segmentations module registers it in Slicer
+    scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
     yield scene
     colors.SetMRMLScene(None)
 
@@ -94,6 +96,11 @@ def test_a_case_loads_as_image_editable_segment_and_entropy_overlay_on_the_file_
         assert composite.GetForegroundOpacity() == pytest.approx(0.3)
         slice_to_ras = scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").GetSliceToRAS()
         assert [slice_to_ras.GetElement(r, 3) for r in range(3)] == pytest.approx(loaded.center_ras)
+    editor = scene.GetFirstNodeByClass("vtkMRMLSegmentEditorNode")
+    assert editor.GetSegmentationNode().GetID() == loaded.segmentation_node_id
+    assert editor.GetSourceVolumeNode().GetID() == loaded.volume_node_id
+    assert editor.GetSelectedSegmentID() == loaded.segment_id
+    assert session.summary() == "Dataset007_Vol: 7 of 7 cases to review (0 accepted, 0 excluded); ordered by nnU-Net entropy."
 
 
 def test_without_predictions_there_is_no_overlay_and_the_panel_says_why(scene, dataset):
@@ -149,6 +156,8 @@ def test_accept_after_an_edit_writes_the_edited_segment_and_the_next_case_comes_
     assert session.next_case().case == "c_mid", "after b_low in the queue; b_low itself is done"
     session.exclude()
     assert read_states(dataset)["c_mid"]["state"] == "excluded" and num_training(dataset) == 2
+    assert session.summary() == ("Dataset007_Vol: 5 of 7 cases to review (1 accepted, 1 excluded); ordered by "
+                                 "zero-shot score.")
     session.undo_exclude()
     assert num_training(dataset) == 3
 
