@@ -71,15 +71,17 @@ def review_summary(dataset: str | Path) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> list[str]:
     states, agreement = summary["states"], summary["pseudo_vs_accepted"]
     pending = ", ".join(f"{n} {status}" for status, n in summary["pending_by_status"].items())
-    lines = [f"{Path(summary['dataset']).name}: {summary['cases']} cases: {states['pending']} pending"
-             + (f" ({pending})" if pending else "") + f", {states[ACCEPTED]} accepted, {states[EXCLUDED]} excluded"
-             + (f", {states['interrupted']} interrupted (open the queue and redo them)" if states["interrupted"] else "")
-             + (f"; {summary['numTraining']} in the training set (dataset.json)" if summary["numTraining"] is not None
-                else "")]
+    first = f"{Path(summary['dataset']).name}: {summary['cases']} cases: {states['pending']} pending"
+    first += (f" ({pending})" if pending else "") + f", {states[ACCEPTED]} accepted, {states[EXCLUDED]} excluded"
+    if states["interrupted"]:
+        first += f", {states['interrupted']} interrupted (open the queue and redo them)"
+    if summary["numTraining"] is not None:
+        first += f"; {summary['numTraining']} in the training set (dataset.json)"
+    lines = [first]
     if agreement["compared"]:
         lines.append(f"labels changed by the reviewer: {agreement['changed']} of {agreement['compared']} accepted "
-                     f"({agreement['changed_voxels']} voxels); DSC pseudo vs accepted: mean {agreement['dsc_mean']:.3f}, "
-                     f"median {agreement['dsc_median']:.3f}, min {agreement['dsc_min']:.3f}")
+                     f"({agreement['changed_voxels']} voxels); DSC pseudo vs accepted: mean "
+                     f"{agreement['dsc_mean']:.3f}, median {agreement['dsc_median']:.3f}, min {agreement['dsc_min']:.3f}")
     for case in agreement["missing_files"]:
         lines.append(f"note: {case['case']}: cannot compare ({'; '.join(case['missing'])} missing)")
     return lines

@@ -78,7 +78,8 @@ def test_a_case_loads_as_image_editable_segment_and_entropy_overlay_on_the_file_
         assert image.TransformIndexToPhysicalPoint(ijk) == pytest.approx((-r, -a, s))
     segmentation_node = scene.GetNodeByID(loaded.segmentation_node_id)
     segment = segmentation_node.GetSegmentation().GetSegment(loaded.segment_id)
-    assert segment.GetName() == "brain tumor" and segment.GetColor() == pytest.approx(segment_style("brain tumor").color)
+    assert segment.GetName() == "brain tumor"
+    assert segment.GetColor() == pytest.approx(segment_style("brain tumor").color)
     tag = vtk.reference("")
     assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag) and "108369006" in str(tag)
     np.testing.assert_array_equal(segment_to_array(segmentation_node, loaded.segment_id, volume), pseudo_label(0))
@@ -100,7 +101,8 @@ def test_a_case_loads_as_image_editable_segment_and_entropy_overlay_on_the_file_
     assert editor.GetSegmentationNode().GetID() == loaded.segmentation_node_id
     assert editor.GetSourceVolumeNode().GetID() == loaded.volume_node_id
     assert editor.GetSelectedSegmentID() == loaded.segment_id
-    assert session.summary() == "Dataset007_Vol: 7 of 7 cases to review (0 accepted, 0 excluded); ordered by nnU-Net entropy."
+    assert session.summary() == ("Dataset007_Vol: 7 of 7 cases to review (0 accepted, 0 excluded); ordered by "
+                                 "nnU-Net entropy.")
 
 
 def test_without_predictions_there_is_no_overlay_and_the_panel_says_why(scene, dataset):
