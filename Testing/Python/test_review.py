@@ -233,3 +233,36 @@ def test_review_status_counts_states_and_measures_the_reviewer_changes(dataset, 
     assert {c["case"]: c["dsc"] for c in summary["per_case"]} == {"a_high": 1.0, "b_low": pytest.approx(b_dsc)}
     assert main(["review-status", str(dataset), "--json", str(out)]) == 3
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_real_label_rerun_with_overwrite_keeps_the_review(tmp_path, tiny_clip_folder, capsys):
+    """End to end: `label` writes the dataset, the review accepts one case and excludes another, and
+    `label --overwrite` afterwards changes neither (and dataset.json does not count the excluded case)."""
+    from conftest import disk_image
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for seed in range(2):
+        array = np.stack([disk_image(48, 48, (22, 26), 9, seed=seed + z) for z in range(3)]).astype(np.int16)
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(cohort / f"case{seed}.nrrd"))
+    argv = ["label", str(cohort), "-p", "brain tumor", "--raw", str(tmp_path / "raw"), "--dataset-id", "7", "--name",
+            "Vol", "--clip-model", str(tiny_clip_folder), "--sam", "litemedsam", "--device", "cpu", "--steps", "1",
+            "--samples", "1", "--refine-rounds", "0", "-q"]
+    assert main(argv) == 0
+    dataset = tmp_path / "raw" / "Dataset007_Vol"
+    rows = labels_csv(dataset)
+    added = [case for case, row in rows.items() if row["status"] == "added"]
+    reviewed = np.zeros((3, 48, 48), np.uint8)
+    reviewed[1, 10:20, 10:20] = 1
+    accept_case(dataset, "case0", reviewed)
+    exclude_case(dataset, "case1")
+    capsys.readouterr()
+    assert main([*argv, "--overwrite", "--beta", "0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "note: case0: accepted in the review queue: left alone, even with --overwrite" in err
+    assert "note: case1: excluded in the review queue" in err
+    np.testing.assert_array_equal(read_label(dataset, "case0"), reviewed)
+    assert not (dataset / "labelsTr" / "case1.nii.gz").exists()
+    assert num_training(dataset) == 1 and set(added) <= {"case0", "case1"}
+    assert labels_csv(dataset)["case0"]["review"] == "reviewer-edited"
+    assert labels_csv(dataset)["case1"]["review"] == "excluded"
