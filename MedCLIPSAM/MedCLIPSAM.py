@@ -520,23 +520,21 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         review = self.logic.review
         return self._selectedReviewCase() or (review.current.case if review and review.current else None)
 
-    def onExcludeCase(self) -> None:
+    def _reviewTargetAction(self, action, message: str) -> None:
         case = self._reviewTarget()
 
-        def exclude():
-            self.logic.review.exclude(case)
-            return f"Excluded {case} from the training set (kept in medclipsam_review/excluded)."
+        def run():
+            action(self.logic.review, case)
+            return message.format(case=case)
 
-        self._review(exclude)
+        self._review(run)
+
+    def onExcludeCase(self) -> None:
+        self._reviewTargetAction(lambda review, case: review.exclude(case),
+                                 "Excluded {case} from the training set (kept in medclipsam_review/excluded).")
 
     def onUndoExclude(self) -> None:
-        case = self._reviewTarget()
-
-        def undo():
-            self.logic.review.undo_exclude(case)
-            return f"{case} is back in the training set."
-
-        self._review(undo)
+        self._reviewTargetAction(lambda review, case: review.undo_exclude(case), "{case} is back in the training set.")
 
     def onDownloadModels(self) -> None:
         model = self._parameterNode.samModel

@@ -10,32 +10,19 @@ from MedCLIPSAMLib.errors import InputError  # noqa: E402
 from MedCLIPSAMLib.slicer.mrml import array_from_volume, segment_style, segment_to_array  # noqa: E402
 from MedCLIPSAMLib.slicer.review import NO_SALIENCY_NOTE, ReviewSession, show_case  # noqa: E402
 from MedCLIPSAMLib.review.state import pseudo_path, read_states  # noqa: E402
+from test_mrml import scene, segmentation_converters  # noqa: E402,F401  (the MRML tests' fixtures)
 from review_cases import make_dataset, num_training, pseudo_label, read_label  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def segmentation_converters():
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
-                 slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
-        factory.RegisterConverterRule(rule())
-
-
 @pytest.fixture
-def scene():
-    """Default colour tables and the three slice views' nodes, as the Slicer application has them."""
-    scene = slicer.vtkMRMLScene()
-    colors = slicer.vtkMRMLColorLogic()
-    colors.SetMRMLScene(scene)
-    for name in ("Red", "Yellow", "Green"):
-        slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
-        slice_node.SetLayoutName(name)
-        composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
-        composite.SetLayoutName(name)
+def views(scene):
+    """The scene of the MRML tests plus the three slice views' nodes and a Segment Editor node, as in Slicer."""
     scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())  # the Segmentations module registers it in Slicer
     scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-    yield scene
-    colors.SetMRMLScene(None)
+    for name in ("Red", "Yellow", "Green"):
+        scene.AddNewNodeByClass("vtkMRMLSliceNode").SetLayoutName(name)
+        scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode").SetLayoutName(name)
+    return scene
 
 
 @pytest.fixture
@@ -65,7 +52,7 @@ def replace_segment(session, mask: np.ndarray) -> None:
     scene.RemoveNode(labelmap)
 
 
-def test_a_case_loads_as_image_editable_segment_and_entropy_overlay_on_the_file_geometry(scene, dataset):
+def test_a_case_loads_as_image_editable_segment_and_entropy_overlay_on_the_file_geometry(scene, views, dataset):
     session = ReviewSession.open(scene, dataset, dataset.parents[1] / "predictions")
     loaded = session.load("a_high")
     volume = scene.GetNodeByID(loaded.volume_node_id)
@@ -105,7 +92,7 @@ def test_a_case_loads_as_image_editable_segment_and_entropy_overlay_on_the_file_
                                  "nnU-Net entropy.")
 
 
-def test_without_predictions_there_is_no_overlay_and_the_panel_says_why(scene, dataset):
+def test_without_predictions_there_is_no_overlay_and_the_panel_says_why(scene, views, dataset):
     session = ReviewSession.open(scene, dataset)
     loaded = session.load("b_low")
     assert loaded.overlay_node_id is None and loaded.note == NO_SALIENCY_NOTE
@@ -116,7 +103,7 @@ def test_without_predictions_there_is_no_overlay_and_the_panel_says_why(scene, d
     assert not segment_to_array(segmentation_node, empty.segment_id, volume).any()
 
 
-def test_next_case_follows_the_queue_and_removes_the_previous_case_nodes(scene, dataset):
+def test_next_case_follows_the_queue_and_removes_the_previous_case_nodes(scene, views, dataset):
     session = ReviewSession.open(scene, dataset)
     with pytest.raises(InputError, match="image is missing"):
         session.load("f_lost")
@@ -139,7 +126,7 @@ def test_next_case_follows_the_queue_and_removes_the_previous_case_nodes(scene, 
     assert scene.GetNumberOfNodes() == before
 
 
-def test_accept_after_an_edit_writes_the_edited_segment_and_the_next_case_comes_up(scene, dataset):
+def test_accept_after_an_edit_writes_the_edited_segment_and_the_next_case_comes_up(scene, views, dataset):
     session = ReviewSession.open(scene, dataset)
     session.load("b_low")
     edited = pseudo_label(1)
@@ -164,7 +151,7 @@ def test_accept_after_an_edit_writes_the_edited_segment_and_the_next_case_comes_
     assert num_training(dataset) == 3
 
 
-def test_a_2d_case_round_trips_as_a_one_slice_volume(scene, tmp_path):
+def test_a_2d_case_round_trips_as_a_one_slice_volume(scene, views, tmp_path):
     folder = make_dataset(tmp_path, predictions=False)
     image = sitk.GetImageFromArray(np.arange(16 * 20, dtype=np.int16).reshape(16, 20))
     image.SetSpacing((0.5, 0.7))
