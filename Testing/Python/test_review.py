@@ -10,7 +10,7 @@ from MedCLIPSAMLib.cli import main
 from MedCLIPSAMLib.errors import InputError
 from MedCLIPSAMLib.metrics import dice
 from MedCLIPSAMLib.review.actions import accept_case, exclude_case, undo_exclude
-from MedCLIPSAMLib.review.queue import next_case, open_dataset
+from MedCLIPSAMLib.review.queue import next_case, open_dataset, upcoming
 from MedCLIPSAMLib.review.state import excluded_paths, pseudo_path, read_states
 from review_cases import SHAPE, labels_csv, make_dataset, num_training, pseudo_label, read_label
 
@@ -52,7 +52,10 @@ def test_queue_orders_by_highest_entropy_when_predictions_are_given(dataset):
 
 
 def test_reviewed_cases_go_last_marked_and_the_queue_survives_reopening(dataset):
+    order = case_order(dataset)
     accept_case(dataset, "b_low", edited(1))
+    after_accept = upcoming(open_dataset(dataset).queue(), "b_low", order)
+    assert [i.case for i in after_accept][:2] == ["c_mid", "a_high"], "Next goes on from where b_low stood"
     accept_case(dataset, "a_high", read_label(dataset, "a_high"))
     exclude_case(dataset, "e_failed")
     queue = open_dataset(dataset).queue()  # a fresh read, as after restarting Slicer
