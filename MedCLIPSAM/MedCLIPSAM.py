@@ -47,6 +47,7 @@ _engine_on_path()
 PROMPT_PRESETS = ["brain tumor", "breast tumor", "lungs", "liver", "kidney", "lung nodule"]
 RECENT_PROMPTS_KEY = "MedCLIPSAM/recentPrompts"
 ENGINE_MODE_KEY, SERVER_URL_KEY, SERVER_TOKEN_KEY = "MedCLIPSAM/engineMode", "MedCLIPSAM/serverUrl", "MedCLIPSAM/serverToken"
+REVIEW_DATASET_KEY, REVIEW_PREDICTIONS_KEY = "MedCLIPSAM/reviewDataset", "MedCLIPSAM/reviewPredictions"
 ENGINE_MODES = ["This computer", "Server"]
 SAM_MODELS = ["auto", "litemedsam", "vit_b", "vit_l", "vit_h"]
 SCOPES = ["Whole volume", "Current slice", "Slice range"]
@@ -99,6 +100,8 @@ class MedCLIPSAMParameterNode:
     datasetName: str = "MedCLIPSAM"
     predictionMaskPath: Path
     predictionEntropyPath: Path
+    reviewDatasetFolder: Path
+    reviewPredictionsFolder: Path
 
 
 class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -109,6 +112,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._timer = None
+        self._reviewCases = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -135,6 +139,12 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
         self.ui.loadPredictionButton.connect("clicked(bool)", self.onLoadPrediction)
         self.ui.stopEngineButton.connect("clicked(bool)", self.onStopEngine)
+        self.ui.openReviewButton.connect("clicked(bool)", self.onOpenReview)
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+        self.ui.acceptCaseButton.connect("clicked(bool)", self.onAcceptCase)
+        self.ui.excludeCaseButton.connect("clicked(bool)", self.onExcludeCase)
+        self.ui.undoExcludeButton.connect("clicked(bool)", self.onUndoExclude)
+        self.ui.reviewQueueList.itemDoubleClicked.connect(self.onReviewItemActivated)
         self._setupEngineSection()
         self.ui.progressBar.hide()
 
@@ -170,6 +180,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.cancel()
         self.logic.lastRun = None  # node IDs are reused after a scene close: undo must not touch new nodes
+        if self.logic.review is not None:
+            self.logic.review.forget_nodes()
         self._finishRun()
         self.setParameterNode(None)
 
@@ -183,6 +195,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume:
                 self._parameterNode.inputVolume = firstVolume
+        self._restoreReviewFolders()
 
     def setParameterNode(self, inputParameterNode: Optional[MedCLIPSAMParameterNode]) -> None:
         if self._parameterNode:
@@ -205,6 +218,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         rangeScope = bool(self._parameterNode and self._parameterNode.scope == "Slice range")
         self.ui.firstSliceSpinBox.enabled = self.ui.lastSliceSpinBox.enabled = rangeScope
         self.ui.undoButton.enabled = self.logic.lastRun is not None and not busy
+        reviewing = self.logic.review is not None
+        for button in (self.ui.nextCaseButton, self.ui.excludeCaseButton, self.ui.undoExcludeButton):
+            button.enabled = reviewing
+        self.ui.acceptCaseButton.enabled = reviewing and self.logic.review.current is not None
 
     # --- engine choice (per user, in Slicer's settings: a token must not be saved in scene files) --------
 
@@ -414,6 +431,111 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "Loaded the nnU-Net prediction and its uncertainty map."
         self._checkCanApply()
 
+    # --- review queue (all logic in MedCLIPSAMLib.slicer.review and MedCLIPSAMLib.review) ----------------------
+
+    def _restoreReviewFolders(self) -> None:
+        """The last reviewed dataset comes back after a restart (the queue itself lives in the dataset)."""
+        from MedCLIPSAMLib.slicer.panel import path_or_none
+
+        settings = qt.QSettings()
+        for name, key in (("reviewDatasetFolder", REVIEW_DATASET_KEY),
+                          ("reviewPredictionsFolder", REVIEW_PREDICTIONS_KEY)):
+            if not path_or_none(getattr(self._parameterNode, name)) and settings.value(key):
+                setattr(self._parameterNode, name, Path(settings.value(key)))
+
+    def _review(self, action) -> None:
+        """Run one review action; a problem is one message, never a traceback; the list and status follow."""
+        try:
+            message = action()
+        except Exception as exc:  # MedCLIPSAMError: a one-line message for the user
+            slicer.util.errorDisplay(str(exc) or type(exc).__name__)
+            return
+        finally:
+            self._refreshReviewQueue()
+            self._checkCanApply()
+        if message:
+            self.ui.reviewStatusLabel.text = message
+
+    def onOpenReview(self) -> None:
+        from MedCLIPSAMLib.slicer.panel import path_or_none
+
+        dataset, predictions = (path_or_none(self._parameterNode.reviewDatasetFolder),
+                                path_or_none(self._parameterNode.reviewPredictionsFolder))
+        if not dataset:
+            slicer.util.errorDisplay("Choose the dataset folder that 'medclipsam label' wrote.")
+            return
+
+        def openDataset():
+            session = self.logic.openReview(dataset, predictions)
+            settings = qt.QSettings()
+            settings.setValue(REVIEW_DATASET_KEY, dataset)
+            settings.setValue(REVIEW_PREDICTIONS_KEY, predictions or "")
+            return session.summary()
+
+        self._review(openDataset)
+
+    def _refreshReviewQueue(self) -> None:
+        review = self.logic.review
+        self.ui.reviewQueueList.clear()
+        self._reviewCases = []
+        if review is None:
+            return
+        for item in review.queue():
+            self.ui.reviewQueueList.addItem(item.describe())
+            self._reviewCases.append(item.case)
+        if review.current is not None and review.current.case in self._reviewCases:
+            self.ui.reviewQueueList.setCurrentRow(self._reviewCases.index(review.current.case))
+
+    def _selectedReviewCase(self):
+        row = self.ui.reviewQueueList.currentRow
+        return self._reviewCases[row] if 0 <= row < len(self._reviewCases) else None
+
+    def _showReviewCase(self, loaded) -> str:
+        from MedCLIPSAMLib.slicer.review import show_case
+
+        if loaded is None:
+            return "Every case is reviewed. " + self.logic.review.summary()
+        show_case(slicer.mrmlScene, loaded, self._parameterNode.saliencyOpacity)
+        return (f"{loaded.case}: edit '{self.logic.review.dataset.label_name}' in the Segment Editor, then Accept "
+                f"(or Exclude). {loaded.note}").strip()
+
+    def onNextCase(self) -> None:
+        self._review(lambda: self._showReviewCase(self.logic.review.next_case()))
+
+    def onReviewItemActivated(self, item) -> None:
+        case = self._selectedReviewCase()
+        if case is not None:
+            self._review(lambda: self._showReviewCase(self.logic.review.load(case)))
+
+    def onAcceptCase(self) -> None:
+        def accept():
+            entry = self.logic.review.accept()
+            return (f"Accepted {self.logic.review.current.case}: DSC {entry['dsc']:.3f} against the pseudo-label, "
+                    f"{entry['changed_voxels']} voxels changed. Next case when ready.")
+
+        self._review(accept)
+
+    def _reviewTarget(self):
+        """The case selected in the list, else the loaded one (None: neither)."""
+        review = self.logic.review
+        return self._selectedReviewCase() or (review.current.case if review and review.current else None)
+
+    def _reviewTargetAction(self, action, message: str) -> None:
+        case = self._reviewTarget()
+
+        def run():
+            action(self.logic.review, case)
+            return message.format(case=case)
+
+        self._review(run)
+
+    def onExcludeCase(self) -> None:
+        self._reviewTargetAction(lambda review, case: review.exclude(case),
+                                 "Excluded {case} from the training set (kept in medclipsam_review/excluded).")
+
+    def onUndoExclude(self) -> None:
+        self._reviewTargetAction(lambda review, case: review.undo_exclude(case), "{case} is back in the training set.")
+
     def onDownloadModels(self) -> None:
         model = self._parameterNode.samModel
         keys = ["biomedclip"] + ([model] if model in ("vit_b", "vit_l", "vit_h") else [])
@@ -430,6 +552,7 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         self.engines = EngineChoice(self.pythonExecutable)
         self.run = None
         self.lastRun = None
+        self.review = None
 
     def getParameterNode(self):
         return MedCLIPSAMParameterNode(super().getParameterNode())
@@ -586,6 +709,16 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         self.lastRun = load_prediction(slicer.mrmlScene, p.inputVolume, mask, path_or_none(p.predictionEntropyPath),
                                        "nnU-Net", p.outputSegmentation)
         return self.lastRun
+
+    def openReview(self, dataset, predictions=None):
+        """Open a dataset's review queue (the previous one's case nodes are removed)."""
+        from MedCLIPSAMLib.slicer.review import ReviewSession
+
+        session = ReviewSession.open(slicer.mrmlScene, dataset, predictions)
+        if self.review is not None:
+            self.review.unload()
+        self.review = session
+        return session
 
     def undoLastRun(self) -> None:
         if self.lastRun is not None:

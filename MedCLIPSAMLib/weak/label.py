@@ -43,7 +43,8 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".
 MASK_MARKERS = ("_mask", "_label", "_seg")
 FINAL = ("added", "empty", "low-score", "failed")
 CSV_FIELDS = ["case", "status", "reason", "score", "foreground_voxels", "target_slices", "saliency_slices",
-              "seconds", "prompt", "image", "settings_hash"]
+              "seconds", "prompt", "image", "settings_hash", "review"]
+"""``review``: what the review queue did with the case (reviewer-edited, reviewer-approved, excluded)."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,12 @@ def case_paths(dataset: Path, case_id: str) -> tuple[Path, Path]:
 
 def decide(case: LabelCase, job: LabelJob) -> str | None:
     """Why this case is not (re)done now, or None to do it."""
+    from ..review.state import left_alone_note
+
     dataset = Path(job.dataset)
+    reviewed = left_alone_note(dataset, case.case_id)
+    if reviewed is not None:
+        return reviewed  # a reviewer's label (or exclusion) outranks any zero-shot run
     record = read_record(dataset, case.case_id)
     if record is not None and record.get("status") in FINAL and record.get("status") != "failed":
         if record.get("settings_hash") == job.settings_hash(case.prompt):
@@ -345,8 +351,10 @@ def label_with_ray(cases: list[LabelCase], job: LabelJob, address: str | None = 
 def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
     """dataset.json and labels.csv from the records and files on disk, once every case has a final record.
 
+    Cases the review queue excluded are kept outside labelsTr, so dataset.json never counts them.
     Returns the summary, or None while cases of other parts are still missing.
     """
+    from ..review.state import read_states, review_column
     from .export import write_dataset_json
 
     dataset = Path(job.dataset)
@@ -354,7 +362,8 @@ def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
     pending = [case for case, record in records.items() if record is None or record.get("status") not in FINAL]
     if pending:
         return None
-    rows = [records[c.case_id] for c in cases]
+    reviews = read_states(dataset)
+    rows = [{**records[c.case_id], "review": review_column(reviews.get(c.case_id))} for c in cases]
     (dataset / "labelsTr").mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")

@@ -192,6 +192,13 @@ def json_scenario(command):
     return build
 
 
+def review_status_scenario(tmp):
+    from review_cases import make_dataset
+
+    folder = make_dataset(tmp, predictions=False)
+    return ["review-status", str(folder), "--json", str(tmp / "status.json")], [tmp / "status.json"]
+
+
 SCENARIOS = {
     ("segment", "--output"): lambda tmp: segment_scenario(tmp, saliency=False),
     ("segment", "--saliency-out"): lambda tmp: segment_scenario(tmp, saliency=True),
@@ -204,6 +211,7 @@ SCENARIOS = {
     ("label", "--raw"): label_scenario,
     ("nnunet-train", "--results"): train_scenario,
     ("nnunet-predict", "--out"): predict_scenario,
+    ("review-status", "--json"): review_status_scenario,
 }
 """(command, output option) -> a valid command line whose outputs are the listed files."""
 SKIPS_PER_CASE = {"label"}

@@ -18,6 +18,10 @@ EXPECTED_CLASSES = {
     "clipModelPathLineEdit": "ctkPathLineEdit", "samCheckpointPathLineEdit": "ctkPathLineEdit",
     "engineModeComboBox": "QComboBox", "serverUrlLineEdit": "QLineEdit", "serverTokenLineEdit": "QLineEdit",
     "stopEngineButton": "QPushButton",
+    "reviewDatasetPathLineEdit": "ctkPathLineEdit", "reviewPredictionsPathLineEdit": "ctkPathLineEdit",
+    "openReviewButton": "QPushButton", "reviewQueueList": "QListWidget", "nextCaseButton": "QPushButton",
+    "acceptCaseButton": "QPushButton", "excludeCaseButton": "QPushButton", "undoExcludeButton": "QPushButton",
+    "reviewStatusLabel": "QLabel",
 }
 
 
@@ -91,7 +95,8 @@ def test_connector_rules_refuse_what_slicer_refuses():
 
 def test_folder_pickers_open_folder_dialogs(ui_widgets):
     """ctkPathLineEdit browses for files whenever its filters include Files."""
-    for name in ("clipModelPathLineEdit", "nnunetRawFolderLineEdit"):
+    for name in ("clipModelPathLineEdit", "nnunetRawFolderLineEdit", "reviewDatasetPathLineEdit",
+                 "reviewPredictionsPathLineEdit"):
         filters = ui_widgets[name].find("property[@name='filters']/set").text
         assert "Files" not in filters and "Dirs" in filters, name
         assert "ShowDirsOnly" in ui_widgets[name].find("property[@name='options']/set").text
@@ -127,6 +132,18 @@ def test_module_never_imports_torch_or_the_pipeline():
     for heavy in ("import torch", "MedCLIPSAMLib.pipeline", "MedCLIPSAMLib.models.clip", "slicer.packaging",
                   "from MedCLIPSAMLib.slicer_run", "threading.Thread"):
         assert heavy not in source, heavy
+
+
+def test_review_handlers_are_thin_and_every_review_button_is_connected():
+    """The widget only calls the Qt-free session (MedCLIPSAMLib.slicer.review); files are never touched here."""
+    source = MODULE.read_text()
+    assert "MedCLIPSAMLib.review." not in source and "os.replace" not in source
+    setup = ast.unparse(widget_method("setup"))
+    for button, handler in (("openReviewButton", "onOpenReview"), ("nextCaseButton", "onNextCase"),
+                            ("acceptCaseButton", "onAcceptCase"), ("excludeCaseButton", "onExcludeCase"),
+                            ("undoExcludeButton", "onUndoExclude")):
+        assert f"self.ui.{button}.connect('clicked(bool)', self.{handler})" in setup, button
+    assert "self.logic.review.forget_nodes()" in ast.unparse(widget_method("onSceneStartClose"))
 
 
 def test_module_source_parses_on_python_3_9():

@@ -1,0 +1,234 @@
+"""The review queue in Slicer's scene, without Qt: one case at a time as MRML nodes.
+
+Loading a case removes the previous case's nodes first (memory stays flat over hundreds of cases), then
+adds the image, its label as an editable segment (terminology name and colour as for a Segment run) and,
+when a predictions folder is given, nnU-Net's entropy map as a heat overlay (``medclipsam label`` keeps
+no saliency maps, so there is no saliency overlay), and centres the slice views on the target. Accept
+exports the edited segment on the image's grid and hands it to ``review.actions``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+
+from ..errors import InputError
+from ..review import actions
+from ..review.queue import QueueItem, ReviewDataset, open_dataset, upcoming
+from .mrml import _image_data, apply_result, remove_node, segment_to_array
+
+NO_SALIENCY_NOTE = ("No overlay: 'medclipsam label' keeps no saliency maps; open the dataset with the "
+                    "'nnunet-predict' folder to see nnU-Net's entropy map.")
+
+
+def ijk_to_ras_of(image: sitk.Image) -> vtk.vtkMatrix4x4:
+    """Slicer's IJK-to-RAS matrix for a 3D SimpleITK image (ITK's LPS world: first two axes negated)."""
+    flip = np.diag([-1.0, -1.0, 1.0])
+    direction = flip @ np.array(image.GetDirection()).reshape(3, 3)
+    origin = flip @ np.array(image.GetOrigin())
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, direction[r, c] * image.GetSpacing()[c])
+        matrix.SetElement(r, 3, origin[r])
+    return matrix
+
+
+def as_3d(image: sitk.Image) -> sitk.Image:
+    """A 2D image as a one-slice volume (Slicer's volumes are 3D); 3D images pass."""
+    return sitk.JoinSeries(image) if image.GetDimension() == 2 else image
+
+
+def volume_from_sitk(scene, image: sitk.Image, name: str):
+    """A scalar volume node holding ``image`` at the same physical place (the inverse of ``volume_to_sitk``)."""
+    image = as_3d(image)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(ijk_to_ras_of(image))
+    node.SetAndObserveImageData(_image_data(sitk.GetArrayFromImage(image)))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _array_like(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A label or map file as a (k, j, i) array of ``shape`` (None when its grid differs)."""
+    array = sitk.GetArrayFromImage(as_3d(sitk.ReadImage(str(path))))
+    return array if array.shape == shape else None
+
+
+def target_center(volume_node, mask: np.ndarray, overlay: np.ndarray | None) -> tuple[float, float, float]:
+    """RAS point to centre the views on: the label's centroid, else the overlay's hottest region, else the
+    volume's centre."""
+    if mask.any():
+        where = mask > 0
+    elif overlay is not None and float(overlay.max()) > 0:
+        where = overlay >= 0.5 * float(overlay.max())
+    else:
+        where = np.ones(mask.shape, bool)
+    k, j, i = (float(v.mean()) for v in np.nonzero(where))
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return tuple(matrix.MultiplyPoint([i, j, k, 1.0])[:3])
+
+
+@dataclass
+class LoadedCase:
+    """The nodes of the case on screen."""
+
+    case: str
+    volume_node_id: str
+    segmentation_node_id: str
+    segment_id: str
+    overlay_node_id: str | None
+    center_ras: tuple[float, float, float]
+    note: str = ""
+    node_ids: list[str] = field(default_factory=list)
+
+
+class ReviewSession:
+    """A dataset's review queue and the one case loaded in ``scene``."""
+
+    def __init__(self, scene, dataset: ReviewDataset):
+        self.scene, self.dataset = scene, dataset
+        self.current: LoadedCase | None = None
+        self.order: list[str] = []
+        """The queue's order when the current case was opened: Next goes on from there."""
+
+    @classmethod
+    def open(cls, scene, folder: str | Path, predictions: str | Path | None = None) -> ReviewSession:
+        return cls(scene, open_dataset(folder, predictions))
+
+    def queue(self) -> list[QueueItem]:
+        return self.dataset.queue()
+
+    def next_case(self) -> LoadedCase | None:
+        """Load the next case still to review after the current one (None: all are reviewed).
+
+        A case that cannot be loaded (its image is gone) is passed over and named in the loaded case's note,
+        so one broken case never blocks the queue; it stays listed, to exclude or fix."""
+        problems = []
+        for item in upcoming(self.queue(), self.current.case if self.current else None, self.order):
+            try:
+                loaded = self.load(item.case)
+            except InputError as exc:
+                problems.append(str(exc).splitlines()[0])
+                continue
+            loaded.note = " ".join([f"Passed over: {p}" for p in problems] + ([loaded.note] if loaded.note else []))
+            return loaded
+        if problems:
+            raise InputError(problems[0])
+        return None
+
+    def load(self, case: str) -> LoadedCase:
+        """Replace the case on screen by ``case``; the scene gains nodes only for this one case."""
+        data = self.dataset
+        reference = actions.read_case_image(data.image_path(case))
+        self.unload()
+        self.order = [item.case for item in self.queue()]
+        volume = volume_from_sitk(self.scene, reference, case)
+        created = [volume.GetID()]
+        try:
+            shape = tuple(reversed(volume.GetImageData().GetDimensions()))
+            label_path = data.label_path(case)
+            mask = np.zeros(shape, np.uint8)
+            if label_path is not None:
+                label = _array_like(label_path, shape)
+                if label is None:
+                    raise InputError(f"Case '{case}': the label {label_path} is not on its image's grid; fix or "
+                                     "exclude the case.")
+                mask = (label > 0).astype(np.uint8)
+            overlay, note = self._entropy(case, shape)
+            name = data.label_name
+            record = apply_result(self.scene, volume, {name: mask}, None, {name: overlay} if overlay is not None
+                                  else None, overlay_suffix="uncertainty")
+            created += [record.segmentation_node_id, *record.created_node_ids]
+        except BaseException:
+            for node_id in created:
+                _remove_id(self.scene, node_id)
+            raise
+        overlay_id = record.created_node_ids[0] if record.created_node_ids else None
+        self.current = LoadedCase(case, volume.GetID(), record.segmentation_node_id, record.segment_ids[0],
+                                  overlay_id, target_center(volume, mask, overlay), note, created)
+        return self.current
+
+    def _entropy(self, case: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+        if self.dataset.predictions is None:
+            return None, NO_SALIENCY_NOTE
+        path = self.dataset.entropy_path(case)
+        if path is None:
+            return None, f"No entropy map of '{case}' in {self.dataset.predictions}."
+        values = _array_like(path, shape)
+        if values is None:
+            return None, f"The entropy map {path.name} is not on this image's grid; not shown."
+        return values.astype(np.float32), ""
+
+    def forget_nodes(self) -> None:
+        """The scene was closed: its nodes are gone (and their IDs will be reused), so never remove by ID."""
+        self.current = None
+
+    def summary(self) -> str:
+        """One line for the panel: what is left, what is done, and what orders the queue."""
+        queue = self.queue()
+        counts = {state: sum(item.state == state for item in queue) for state in ("accepted", "excluded")}
+        left = sum(not item.reviewed for item in queue)
+        return (f"{self.dataset.folder.name}: {left} of {len(queue)} cases to review ({counts['accepted']} accepted, "
+                f"{counts['excluded']} excluded); ordered by {self.dataset.source}.")
+
+    def unload(self) -> None:
+        """Remove the current case's nodes (with their display and storage nodes)."""
+        if self.current is not None:
+            for node_id in self.current.node_ids:
+                _remove_id(self.scene, node_id)
+            self.current = None
+
+    def edited_label(self) -> np.ndarray:
+        """The current case's segment, as edited, on its image's grid (k, j, i)."""
+        loaded = self._loaded()
+        segmentation_node = self.scene.GetNodeByID(loaded.segmentation_node_id)
+        volume = self.scene.GetNodeByID(loaded.volume_node_id)
+        if segmentation_node is None or volume is None:
+            raise InputError(f"The nodes of case '{loaded.case}' were removed from the scene; load the case again.")
+        if segmentation_node.GetSegmentation().GetSegment(loaded.segment_id) is None:
+            raise InputError(f"The segment of case '{loaded.case}' was deleted; load the case again (erase the "
+                             "segment's content instead to accept an empty label).")
+        return segment_to_array(segmentation_node, loaded.segment_id, volume)
+
+    def accept(self) -> dict:
+        loaded = self._loaded()
+        return actions.accept_case(self.dataset, loaded.case, self.edited_label())
+
+    def exclude(self, case: str | None = None) -> dict:
+        return actions.exclude_case(self.dataset, case or self._loaded().case)
+
+    def undo_exclude(self, case: str | None = None) -> dict | None:
+        return actions.undo_exclude(self.dataset, case or self._loaded().case)
+
+    def _loaded(self) -> LoadedCase:
+        if self.current is None:
+            raise InputError("No case is loaded; click Next case first.")
+        return self.current
+
+
+def _remove_id(scene, node_id: str) -> None:
+    node = scene.GetNodeByID(node_id)
+    if node is not None:
+        remove_node(scene, node)
+
+
+def show_case(scene, loaded: LoadedCase, overlay_opacity: float = 0.4) -> None:
+    """Image in the background, the overlay (or none) in the foreground, every slice view centred on the target,
+    and the Segment Editor set to edit the case's segment."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode")):
+        editor = scene.GetNthNodeByClass(index, "vtkMRMLSegmentEditorNode")
+        editor.SetAndObserveSegmentationNode(scene.GetNodeByID(loaded.segmentation_node_id))
+        editor.SetAndObserveSourceVolumeNode(scene.GetNodeByID(loaded.volume_node_id))
+        editor.SetSelectedSegmentID(loaded.segment_id)
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        composite.SetBackgroundVolumeID(loaded.volume_node_id)
+        composite.SetForegroundVolumeID(loaded.overlay_node_id)
+        composite.SetForegroundOpacity(overlay_opacity)
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").JumpSliceByCentering(*loaded.center_ras)
