@@ -71,18 +71,22 @@ def test_refinement_reprompts_with_a_margin_and_keeps_a_mask_only_when_sam_rates
     assert np.array_equal(taken, worse) and decoder.boxes[1] == (10, 10, 29, 29)  # old rule: tight box
 
 
-def test_zoom_recovers_a_small_target_and_encodes_its_crop_once(litemedsam):
+def test_zoom_segments_a_small_target_on_one_cached_crop(litemedsam, monkeypatch):
     image = disk_image(256, 256, center=(140, 100), radius=6, seed=3)
     truth = disk_mask(256, 256, center=(140, 100), radius=6)
     (encoded,) = litemedsam.encode(image[None])
-    box = box_of(truth)
-    plain = dice(litemedsam.segment(encoded, boxes=[box], rules=BoxRules(refine_rounds=2)), truth)
-    zoom = BoxRules(refine_rounds=2, zoom_below=0.25, zoom_context=1.0)
-    zoomed = litemedsam.segment(encoded, boxes=[box], rules=zoom)
-    assert zoomed.shape == truth.shape and dice(zoomed, truth) >= max(plain, 0.85)
-    assert len(encoded.crops) == 1  # refinement rounds reused the crop's embedding
-    crop = next(iter(encoded.crops.values()))
-    assert crop.embedding.shape == encoded.embedding.shape and crop.original_hw == (38, 38)
+    calls = []
+    encode = litemedsam.encode
+    monkeypatch.setattr(litemedsam, "encode", lambda slices: calls.append(slices.shape) or encode(slices))
+    zoom = BoxRules(refine_rounds=2, zoom_below=0.25, zoom_context=2.0)
+    litemedsam.segment(encoded, boxes=[box_of(truth)], rules=zoom)
+    assert calls == [(1, 65, 65)] and len(encoded.crops) == 1  # refinement reused the crop's embedding
+    once = litemedsam.segment(encoded, boxes=[box_of(truth)], rules=BoxRules(refine_rounds=0, zoom_below=0.25,
+                                                                                     zoom_context=2.0))
+    assert len(calls) == 1  # a second prompt on the slice reuses it too
+    assert once.shape == truth.shape and dice(once, truth) > 0.9
+    (x0, y0, x1, y1), = encoded.crops
+    assert not once[:y0].any() and not once[y1 + 1:].any() and not once[:, :x0].any() and not once[:, x1 + 1:].any()
 
 
 def test_zoom_works_for_the_sam_vit_path_with_random_weights():

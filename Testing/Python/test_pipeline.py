@@ -133,14 +133,11 @@ def test_brain_volume_end_to_end_keeps_geometry_and_bounded_memory(fast_settings
     path = shared_data("volumes", "brain1_image.nrrd")
     volume = read_volume(path)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     result = segment_volume(volume, "brain tumor", fast_settings.replace(slice_range=(8, 16), sam_batch_size=2),
                             clip=tiny_clip, sam=litemedsam)
-    elapsed = time.perf_counter() - start
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert result.labels.shape == volume.array.shape == (25, 256, 256)
     assert grown_mb < 1500, f"peak memory grew by {grown_mb:.0f} MB"
-    assert elapsed < 300
     out = write_label(result.labels, volume.reference, tmp_path / "seg.nii.gz")
     written, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(path))
     assert written.GetSize() == source.GetSize()
