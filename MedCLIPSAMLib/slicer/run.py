@@ -7,7 +7,6 @@ step. A run that was cancelled, or whose nodes left the scene, never touches the
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -69,8 +68,9 @@ class Progress:
 
 
 def upload_progress(done: int, total: int) -> Progress:
-    """In whole MB (a progress bar holds ints); a volume under 1 MB shows as 0 of 1 MB."""
-    return Progress("Uploading", done // 1_000_000, max(1, math.ceil(total / 1e6)), "MB")
+    """In whole MB (a progress bar holds ints); a volume under 1 MB counts as 1 MB."""
+    total_mb = max(1, round(total / 1e6))
+    return Progress("Uploading", total_mb if done >= total else min(round(done / 1e6), total_mb), total_mb, "MB")
 
 
 class SegmentRun:
