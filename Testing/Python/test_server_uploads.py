@@ -218,3 +218,18 @@ def test_decode_part_accepts_raw_and_deflate_of_exactly_the_part_length():
     assert decode_part(zlib.compress(data, 1), "deflate", 1024) == data
     with pytest.raises(UploadError, match="does not inflate"):
         decode_part(zlib.compress(data)[:-3], "deflate", 1024)
+
+
+def test_auto_compression_deflates_on_a_slow_link_and_not_on_a_fast_one_or_for_noise():
+    from MedCLIPSAMLib.client import PartUpload
+
+    sending = PartUpload(EngineClient("http://127.0.0.1:9", TOKEN), Upload(b"\0" * 10, "0" * 64), "u", 4)
+    assert sending.should_compress(), "the first part is deflated to learn ratio and speed"
+    sending._ratio, sending._deflate_speed = 2.3, 57e6  # the CT-like volume at level 1 (README)
+    sending._link_speed = 20e6  # an SSH tunnel over the internet
+    assert sending.should_compress()
+    sending._link_speed = 200e6  # loopback or a fast LAN
+    assert not sending.should_compress()
+    sending._ratio, sending._link_speed = 1.1, 1e6  # noise hardly shrinks: never worth it
+    assert not sending.should_compress()
+    assert PartUpload(sending.client, sending.upload, "u", 4, compress=False).should_compress() is False
