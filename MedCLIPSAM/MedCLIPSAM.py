@@ -52,6 +52,7 @@ ENGINE_MODES = ["This computer", "Server"]
 SAM_MODELS = ["auto", "litemedsam", "vit_b", "vit_l", "vit_h"]
 SCOPES = ["Whole volume", "Current slice", "Slice range"]
 POLL_MS = 250
+UPLOAD_TICK_MS = 10
 
 
 class MedCLIPSAM(ScriptedLoadableModule):
@@ -343,8 +344,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         progress = run.progress
         self.ui.progressBar.maximum = max(progress.total, 0)
         self.ui.progressBar.value = progress.done
-        self.ui.progressBar.format = f"{progress.stage}: {progress.done}/{progress.total}" if progress.total else progress.stage
+        self.ui.progressBar.format = progress.bar_format
         self.ui.statusLabel.text = progress.text
+        self._timer.setInterval(UPLOAD_TICK_MS if run.uploading else POLL_MS)  # one part per tick, GUI events between
         if run.finished:
             self._onFinished(run)
 

@@ -2,17 +2,20 @@
 
 Only numpy and the standard library are imported here (SimpleITK too when a file path is given),
 so Slicer's own Python stays free of torch. ``segment`` blocks until the result is in; the
-Slicer module uses the same steps one at a time from a timer (``upload``, ``submit``,
-``status``, ``result``, ``cancel``) so the GUI never waits.
+Slicer module uses the same steps one at a time from a timer (``start_upload`` and one
+``PartUpload.send_next`` per tick, ``submit``, ``status``, ``result``, ``cancel``) so the GUI
+never waits for more than one short request.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -23,6 +26,12 @@ from .server import wire
 from .result import SegmentationResult
 
 FINISHED = ("done", "failed", "cancelled")
+PART_BYTES = 2_000_000
+"""Default part of a stepwise upload: about 20 ms on gigabit Ethernet, 0.1 s at 20 MB/s (README: measured)."""
+DEFLATE_LEVEL = 1
+"""zlib's fastest level: 1.6-2.3x smaller int16 volumes at ~50 MB/s; higher levels gain <3 % at 2-5x the time."""
+USEFUL_RATIO = 1.25
+"""Compress only parts that shrink at least this much (noise-like data does not)."""
 ERROR_KINDS = {"InputError": InputError, "SettingError": InputError, "ModelError": ModelError, "Cancelled": Cancelled}
 
 
@@ -75,17 +84,33 @@ class EngineClient:
             raise
 
     def upload(self, upload: Upload) -> bool:
-        """Send the volume unless the server already holds it; True if bytes were sent."""
+        """Send the volume in one request unless the server already holds it; True if bytes were sent."""
         if self.has_volume(upload.id):
             return False
-        limit = self.info().get("max_upload_bytes")
-        if limit is not None and len(upload.payload) > limit:
-            raise EngineError(f"The volume ({len(upload.payload) / 1e6:.0f} MB) is over the server's upload limit of "
-                              f"{limit / 1e6:.0f} MB; crop it or start the server with a larger --max-upload-mb.", 413)
+        self._check_limit(upload)
         self._request("PUT", f"/volumes/{upload.id}", upload.payload, "application/octet-stream",
                       timeout=max(self.timeout, len(upload.payload) / 5e6))
         self.volume_bytes_sent += len(upload.payload)
         return True
+
+    def start_upload(self, upload: Upload, part_bytes: int = PART_BYTES,
+                     compress: bool | None = None) -> "PartUpload | None":
+        """Begin sending the volume in parts (None: the server already holds it); see ``PartUpload``.
+
+        ``compress``: True deflates every part, False none, None (default) decides per part from what
+        compression saves against what it costs on this link (see ``PartUpload.should_compress``)."""
+        if self.has_volume(upload.id):
+            return None
+        self._check_limit(upload)
+        begun = self._json("POST", "/uploads", {"volume": upload.id, "size": len(upload.payload),
+                                                "part_size": int(part_bytes)})
+        return PartUpload(self, upload, begun["upload"], int(part_bytes), compress)
+
+    def _check_limit(self, upload: Upload) -> None:
+        limit = self.info().get("max_upload_bytes")
+        if limit is not None and len(upload.payload) > limit:
+            raise EngineError(f"The volume ({len(upload.payload) / 1e6:.0f} MB) is over the server's upload limit of "
+                              f"{limit / 1e6:.0f} MB; crop it or start the server with a larger --max-upload-mb.", 413)
 
     def submit(self, volume_id: str, prompts: Sequence[Any], settings: dict[str, Any] | None = None,
                presets: bool = True, saliency: bool = True) -> dict[str, Any]:
@@ -114,7 +139,12 @@ class EngineClient:
         with ``spacing`` in the same order. ``prompts``: a prompt or a list of them.
         """
         upload = self.prepare(volume, spacing)
-        self.upload(upload)
+        sending = self.start_upload(upload)
+        while sending is not None and not sending.finished:
+            if _is_set(cancel):
+                sending.cancel()
+                raise Cancelled("Cancelled during the upload; nothing was changed.")
+            sending.send_next()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         job = self.submit(upload.id, prompts, settings, presets, saliency)
         last = None
@@ -167,11 +197,13 @@ class EngineClient:
         return json.loads(answer.decode())
 
     def _request(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None,
-                 timeout: float | None = None) -> bytes:
+                 timeout: float | None = None, headers: dict[str, str] | None = None) -> bytes:
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
         if content_type:
             request.add_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=timeout or self.timeout) as answer:
                 payload = answer.read()
@@ -184,6 +216,93 @@ class EngineClient:
         self.bytes_sent += len(data or b"") + len(path)
         self.bytes_received += len(payload)
         return payload
+
+
+class PartUpload:
+    """A volume upload in parts: each ``send_next()`` is one request (a part, or the final commit).
+
+    The Slicer module calls it once per timer tick, so the GUI waits for one part at a time and a
+    Cancel between parts stops the transfer (``cancel()`` tells the server to drop what it has).
+    """
+
+    def __init__(self, client: EngineClient, upload: Upload, upload_id: str, part_bytes: int,
+                 compress: bool | None = None):
+        self.client, self.upload, self.id, self.part_bytes, self.compress = client, upload, upload_id, part_bytes, compress
+        self.total = len(upload.payload)
+        self.parts = math.ceil(self.total / part_bytes)
+        self.next_part = 0
+        self.committed = False
+        self.cancelled = False
+        self.wire_bytes = 0
+        """Bytes of parts as sent (compressed or not)."""
+        self.longest_step_s = 0.0
+        self._ratio = 0.0  # payload / deflated bytes of the last compressed part (0: none yet)
+        self._deflate_speed = 0.0  # payload bytes compressed per second
+        self._link_speed = 0.0  # bytes on the wire per second, request overhead included
+
+    @property
+    def done(self) -> int:
+        """Payload bytes the server has received."""
+        return min(self.next_part * self.part_bytes, self.total)
+
+    @property
+    def finished(self) -> bool:
+        return self.committed
+
+    def send_next(self) -> tuple[int, int]:
+        """Send the next part, or commit after the last one; returns (payload bytes done, total)."""
+        if self.cancelled or self.committed:
+            return self.done, self.total
+        start = time.perf_counter()
+        if self.next_part < self.parts:
+            self._send_part(self.next_part)
+            self.next_part += 1
+        else:
+            self.client._json("POST", f"/uploads/{self.id}/commit")
+            self.committed = True
+            self.client.volume_bytes_sent += self.wire_bytes
+        self.longest_step_s = max(self.longest_step_s, time.perf_counter() - start)
+        return self.done, self.total
+
+    def cancel(self) -> None:
+        """Stop sending and ask the server to drop the parts (it would forget them after its ttl anyway)."""
+        if self.committed or self.cancelled:
+            return
+        self.cancelled = True
+        try:
+            self.client._request("DELETE", f"/uploads/{self.id}")
+        except EngineError:
+            pass
+
+    def should_compress(self) -> bool:
+        """Deflate when it saves time: compressing costs n/deflate_speed, sending saves n(1 - 1/ratio)/link_speed.
+
+        The first part is compressed to learn the ratio and speed; data that shrinks less than
+        ``USEFUL_RATIO`` is never compressed again, and on a link faster than the saving (a LAN)
+        parts go raw."""
+        if self.compress is not None:
+            return self.compress
+        if not self._ratio:
+            return True
+        if self._ratio < USEFUL_RATIO or not self._link_speed:
+            return False
+        return 1 / self._deflate_speed < (1 - 1 / self._ratio) / self._link_speed
+
+    def _send_part(self, index: int) -> None:
+        raw = memoryview(self.upload.payload)[index * self.part_bytes:(index + 1) * self.part_bytes]
+        body, headers = raw, {}
+        if self.should_compress():
+            start = time.perf_counter()
+            deflated = zlib.compress(raw, DEFLATE_LEVEL)
+            self._deflate_speed = len(raw) / max(time.perf_counter() - start, 1e-6)
+            self._ratio = len(raw) / max(len(deflated), 1)
+            if self._ratio >= USEFUL_RATIO or (self.compress and len(deflated) < len(raw)):
+                body, headers = deflated, {"Content-Encoding": "deflate"}
+        start = time.perf_counter()
+        self.client._request("PUT", f"/uploads/{self.id}/parts/{index}", bytes(body), "application/octet-stream",
+                             timeout=max(self.client.timeout, len(body) / 1e6), headers=headers)
+        self._link_speed = len(body) / max(time.perf_counter() - start, 1e-6)
+        self.wire_bytes += len(body)
 
 
 def job_error(job: dict[str, Any]) -> MedCLIPSAMError:

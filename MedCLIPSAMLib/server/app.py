@@ -7,6 +7,10 @@ so no request can take the server down.
     GET    /info                      version, device, models, queue
     HEAD   /volumes/{id}              200 if the server holds that volume (refreshes it), else 404
     PUT    /volumes/{id}              upload (``wire.encode_volume`` bytes; id = their sha256)
+    POST   /uploads                   {"volume", "size", "part_size"} -> 201 {"upload", "parts"}: begin one in parts
+    PUT    /uploads/{id}/parts/{i}    part i, raw or ``Content-Encoding: deflate`` (see server/uploads.py)
+    POST   /uploads/{id}/commit       check all parts and the sha256, then store the volume
+    DELETE /uploads/{id}              drop an unfinished upload (it also expires after ``ttl``)
     POST   /jobs                      {"volume", "prompts", "settings", "presets", "saliency"} -> 202
     GET    /jobs/{id}                 state, place in the queue, stage, done/total, error
     GET    /jobs/{id}/result          the result (``wire.encode_result`` bytes) once done
@@ -19,7 +23,7 @@ import hmac
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -31,6 +35,7 @@ from . import wire
 from .engine import Engine
 from .jobs import DONE, Job, JobQueue
 from .store import VolumeStore
+from .uploads import ENCODINGS, PartialUploads, UploadError, decode_part
 
 log = logging.getLogger("medclipsam.server")
 
@@ -53,6 +58,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         raise ValueError("The engine server needs a token.")
     jobs = jobs or JobQueue(ttl=limits.ttl_seconds)
     volumes = VolumeStore(ttl=limits.ttl_seconds, max_bytes=limits.max_stored_bytes)
+    partial = PartialUploads(ttl=limits.ttl_seconds, max_bytes=limits.max_stored_bytes)
     expected = f"Bearer {token}".encode()
 
     def authorised(request: Request) -> None:
@@ -68,7 +74,11 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
 
     app = FastAPI(title="MedCLIP-SAM engine", dependencies=[Depends(authorised)], docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
-    app.state.jobs, app.state.volumes = jobs, volumes
+    app.state.jobs, app.state.volumes, app.state.uploads = jobs, volumes, partial
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(MedCLIPSAMError)
     async def user_error(request: Request, exc: MedCLIPSAMError) -> JSONResponse:
@@ -94,34 +104,65 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
 
     @app.put("/volumes/{volume_id}", status_code=201)
     async def upload(volume_id: str, request: Request) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes:
-            raise HTTPException(413, too_big(int(declared)))
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.max_upload_bytes:
-                raise HTTPException(413, too_big(len(body)))
-        volume = await run_in_threadpool(read_upload, volume_id, bytes(body))
+        body = await read_body(request, limits.max_upload_bytes, too_big)
+        volume = await run_in_threadpool(read_upload, volume_id, body)
         volumes.put(volume_id, volume)
-        return {"volume": volume_id, "shape": list(volume.array.shape), "dtype": str(volume.array.dtype)}
+        return stored(volume_id, volume)
 
     def too_big(size: int) -> str:
         return (f"The upload ({size / 1e6:.0f} MB) is over this server's limit of "
                 f"{limits.max_upload_bytes / 1e6:.0f} MB; crop the volume or start the server with a larger "
                 "--max-upload-mb.")
 
+    def stored(volume_id: str, volume) -> dict[str, Any]:
+        return {"volume": volume_id, "shape": list(volume.array.shape), "dtype": str(volume.array.dtype)}
+
+    @app.post("/uploads", status_code=201)
+    async def begin_upload(request: Request) -> dict[str, Any]:
+        fields = await json_object(request, {"volume", "size", "part_size"}, "upload")
+        volume_id, size, part_size = fields.get("volume"), fields.get("size"), fields.get("part_size")
+        if not (isinstance(volume_id, str) and len(volume_id) == 64 and all(c in "0123456789abcdef" for c in volume_id)):
+            raise InputError("'volume' must be the payload's sha256 (64 lowercase hex digits).")
+        for name, value in (("size", size), ("part_size", part_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"'{name}' must be a whole number of bytes, at least 1.")
+        if size > limits.max_upload_bytes:
+            raise UploadError(too_big(size), 413)
+        upload = partial.begin(volume_id, size, part_size)
+        return {"upload": upload.id, "parts": upload.parts, "part_size": part_size, "expires_s": limits.ttl_seconds}
+
+    @app.put("/uploads/{upload_id}/parts/{index}")
+    async def upload_part(upload_id: str, index: str, request: Request) -> dict[str, Any]:
+        upload = partial.get(upload_id)
+        if not index.isdigit():
+            raise UploadError(f"Part index '{index}' is not a whole number (0-{upload.parts - 1}).")
+        length = upload.part_length(int(index))
+        encoding = request.headers.get("content-encoding", "identity").strip().lower() or "identity"
+        if encoding not in ENCODINGS:
+            raise UploadError(f"Content-Encoding '{encoding}' is not accepted; send parts raw or as deflate.", 415)
+        body = await read_body(request, length, lambda size: (
+            f"Part {index} is {size} bytes; this part of the upload has only {length}."))
+        data = await run_in_threadpool(decode_part, body, encoding, length)
+        upload = partial.put_part(upload_id, int(index), data)
+        return {"upload": upload.id, "received": upload.received_parts, "parts": upload.parts}
+
+    @app.post("/uploads/{upload_id}/commit", status_code=201)
+    async def commit_upload(upload_id: str) -> dict[str, Any]:
+        volume_id = partial.get(upload_id).volume_id
+        payload = partial.take(upload_id)
+        volume = await run_in_threadpool(volume_from, payload)
+        volumes.put(volume_id, volume)
+        return stored(volume_id, volume)
+
+    @app.delete("/uploads/{upload_id}")
+    def discard_upload(upload_id: str) -> dict[str, Any]:
+        partial.get(upload_id)  # 404 when unknown
+        partial.discard(upload_id)
+        return {"upload": upload_id, "state": "discarded"}
+
     @app.post("/jobs", status_code=202)
     async def submit(request: Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise InputError("The job request is not JSON: send {\"volume\": ID, \"prompts\": [...]}.") from None
-        if not isinstance(body, dict):
-            raise InputError("The job request must be a JSON object with 'volume' and 'prompts'.")
-        unknown = set(body) - {"volume", "prompts", "settings", "presets", "saliency"}
-        if unknown:
-            raise InputError(f"Unknown job field(s): {', '.join(sorted(unknown))}.")
+        body = await json_object(request, {"volume", "prompts", "settings", "presets", "saliency"}, "job")
         volume = volumes.get(str(body.get("volume", "")))
         if volume is None:
             raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
@@ -169,9 +210,40 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     return app
 
 
+async def read_body(request: Request, limit: int, too_big: Callable[[int], str]) -> bytes:
+    """The request body, refused with 413 on its declared size before any of it is read, or once it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, too_big(int(declared)))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, too_big(len(body)))
+    return bytes(body)
+
+
+async def json_object(request: Request, allowed: set[str], what: str) -> dict[str, Any]:
+    fields = ", ".join(repr(name) for name in sorted(allowed))
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InputError(f"The {what} request is not JSON: send an object with {fields}.") from None
+    if not isinstance(body, dict):
+        raise InputError(f"The {what} request must be a JSON object with {fields}.")
+    unknown = set(body) - allowed
+    if unknown:
+        raise InputError(f"Unknown {what} field(s): {', '.join(sorted(unknown))}.")
+    return body
+
+
 def read_upload(volume_id: str, payload: bytes):
     if wire.volume_id(payload) != volume_id:
         raise InputError("The upload's sha256 does not match its id: the transfer was damaged or the id is wrong; "
                          "upload again.")
+    return volume_from(payload)
+
+
+def volume_from(payload: bytes | bytearray):
     array, spacing = wire.decode_volume(payload)
     return as_volume(array, spacing)

@@ -131,7 +131,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def register_cli(sub) -> None:
-    from ..cli import at_least
+    from ..cli import at_least, number
     from ..outputs import add_output_option, add_overwrite_option
 
     parser = sub.add_parser("benchmark-server", help="cost of running through 'medclipsam serve' vs in-process")
@@ -142,6 +142,9 @@ def register_cli(sub) -> None:
     parser.add_argument("--steps", type=int, help="M2IB steps")
     parser.add_argument("--samples", type=int, help="M2IB noise samples")
     parser.add_argument("--repeats", type=at_least(1), default=3, help="runs of each path, alternating (default 3)")
+    parser.add_argument("--uploads", action="store_true", help="time volume uploads in parts instead (raw, deflate, "
+                        "auto; the sample and a ~105 MB CT-like volume)")
+    parser.add_argument("--part-mb", type=number(0, low_open=True), default=2.0, help="upload part size (MB, default 2)")
     add_output_option(parser, "--json", help="also write the figures to this .json file")
     add_overwrite_option(parser)
     parser.set_defaults(func=cmd_benchmark_server)
@@ -159,8 +162,14 @@ def cmd_benchmark_server(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     if args.json:
         check_output(args.json, "--json", args.overwrite, extensions=(".json",))
-    report = run_server_benchmark(args.clip_size, args.device, args.sam, settings, args.repeats)
-    print(format_report(report))
+    if args.uploads:
+        from .upload_benchmark import format_upload_report, run_upload_benchmark
+
+        report = run_upload_benchmark(int(args.part_mb * 1e6), args.repeats)
+        print(format_upload_report(report))
+    else:
+        report = run_server_benchmark(args.clip_size, args.device, args.sam, settings, args.repeats)
+        print(format_report(report))
     if args.json:
         write_json(args.json, report, overwrite=args.overwrite)
     return 0

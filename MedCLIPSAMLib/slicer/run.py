@@ -1,7 +1,7 @@
 """One Segment click in Slicer, as a run a Qt timer advances with ``step()`` (never blocking on compute).
 
-read the volume node (main thread) -> wait for the engine -> upload (skipped when the server holds
-it) and submit -> poll progress -> fetch the result -> apply it to the scene in one all-or-nothing
+read the volume node (main thread) -> wait for the engine -> upload one part per step (skipped
+when the server holds the volume) -> submit -> poll progress -> fetch the result -> apply it to the scene in one all-or-nothing
 step. A run that was cancelled, or whose nodes left the scene, never touches the scene.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any, Sequence
 import numpy as np
 import vtk
 
-from ..client import EngineClient, EngineError, Upload, job_error
+from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload, job_error
 from ..errors import MedCLIPSAMError
 from ..imageio import luminance
 from .mrml import RunRecord, apply_result, array_from_volume, spacing_kji
 
-STARTING, RUNNING, APPLIED, FAILED, CANCELLED = "starting", "running", "applied", "failed", "cancelled"
+STARTING, UPLOADING, RUNNING, APPLIED, FAILED, CANCELLED = "starting", "uploading", "running", "applied", "failed", "cancelled"
 FINAL = (APPLIED, FAILED, CANCELLED)
 
 
@@ -51,10 +51,26 @@ class Progress:
     stage: str
     done: int = 0
     total: int = 0
+    unit: str = ""
 
     @property
     def text(self) -> str:
+        if self.unit:
+            return f"{self.stage} {self.done} of {self.total} {self.unit}"
         return f"{self.stage} ({self.done} of {self.total})" if self.total else f"{self.stage}..."
+
+    @property
+    def bar_format(self) -> str:
+        """What the progress bar shows on itself."""
+        if not self.total:
+            return self.stage
+        return f"{self.stage}: {self.done}/{self.total}" + (f" {self.unit}" if self.unit else "")
+
+
+def upload_progress(done: int, total: int) -> Progress:
+    """In whole MB (a progress bar holds ints); a volume under 1 MB counts as 1 MB."""
+    total_mb = max(1, round(total / 1e6))
+    return Progress("Uploading", total_mb if done >= total else min(round(done / 1e6), total_mb), total_mb, "MB")
 
 
 class SegmentRun:
@@ -62,12 +78,15 @@ class SegmentRun:
 
     def __init__(self, engine, scene, volume_node, prompts: Sequence[Any], settings: dict[str, Any] | None = None,
                  segmentation_node=None, show_saliency: bool = True, presets: bool = True,
-                 replace_segments: bool = False, timeout: float = 10.0):
+                 replace_segments: bool = False, timeout: float = 10.0, part_bytes: int = PART_BYTES,
+                 compress: bool | None = None):
         self.engine, self.scene = engine, scene
         self.volume_node, self.segmentation_node = volume_node, segmentation_node
         self.prompts, self.settings, self.presets = list(prompts), dict(settings or {}), presets
         self.show_saliency, self.replace_segments, self.timeout = show_saliency, replace_segments, timeout
         self.upload = read_input(volume_node)
+        self.part_bytes, self.compress = part_bytes, compress
+        self.sending: PartUpload | None = None
         self.state = STARTING
         self.progress = Progress("Starting the engine (loading models)")
         self.job_id: str | None = None
@@ -79,6 +98,11 @@ class SegmentRun:
     @property
     def finished(self) -> bool:
         return self.state in FINAL
+
+    @property
+    def uploading(self) -> bool:
+        """While parts are going up the panel ticks fast: each step sends one part, throughput depends on the pace."""
+        return self.state == UPLOADING
 
     def step(self) -> None:
         if self.finished:
@@ -97,6 +121,8 @@ class SegmentRun:
             return
         self.state = CANCELLED
         self.progress = Progress("Cancelled")
+        if self.sending is not None:
+            self.sending.cancel()  # the server drops the parts it has (never raises)
         if self.client is not None and self.job_id is not None:
             try:
                 self.client.cancel(self.job_id)
@@ -104,8 +130,11 @@ class SegmentRun:
                 pass  # the server is gone or forgot the job: nothing will be applied either way
 
     def _step(self) -> None:
-        if self.job_id is None:
-            self._submit()
+        if self.state == STARTING:
+            self._start_upload()
+            return
+        if self.state == UPLOADING:
+            self._send_part()
             return
         job = self.client.status(self.job_id)
         if job["state"] in ("queued", "running"):
@@ -120,14 +149,26 @@ class SegmentRun:
         else:
             raise job_error(job)
 
-    def _submit(self) -> None:
+    def _start_upload(self) -> None:
         failure = self.engine.failure()
         if failure:
             raise MedCLIPSAMError(failure)
         if not self.engine.ready():
             return
         self.client = EngineClient(self.engine.url, self.engine.token, timeout=self.timeout)
-        self.client.upload(self.upload)
+        self.sending = self.client.start_upload(self.upload, self.part_bytes, self.compress)
+        if self.sending is None:  # the server holds this volume already
+            self._submit()
+        else:
+            self.state, self.progress = UPLOADING, upload_progress(0, self.sending.total)
+
+    def _send_part(self) -> None:
+        done, total = self.sending.send_next()
+        self.progress = upload_progress(done, total)
+        if self.sending.finished:
+            self._submit()
+
+    def _submit(self) -> None:
         job = self.client.submit(self.upload.id, self.prompts, self.settings, self.presets, self.show_saliency)
         self.job_id, self.state, self.progress = job["id"], RUNNING, Progress("Queued")
 

@@ -6,10 +6,13 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
+import vtk  # noqa: E402  (slicer-core brings it)
+from vtk.util import numpy_support  # noqa: E402
+
 from test_mrml import scene, segmentation_converters, volume_node  # noqa: E402,F401  (shared fixtures)
-from MedCLIPSAMLib.client import EngineClient  # noqa: E402
+from MedCLIPSAMLib.client import EngineClient, EngineError  # noqa: E402
 from MedCLIPSAMLib.slicer.mrml import segment_to_array  # noqa: E402
-from MedCLIPSAMLib.slicer.run import APPLIED, CANCELLED, FAILED, SegmentRun, read_input  # noqa: E402
+from MedCLIPSAMLib.slicer.run import APPLIED, CANCELLED, FAILED, UPLOADING, SegmentRun, read_input  # noqa: E402
 
 QUICK = {"m2ib_steps": 2, "m2ib_samples": 2, "refine_rounds": 1}
 
@@ -52,8 +55,8 @@ def test_a_run_applies_the_engine_result_as_one_segment_and_overlay(scene, volum
 def test_cancel_changes_nothing_even_when_the_result_comes_later(scene, volume_node, engine_server):
     nodes_before = scene.GetNumberOfNodes()
     run = SegmentRun(engine_server, scene, volume_node, ["mass"], {"m2ib_steps": 3})
-    run.step()  # upload and submit
-    assert run.job_id is not None
+    while run.job_id is None:  # upload (begin, part, commit) and submit
+        run.step()
     run.cancel()
     assert run.state == CANCELLED and run.finished
     client = EngineClient(engine_server.url, engine_server.token)
@@ -109,3 +112,58 @@ def test_an_engine_that_failed_to_start_fails_the_run_and_a_starting_one_waits(s
     assert not waiting.finished and "Starting the engine" in waiting.progress.text
     waiting.cancel()
     assert waiting.state == CANCELLED
+
+
+def ct_node(scene, shape=(20, 256, 400)):
+    """A 4 MB int16 volume (the test server takes up to 5 MB), so the upload has several 0.5 MB parts."""
+    rng = np.random.default_rng(0)
+    array = np.clip(40 + 15 * rng.standard_normal(shape), -1024, 3000).astype(np.int16)
+    array[:, 100:140, 150:200] += 300
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    image = vtk.vtkImageData()
+    image.SetDimensions(shape[2], shape[1], shape[0])
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = array.ravel()
+    node.SetAndObserveImageData(image)
+    return node
+
+
+def test_the_upload_goes_one_part_per_step_with_progress_in_mb(scene, engine_server):
+    node = ct_node(scene)
+    run = SegmentRun(engine_server, scene, node, ["mass"], QUICK | {"slice_range": [10, 10]}, part_bytes=500_000)
+    run.step()  # the engine is ready: begin the upload
+    assert run.state == UPLOADING and run.uploading and run.progress.text == "Uploading 0 of 4 MB"
+    sent, texts = [], []
+    while run.state == UPLOADING:
+        run.step()
+        sent.append(run.sending.done)
+        texts.append(run.progress.text)
+    assert len(sent) == run.sending.parts + 1 == 10, "nine parts, then the commit (with the submit)"
+    assert sent == sorted(sent) and sent[0] == 500_000 and sent[-1] == run.sending.total
+    assert texts[1] == "Uploading 1 of 4 MB" and "Uploading 4 of 4 MB" in texts and run.progress.text == "Queued..."
+    assert run.progress.bar_format == "Queued" and run.sending.committed
+    drive(run)
+    assert run.state == APPLIED, run.error
+    assert run.result.labels.shape == (20, 256, 400)
+
+
+def test_cancel_during_the_upload_stops_it_and_the_next_run_works(scene, engine_server):
+    node = ct_node(scene, (20, 256, 390))
+    nodes_before = scene.GetNumberOfNodes()
+    run = SegmentRun(engine_server, scene, node, ["mass"], QUICK | {"slice_range": [10, 10]}, part_bytes=500_000)
+    for _ in range(3):  # begin, part 0, part 1
+        run.step()
+    assert run.state == UPLOADING and run.sending.done == 1_000_000
+    run.cancel()
+    assert run.state == CANCELLED and run.progress.text == "Cancelled..." and run.job_id is None
+    run.step()  # a late tick sends nothing
+    assert run.sending.done == 1_000_000
+    client = EngineClient(engine_server.url, engine_server.token)
+    with pytest.raises(EngineError) as dropped:
+        client._request("PUT", f"/uploads/{run.sending.id}/parts/2", b"x")
+    assert dropped.value.status == 404, "the server dropped the partial upload"
+    assert not client.has_volume(run.upload.id) and scene.GetNumberOfNodes() == nodes_before
+
+    again = SegmentRun(engine_server, scene, node, ["mass"], QUICK | {"slice_range": [10, 10]})
+    drive(again)
+    assert again.state == APPLIED, again.error
