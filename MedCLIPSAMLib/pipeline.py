@@ -301,8 +301,8 @@ class Pipeline:
         s = self.settings
         spacing = [float(v) for v in volume.spacing_zyx]
         in_plane = [v for i, v in enumerate(spacing) if i != axis % 3]
-        floor = physical_floor(s.min_component_mm, tuple(in_plane) if volume.array.shape[axis] == 1 else
-                               tuple(spacing))
+        floor = (physical_floor(s.min_component_mm, tuple(in_plane) if volume.array.shape[axis] == 1 else
+                                tuple(spacing)) if s.min_component_mm > 0 else float("inf"))
         return ComponentRule(s.max_components, s.component_ratio, s.min_component_fraction, floor)
 
     def _prompt_mode(self, messages: list[str]) -> str:

@@ -54,9 +54,9 @@ class Settings:
     # --- coarse mask and prompts (SPEC 2.4-2.5, 3) ---
     max_components: int = 1
     """K: at most this many salient components (and final mask components) are kept."""
-    component_ratio: float = 1.0
+    component_ratio: float = 0.0
     """Of those, keep each whose confidence is at least this fraction of the most confident one's, so a
-    multi-focal target keeps its lesions and a single one drops dimmer noise (1.0: the K most confident)."""
+    multi-focal target keeps its lesions and a single one drops dimmer noise (0: the K most confident)."""
     prompt_mode: str = "boxes"
     """boxes: one box per component; box_all: one box around all; points: positive points."""
     points_per_component: int = 3
@@ -64,7 +64,8 @@ class Settings:
     """Salient components smaller than this fraction of the processed voxels are noise ..."""
     min_component_mm: float = 5.0
     """... unless they are at least a sphere (a disc on one slice) of this diameter in mm: a relative floor
-    alone drops every target under ~4 cm in a 512 x 512 x 300 CT. Files without spacing count 1 px as 1 mm."""
+    alone drops every target under ~4 cm in a 512 x 512 x 300 CT. Files without spacing count 1 px as 1 mm;
+    0: no physical floor."""
 
     # --- SAM (SPEC 2.6-2.7) ---
     sam_backend: str = "auto"

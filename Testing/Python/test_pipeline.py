@@ -272,3 +272,45 @@ def test_a_bad_sam_checkpoint_fails_before_any_saliency_is_computed(tmp_path, fa
     with pytest.raises(ModelError, match="cannot be read as a SAM vit_b checkpoint"):
         Pipeline(settings, clip=no_clip).run(volume, "disk", progress=lambda *a: stages.append(a))
     assert stages == []
+
+
+def ct_with_a_nodule() -> tuple[np.ndarray, np.ndarray]:
+    """A 40 x 128 x 128 body at 1 x 0.7 x 0.7 mm, and a saliency map with one large region, a 1 cm nodule
+    (~1,000 voxels) as salient as it, and a 2-voxel speck."""
+    zz, yy, xx = np.mgrid[:40, :128, :128]
+    body = (40 + 20 * np.random.default_rng(0).standard_normal((40, 128, 128))).astype(np.float32)
+    saliency = np.zeros(body.shape, np.float32)
+    saliency[5:30, 10:50, 10:60] = 1.0
+    nodule = (zz - 20) ** 2 + ((yy - 90) * 0.7) ** 2 + ((xx - 90) * 0.7) ** 2 <= 5 ** 2
+    saliency[nodule] = 1.0
+    saliency[35, 120, 120:122] = 1.0
+    return body, saliency, nodule
+
+
+def test_a_small_target_survives_the_size_floor_in_a_large_volume(fast_settings, litemedsam):
+    from MedCLIPSAMLib.imageio import as_volume
+
+    body, saliency, nodule = ct_with_a_nodule()
+    volume = as_volume(body, spacing=(1.0, 0.7, 0.7))
+    relative_only = fast_settings.replace(max_components=3, min_component_fraction=0.01, min_component_mm=0)
+    located = Pipeline(relative_only, sam=litemedsam).locate(volume, "nodule", saliency=[saliency])
+    target = located.targets[0]
+    assert len(target.components) == 1 and not target.coarse[nodule].any()  # 1 % = 6,554 voxels: dropped
+    assert any("2 salient region(s) under 6553 voxels were dropped" in m for m in located.messages)
+    floored = relative_only.replace(min_component_mm=5.0)  # 5 mm sphere = 65 mm3 = 134 voxels here
+    located = Pipeline(floored, sam=litemedsam).locate(volume, "nodule", saliency=[saliency])
+    target = located.targets[0]
+    assert len(target.components) == 2 and target.coarse[nodule].all()
+    assert any("1 salient region(s) under 133 voxels were dropped" in m for m in located.messages)  # the speck
+
+
+def test_component_ratio_keeps_lesions_close_to_the_best_and_drops_dim_ones(fast_settings, litemedsam):
+    image = np.full((96, 96), 60, np.float32) + np.random.default_rng(1).standard_normal((96, 96))
+    saliency = np.zeros((96, 96), np.float32)
+    saliency[10:30, 10:30], saliency[60:80, 10:30], saliency[40:60, 60:80] = 1.0, 0.9, 0.45
+    settings = fast_settings.replace(max_components=3)
+    names = lambda s: sorted(c.size for c in Pipeline(s, sam=litemedsam).locate(image, "x", saliency=[saliency[None]])
+                             .targets[0].components)
+    assert len(names(settings)) == 3  # ratio 0: the K most confident, dim or not
+    assert len(names(settings.replace(component_ratio=0.7))) == 2
+    assert len(names(settings.replace(component_ratio=0.95))) == 1
