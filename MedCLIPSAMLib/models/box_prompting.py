@@ -34,6 +34,11 @@ class BoxRules:
     slightly loose boxes, and a tight re-prompt box closes in on a lesion's dark core."""
     refine_keep_better: bool = False
     """Keep a re-prompted mask only when SAM's own IoU estimate does not fall."""
+    refine_step: float = 1.0
+    """Each round moves every side of the box this fraction of the way to the mask's box (1: all the way)."""
+    refine_min_shrink: float = 0.0
+    """Stop when no side of the mask's box moved in by more than this fraction of the box's size: the box was
+    already tight, and re-prompting a tight box closes in on a lesion's core."""
     zoom_below: float = 0.0
     """Zoom when the box's longer side is under this fraction of the slice's longer side (0: never). As a
     fraction it means the same number of embedding tokens for LiteMedSAM (256 px) and SAM ViT (1024 px)."""
@@ -74,6 +79,17 @@ def shift(box: Box, dx: int, dy: int) -> Box:
     return x0 - dx, y0 - dy, x1 - dx, y1 - dy
 
 
+def inward(box: Box, inner: Box) -> float:
+    """How far the furthest side of ``inner`` lies inside ``box``, as a fraction of the box's size."""
+    x0, y0, x1, y1 = box
+    width, height = x1 - x0 + 1, y1 - y0 + 1
+    return max((inner[0] - x0) / width, (x1 - inner[2]) / width, (inner[1] - y0) / height, (y1 - inner[3]) / height)
+
+
+def step_towards(box: Box, target: Box, step: float) -> Box:
+    return tuple(int(round(a + step * (b - a))) for a, b in zip(box, target))
+
+
 def first_mask(backend: "SamBackend", encoded: "EncodedSlice", box: Box) -> tuple[np.ndarray, float]:
     masks, scores = backend.decode(encoded, boxes=[box], with_scores=True)
     return masks[0], float(scores[0])
@@ -89,6 +105,10 @@ def refine(backend: "SamBackend", encoded: "EncodedSlice", box: Box, rules: BoxR
         if tight is None:
             break
         following = grow_box(tight, rules.refine_margin, encoded.original_hw) if rules.refine_margin else tight
+        if rules.refine_min_shrink > 0 and inward(box, following) <= rules.refine_min_shrink:
+            break
+        if rules.refine_step < 1:
+            following = step_towards(box, following, rules.refine_step)
         if following == box:
             break
         masks, scores = backend.decode(encoded, boxes=[following], with_scores=True)

@@ -51,6 +51,12 @@ def test_oracle_boxes_per_component_and_growth():
     truth[1, 20:30, 25:35] = True
     assert oracle_boxes(truth, 0.0) == {1: [(5, 5, 9, 9), (25, 20, 34, 29)]}
     assert oracle_boxes(truth, 0.2)[1][1] == (23, 18, 36, 31)
+    assert oracle_boxes(truth, -0.1)[1][1] == (26, 21, 33, 28)  # shrunk: a box inside the target
+    truth[1, 38, 2:4] = True  # a 2-pixel annotation speck gets no box of its own
+    assert oracle_boxes(truth, 0.0) == {1: [(5, 5, 9, 9), (25, 20, 34, 29)]}
+    only = np.zeros((1, 40, 40), bool)
+    only[0, 3, 3:5] = True  # ... unless it is all there is
+    assert oracle_boxes(only, 0.0) == {0: [(3, 3, 4, 3)]}
 
 
 def test_oracle_mode_writes_metrics_summary_and_figures(tmp_path, dataset):
@@ -150,7 +156,7 @@ def test_an_image_without_a_mask_is_named_not_skipped_silently(tmp_path, dataset
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--grow", "-1"], "--grow must be at least 0 (got -1)"),
+    (["--grow", "-1"], "--grow must be between -0.4 and 2 (got -1)"),
     (["--limit", "0"], "--limit must be at least 1 (got 0)"),
     (["--saliency-only", "--prompt", "x", "--grow", "0.2"], "--grow applies to --oracle-boxes only"),
     (["--oracle-boxes", "--resume", "--overwrite"], "choose one"),

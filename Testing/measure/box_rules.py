@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     parser.add_argument("--sets", default="bus,cxr,brain,brain1")
     parser.add_argument("--levels", default=",".join(map(str, LOOSENESS)))
-    parser.add_argument("--rules", help="only rule sets whose name contains one of these (comma-separated)")
+    parser.add_argument("--rules", help="only these rule sets (names, comma-separated)")
     parser.add_argument("--extra", action="append", default=[],
                         help="an extra rule set as NAME:field=value;field=value (e.g. 'z:zoom_below=0.25')")
     parser.add_argument("--out", required=True, help="CSV of every case's DSC")
@@ -82,7 +82,7 @@ def main() -> int:
     sam = load_sam("litemedsam", None, "cpu")
     rules = rule_sets()
     if args.rules:
-        rules = {k: v for k, v in rules.items() if any(w in k for w in args.rules.split(","))}
+        rules = {k: v for k, v in rules.items() if k in args.rules.split(",")}
     for spec in args.extra:
         name, _, fields = spec.partition(":")
         changes = {k: type(getattr(BoxRules(), k))(v) for k, v in (f.split("=") for f in fields.split(";"))}
