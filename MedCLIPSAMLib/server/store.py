@@ -47,11 +47,16 @@ class VolumeStore:
             return len(self._items)
 
     def _expire(self) -> None:
-        now = time.monotonic()
-        for key, item in list(self._items.items()):
-            if now - item.touched > self.ttl:
-                del self._items[key]
+        drop_idle(self._items, self.ttl)
         total = sum(item.nbytes for item in self._items.values())
         while total > self.max_bytes and len(self._items) > 1:
             _, oldest = self._items.popitem(last=False)
             total -= oldest.nbytes
+
+
+def drop_idle(items: dict, ttl: float) -> None:
+    """Remove the entries (with a ``touched`` monotonic time) left alone for more than ``ttl`` seconds."""
+    now = time.monotonic()
+    for key, item in list(items.items()):
+        if now - item.touched > ttl:
+            del items[key]

@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from .store import drop_idle
 
 ENCODINGS = ("identity", "deflate")
 MAX_PARTS = 100_000
@@ -146,7 +147,4 @@ class PartialUploads:
             return len(self._items)
 
     def _expire(self) -> None:
-        now = time.monotonic()
-        for key, item in list(self._items.items()):
-            if now - item.touched > self.ttl:
-                del self._items[key]
+        drop_idle(self._items, self.ttl)

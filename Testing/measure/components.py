@@ -29,10 +29,8 @@ def variants(prompt: str) -> dict[str, dict]:
     """Rule sets on top of the prompt's preset (LiteMedSAM takes boxes, so 'lungs' runs with boxes)."""
     return {"preset K (old)": {},
             "K<=3 ratio 0.5": {"max_components": 3, "component_ratio": 0.5},
-            "K<=3 ratio 0.7": {"max_components": 3, "component_ratio": 0.7},
-            "K<=3 ratio 0.9": {"max_components": 3, "component_ratio": 0.9},
-            "preset K + split 0.3": {"split_fraction": 0.3},
-            "K<=3 ratio 0.7 + split 0.3": {"max_components": 3, "component_ratio": 0.7, "split_fraction": 0.3}}
+            "K<=3 ratio 0.8": {"max_components": 3, "component_ratio": 0.8},
+            "preset K + split 0.3": {"split_fraction": 0.3}}
 
 
 def pieces(mask_path: Path) -> int:
