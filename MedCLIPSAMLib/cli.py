@@ -97,7 +97,8 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "window": "window", "device": "device", "clip_batch_size": "clip_batch_size",
     "sam_batch_size": "sam_batch_size", "seed": "seed", "stride": "saliency_stride",
     "compile": "compile", "sam_input_size": "sam_input_size", "component_ratio": "component_ratio",
-    "min_component_mm": "min_component_mm", "refine_margin": "refine_margin", "zoom_below": "zoom_below",
+    "min_component_mm": "min_component_mm", "refine_margin": "refine_margin",
+    "refine_min_shrink": "refine_min_shrink", "zoom_below": "zoom_below",
     "zoom_context": "zoom_context", "split_fraction": "split_fraction",
 }
 
@@ -135,6 +136,8 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sam-input-size", type=int, help="CPU shortcut: SAM ViT input side in px, e.g. 512")
     g.add_argument("--refine-rounds", type=int, help="box refinement rounds (0-5)")
     g.add_argument("--refine-margin", type=float, help="re-prompt box margin, a fraction of its size per side")
+    g.add_argument("--refine-min-shrink", type=float,
+                   help="stop refining when the mask's box is within this fraction of the box on every side")
     g.add_argument("--zoom-below", type=float,
                    help="SAM on a zoomed crop for boxes under this fraction of the slice's side (0: never)")
     g.add_argument("--zoom-context", type=float, help="context around a zoomed box, in box sides per side")

@@ -39,6 +39,10 @@ class BoxRules:
     refine_min_shrink: float = 0.0
     """Stop when no side of the mask's box moved in by more than this fraction of the box's size: the box was
     already tight, and re-prompting a tight box closes in on a lesion's core."""
+    refine_below_fill: float = 1.0
+    """Refine only when the first mask covers less than this fraction of its prompt box (1: always). A tight
+    box is mostly lesion (an ellipse fills ~0.78 of its box) and re-prompting it closes in on the core; a
+    loose box is mostly background, which is what refinement removes."""
     zoom_below: float = 0.0
     """Zoom when the box's longer side is under this fraction of the slice's longer side (0: never). As a
     fraction it means the same number of embedding tokens for LiteMedSAM (256 px) and SAM ViT (1024 px)."""
@@ -86,6 +90,11 @@ def inward(box: Box, inner: Box) -> float:
     return max((inner[0] - x0) / width, (x1 - inner[2]) / width, (inner[1] - y0) / height, (y1 - inner[3]) / height)
 
 
+def box_area(box: Box) -> int:
+    x0, y0, x1, y1 = box
+    return (x1 - x0 + 1) * (y1 - y0 + 1)
+
+
 def step_towards(box: Box, target: Box, step: float) -> Box:
     return tuple(int(round(a + step * (b - a))) for a, b in zip(box, target))
 
@@ -100,6 +109,8 @@ def refine(backend: "SamBackend", encoded: "EncodedSlice", box: Box, rules: BoxR
     """SAM's mask for one box on one view (whole slice or crop), re-prompted by the rules; ``first`` is the
     box's own mask and SAM's IoU estimate when already decoded."""
     mask, score = first or first_mask(backend, encoded, box)
+    if rules.refine_below_fill < 1 and mask.sum() >= rules.refine_below_fill * box_area(box):
+        return mask
     for _ in range(rules.refine_rounds):
         tight = box_of(mask)
         if tight is None:

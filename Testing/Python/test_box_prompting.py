@@ -71,6 +71,33 @@ def test_refinement_reprompts_with_a_margin_and_keeps_a_mask_only_when_sam_rates
     assert np.array_equal(taken, worse) and decoder.boxes[1] == (10, 10, 29, 29)  # old rule: tight box
 
 
+def test_refinement_stops_on_a_box_that_was_already_tight():
+    from MedCLIPSAMLib.models.box_prompting import refine
+    from MedCLIPSAMLib.settings import Settings
+
+    rules = Settings().box_rules()
+    assert (rules.refine_rounds, rules.refine_min_shrink) == (2, 0.05)  # the default (README, Results)
+    near = square(6, 5, 33, 34)  # the mask's box is 1 px (3 %) inside the 30 px prompt box
+    decoder = ScriptedDecoder([(near, 0.9)])
+    assert np.array_equal(refine(decoder, Encoded(), (5, 5, 34, 34), rules), near) and len(decoder.boxes) == 1
+    inner, core = square(10, 10, 29, 29), square(11, 10, 28, 29)  # 5 px (17 %) inside: a loose box, refined
+    decoder = ScriptedDecoder([(inner, 0.9), (core, 0.9)])
+    assert np.array_equal(refine(decoder, Encoded(), (5, 5, 34, 34), rules), core)
+    assert decoder.boxes == [(5, 5, 34, 34), (10, 10, 29, 29)]  # then the new box is 1 px (5 %) inside: stop
+
+
+def test_fill_gate_refines_only_masks_that_leave_most_of_their_box_empty():
+    from MedCLIPSAMLib.models.box_prompting import refine
+
+    gate = BoxRules(refine_rounds=1, refine_below_fill=0.6)
+    full, small = square(5, 5, 30, 30), square(12, 12, 24, 24)  # 26^2 / 30^2 = 0.75 vs 0.19 of the box
+    decoder = ScriptedDecoder([(full, 0.9)])
+    assert np.array_equal(refine(decoder, Encoded(), (5, 5, 34, 34), gate), full) and len(decoder.boxes) == 1
+    decoder = ScriptedDecoder([(small, 0.9), (small, 0.9)])
+    refine(decoder, Encoded(), (5, 5, 34, 34), gate)
+    assert decoder.boxes == [(5, 5, 34, 34), (12, 12, 24, 24)]
+
+
 def test_zoom_segments_a_small_target_on_one_cached_crop(litemedsam, monkeypatch):
     image = disk_image(256, 256, center=(140, 100), radius=6, seed=3)
     truth = disk_mask(256, 256, center=(140, 100), radius=6)
@@ -115,7 +142,8 @@ def test_split_gives_each_piece_of_a_merged_box_its_own_box():
 
 
 @pytest.mark.parametrize("field,value", [("zoom_below", 1.5), ("component_ratio", -0.1), ("refine_margin", 2.0),
-                                         ("split_fraction", 1.2), ("min_component_mm", -1.0)])
+                                         ("split_fraction", 1.2), ("min_component_mm", -1.0),
+                                         ("refine_min_shrink", 0.6)])
 def test_rule_settings_out_of_range_are_refused_by_name(field, value):
     from MedCLIPSAMLib.errors import InputError
     from MedCLIPSAMLib.settings import Settings

@@ -58,7 +58,7 @@ def test_recent_prompts_survive_slicer_ini_settings():
 
 def test_a_preset_reaches_the_panel_with_the_values_that_run():
     shown = preset_parameters("Brain Tumor ", load_presets())
-    assert shown == {"bottleneckLayer": 9, "beta": 2.0, "maxComponents": 1, "promptMode": "boxes"}
+    assert shown == {"bottleneckLayer": 9, "beta": 2.0, "maxComponents": 3, "promptMode": "boxes"}
     assert preset_parameters("spleen", load_presets()) == {}
     p = panel(**shown)
     assert settings_from_dict(run_settings(p)).beta == 2.0
