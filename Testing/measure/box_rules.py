@@ -56,17 +56,31 @@ def load_cases(data: Path, key: str) -> list[Case]:
 
 
 def rule_sets() -> dict[str, BoxRules]:
-    """The candidates: today's rule, rounds, margins, keep-better, zoom thresholds and contexts."""
+    """The candidates: rounds, the old and the default stop rule, margins, steps, fill gates, keep-better, zoom."""
     base = BoxRules(refine_rounds=2)
     sets = {"r0": BoxRules(refine_rounds=0), "r1": BoxRules(refine_rounds=1), "r2 (old default)": base}
     for margin in (0.05, 0.1, 0.2):
         sets[f"r2 margin {margin}"] = replace(base, refine_margin=margin)
+    sets["r2 stop when tight (default)"] = replace(base, refine_min_shrink=0.05)
+    sets["r2 half steps"] = replace(base, refine_step=0.5)
+    for fill in (0.6, 0.7):
+        sets[f"r2 if fill < {fill}"] = replace(base, refine_below_fill=fill)
     sets["r2 keep-better"] = replace(base, refine_keep_better=True)
     sets["r2 margin 0.1 keep-better"] = replace(base, refine_margin=0.1, refine_keep_better=True)
     for below in (0.125, 0.25, 0.35):
         for context in (0.5, 1.0, 2.0):
             sets[f"r0 zoom {below} ctx {context}"] = BoxRules(refine_rounds=0, zoom_below=below, zoom_context=context)
     return sets
+
+
+def field_value(field: str, text: str):
+    """A BoxRules field's value from its text ('true'/'false' for the switches)."""
+    kind = type(getattr(BoxRules(), field))
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise SystemExit(f"error: {field} takes true or false (got {text!r}).")
+        return text.lower() == "true"
+    return kind(text)
 
 
 def main() -> int:
@@ -85,7 +99,7 @@ def main() -> int:
         rules = {k: v for k, v in rules.items() if k in args.rules.split(",")}
     for spec in args.extra:
         name, _, fields = spec.partition(":")
-        changes = {k: type(getattr(BoxRules(), k))(v) for k, v in (f.split("=") for f in fields.split(";"))}
+        changes = {k: field_value(k, v) for k, v in (f.split("=") for f in fields.split(";"))}
         rules[name] = BoxRules(**changes)
     levels = [float(v) for v in args.levels.split(",")]
     rows = []
