@@ -66,8 +66,8 @@ def number(low: float = -math.inf, high: float = math.inf, low_open: bool = Fals
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a number.") from None
         if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
-            bound = f"above {low:g}" if low_open else f"at least {low:g}" if high == math.inf else \
-                f"between {low:g} and {high:g}"
+            bound = f"above {low:g}" if low_open else f"at least {low:g}" if low > -math.inf and high == math.inf \
+                else f"between {low:g} and {high:g}" if low > -math.inf else "a finite number"
             raise argparse.ArgumentTypeError(f"must be {bound} (got {text}).")
         return value
     return parse
@@ -291,9 +291,11 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
 def _segment_on_server(args: argparse.Namespace, explicit: dict[str, Any], volume, prompts: list,
                        progress: TqdmProgress):
     """The same run on a ``medclipsam serve`` engine: only the options given explicitly are sent."""
-    from .client import EngineClient
+    from .client import EngineClient, is_server_url
     from .server.serve import read_token
 
+    if not is_server_url(args.server):
+        raise OptionError(f"--server '{args.server}' is not an engine address: write it like http://127.0.0.1:8765.")
     token, chosen = read_token(args.token_file)
     if not chosen:
         raise OptionError("--server needs the server's token: --token-file FILE or MEDCLIPSAM_TOKEN.")

@@ -9,6 +9,7 @@ never waits for more than one short request.
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import threading
@@ -54,6 +55,14 @@ class Upload:
     def of(cls, array: np.ndarray, spacing: Sequence[float] | None = None) -> "Upload":
         payload = wire.encode_volume(array, None if spacing is None else tuple(spacing))
         return cls(payload, wire.volume_id(payload))
+
+
+SERVER_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+"""What an engine address looks like: http(s)://host[:port][/path]."""
+
+
+def is_server_url(url: str) -> bool:
+    return bool(SERVER_URL.fullmatch(url.strip()))
 
 
 class EngineClient:
@@ -114,8 +123,8 @@ class EngineClient:
 
     def submit(self, volume_id: str, prompts: Sequence[Any], settings: dict[str, Any] | None = None,
                presets: bool = True, saliency: bool = True) -> dict[str, Any]:
-        body = {"volume": volume_id, "prompts": list(prompts), "settings": settings or {}, "presets": presets,
-                "saliency": saliency}
+        body = {"volume": volume_id, "prompts": list(prompts), "settings": settings or {}, "presets": bool(presets),
+                "saliency": bool(saliency)}
         return self._json("POST", "/jobs", body)
 
     def status(self, job_id: str) -> dict[str, Any]:

@@ -407,6 +407,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .cli import TqdmProgress, settings_from_args
     from .pipeline import resolve_device
 
+    for option, folder in (("data", args.data), ("--predictions", args.predictions)):
+        if folder and Path(folder).resolve() == Path(args.out).resolve():
+            raise OptionError(f"--out '{args.out}' is the {option} folder; results would mix with the cases there. "
+                              "Give --out its own folder.")
     if args.predictions:
         return _score_predictions(args)
     mode = ("oracle" if args.oracle_boxes else "saliency-only" if args.saliency_only

@@ -16,15 +16,8 @@ import SimpleITK as sitk
 from .completeness import INCOMPLETE_SIGNS, check_complete, incomplete
 from .errors import InputError, OptionError, SettingError
 from .outputs import PLAIN_2D_EXTENSIONS, check_output, extension, write_image
+from .settings import CT_WINDOWS
 
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    # name: (level, width) in Hounsfield units
-    "lung": (-600.0, 1500.0),
-    "soft_tissue": (40.0, 400.0),
-    "brain": (40.0, 80.0),
-    "bone": (400.0, 1800.0),
-    "liver": (60.0, 160.0),
-}
 MIN_SIDE = 8
 """Smallest in-plane size SAM and CLIP can make sense of."""
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -88,6 +88,14 @@ def check_output(path: str | os.PathLike, option: str, overwrite: bool = False,
     return path
 
 
+def check_outside(path: str | os.PathLike, folder: str | os.PathLike, option: str, why: str) -> None:
+    """Refuse an output inside (or equal to) an input folder whose files another step owns."""
+    target, owner = Path(path).resolve(), Path(folder).resolve()
+    if target == owner or owner in target.parents:
+        raise OptionError(f"{option} '{path}' is inside '{folder}', {why}; write it elsewhere "
+                          "(not even --overwrite writes there).")
+
+
 def check_folder(folder: str | os.PathLike, option: str) -> Path:
     """The folder (created later if missing) can hold new files: its nearest existing ancestor is a
     writable folder."""

@@ -6,6 +6,7 @@ docstring of a field says why we differ.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,16 @@ def check_device(name: str) -> str:
     if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
         raise SettingError("device", f"Unknown {{name}} '{name}': use auto, cpu, cuda or cuda:N.", "device")
     return name
+
+
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    # name: (level, width) in Hounsfield units
+    "lung": (-600.0, 1500.0),
+    "soft_tissue": (40.0, 400.0),
+    "brain": (40.0, 80.0),
+    "bone": (400.0, 1800.0),
+    "liver": (60.0, 160.0),
+}
 
 
 FAST_SALIENCY = {"saliency_stride": 4, "m2ib_samples": 3}
@@ -99,7 +110,7 @@ class Settings:
     slice_range: tuple[int, int] | None = None
     """Inclusive first and last slice to process; None: all."""
     window: str | None = None
-    """CT window preset name (see imageio.CT_WINDOWS); None: robust percentiles."""
+    """CT window preset name (CT_WINDOWS); None: robust percentiles."""
     saliency_stride: int = 1
     """CPU shortcut: M2IB on every k-th slice and, found by bisection, where the target starts and ends; maps
     interpolated in between (1: every slice; measured cost in the README)."""
@@ -126,6 +137,9 @@ class Settings:
         if self.sam_backend not in SAM_BACKENDS:
             raise SettingError("sam_backend", f"Unknown SAM backend '{self.sam_backend}' ({{name}}). "
                                f"Choose one of: {', '.join(SAM_BACKENDS)}.")
+        if self.window is not None and self.window not in CT_WINDOWS:
+            raise SettingError("window", f"Unknown CT window '{self.window}' ({{name}}). Choose one of: "
+                               f"{', '.join(CT_WINDOWS)}.")
         if self.prompt_mode not in PROMPT_MODES:
             raise SettingError("prompt_mode", f"Unknown prompt mode '{self.prompt_mode}' ({{name}}). "
                                f"Choose one of: {', '.join(PROMPT_MODES)}.")
@@ -139,7 +153,8 @@ class Settings:
         if not 0 <= self.refine_rounds <= 5:
             raise SettingError("refine_rounds", f"{{name}} must be between 0 and 5 (got {self.refine_rounds}).")
         fractions = {"component_ratio": self.component_ratio, "zoom_below": self.zoom_below,
-                     "split_fraction": self.split_fraction}
+                     "split_fraction": self.split_fraction, "min_body_fraction": self.min_body_fraction,
+                     "min_component_fraction": self.min_component_fraction}
         for name, value in fractions.items():
             if not 0 <= value <= 1:
                 raise SettingError(name, f"{{name}} must be between 0 and 1 (got {value}).")
@@ -148,8 +163,12 @@ class Settings:
         for name, (value, high) in spans.items():
             if not 0 <= value <= high:
                 raise SettingError(name, f"{{name}} must be between 0 and {high:g} (got {value}).")
-        if not self.beta >= 0:  # also refuses NaN
-            raise SettingError("beta", f"{{name}} must be >= 0 (got {self.beta}).")
+        if not 0 <= self.beta < math.inf:  # also refuses NaN
+            raise SettingError("beta", f"{{name}} must be a finite number >= 0 (got {self.beta}).")
+        if not 0 < self.m2ib_lr <= 100:
+            raise SettingError("m2ib_lr", f"{{name}} must be above 0 and at most 100 (got {self.m2ib_lr}).")
+        if not 0 <= self.seed < 2 ** 63:
+            raise SettingError("seed", f"{{name}} must be between 0 and 2**63 - 1 (got {self.seed}).")
         if self.bottleneck_layer < 0:
             raise SettingError("bottleneck_layer", f"{{name}} must be >= 0 (got {self.bottleneck_layer}).")
         size = self.sam_input_size
@@ -225,7 +244,10 @@ def _checked_value(name: str, value: Any, default: Any) -> Any:
             return (int(value[0]), int(value[1]))
         raise InputError(f"Setting '{name}' must be two whole numbers [first, last] (got {value!r:.60}).")
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise InputError(f"Setting '{name}' is too large (got a {len(str(value))}-digit number).") from None
     if kind is int and isinstance(value, bool):
         raise InputError(f"Setting '{name}' must be a whole number (got {value!r}).")
     if isinstance(value, kind):

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..metrics import dice
-from ..outputs import add_output_option, add_overwrite_option, check_output, write_json
+from ..outputs import add_output_option, add_overwrite_option, check_output, check_outside, write_json
 from ..weak.export import case_paths, read_dataset_json
 from .queue import open_dataset
 from .state import ACCEPTED, EXCLUDED, INTERRUPTED, pseudo_path
@@ -98,6 +98,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 def cmd_review_status(args: argparse.Namespace) -> int:
     if args.json:
+        check_outside(args.json, args.dataset, "--json", "which holds nnU-Net's files and the review's state")
         check_output(args.json, "--json", args.overwrite, extensions=(".json",))
     summary = review_summary(args.dataset)
     for line in format_summary(summary):

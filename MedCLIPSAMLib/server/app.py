@@ -168,8 +168,12 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
             raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
                                      "again with PUT /volumes/{id}.")
         prompts = body.get("prompts")
-        settings = engine.settings_for(prompts, body.get("settings"), bool(body.get("presets", True)))
-        include_saliency = bool(body.get("saliency", True))
+        switches = {name: body.get(name, True) for name in ("presets", "saliency")}
+        wrong = [name for name, value in switches.items() if not isinstance(value, bool)]
+        if wrong:
+            raise HTTPException(400, f"'{wrong[0]}' must be true or false (got {switches[wrong[0]]!r:.40}).")
+        settings = engine.settings_for(prompts, body.get("settings"), switches["presets"])
+        include_saliency = switches["saliency"]
 
         def work(progress, cancel) -> bytes:
             result = engine.run(volume, prompts, settings, progress, cancel)

@@ -49,7 +49,11 @@ class Engine:
         from ..pipeline import check_prompts
         from ..presets import apply_preset
 
-        values = dict(values or {})
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise InputError(f"Settings must be an object of field names and values, not {type(values).__name__}.")
+        values = dict(values)
         server_owned = sorted(set(values) & set(SERVER_FIELDS))
         if server_owned:
             raise InputError(f"Setting(s) {', '.join(server_owned)} are chosen when the server starts "

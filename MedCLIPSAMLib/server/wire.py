@@ -42,11 +42,16 @@ def decode_volume(payload: bytes) -> tuple[np.ndarray, tuple[float, ...] | None]
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
             array, spacing = archive["array"], archive["spacing"]
-    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"The upload is not a MedCLIP-SAM volume (an .npz with 'array' and 'spacing'): {exc}.") from None
+    except MemoryError:
+        raise InputError("The upload declares an array larger than the server can hold; send the volume itself "
+                         "(an .npz with 'array' and 'spacing').") from None
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile):
+        raise InputError("The upload is not a MedCLIP-SAM volume: send an uncompressed .npz of numeric arrays "
+                         "'array' and 'spacing' (EngineClient does this).") from None
     if spacing.size == 0:
         return array, None
-    if spacing.shape != (array.ndim,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+    if (spacing.dtype.kind not in "iuf" or spacing.shape != (array.ndim,) or not np.all(np.isfinite(spacing))
+            or np.any(spacing <= 0)):
         raise InputError(f"The uploaded spacing {spacing.tolist()} does not fit an array of shape {array.shape}; "
                          "give one positive spacing per axis.")
     return array, tuple(float(s) for s in spacing)

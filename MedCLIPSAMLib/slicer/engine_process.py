@@ -151,7 +151,9 @@ class EngineChoice:
         from ..errors import InputError
 
         if mode == "remote":
-            if not re.match(r"^https?://[^\s/]+", url.strip()):
+            from ..client import is_server_url
+
+            if not is_server_url(url):
                 raise InputError(f"Server address '{url}' is not a URL: write it like http://127.0.0.1:8765.")
             if not token.strip():
                 raise InputError("Enter the server's token (printed by 'medclipsam serve', or its --token-file).")

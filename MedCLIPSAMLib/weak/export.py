@@ -8,6 +8,7 @@ anything is written; every file is written atomically (temp file + rename), all 
 """
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,27 @@ def dataset_dir(raw_root: str | Path, dataset_id: int, name: str) -> Path:
         if existing != wanted:
             raise InputError(f"Dataset id {dataset_id} is already used by '{existing.name}'; choose another id.")
     return wanted
+
+
+def dataset_id_option(text: str) -> int:
+    """argparse type of --dataset-id: nnU-Net's ids are 1-999."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 999:
+        raise argparse.ArgumentTypeError(f"must be an nnU-Net dataset id, 1-999 (got {text}).")
+    return int(text)
+
+
+def dataset_name_option(text: str) -> str:
+    """argparse type of --name: the <Name> of Dataset<NNN>_<Name>."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", text):
+        raise argparse.ArgumentTypeError(f"must hold only letters, digits, '_' and '-' (got '{text}').")
+    return text
+
+
+def channel_name_option(text: str) -> str:
+    """argparse type of --modality: nnU-Net's channel name (CT picks CT normalisation)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name the channel, e.g. CT, MRI or US.")
+    return text.strip()
 
 
 def next_case_id(folder: str | Path, prefix: str) -> str:
@@ -209,10 +231,10 @@ def add_case(folder: str | Path, case_id: str, image, label, label_name: str, mo
 def register_cli(sub) -> None:
     parser = sub.add_parser("nnunet-export", help="add image/label cases to an nnU-Net v2 raw dataset")
     add_output_option(parser, "--raw", kind="folder", required=True, help="nnU-Net raw folder")
-    parser.add_argument("--dataset-id", type=int, required=True)
-    parser.add_argument("--name", required=True, help="dataset name (Dataset<NNN>_<name>)")
+    parser.add_argument("--dataset-id", type=dataset_id_option, required=True)
+    parser.add_argument("--name", type=dataset_name_option, required=True, help="dataset name (Dataset<NNN>_<name>)")
     parser.add_argument("--label-name", required=True, help="the target, e.g. 'brain tumor'")
-    parser.add_argument("--modality", default="MRI", help="channel name, e.g. CT, MRI, US")
+    parser.add_argument("--modality", type=channel_name_option, default="MRI", help="channel name, e.g. CT, MRI, US")
     parser.add_argument("--image", help="one image (with --label and --case-id)")
     parser.add_argument("--label", help="its 0/1 label on the image's grid (e.g. from medclipsam segment)")
     parser.add_argument("--case-id")

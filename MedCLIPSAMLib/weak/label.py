@@ -147,11 +147,14 @@ def _need_prompt(prompt: str | None, where: str) -> str:
 def _manifest_cases(path: Path, prompt: str | None) -> list[LabelCase]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows, header = list(reader), reader.fieldnames or []
     except UnicodeDecodeError:
         raise InputError(f"'{path}' is not UTF-8 text; save the manifest as UTF-8 CSV.") from None
-    if not rows or "image" not in rows[0]:
+    if "image" not in header:
         raise InputError(f"'{path}' needs a header with an 'image' column (optional: prompt, case_id).")
+    if not rows:
+        raise InputError(f"'{path}' lists no cases: add one line per image under its header.")
     cases = []
     for number, row in enumerate(rows, start=2):
         image = (row.get("image") or "").strip()
@@ -362,8 +365,12 @@ def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
     pending = [case for case, record in records.items() if record is None or record.get("status") not in FINAL]
     if pending:
         return None
+    for path in sorted((dataset / RECORDS).glob("*.json")):  # cases of earlier runs on other inputs stay listed
+        earlier = records.get(path.stem) or read_record(dataset, path.stem)
+        if earlier is not None and earlier.get("status") in FINAL:
+            records[path.stem] = earlier
     reviews = read_states(dataset)
-    rows = [{**records[c.case_id], "review": review_column(reviews.get(c.case_id))} for c in cases]
+    rows = [{**records[case], "review": review_column(reviews.get(case))} for case in sorted(records)]
     (dataset / "labelsTr").mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -380,6 +387,7 @@ def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
 
 def register_cli(sub) -> None:
     from ..cli import add_setting_options, at_least, number
+    from .export import channel_name_option, dataset_id_option, dataset_name_option
 
     parser = sub.add_parser("label", help="zero-shot labels for every case of a folder or manifest, into an nnU-Net "
                                           "dataset")
@@ -387,10 +395,10 @@ def register_cli(sub) -> None:
                                       "(image[,prompt][,case_id])")
     parser.add_argument("--prompt", "-p", help="what to segment (a manifest's prompt column wins)")
     add_output_option(parser, "--raw", kind="folder", required=True, help="nnU-Net raw folder")
-    parser.add_argument("--dataset-id", type=int, required=True)
-    parser.add_argument("--name", required=True, help="dataset name (Dataset<NNN>_<name>)")
+    parser.add_argument("--dataset-id", type=dataset_id_option, required=True)
+    parser.add_argument("--name", type=dataset_name_option, required=True, help="dataset name (Dataset<NNN>_<name>)")
     parser.add_argument("--label-name", help="the label's name in dataset.json (default: the prompt)")
-    parser.add_argument("--modality", default="MRI", help="channel name: CT, MRI, US ...")
+    parser.add_argument("--modality", type=channel_name_option, default="MRI", help="channel name: CT, MRI, US ...")
     parser.add_argument("--min-score", type=number(), default=0.0, help="keep cases under this score out of the set")
     parser.add_argument("--overwrite", action="store_true", help="redo cases labelled with other settings, and "
                         "replace cases this command did not write")

@@ -259,3 +259,18 @@ def test_progress_bars_count_cases_for_evaluate_and_slices_otherwise(capsys):
     progress.close()
     err = capsys.readouterr().err
     assert "case/s" in err.split("saliency")[0] and "slice/s" in err.split("saliency")[1]
+
+
+def test_a_server_address_that_is_no_url_and_an_unknown_window_are_option_errors(tmp_path, capsys):
+    import SimpleITK as sitk
+    import numpy as np
+
+    scan = tmp_path / "v.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 16, 16), np.int16)), str(scan))
+    token = tmp_path / "token"
+    token.write_text("secret")
+    assert main(["segment", str(scan), "-p", "x", "-o", str(tmp_path / "o.nrrd"), "--server", "notaurl",
+                 "--token-file", str(token), "--quiet"]) == 2
+    assert "--server 'notaurl' is not an engine address" in capsys.readouterr().err
+    assert main(["segment", str(scan), "-p", "x", "-o", str(tmp_path / "o.nrrd"), "--window", "foo", "--quiet"]) == 2
+    assert "Unknown CT window 'foo' (--window)" in capsys.readouterr().err

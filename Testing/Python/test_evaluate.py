@@ -73,6 +73,15 @@ def test_oracle_mode_writes_metrics_summary_and_figures(tmp_path, dataset):
     assert (out / "overlays" / "case1.png").stat().st_size > 1000 and (out / "best_worst.png").exists()
 
 
+def test_results_never_go_into_the_data_folder(tmp_path, dataset, capsys):
+    before = sorted(p.name for p in dataset.iterdir())
+    assert main(["evaluate", str(dataset), "--oracle-boxes", "--out", str(dataset), "--quiet"]) == 2
+    assert "is the data folder" in capsys.readouterr().err
+    assert main(["evaluate", str(dataset), "--predictions", str(tmp_path), "--out", str(tmp_path), "--quiet"]) == 2
+    assert "is the --predictions folder" in capsys.readouterr().err
+    assert sorted(p.name for p in dataset.iterdir()) == before
+
+
 def test_resume_skips_finished_cases_and_refuses_to_clobber(tmp_path, dataset):
     out = tmp_path / "out"
     args = ["evaluate", str(dataset), "--oracle-boxes", "--out", str(out), "--sam", "litemedsam", "--quiet",

@@ -142,6 +142,9 @@ def test_manifest_with_prompts_and_case_ids(tmp_path):
     manifest.write_text("image,prompt,case_id\na.nrrd,liver,P001\n/abs/b.nii.gz,,P002\n")
     cases = find_label_cases(manifest, "kidney")
     assert cases == [LabelCase("P001", str(tmp_path / "a.nrrd"), "liver"), LabelCase("P002", "/abs/b.nii.gz", "kidney")]
+    manifest.write_text("image,prompt,case_id\n")
+    with pytest.raises(InputError, match="lists no cases"):
+        find_label_cases(manifest, "kidney")
     manifest.write_text("path\nx.nrrd\n")
     with pytest.raises(InputError, match="'image' column"):
         find_label_cases(manifest, "kidney")
@@ -172,3 +175,25 @@ def test_ray_labels_equal_the_serial_run(cohort, tmp_path, tiny_clip_folder):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(serial / "labelsTr" / f"{case}.nii.gz")))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(distributed / "labelsTr" / f"{case}.nii.gz")))
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("option, value, words", [("--dataset-id", "1000", "--dataset-id must be an nnU-Net dataset id"),
+                                                  ("--name", "a/b", "--name must hold only letters"),
+                                                  ("--modality", " ", "--modality must name the channel"),
+                                                  ("--min-score", "nan", "--min-score must be a finite number")])
+def test_dataset_options_are_checked_as_options(cohort, tmp_path, tiny_clip_folder, capsys, option, value, words):
+    assert run_label(cohort, tmp_path / "raw", tiny_clip_folder, option, value) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "raw").exists()
+
+
+def test_a_second_input_into_the_same_dataset_keeps_the_first_ones_cases_listed(cohort, tmp_path, tiny_clip_folder):
+    raw = tmp_path / "raw"
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text(f"image,case_id\n{cohort / 'case 0.nrrd'},A\n")
+    second.write_text(f"image,case_id\n{cohort / 'case 1.nrrd'},B\n")
+    assert run_label(first, raw, tiny_clip_folder) == 0
+    assert run_label(second, raw, tiny_clip_folder) == 0
+    dataset = raw / "Dataset007_Vol"
+    assert set(rows_of(dataset)) == {"A", "B"}
+    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == sum(
+        row["status"] == "added" for row in rows_of(dataset).values())

@@ -236,6 +236,11 @@ def test_review_status_counts_states_and_measures_the_reviewer_changes(dataset, 
     assert {c["case"]: c["dsc"] for c in summary["per_case"]} == {"a_high": 1.0, "b_low": pytest.approx(b_dsc)}
     assert main(["review-status", str(dataset), "--json", str(out)]) == 3
     assert "already exists" in capsys.readouterr().err
+    before = (dataset / "dataset.json").read_bytes()
+    for inside in (dataset / "dataset.json", dataset / "medclipsam_review.json", dataset / "summary.json"):
+        assert main(["review-status", str(dataset), "--json", str(inside), "--overwrite"]) == 2
+        assert "is inside" in capsys.readouterr().err
+    assert (dataset / "dataset.json").read_bytes() == before and not (dataset / "summary.json").exists()
 
 
 def test_a_real_label_rerun_with_overwrite_keeps_the_review(tmp_path, tiny_clip_folder, capsys):

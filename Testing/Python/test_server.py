@@ -162,6 +162,27 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_running(server
     strings = Upload.of(np.array([["a"] * 16] * 16))
     code, detail = raw(server, "PUT", f"/volumes/{strings.id}", strings.payload)
     assert code == 400 and "pixel type" in detail
+    import io
+    for name, fields in (("text spacing", {"array": np.ones((2, 16, 16)), "spacing": np.array(["a", "b", "c"])}),
+                         ("huge header", None)):
+        if fields is None:  # a few hundred bytes whose .npy header declares 2**40 elements
+            import zipfile
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                          "shape": (2 ** 40,)})
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as archive:
+                archive.writestr("array.npy", header.getvalue())
+                archive.writestr("spacing.npy", header.getvalue())
+            payload = buffer.getvalue()
+        else:
+            buffer = io.BytesIO()
+            np.savez(buffer, **fields)
+            payload = buffer.getvalue()
+        code, detail = raw(server, "PUT", f"/volumes/{volume_id(payload)}", payload)
+        assert code == 400 and ("spacing" in detail or "larger than the server" in detail or
+                                "not a MedCLIP-SAM volume" in detail), (name, code, detail)
+        assert "allow_pickle" not in detail
     tiny = Upload.of(np.ones((2, 4, 4)))
     code, detail = raw(server, "PUT", f"/volumes/{tiny.id}", tiny.payload)
     assert code == 400 and "too small" in detail
@@ -176,6 +197,12 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_running(server
         ({"volume": good.id, "prompts": ["x"], "settings": {"clip_model": "/etc/passwd"}}, 400, "chosen when the server"),
         ({"volume": "f" * 64, "prompts": ["x"]}, 404, "does not hold that volume"),
         ({"volume": good.id, "prompts": ["x"], "colour": "red"}, 400, "Unknown job field"),
+        ({"volume": good.id, "prompts": ["x"], "settings": "abc"}, 400, "Settings must be an object"),
+        ({"volume": good.id, "prompts": ["x"], "settings": [["beta", 2]]}, 400, "Settings must be an object"),
+        ({"volume": good.id, "prompts": ["x"], "settings": {"zoom_below": 10 ** 400}}, 400, "too large"),
+        ({"volume": good.id, "prompts": ["x"], "settings": {"seed": 2 ** 70}}, 400, "'seed' must be between"),
+        ({"volume": good.id, "prompts": ["x"], "presets": "false"}, 400, "'presets' must be true or false"),
+        ({"volume": good.id, "prompts": ["x"], "saliency": []}, 400, "'saliency' must be true or false"),
     ]
     for body, status, words in cases:
         code, detail = raw(server, "POST", "/jobs", json.dumps(body).encode())

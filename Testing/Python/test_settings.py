@@ -12,7 +12,13 @@ from MedCLIPSAMLib.settings import Settings, check_device, settings_from_dict
     ({"slice_range": (5, 2)}, "slice_range", "Slice range 5-2 is invalid", "--slices"),
     ({"axis": 4}, "axis", "Axis 4 is out of range", "--axis"),
     ({"device": "tpu9"}, "device", "Unknown device 'tpu9': use auto, cpu, cuda or cuda:N.", "--device"),
-    ({"beta": float("nan")}, "beta", "'beta' must be >= 0 (got nan).", "--beta"),
+    ({"beta": float("nan")}, "beta", "'beta' must be a finite number >= 0 (got nan).", "--beta"),
+    ({"beta": float("inf")}, "beta", "'beta' must be a finite number >= 0 (got inf).", "--beta"),
+    ({"seed": 2 ** 70}, "seed", "'seed' must be between 0 and 2**63 - 1", "--seed"),
+    ({"m2ib_lr": float("nan")}, "m2ib_lr", "'m2ib_lr' must be above 0 and at most 100", "'m2ib_lr'"),
+    ({"min_body_fraction": 2.0}, "min_body_fraction", "'min_body_fraction' must be between 0 and 1", "'min_body"),
+    ({"min_component_fraction": -1.0}, "min_component_fraction", "must be between 0 and 1", "'min_component"),
+    ({"window": "foo"}, "window", "Unknown CT window 'foo' ('window')", "Unknown CT window"),
 ])
 def test_a_bad_setting_names_the_field_for_python_and_the_option_for_the_cli(changes, field, plain, option):
     with pytest.raises(SettingError) as error:
@@ -28,6 +34,8 @@ def test_server_requests_are_checked_field_by_field():
         settings_from_dict({"max_components": 0})
     with pytest.raises(InputError, match="'beta' must be a number"):
         settings_from_dict({"beta": "high"})
+    with pytest.raises(InputError, match="'zoom_below' is too large"):
+        settings_from_dict({"zoom_below": 10 ** 400})  # a JSON integer no float holds
 
 
 def test_device_names_are_checked_without_torch():
