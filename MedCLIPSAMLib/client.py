@@ -163,6 +163,9 @@ class EngineClient:
                     self._cancel_and_wait(job["id"])
                 job = self.status(job["id"])
                 if job["state"] in FINISHED:
+                    final = (job["stage"], job["total"], job["total"])
+                    if progress is not None and job["state"] == "done" and job["stage"] and final != last:
+                        progress(*final)  # the last stage's bar ends full, as a local run's does
                     break
                 seen = (job["stage"], job["done"], job["total"])
                 if progress is not None and job["stage"] and seen != last:

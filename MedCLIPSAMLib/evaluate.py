@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import io
 import platform
 import time
@@ -274,7 +275,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-OUTPUT_FILES = ("metrics.csv", "summary.json", "best_worst.png")
+OUTPUT_FILES = ("metrics.csv", "summary.json", "best_worst.png", "run.json")
 """What ``evaluate`` writes into --out, besides overlays/<case>.png."""
 
 
@@ -298,6 +299,33 @@ def check_outputs(out: Path, cases: list[Case], resume: bool, overwrite: bool, f
     return set()
 
 
+EXECUTION_FIELDS = ("device", "clip_batch_size", "sam_batch_size", "compile")
+"""Settings that change how fast a run goes, not its figures: a resumed run may change them."""
+
+
+def run_record(evaluator: Evaluator) -> dict[str, Any]:
+    """What makes two runs' rows comparable: mode, box growth, NSD convention and method settings."""
+    settings = {k: v for k, v in evaluator.settings.to_dict().items() if k not in EXECUTION_FIELDS}
+    return json.loads(json.dumps({"mode": evaluator.mode, "grow": evaluator.grow,
+                                  "nsd_convention": evaluator.nsd_convention, "settings": settings}))
+
+
+def check_same_run(out: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume a run made with other settings: its rows and the new ones would not be comparable."""
+    earlier = next((read_json(out / name, "Earlier run record") for name in ("run.json", "summary.json")
+                    if (out / name).exists()), None)
+    if not isinstance(earlier, dict):
+        return
+    def flat(run: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in run.items() if k != "settings"}, **(run.get("settings") or {})}
+
+    old, new = flat(earlier), flat(record)
+    changed = [f"{key} {old[key]!r} -> {new[key]!r}" for key in new if key in old and old[key] != new[key]]
+    if changed:
+        raise OptionError(f"--resume: the run in '{out}' was made with other settings ({'; '.join(changed[:3])}); "
+                          "give the same options to continue it, or --overwrite to start over.")
+
+
 def evaluate(data: Path, out: Path, evaluator: Evaluator, prompt_for: Callable[[str], Any],
              resume: bool = False, limit: int | None = None, figures: bool = True,
              progress: Callable[[str, int, int], None] | None = None, overwrite: bool = False,
@@ -311,8 +339,12 @@ def evaluate(data: Path, out: Path, evaluator: Evaluator, prompt_for: Callable[[
     if note and unpaired_note(unpaired):
         note(unpaired_note(unpaired))
     skip = check_outputs(out, cases, resume, overwrite, figures)
+    record = run_record(evaluator)
+    if resume:
+        check_same_run(out, record)
     check_cases([c for c in cases if c.name not in skip], prompt_for)
     evaluator.load_models()
+    write_json(out / "run.json", record, overwrite=True)
     csv_path = out / "metrics.csv"
     if not skip and not (resume and csv_path.exists() and csv_path.stat().st_size):
         write_text(csv_path, ",".join(CSV_FIELDS) + "\n", overwrite=True)  # a fresh file, replaced whole

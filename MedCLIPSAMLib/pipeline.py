@@ -421,6 +421,12 @@ class Pipeline:
                 mask = keep_largest_components(keep_overlapping(mask, target.coarse), s.max_components)
             if s.fill_holes:
                 mask = np.stack([ndimage.binary_fill_holes(m) for m in mask])
+            covered = int((mask & (labels > 0)).sum())
+            if covered:
+                located.messages.append(
+                    f"'{target.name}': {covered} of its {int(mask.sum())} voxels are also in an earlier prompt's "
+                    "mask and carry that prompt's label in the label map (earlier prompts win); its whole mask "
+                    "is in result.masks, or segment it alone.")
             labels[mask & (labels == 0)] = index + 1
             out_masks[target.name] = np.moveaxis(mask, 0, axis)
             out_saliency[target.name] = np.moveaxis(target.saliency, 0, axis)

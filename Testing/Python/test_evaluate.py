@@ -89,6 +89,8 @@ def test_resume_skips_finished_cases_and_refuses_to_clobber(tmp_path, dataset):
     assert main(args + ["--limit", "1"]) == 0
     assert main(args) == 3  # metrics.csv exists and no --resume
     assert len(read_rows(out)) == 1
+    assert main(args + ["--resume", "--refine-rounds", "0", "--grow", "0.25"]) == 2  # other settings: not comparable
+    assert len(read_rows(out)) == 1
     assert main(args + ["--resume"]) == 0
     assert [r["case"] for r in read_rows(out)] == ["case0", "case1", "case2"]
     older = tmp_path / "older"  # written before the saliency_slices column existed

@@ -103,6 +103,12 @@ def test_several_prompts_give_several_labels_on_any_axis(pipeline):
     assert all(result.masks[n].shape == volume.shape for n in result.names)
     first = result.masks["disk"]
     assert ((result.labels == 1) == first).all()  # the first prompt wins where they overlap
+    overlap = int((first & result.masks["round shape"]).sum())
+    assert overlap  # the two random-CLIP masks share voxels here, so the note is tested
+    said = [m for m in result.messages if "'round shape':" in m and "earlier prompt's mask" in m]
+    assert said == ([f"'round shape': {overlap} of its {int(result.masks['round shape'].sum())} voxels are also in "
+                     "an earlier prompt's mask and carry that prompt's label in the label map (earlier prompts win); "
+                     "its whole mask is in result.masks, or segment it alone."] if overlap else [])
 
 
 def test_slice_range_limits_the_work(pipeline):

@@ -65,6 +65,7 @@ def test_sample_through_the_server_equals_the_in_process_pipeline(client, tiny_c
     assert remote.labels[10:13].any() and not remote.labels[:10].any(), "only the asked slices are labelled"
     stages = {stage for stage, _, _ in seen}
     assert {"saliency", "sam"} <= stages and all(done <= total for _, done, total in seen)
+    assert seen[-1][0] == "sam" and seen[-1][1] == seen[-1][2], "the last bar ends full, as in a local run"
     assert set(remote.timings) >= {"m2ib", "sam_encoder", "total"}
 
 
