@@ -166,6 +166,11 @@ def settings_from_args(args: argparse.Namespace, prompt: str | None) -> Settings
         settings, _ = apply_preset(settings, prompt, explicit)
     if getattr(args, "fast", False):
         explicit = {**FAST_SALIENCY, **explicit}
+    if explicit.get("sam_backend") == "litemedsam":
+        for field, option in (("sam_checkpoint", "--sam-checkpoint"), ("sam_input_size", "--sam-input-size")):
+            if field in explicit:
+                raise OptionError(f"{option} is for the SAM ViT models (--sam vit_b/vit_l/vit_h); LiteMedSAM uses "
+                                  "its own weights at 256 px: drop the option.")
     return settings.replace(**explicit)
 
 
@@ -174,7 +179,7 @@ def _prompts(args: argparse.Namespace) -> list:
     if args.prompt_file:
         prompts.append(prompt_sentences(args.prompt_file))
     if not prompts:
-        raise InputError("Give a prompt with --prompt TEXT (repeatable) or --prompt-file FILE.")
+        raise OptionError("Give a prompt with --prompt TEXT (repeatable) or --prompt-file FILE.")
     return prompts
 
 

@@ -117,13 +117,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = Engine(config)
     if args.parent_pid:
         exit_with_parent(args.parent_pid)
+    sock = bind(args.host, args.port)  # a taken port is refused before minutes of model loading
     print(f"Loading models on {engine.device} (CLIP: {config.clip_model}; SAM: {args.sam}; pid {os.getpid()})...",
           file=sys.stderr, flush=True)
     engine.preload(args.sam)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), ttl_seconds=args.ttl)
     jobs = JobQueue(ttl=args.ttl, worker_thread=False)
     app = create_app(engine, token, limits, allow_shutdown=bool(args.parent_pid), jobs=jobs)
-    sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False))
     app.state.request_shutdown = lambda: setattr(server, "should_exit", True)

@@ -218,7 +218,7 @@ def test_a_truncated_nifti_is_refused_not_segmented(tmp_path, no_models, capsys)
 
 @pytest.mark.parametrize("option, value, message", [
     ("--k", "0", "--k must be at least 1 (got 0)"),
-    ("--beta", "-1", "--beta must be >= 0 (got -1.0)"),
+    ("--beta", "-1", "--beta must be a finite number >= 0 (got -1.0)"),
     ("--axis", "3", "--axis 3 is out of range"),
     ("--stride", "0", "--stride must be at least 1 (got 0)"),
     ("--refine-rounds", "9", "--refine-rounds must be between 0 and 5 (got 9)"),
@@ -274,3 +274,18 @@ def test_a_server_address_that_is_no_url_and_an_unknown_window_are_option_errors
     assert "--server 'notaurl' is not an engine address" in capsys.readouterr().err
     assert main(["segment", str(scan), "-p", "x", "-o", str(tmp_path / "o.nrrd"), "--window", "foo", "--quiet"]) == 2
     assert "Unknown CT window 'foo' (--window)" in capsys.readouterr().err
+
+
+def test_sam_vit_options_with_litemedsam_and_a_missing_prompt_are_option_errors(tmp_path, capsys):
+    import SimpleITK as sitk
+    import numpy as np
+
+    scan = tmp_path / "v.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 16, 16), np.int16)), str(scan))
+    base = ["segment", str(scan), "-o", str(tmp_path / "o.nrrd"), "--sam", "litemedsam", "--quiet"]
+    assert main(base + ["-p", "x", "--sam-input-size", "512"]) == 2
+    assert "--sam-input-size is for the SAM ViT models" in capsys.readouterr().err
+    assert main(base + ["-p", "x", "--sam-checkpoint", str(scan)]) == 2
+    assert "--sam-checkpoint is for the SAM ViT models" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "Give a prompt with --prompt" in capsys.readouterr().err

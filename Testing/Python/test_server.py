@@ -271,6 +271,15 @@ def test_serve_command_prints_where_it_listens_and_refuses_an_open_host_without_
                              env={**__import__("os").environ, "MEDCLIPSAM_TOKEN": ""}, timeout=120)
     assert refused.returncode == 2 and "Refusing to listen on 0.0.0.0" in refused.stderr
     assert "Traceback" not in refused.stderr
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = subprocess.run([sys.executable, "-m", "MedCLIPSAMLib.server", "--port", str(taken.getsockname()[1]),
+                               "--clip-model", str(tiny_clip_folder), "--sam", "litemedsam", "--device", "cpu"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert busy.returncode == 3 and "Cannot listen on 127.0.0.1" in busy.stderr
+    assert "Loading models" not in busy.stderr  # refused before any model loads
 
     from MedCLIPSAMLib.slicer.engine_process import LocalEngine
 
