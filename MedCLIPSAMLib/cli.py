@@ -14,7 +14,7 @@ from .outputs import add_output_option, add_overwrite_option, check_distinct, ch
 from .settings import FAST_SALIENCY, PROMPT_MODES, SAM_BACKENDS, Settings
 
 
-STAGE_UNITS = {"evaluate": "case"}
+STAGE_UNITS = {"evaluate": "case", "label": "case"}
 """Unit of a stage's progress bar when it does not count slices."""
 
 

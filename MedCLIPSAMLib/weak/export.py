@@ -146,7 +146,8 @@ def write_dataset_json(folder: Path, label_name: str, modality: str) -> dict:
     cases = [p for p in (folder / "labelsTr").glob(f"*{FILE_ENDING}") if not p.name.startswith(".")]
     content = {"channel_names": {"0": modality}, "labels": {"background": 0, label_name: 1},
                "numTraining": len(cases), "file_ending": FILE_ENDING,
-               "name": folder.name.split("_", 1)[1], "description": "MedCLIP-SAM pseudo-labels (zero-shot, edited)"}
+               "name": folder.name.split("_", 1)[1],
+               "description": "MedCLIP-SAM zero-shot pseudo-labels (labels.csv says which a reviewer accepted or edited)"}
     write_json(folder / "dataset.json", content, overwrite=True)
     return content
 

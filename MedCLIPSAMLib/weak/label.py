@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -104,14 +104,19 @@ def case_id_of(name: str) -> str:
     return case
 
 
-def find_label_cases(source: Path, prompt: str | None, oracle_saliency: bool = False) -> list[LabelCase]:
+def find_label_cases(source: Path, prompt: str | None, oracle_saliency: bool = False,
+                     note: Callable[[str], None] | None = None) -> list[LabelCase]:
     """Cases from a folder (image files and DICOM series folders; ``*_mask`` files are skipped) or a CSV
-    manifest with columns ``image[,prompt][,case_id]``; sorted by case id, ids unique."""
+    manifest with columns ``image[,prompt][,case_id]``; sorted by case id, ids unique. ``note`` hears of
+    images left out (with ``oracle_saliency``, those without a mask)."""
     source = Path(source)
     if oracle_saliency:
-        from ..evaluate import find_cases
+        from ..evaluate import pair_files, unpaired_note
 
-        cases = [LabelCase(c.name, str(c.image), prompt or "target", str(c.mask)) for c in find_cases(source)]
+        pairs, unpaired = pair_files(source)
+        if note and unpaired_note(unpaired):
+            note(unpaired_note(unpaired))
+        cases = [LabelCase(c.name, str(c.image), prompt or "target", str(c.mask)) for c in pairs]
     elif source.is_dir():
         cases = [LabelCase(case_id_of(p.name), str(p), _need_prompt(prompt, p.name)) for p in sorted(source.iterdir())
                  if _is_image(p)]
@@ -357,7 +362,7 @@ def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
     Cases the review queue excluded are kept outside labelsTr, so dataset.json never counts them.
     Returns the summary, or None while cases of other parts are still missing.
     """
-    from ..review.state import read_states, review_column
+    from ..review.state import EXCLUDED, read_states, review_column
     from .export import write_dataset_json
 
     dataset = Path(job.dataset)
@@ -380,7 +385,8 @@ def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
     content = write_dataset_json(dataset, job.label_name, job.modality)
     shutil.rmtree(dataset / TEMP, ignore_errors=True)
     counts = {status: sum(r["status"] == status for r in rows) for status in FINAL}
-    return {"numTraining": content["numTraining"], **counts}
+    excluded = sum(r["review"] == review_column({"state": EXCLUDED}) for r in rows)
+    return {"numTraining": content["numTraining"], **counts, "excluded": excluded}
 
 
 # --- command line -------------------------------------------------------------------------------------------------
@@ -421,7 +427,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     from ..settings import FAST_SALIENCY
     from .export import dataset_dir
 
-    cases = find_label_cases(Path(args.input), args.prompt, args.oracle_saliency)
+    cases = find_label_cases(Path(args.input), args.prompt, args.oracle_saliency,
+                             note=lambda text: print(f"note: {text}", file=sys.stderr))
     label_name = (args.label_name or args.prompt or (cases[0].prompt if cases else "")).strip()
     if not label_name:
         raise MedCLIPSAMError("Give --label-name (or --prompt): the label's name in dataset.json.")
@@ -447,8 +454,9 @@ def cmd_label(args: argparse.Namespace) -> int:
             finally:
                 progress.close()
         done = [r for r in rows if "skipped" not in r and r.get("status") != "skipped"]
-        print(f"part {args.part_id + 1}/{args.num_parts}: {len(done)} labelled, {len(rows) - len(done)} skipped in "
-              f"{time.perf_counter() - start:.0f} s")
+        failed = sum(r.get("status") == "failed" for r in done)
+        print(f"part {args.part_id + 1}/{args.num_parts}: {len(done) - failed} labelled, {failed} failed, "
+              f"{len(rows) - len(done)} skipped in {time.perf_counter() - start:.0f} s")
         for row in rows:
             if row.get("status") == "failed" and "skipped" not in row:
                 print(f"  {row['case']}: failed: {row.get('reason', '')}", file=sys.stderr)
@@ -460,6 +468,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         print(f"{missing} case(s) of other parts are not labelled yet; the last part (or --finalize) writes "
               "dataset.json and labels.csv.")
         return 0
+    excluded = f", excluded by review {summary['excluded']}" if summary["excluded"] else ""
     print(f"{folder}: {summary['numTraining']} training cases; added {summary['added']}, empty {summary['empty']}, "
-          f"low score {summary['low-score']}, failed {summary['failed']} (labels.csv)")
+          f"low score {summary['low-score']}, failed {summary['failed']}{excluded} (labels.csv)")
     return 0

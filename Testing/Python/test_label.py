@@ -81,7 +81,7 @@ def test_a_rerun_skips_done_cases_and_a_changed_setting_redoes_them_only_when_as
     stamps = {p.name: p.stat().st_mtime_ns for p in (dataset / "labelsTr").iterdir()}
     capsys.readouterr()
     assert run_label(cohort, raw, tiny_clip_folder) == 0
-    assert "1 labelled, 4 skipped" in capsys.readouterr().out  # only the failed case is tried again
+    assert "0 labelled, 1 failed, 4 skipped" in capsys.readouterr().out  # only the failed case is tried again
     assert {p.name: p.stat().st_mtime_ns for p in (dataset / "labelsTr").iterdir()} == stamps
     before = read_record(dataset, "case_1")["settings_hash"]
     assert run_label(cohort, raw, tiny_clip_folder, "--beta", "0.5") == 0
@@ -197,3 +197,12 @@ def test_a_second_input_into_the_same_dataset_keeps_the_first_ones_cases_listed(
     assert set(rows_of(dataset)) == {"A", "B"}
     assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == sum(
         row["status"] == "added" for row in rows_of(dataset).values())
+
+
+def test_oracle_saliency_cases_are_pairs_and_an_image_without_mask_is_named(tmp_path):
+    for name in ("a.png", "a_mask.png", "lonely.png"):
+        (tmp_path / name).write_bytes(b"")
+    notes = []
+    cases = find_label_cases(tmp_path, "tumor", oracle_saliency=True, note=notes.append)
+    assert cases == [LabelCase("a", str(tmp_path / "a.png"), "tumor", str(tmp_path / "a_mask.png"))]
+    assert len(notes) == 1 and "1 image(s) have no mask and are skipped: lonely.png" in notes[0]
