@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import add_data_option, checked_data, checked_names
 from MedCLIPSAMLib.evaluate import find_cases, oracle_boxes
 from MedCLIPSAMLib.imageio import normalize_intensity, read_volume, resolve_axis
 from MedCLIPSAMLib.metrics import dice
@@ -76,16 +77,20 @@ def rule_sets() -> dict[str, BoxRules]:
 def field_value(field: str, text: str):
     """A BoxRules field's value from its text ('true'/'false' for the switches)."""
     kind = type(getattr(BoxRules(), field))
+    try:
+        value = kind(text) if kind is not bool else None
+    except ValueError:
+        raise SystemExit(f"error: {field} takes a {kind.__name__} (got {text!r}).") from None
     if kind is bool:
         if text.lower() not in ("true", "false"):
             raise SystemExit(f"error: {field} takes true or false (got {text!r}).")
         return text.lower() == "true"
-    return kind(text)
+    return value
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
+    add_data_option(parser)
     parser.add_argument("--sets", default="bus,cxr,brain,brain1")
     parser.add_argument("--levels", default=",".join(map(str, LOOSENESS)))
     parser.add_argument("--rules", help="only these rule sets (names, comma-separated)")
@@ -93,18 +98,23 @@ def main() -> int:
                         help="an extra rule set as NAME:field=value;field=value (e.g. 'z:zoom_below=0.25')")
     parser.add_argument("--out", required=True, help="CSV of every case's DSC")
     args = parser.parse_args()
-    sam = load_sam("litemedsam", None, "cpu")
+    data = checked_data(args.data)
+    sets = checked_names(args.sets, SETS, "--sets")
     rules = rule_sets()
     if args.rules:
-        rules = {k: v for k, v in rules.items() if k in args.rules.split(",")}
+        rules = {k: rules[k] for k in checked_names(args.rules, rules, "--rules")}
     for spec in args.extra:
         name, _, fields = spec.partition(":")
-        changes = {k: field_value(k, v) for k, v in (f.split("=") for f in fields.split(";"))}
-        rules[name] = BoxRules(**changes)
+        pairs = [f.split("=", 1) for f in fields.split(";") if f]
+        if not name or not pairs or any(len(p) != 2 for p in pairs):
+            raise SystemExit(f"error: --extra '{spec}' is not NAME:field=value;field=value.")
+        checked_names(",".join(k for k, _ in pairs), BoxRules.__dataclass_fields__, "--extra")
+        rules[name] = BoxRules(**{k: field_value(k, v) for k, v in pairs})
+    sam = load_sam("litemedsam", None, "cpu")
     levels = [float(v) for v in args.levels.split(",")]
     rows = []
-    for key in args.sets.split(","):
-        cases = load_cases(Path(args.data), key)
+    for key in sets:
+        cases = load_cases(data, key)
         for case in cases:
             start = time.perf_counter()
             crossed = [int(z) for z in np.flatnonzero(case.truth.any(axis=(1, 2)))]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from common import add_data_option, checked_data, checked_names
 from MedCLIPSAMLib.evaluate import ORACLE_MIN_AREA, Evaluator, evaluate_case, find_cases
 from MedCLIPSAMLib.imageio import read_volume
 from MedCLIPSAMLib.presets import apply_preset
@@ -26,11 +27,15 @@ SETS = {"bus": ("breast_ultrasound", "breast tumor"), "cxr": ("chest_xray_lungs"
 
 
 def variants(prompt: str) -> dict[str, dict]:
-    """Rule sets on top of the prompt's preset (LiteMedSAM takes boxes, so 'lungs' runs with boxes)."""
-    return {"preset K (old)": {},
-            "K<=3 ratio 0.5": {"max_components": 3, "component_ratio": 0.5},
-            "K<=3 ratio 0.8": {"max_components": 3, "component_ratio": 0.8},
-            "preset K + split 0.3": {"split_fraction": 0.3}}
+    """Rule sets on top of the prompt's preset (LiteMedSAM takes boxes, so 'lungs' runs with boxes). All but the
+    last use refinement as it was before the stop rule, so the component rules are compared alone."""
+    before = {"max_components": 2 if prompt == "lungs" else 1, "component_ratio": 0.0, "split_fraction": 0.0,
+              "refine_min_shrink": 0.0}
+    return {"K fixed (before)": before,
+            "K<=3 ratio 0.5": {**before, "max_components": 3, "component_ratio": 0.5},
+            "K<=3 ratio 0.8": {**before, "max_components": 3, "component_ratio": 0.8},
+            "K fixed + split 0.3": {**before, "split_fraction": 0.3},
+            "preset and defaults (now)": {}}
 
 
 def pieces(mask_path: Path) -> int:
@@ -43,14 +48,15 @@ def pieces(mask_path: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
+    add_data_option(parser)
     parser.add_argument("--sets", default="bus,cxr,brain")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    data, sets = checked_data(args.data), checked_names(args.sets, SETS, "--sets")
     rows = []
-    for key in args.sets.split(","):
+    for key in sets:
         folder, prompt = SETS[key]
-        cases = find_cases(Path(args.data) / folder)
+        cases = find_cases(data / folder)
         counts = {case.name: pieces(case.mask) for case in cases}
         for name, changes in variants(prompt).items():
             settings, _ = apply_preset(Settings(device="cpu", sam_backend="litemedsam"), prompt, {})
@@ -67,7 +73,7 @@ def main() -> int:
         writer.writerows(rows)
     print("| set | rules | single (n) | multi (n) | all |")
     print("|---|---|---|---|---|")
-    for key in args.sets.split(","):
+    for key in sets:
         for name in variants(SETS[key][1]):
             group = [r for r in rows if r["set"] == key and r["rules"] == name]
             single = [r["dsc"] for r in group if r["pieces"] == 1]

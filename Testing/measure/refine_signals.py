@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from box_rules import LOOSENESS, load_cases  # noqa: E402
+from box_rules import LOOSENESS, SETS, load_cases  # noqa: E402
+from common import add_data_option, checked_data, checked_names  # noqa: E402
 
 from MedCLIPSAMLib.evaluate import oracle_boxes  # noqa: E402
 from MedCLIPSAMLib.metrics import dice  # noqa: E402
@@ -48,14 +49,15 @@ def box_rows(sam, encoded, box, truth: np.ndarray, rules) -> dict[str, float] | 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
+    add_data_option(parser)
     parser.add_argument("--sets", default="bus,brain,cxr")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    data, sets = checked_data(args.data), checked_names(args.sets, SETS, "--sets")
     sam, rules = load_sam("litemedsam", None, "cpu"), Settings().box_rules()
     rows = []
-    for key in args.sets.split(","):
-        for case in load_cases(Path(args.data), key):
+    for key in sets:
+        for case in load_cases(data, key):
             crossed = [int(z) for z in np.flatnonzero(case.truth.any(axis=(1, 2)))]
             encoded = {z: sam.encode(case.slices[z:z + 1])[0] for z in crossed}
             for level in LOOSENESS:
