@@ -9,7 +9,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import InputError, SettingError
 
@@ -211,11 +211,11 @@ SERVER_FIELDS = ("clip_model", "sam_checkpoint", "device", "compile")
 on the server or its hardware."""
 
 
-def settings_from_dict(values: dict[str, Any], base: Settings | None = None) -> Settings:
+def settings_from_dict(values: dict[str, Any], base: Settings | None = None, hidden: Iterable[str] = ()) -> Settings:
     """Settings from JSON-like values (a server request, a saved panel), checked field by field.
 
     Unknown names and values of the wrong type are refused with a message naming the field, instead
-    of failing later inside the pipeline.
+    of failing later inside the pipeline. ``hidden``: fields the caller may not set, left out of that list.
     """
     if not isinstance(values, dict):
         raise InputError(f"Settings must be an object of field names and values, not {type(values).__name__}.")
@@ -224,7 +224,7 @@ def settings_from_dict(values: dict[str, Any], base: Settings | None = None) -> 
     changes = {}
     for name, value in values.items():
         if name not in known:
-            raise InputError(f"Unknown setting '{name}'. Known settings: {', '.join(sorted(known))}.")
+            raise InputError(f"Unknown setting '{name}'. Known settings: {', '.join(sorted(known - set(hidden)))}.")
         changes[name] = _checked_value(name, value, getattr(defaults, name))
     return (base or defaults).replace(**changes)
 

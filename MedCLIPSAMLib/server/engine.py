@@ -62,7 +62,7 @@ class Engine:
         settings = self.config.base_settings()
         if presets and len(groups) == 1:
             settings, _ = apply_preset(settings, groups[0][0], explicit=values)
-        return settings_from_dict(values, base=settings)
+        return settings_from_dict(values, base=settings, hidden=SERVER_FIELDS)
 
     def run(self, volume: Volume, prompts: Sequence[Any], settings: Settings,
             progress: Callable[[str, int, int], None], cancel: threading.Event):

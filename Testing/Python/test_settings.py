@@ -34,6 +34,9 @@ def test_server_requests_are_checked_field_by_field():
         settings_from_dict({"max_components": 0})
     with pytest.raises(InputError, match="'beta' must be a number"):
         settings_from_dict({"beta": "high"})
+    with pytest.raises(InputError, match="Unknown setting 'flavour'") as unknown:
+        settings_from_dict({"flavour": 1}, hidden=("device", "clip_model"))
+    assert "beta" in str(unknown.value) and "clip_model" not in str(unknown.value)  # not offered where refused
     with pytest.raises(InputError, match="'zoom_below' is too large"):
         settings_from_dict({"zoom_below": 10 ** 400})  # a JSON integer no float holds
 
