@@ -83,7 +83,7 @@ def test_engine_errors_end_the_run_with_the_engine_message(scene, volume_node, e
     assert run.state == FAILED and run.error.startswith("Slice range 40-50 is outside")
     bad = SegmentRun(engine_server, scene, volume_node, ["mass"], {"beta": -1.0})
     bad.step()
-    assert bad.state == FAILED and "'beta' must be >= 0" in bad.error
+    assert bad.state == FAILED and "'beta' must be a finite number >= 0" in bad.error
 
 
 class DeadEngine:
