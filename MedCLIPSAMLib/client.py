@@ -317,10 +317,16 @@ class PartUpload:
         self.wire_bytes += len(body)
 
 
-def job_error(job: dict[str, Any]) -> MedCLIPSAMError:
-    """The error a failed or cancelled job stands for, as the class the engine raised."""
+def job_error(job: dict[str, Any], remote: bool = True) -> MedCLIPSAMError:
+    """The error a failed or cancelled job stands for, as the class the engine raised; ``remote``: the engine is
+    someone else's server, so a model problem is fixed where it starts."""
     kind = ERROR_KINDS.get(job.get("error_kind", ""), MedCLIPSAMError)
-    return kind(job.get("error") or f"The job ended as {job['state']}.")
+    message = job.get("error") or f"The job ended as {job['state']}."
+    if kind is ModelError and remote:  # model files are the server's: its own options, not the client's, fix this
+        message += (" (This happened on the server: its model files are chosen where it starts, "
+                    "'medclipsam serve --sam-checkpoint FILE --clip-model FOLDER'; ask its operator, or choose a SAM "
+                    "model the server has.)")
+    return kind(message)
 
 
 def _detail(error: urllib.error.HTTPError) -> str:

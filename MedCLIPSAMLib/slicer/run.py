@@ -16,6 +16,7 @@ import vtk
 from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload, job_error
 from ..errors import MedCLIPSAMError
 from ..imageio import luminance
+from .engine_process import RemoteEngine
 from .mrml import RunRecord, apply_result, array_from_volume, spacing_kji
 
 STARTING, UPLOADING, RUNNING, APPLIED, FAILED, CANCELLED = "starting", "uploading", "running", "applied", "failed", "cancelled"
@@ -147,7 +148,7 @@ class SegmentRun:
         elif job["state"] == "cancelled":
             self.state, self.progress = CANCELLED, Progress("Cancelled")
         else:
-            raise job_error(job)
+            raise job_error(job, remote=isinstance(self.engine, RemoteEngine))
 
     def _start_upload(self) -> None:
         failure = self.engine.failure()

@@ -113,3 +113,16 @@ def test_wire_round_trip_and_refusals():
         wire.decode_volume(wire.encode_volume(array, (1.0, -1.0, 1.0)))
     with pytest.raises(InputError, match="not a MedCLIP-SAM volume"):
         wire.decode_volume(payload[: len(payload) // 2])
+
+
+def test_a_model_error_on_the_server_says_the_fix_is_on_the_server():
+    from MedCLIPSAMLib.client import job_error
+    from MedCLIPSAMLib.errors import InputError, ModelError
+
+    error = job_error({"state": "failed", "error": "SAM vit_b weights are missing; pass --sam-checkpoint FILE.",
+                       "error_kind": "ModelError"})
+    assert isinstance(error, ModelError) and "on the server" in str(error) and "medclipsam serve" in str(error)
+    local = job_error({"state": "failed", "error": "Weights are missing.", "error_kind": "ModelError"}, remote=False)
+    assert str(local) == "Weights are missing."  # Slicer's own engine: the panel's model files fix it
+    plain = job_error({"state": "failed", "error": "Slice range 5-9 is outside.", "error_kind": "InputError"})
+    assert isinstance(plain, InputError) and str(plain) == "Slice range 5-9 is outside."
