@@ -9,9 +9,9 @@ never waits for more than one short request.
 from __future__ import annotations
 
 import json
-import re
 import math
 import os
+import re
 import threading
 import time
 import urllib.error

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import io
+import json
 import platform
 import time
 from dataclasses import dataclass
@@ -310,16 +310,18 @@ def run_record(evaluator: Evaluator) -> dict[str, Any]:
                                   "nsd_convention": evaluator.nsd_convention, "settings": settings}))
 
 
+def _flat_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run record's fields and its settings in one mapping, to compare field by field."""
+    return {**{k: v for k, v in run.items() if k != "settings"}, **(run.get("settings") or {})}
+
+
 def check_same_run(out: Path, record: dict[str, Any]) -> None:
     """Refuse to resume a run made with other settings: its rows and the new ones would not be comparable."""
     earlier = next((read_json(out / name, "Earlier run record") for name in ("run.json", "summary.json")
                     if (out / name).exists()), None)
     if not isinstance(earlier, dict):
         return
-    def flat(run: dict[str, Any]) -> dict[str, Any]:
-        return {**{k: v for k, v in run.items() if k != "settings"}, **(run.get("settings") or {})}
-
-    old, new = flat(earlier), flat(record)
+    old, new = _flat_run(earlier), _flat_run(record)
     changed = [f"{key} {old[key]!r} -> {new[key]!r}" for key in new if key in old and old[key] != new[key]]
     if changed:
         raise OptionError(f"--resume: the run in '{out}' was made with other settings ({'; '.join(changed[:3])}); "

@@ -158,8 +158,8 @@ class Settings:
         for name, value in fractions.items():
             if not 0 <= value <= 1:
                 raise SettingError(name, f"{{name}} must be between 0 and 1 (got {value}).")
-        spans = {"refine_margin": (self.refine_margin, 1.0), "refine_min_shrink": (self.refine_min_shrink, 0.5), "zoom_context": (self.zoom_context, 4.0),
-                 "min_component_mm": (self.min_component_mm, 1000.0)}
+        spans = {"refine_margin": (self.refine_margin, 1.0), "refine_min_shrink": (self.refine_min_shrink, 0.5),
+                 "zoom_context": (self.zoom_context, 4.0), "min_component_mm": (self.min_component_mm, 1000.0)}
         for name, (value, high) in spans.items():
             if not 0 <= value <= high:
                 raise SettingError(name, f"{{name}} must be between 0 and {high:g} (got {value}).")
@@ -211,14 +211,22 @@ SERVER_FIELDS = ("clip_model", "sam_checkpoint", "device", "compile")
 on the server or its hardware."""
 
 
+def settings_object(values: Any) -> dict[str, Any]:
+    """JSON-like settings as a dict (None: none); anything but an object is refused."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"Settings must be an object of field names and values, not {type(values).__name__}.")
+    return values
+
+
 def settings_from_dict(values: dict[str, Any], base: Settings | None = None, hidden: Iterable[str] = ()) -> Settings:
     """Settings from JSON-like values (a server request, a saved panel), checked field by field.
 
     Unknown names and values of the wrong type are refused with a message naming the field, instead
     of failing later inside the pipeline. ``hidden``: fields the caller may not set, left out of that list.
     """
-    if not isinstance(values, dict):
-        raise InputError(f"Settings must be an object of field names and values, not {type(values).__name__}.")
+    values = settings_object(values)
     defaults = Settings()
     known = {f.name for f in dataclasses.fields(Settings)}
     changes = {}

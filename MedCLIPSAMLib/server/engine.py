@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import InputError
 from ..imageio import Volume
-from ..settings import SERVER_FIELDS, Settings, settings_from_dict
+from ..settings import SERVER_FIELDS, Settings, settings_from_dict, settings_object
 
 
 @dataclass
@@ -49,11 +49,7 @@ class Engine:
         from ..pipeline import check_prompts
         from ..presets import apply_preset
 
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise InputError(f"Settings must be an object of field names and values, not {type(values).__name__}.")
-        values = dict(values)
+        values = dict(settings_object(values))
         server_owned = sorted(set(values) & set(SERVER_FIELDS))
         if server_owned:
             raise InputError(f"Setting(s) {', '.join(server_owned)} are chosen when the server starts "

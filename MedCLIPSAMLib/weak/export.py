@@ -28,11 +28,17 @@ FILE_ENDING = ".nii.gz"
 GEOMETRY_TOLERANCE = 1e-4
 
 
+DATASET_IDS = range(1, 1000)
+"""nnU-Net's dataset ids."""
+DATASET_NAME = re.compile(r"[A-Za-z0-9_\-]+")
+"""The <Name> of Dataset<NNN>_<Name>."""
+
+
 def dataset_dir(raw_root: str | Path, dataset_id: int, name: str) -> Path:
     """``raw_root/Dataset<NNN>_<Name>``; refuses a second folder with the same id and another name."""
-    if not 1 <= dataset_id <= 999:
+    if dataset_id not in DATASET_IDS:
         raise InputError(f"nnU-Net dataset ids are 1-999 (got {dataset_id}).")
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+    if not DATASET_NAME.fullmatch(name):
         raise InputError(f"Dataset name '{name}' may only hold letters, digits, '_' and '-'.")
     raw_root = Path(raw_root)
     wanted = raw_root / f"Dataset{dataset_id:03d}_{name}"
@@ -44,14 +50,14 @@ def dataset_dir(raw_root: str | Path, dataset_id: int, name: str) -> Path:
 
 def dataset_id_option(text: str) -> int:
     """argparse type of --dataset-id: nnU-Net's ids are 1-999."""
-    if not text.strip().isdigit() or not 1 <= int(text) <= 999:
+    if not text.strip().isdigit() or int(text) not in DATASET_IDS:
         raise argparse.ArgumentTypeError(f"must be an nnU-Net dataset id, 1-999 (got {text}).")
     return int(text)
 
 
 def dataset_name_option(text: str) -> str:
     """argparse type of --name: the <Name> of Dataset<NNN>_<Name>."""
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", text):
+    if not DATASET_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(f"must hold only letters, digits, '_' and '-' (got '{text}').")
     return text
 

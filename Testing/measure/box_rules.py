@@ -9,7 +9,6 @@ every case's figure to a CSV.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import add_data_option, checked_data, checked_names
+from common import checked_names, data_and_sets, measure_parser
 from MedCLIPSAMLib.evaluate import find_cases, oracle_boxes
 from MedCLIPSAMLib.imageio import normalize_intensity, read_volume, resolve_axis
 from MedCLIPSAMLib.metrics import dice
@@ -89,17 +88,13 @@ def field_value(field: str, text: str):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_option(parser)
-    parser.add_argument("--sets", default="bus,cxr,brain,brain1")
+    parser = measure_parser(__doc__, "bus,cxr,brain,brain1")
     parser.add_argument("--levels", default=",".join(map(str, LOOSENESS)))
     parser.add_argument("--rules", help="only these rule sets (names, comma-separated)")
     parser.add_argument("--extra", action="append", default=[],
                         help="an extra rule set as NAME:field=value;field=value (e.g. 'z:zoom_below=0.25')")
-    parser.add_argument("--out", required=True, help="CSV of every case's DSC")
     args = parser.parse_args()
-    data = checked_data(args.data)
-    sets = checked_names(args.sets, SETS, "--sets")
+    data, sets = data_and_sets(args, SETS)
     rules = rule_sets()
     if args.rules:
         rules = {k: rules[k] for k in checked_names(args.rules, rules, "--rules")}

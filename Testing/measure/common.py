@@ -10,10 +10,20 @@ DEFAULT_DATA = Path(os.environ.get("MEDCLIPSAM_DATA") or Path(__file__).resolve(
 """``../shared/data`` beside the checkout (as the tests look for it), or $MEDCLIPSAM_DATA."""
 
 
-def add_data_option(parser: argparse.ArgumentParser) -> None:
+def measure_parser(doc: str, default_sets: str) -> argparse.ArgumentParser:
+    """The options every measurement script has: --data, --sets and --out (a CSV of every case's figures)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="the evaluation data folder (breast_ultrasound, chest_xray_lungs, brain_mri_tumor, "
                              "volumes); default ../shared/data beside the checkout, or $MEDCLIPSAM_DATA")
+    parser.add_argument("--sets", default=default_sets, help="data sets, comma-separated")
+    parser.add_argument("--out", required=True, help="CSV of every case's figures")
+    return parser
+
+
+def data_and_sets(args: argparse.Namespace, known: Iterable[str]) -> tuple[Path, list[str]]:
+    """The checked --data folder and --sets names."""
+    return checked_data(args.data), checked_names(args.sets, known, "--sets")
 
 
 def checked_data(folder: str) -> Path:

@@ -8,7 +8,6 @@ real lesion, not whether it drops noise; the table splits single- and multi-comp
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from common import add_data_option, checked_data, checked_names
+from common import data_and_sets, measure_parser
 from MedCLIPSAMLib.evaluate import ORACLE_MIN_AREA, Evaluator, evaluate_case, find_cases
 from MedCLIPSAMLib.imageio import read_volume
 from MedCLIPSAMLib.presets import apply_preset
@@ -47,12 +46,8 @@ def pieces(mask_path: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_option(parser)
-    parser.add_argument("--sets", default="bus,cxr,brain")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    data, sets = checked_data(args.data), checked_names(args.sets, SETS, "--sets")
+    args = measure_parser(__doc__, "bus,cxr,brain").parse_args()
+    data, sets = data_and_sets(args, SETS)
     rows = []
     for key in sets:
         folder, prompt = SETS[key]

@@ -10,7 +10,6 @@ looseness and each signal's correlation with the gain; writes every box's row to
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from box_rules import LOOSENESS, SETS, load_cases  # noqa: E402
-from common import add_data_option, checked_data, checked_names  # noqa: E402
+from common import data_and_sets, measure_parser  # noqa: E402
 
 from MedCLIPSAMLib.evaluate import oracle_boxes  # noqa: E402
 from MedCLIPSAMLib.metrics import dice  # noqa: E402
@@ -48,12 +47,8 @@ def box_rows(sam, encoded, box, truth: np.ndarray, rules) -> dict[str, float] | 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_option(parser)
-    parser.add_argument("--sets", default="bus,brain,cxr")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    data, sets = checked_data(args.data), checked_names(args.sets, SETS, "--sets")
+    args = measure_parser(__doc__, "bus,brain,cxr").parse_args()
+    data, sets = data_and_sets(args, SETS)
     sam, rules = load_sam("litemedsam", None, "cpu"), Settings().box_rules()
     rows = []
     for key in sets:
