@@ -162,7 +162,7 @@ def format_report(report: dict) -> str:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    from .cli import at_least
+    from .options import at_least
     from .outputs import add_output_option, add_overwrite_option
 
     parser = sub.add_parser("benchmark", help="per-stage speed with the real architectures at random weights")

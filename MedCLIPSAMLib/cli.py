@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import Cancelled, InputError, MedCLIPSAMError, OptionError, SettingError
 from .inputs import read_text
+from .options import at_least, number  # noqa: F401 (kept importable from here)
 from .outputs import add_output_option, add_overwrite_option, check_distinct, check_output, extension
 from .settings import FAST_SALIENCY, PROMPT_MODES, SAM_BACKENDS, Settings
 
@@ -42,35 +42,6 @@ class TqdmProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
-    """argparse type: a whole number >= ``low`` (and <= ``high``); an option error (exit 2) names the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number.") from None
-        if value < low or (high is not None and value > high):
-            bound = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise argparse.ArgumentTypeError(f"must be {bound} (got {value}).")
-        return value
-    return parse
-
-
-def number(low: float = -math.inf, high: float = math.inf, low_open: bool = False) -> Callable[[str], float]:
-    """argparse type: a finite number in [low, high] (``low_open``: above ``low``)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number.") from None
-        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
-            bound = f"above {low:g}" if low_open else f"at least {low:g}" if low > -math.inf and high == math.inf \
-                else f"between {low:g} and {high:g}" if low > -math.inf else "a finite number"
-            raise argparse.ArgumentTypeError(f"must be {bound} (got {text}).")
-        return value
-    return parse
 
 
 def _slice_range(text: str) -> tuple[int, int]:
@@ -297,7 +268,7 @@ def _segment_on_server(args: argparse.Namespace, explicit: dict[str, Any], volum
                        progress: TqdmProgress):
     """The same run on a ``medclipsam serve`` engine: only the options given explicitly are sent."""
     from .client import EngineClient, is_server_url
-    from .server.serve import read_token
+    from .options import read_token
 
     if not is_server_url(args.server):
         raise OptionError(f"--server '{args.server}' is not an engine address: write it like http://127.0.0.1:8765.")

@@ -18,13 +18,13 @@ import io
 import json
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
 
+from .cases import Case, find_cases, pair_files, unpaired_note  # noqa: F401 (find_cases: kept importable from here)
 from .errors import Cancelled, InputError, OptionError
 from .imageio import Volume, read_volume, resolve_axis
 from .inputs import read_json, read_text
@@ -33,68 +33,11 @@ from .metrics import NSD_CONVENTIONS, dice, normalized_surface_dice, nsd_2d
 from .prompts import Box, box_of, grow_box
 from .settings import Settings
 
-MASK_SUFFIXES = ("_mask", "_label", "_seg")
-IMAGE_SUFFIX = "_image"
 MODES = ("zero-shot", "saliency-only", "oracle", "oracle-saliency")
 ORACLE_NAME = "target"
 CSV_FIELDS = ["case", "dsc", "nsd", "runtime_s", "boxes", "saliency_slices", "prompt"]
 TOLERANCE_2D_PX = 2.0
 TOLERANCE_3D_MM = 2.0
-
-
-@dataclass
-class Case:
-    name: str
-    image: Path
-    mask: Path
-
-
-def _split_name(path: Path) -> tuple[str, str]:
-    name = path.name
-    for ext in (".nii.gz", ".seg.nrrd"):
-        if name.endswith(ext):
-            return name[: -len(ext)], ext
-    return path.stem, path.suffix
-
-
-IMAGE_FILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".mha",
-                         ".seg.nrrd", ".dcm")
-
-
-def pair_files(folder: Path) -> tuple[list[Case], list[Path]]:
-    """Pairs ``<case>.<ext>`` + ``<case>_mask.<ext>`` (or ``_label``/``_seg``; ``<case>_image`` too), and the
-    images that have no mask (skipped, and the caller says so)."""
-    if not folder.is_dir():
-        raise InputError(f"'{folder}' is not a folder of image/mask pairs.")
-    files = {_split_name(p): p for p in sorted(folder.iterdir()) if p.is_file()}
-    cases, unpaired = [], []
-    for (stem, ext), path in files.items():
-        if stem.endswith(MASK_SUFFIXES):
-            continue
-        base = stem[: -len(IMAGE_SUFFIX)] if stem.endswith(IMAGE_SUFFIX) else stem
-        partner = next((files[(base + s, ext)] for s in MASK_SUFFIXES if (base + s, ext) in files), None)
-        if partner is not None:
-            cases.append(Case(base, path, partner))
-        elif ext.lower() in IMAGE_FILE_EXTENSIONS:
-            unpaired.append(path)
-    if not cases:
-        raise InputError(f"No image/mask pairs in '{folder}': name them <case>.png + <case>_mask.png "
-                         "(or <case>_image.nrrd + <case>_label.nrrd).")
-    return cases, unpaired
-
-
-def find_cases(folder: Path) -> list[Case]:
-    """The image/mask pairs of a folder (see ``pair_files``)."""
-    return pair_files(folder)[0]
-
-
-def unpaired_note(unpaired: list[Path]) -> str | None:
-    """A note naming the images skipped for want of a mask, so none is left out silently."""
-    if not unpaired:
-        return None
-    names = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
-    return (f"{len(unpaired)} image(s) have no mask and are skipped: {names} (a mask is named <case>_mask.<ext>, "
-            "_label or _seg, with the image's extension).")
 
 
 ORACLE_MIN_AREA = 9
@@ -404,7 +347,8 @@ def evaluate_case(case: Case, evaluator: Evaluator, prompt, figure_dir: Path | N
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_setting_options, at_least, number
+    from .cli import add_setting_options
+    from .options import at_least, number
 
     parser = sub.add_parser("evaluate", help="DSC/NSD over a folder of image/mask pairs")
     parser.add_argument("data", help="folder of <case>.<ext> + <case>_mask.<ext> pairs (2D or volumes)")

@@ -57,7 +57,7 @@ def evaluate_retrieval(bundle: ClipBundle, pairs: list[Pair], device: torch.devi
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    from ..cli import at_least
+    from ..options import at_least
     from ..outputs import add_output_option, add_overwrite_option
 
     parser = sub.add_parser("retrieval-eval", help="image<->text top-1/top-2 recall (ROCO protocol)")

@@ -7,18 +7,13 @@ boxes (README, Results) and the same for LiteMedSAM and the SAM ViT models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from ..prompts import Box, box_of, grow_box
+from .sam_types import EncodedSlice, Region, SamBackend
 
-if TYPE_CHECKING:
-    from .sam import EncodedSlice, SamBackend
-
-Region = tuple[int, int, int, int]
-"""x0, y0, x1, y1 of a crop, inclusive, in slice pixels."""
 MAX_MAGNIFICATION = 8.0
 """A crop is never smaller than 1/8 of the slice's longer side: beyond that, upsampling adds blur, not detail."""
 

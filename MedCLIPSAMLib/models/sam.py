@@ -7,7 +7,6 @@ class drives both; they differ only in input size and intensity normalisation.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +16,13 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import ModelError
 from ..prompts import Box, Point
-from .box_prompting import BoxRules, Region, segment_box
+from .box_prompting import BoxRules, segment_box
 from .catalog import ProgressCallback, ensure_model, load_catalog
 from .sam_attention import use_sdpa
+from .sam_types import EncodedSlice, Region
 
 SAM_VIT_KEYS = ("vit_b", "vit_l", "vit_h")
 LITEMEDSAM_SIZE = 256
-
-
-@dataclass
-class EncodedSlice:
-    """One slice's image embedding and the sizes needed to map masks back."""
-
-    embedding: torch.Tensor  # (1, C, h, w)
-    input_hw: tuple[int, int]  # size after resizing, before padding
-    original_hw: tuple[int, int]
-    image: np.ndarray | None = field(default=None, repr=False)
-    """The uint8 slice itself, for zoomed crops."""
-    crops: dict[Region, "EncodedSlice"] = field(default_factory=dict, repr=False)
-    """Crops encoded so far, so refinement rounds and other boxes reuse them."""
 
 
 class SamBackend:

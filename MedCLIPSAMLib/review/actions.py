@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..metrics import dice
 from ..outputs import STAGING_FOLDER, replacing, write_image, write_text
-from ..weak.export import _same_geometry, case_paths, read_dataset_json, write_dataset_json
+from ..weak.export import case_paths, read_dataset_json, same_geometry, write_dataset_json
 from .queue import ReviewDataset, open_dataset
 from .state import (ACCEPTED, ACCEPTING, EXCLUDED, EXCLUDING, excluded_paths, history_folder,
                     pseudo_path, read_states, review_column, set_state)
@@ -48,7 +48,7 @@ def label_on_grid(label: np.ndarray | sitk.Image, reference: sitk.Image, case: s
     An array is in (k, j, i) order (Slicer's and the engine's); a 2D image's label may come as one slice
     (1, H, W). An image must already lie on the reference grid."""
     if isinstance(label, sitk.Image):
-        if not _same_geometry(label, reference):
+        if not same_geometry(label, reference):
             raise InputError(f"Case '{case}': the label's size, spacing, origin or direction differs from the image's; "
                              "export the segment on the case's image grid.")
         label = sitk.GetArrayFromImage(label)

@@ -17,21 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..resources import PACKAGE_DIR
-
-SAMPLE = PACKAGE_DIR.parent / "Resources" / "Samples" / "brain1_image.nrrd"
-
-
-def _wait_ready(engine, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not engine.ready():
-        failure = engine.failure()
-        if failure:
-            raise RuntimeError(failure)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the engine did not start within {timeout:.0f} s:\n{engine.log_tail()}")
-        time.sleep(0.2)
-
+from .benchmark_engine import SAMPLE, wait_ready
 
 POLL_SECONDS = 0.2
 """As ``EngineClient.segment`` polls (Slicer's panel polls every 0.25 s)."""
@@ -87,7 +73,7 @@ def run_server_benchmark(clip_size: str = "pubmedbert", device: str = "cpu", sam
         engine = LocalEngine(python, ["--clip-model", str(folder), "--sam", sam, "--device", device], tmp)
         engine.start()
         try:
-            _wait_ready(engine)
+            wait_ready(engine)
             client = EngineClient(engine.url, engine.token, timeout=120)
             _timed_job(client, volume.array[10:11].copy(), "brain tumor", warm_up)
             for _ in range(repeats):
@@ -131,7 +117,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def register_cli(sub) -> None:
-    from ..cli import at_least, number
+    from ..options import at_least, number
     from ..outputs import add_output_option, add_overwrite_option
 
     parser = sub.add_parser("benchmark-server", help="cost of running through 'medclipsam serve' vs in-process")

@@ -11,7 +11,6 @@ import argparse
 import ipaddress
 import logging
 import os
-import secrets
 import socket
 import sys
 import threading
@@ -19,25 +18,8 @@ import time
 from pathlib import Path
 
 from ..errors import InputError, MedCLIPSAMError
-
-READY_LINE = "MedCLIP-SAM engine listening on"
-TOKEN_ENV = "MEDCLIPSAM_TOKEN"
-
-
-def read_token(token_file: str | None) -> tuple[str, bool]:
-    """(token, chosen by the user): --token-file, else $MEDCLIPSAM_TOKEN, else a fresh random one."""
-    if token_file:
-        path = Path(token_file)
-        if not path.is_file():
-            raise InputError(f"Token file '{path}' does not exist; write a long random string into it "
-                             "(e.g. python -c \"import secrets; print(secrets.token_urlsafe(32))\" > FILE).")
-        token = path.read_text().strip()
-        if len(token) < 16:
-            raise InputError(f"The token in '{path}' is shorter than 16 characters; use a long random string.")
-        return token, True
-    if os.environ.get(TOKEN_ENV, "").strip():
-        return os.environ[TOKEN_ENV].strip(), True
-    return secrets.token_urlsafe(24), False
+from ..options import read_token
+from .wire import READY_LINE, TOKEN_ENV
 
 
 def is_loopback(host: str) -> bool:
@@ -152,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub) -> None:
-    from ..cli import at_least, number
+    from ..options import at_least, number
 
     p = sub.add_parser("serve", help="run the engine as a server for Slicer or other clients (local or GPU machine)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")

@@ -64,7 +64,7 @@ def run_upload_benchmark(part_bytes: int, repeats: int = 2, ct_shape=(200, 512, 
     from ..imageio import read_volume
     from ..models.random_clip import make_random_clip
     from ..slicer.engine_process import LocalEngine
-    from .benchmark import SAMPLE, _wait_ready
+    from .benchmark_engine import SAMPLE, wait_ready
 
     volumes = {SAMPLE.name: (read_volume(SAMPLE).array, (1.0, 1.0, 1.0)), "ct_like": (ct_like(ct_shape), (1.0, 0.7, 0.7))}
     runs: list[dict[str, Any]] = []
@@ -74,7 +74,7 @@ def run_upload_benchmark(part_bytes: int, repeats: int = 2, ct_shape=(200, 512, 
         engine = LocalEngine(python, ["--clip-model", str(folder), "--sam", "litemedsam", "--device", "cpu"], tmp)
         engine.start()
         try:
-            _wait_ready(engine)
+            wait_ready(engine)
             client = EngineClient(engine.url, engine.token, timeout=120)
             serial = 0
             for name, (array, spacing) in volumes.items():

@@ -18,6 +18,11 @@ import numpy as np
 from ..errors import InputError
 from ..result import SegmentationResult
 
+READY_LINE = "MedCLIP-SAM engine listening on"
+"""``medclipsam serve`` prints this and its URL once it accepts connections; a parent process reads it."""
+TOKEN_ENV = "MEDCLIPSAM_TOKEN"
+"""Environment variable holding the server's bearer token (how a parent process hands it to the child)."""
+
 SALIENCY_LEVELS = 65535
 """Saliency is sent as uint16: at most 7.7e-6 from the engine's float map, a quarter of float64's bytes."""
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from ..client import EngineClient
 from ..errors import MedCLIPSAMError
-from ..server.serve import READY_LINE, TOKEN_ENV
+from ..server.wire import READY_LINE, TOKEN_ENV
 
 ENGINE_PARENT = Path(__file__).resolve().parents[2]
 """The folder holding the MedCLIPSAMLib package, put on the child's PYTHONPATH."""

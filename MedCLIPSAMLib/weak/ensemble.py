@@ -131,7 +131,7 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    from ..cli import at_least
+    from ..options import at_least
 
     parser = sub.add_parser("nnunet-predict", help="checkpoint-ensembled nnU-Net prediction with entropy maps")
     parser.add_argument("model", help="trained model folder (.../nnUNetTrainerCyclicLR__nnUNetPlans__2d)")

@@ -77,7 +77,8 @@ def next_case_id(folder: str | Path, prefix: str) -> str:
     return f"{prefix}_{max(used, default=0) + 1:04d}"
 
 
-def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same size, spacing, origin and direction (within GEOMETRY_TOLERANCE): a label that fits its image."""
     return (a.GetSize() == b.GetSize()
             and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=GEOMETRY_TOLERANCE)
             and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=GEOMETRY_TOLERANCE)
@@ -182,7 +183,7 @@ def load_case(folder: Path, case: CaseSource, overwrite: bool) -> tuple[sitk.Ima
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
         raise InputError(f"Case '{case.case_id}': the image must be a 2D or 3D grayscale image.")
     label = _as_image(case.label, image)
-    if not _same_geometry(image, label):
+    if not same_geometry(image, label):
         raise InputError(f"Case '{case.case_id}': the label's size, spacing, origin or direction differs from the "
                          "image's; export the label on the image's grid.")
     return image, _label_values(label, case.label, case.case_id)
@@ -253,7 +254,7 @@ def register_cli(sub) -> None:
 def cmd_export(args) -> int:
     folder = dataset_dir(args.raw, args.dataset_id, args.name)
     if args.pairs:
-        from ..evaluate import pair_files, unpaired_note
+        from ..cases import pair_files, unpaired_note
         pairs, unpaired = pair_files(Path(args.pairs))
         if unpaired_note(unpaired):
             print(f"note: {unpaired_note(unpaired)}", file=sys.stderr)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..cases import IMAGE_SUFFIXES, case_id_of, pair_files, unpaired_note
 from ..errors import InputError, MedCLIPSAMError
 from ..outputs import STAGING_FOLDER, add_output_option, check_folder, write_image, write_json, write_text
 from ..settings import Settings
@@ -39,7 +40,6 @@ from ..settings import Settings
 RECORDS = "medclipsam_labels"
 TEMP = STAGING_FOLDER
 FILE_ENDING = ".nii.gz"
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_MARKERS = ("_mask", "_label", "_seg")
 FINAL = ("added", "empty", "low-score", "failed")
 CSV_FIELDS = ["case", "status", "reason", "score", "foreground_voxels", "target_slices", "saliency_slices",
@@ -92,18 +92,6 @@ class LabelJob:
 
 # --- which cases ---------------------------------------------------------------------------------------------
 
-def case_id_of(name: str) -> str:
-    """A file or folder name as an nnU-Net case id (letters, digits, '_' and '-')."""
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    case = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
-    if not case:
-        raise InputError(f"'{name}' gives no usable case id; rename it or give case_id in a manifest.")
-    return case
-
-
 def find_label_cases(source: Path, prompt: str | None, oracle_saliency: bool = False,
                      note: Callable[[str], None] | None = None) -> list[LabelCase]:
     """Cases from a folder (image files and DICOM series folders; ``*_mask`` files are skipped) or a CSV
@@ -111,8 +99,6 @@ def find_label_cases(source: Path, prompt: str | None, oracle_saliency: bool = F
     images left out (with ``oracle_saliency``, those without a mask)."""
     source = Path(source)
     if oracle_saliency:
-        from ..evaluate import pair_files, unpaired_note
-
         pairs, unpaired = pair_files(source)
         if note and unpaired_note(unpaired):
             note(unpaired_note(unpaired))
@@ -392,7 +378,8 @@ def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
 # --- command line -------------------------------------------------------------------------------------------------
 
 def register_cli(sub) -> None:
-    from ..cli import add_setting_options, at_least, number
+    from ..cli import add_setting_options
+    from ..options import at_least, number
     from .export import channel_name_option, dataset_id_option, dataset_name_option
 
     parser = sub.add_parser("label", help="zero-shot labels for every case of a folder or manifest, into an nnU-Net "

@@ -26,7 +26,7 @@ FIELDS = ["case", "status", "dsc", "nsd", "prediction", "foreground_voxels", "me
 
 def prediction_files(folder: Path) -> dict[str, Path]:
     """case -> predicted mask file in ``folder`` (probability and entropy maps are not masks)."""
-    from .label import case_id_of
+    from ..cases import case_id_of
 
     if not folder.is_dir():
         raise InputError(f"Predictions folder '{folder}' does not exist.")
@@ -75,7 +75,7 @@ def score_case(image: Path, mask: Path, prediction: Path | None, nsd_convention:
 def score_predictions(data: Path, predictions: Path, out: Path, nsd_convention: str = "ours",
                       overwrite: bool = False) -> dict:
     """metrics.csv (one row per ground-truth case) and summary.json in ``out``; returns the summary."""
-    from ..evaluate import find_cases
+    from ..cases import find_cases
 
     cases = find_cases(Path(data))
     files = prediction_files(Path(predictions))

@@ -127,7 +127,7 @@ def model_folder(paths: NnunetPaths, dataset_id: int, configuration: str) -> Pat
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    from ..cli import at_least, number
+    from ..options import at_least, number
 
     parser = sub.add_parser("nnunet-train", help="train nnU-Net v2 with a cyclic LR and snapshot checkpoints")
     parser.add_argument("dataset", help="dataset id or Dataset<NNN>_<Name>")
