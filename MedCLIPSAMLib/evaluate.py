@@ -74,7 +74,7 @@ class Evaluator:
     """Runs one mode over cases; models are loaded once."""
 
     nsd_convention = "ours"
-    """2D NSD as ours (boundary) or the paper's ((H, W, 1) volumes); see metrics.nsd_2d."""
+    """2D NSD as ours (boundary) or the paper's (surfels on (H, W, 1) volumes); see metrics.nsd_2d."""
 
     def __init__(self, mode: str, settings: Settings, grow: float = 0.0):
         if mode not in MODES:
@@ -365,8 +365,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--predictions", metavar="DIR",
                       help="score a folder of predicted masks (nnU-Net's <case>.nii.gz, <case>.png ...) instead")
     parser.add_argument("--nsd-convention", choices=NSD_CONVENTIONS, default="ours",
-                        help="2D NSD: ours (boundary pixels) or paper (the authors' (H, W, 1) volumes, where every "
-                             "foreground pixel is surface)")
+                        help="2D NSD: ours (boundary pixels) or paper (the authors' surfel NSD on (H, W, 1) "
+                             "volumes, where every foreground pixel is surface)")
     parser.add_argument("--grow", type=number(-0.4, 2.0), default=0.0,
                         help="with --oracle-boxes: enlarge each box by this fraction of its size per side "
                              "(negative: shrink it)")

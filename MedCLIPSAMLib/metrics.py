@@ -47,11 +47,14 @@ NSD_CONVENTIONS = ("ours", "paper")
 
 
 def nsd_2d(prediction: np.ndarray, truth: np.ndarray, tolerance: float, convention: str = "ours") -> float:
-    """NSD of 2D masks. ``paper``: as the authors' evaluation computes it, on (H, W, 1) volumes, where
-    every foreground pixel's top and bottom faces are surface: that "NSD" is close to the share of
-    foreground lying within ``tolerance`` of the other mask, far above the boundary-only NSD (``ours``)."""
+    """NSD of 2D masks. ``paper``: as the authors' evaluation computes it, surfel areas on (H, W, 1)
+    volumes at spacing (1, 1, 1) (see ``surfels``), where every foreground pixel's top and bottom faces are
+    surface: that "NSD" is close to the share of foreground lying within ``tolerance`` of the other mask,
+    far above the boundary-only NSD (``ours``)."""
     if convention == "paper":
-        return normalized_surface_dice(prediction[..., None], truth[..., None], tolerance)
+        from .surfels import surfel_surface_dice
+
+        return surfel_surface_dice(prediction[..., None], truth[..., None], tolerance)
     if convention != "ours":
         raise ValueError(f"unknown NSD convention '{convention}'")
     return normalized_surface_dice(prediction, truth, tolerance)
