@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import InputError
-from .server.wire import TOKEN_ENV
 
 
 def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -44,6 +43,8 @@ def number(low: float = -math.inf, high: float = math.inf, low_open: bool = Fals
 
 def read_token(token_file: str | None) -> tuple[str, bool]:
     """(token, chosen by the user): --token-file, else $MEDCLIPSAM_TOKEN, else a fresh random one."""
+    from .server.wire import TOKEN_ENV  # here, so the command line starts without numpy
+
     if token_file:
         path = Path(token_file)
         if not path.is_file():
