@@ -114,6 +114,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._timer = None
         self._reviewCases = []
+        self._undoBlocked = ""  # why Undo is off for the last run (a segment of it was edited), else ""
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -218,7 +219,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "Segment the prompt in the input volume" if ready else "Select an input volume first")
         rangeScope = bool(self._parameterNode and self._parameterNode.scope == "Slice range")
         self.ui.firstSliceSpinBox.enabled = self.ui.lastSliceSpinBox.enabled = rangeScope
-        self.ui.undoButton.enabled = self.logic.lastRun is not None and not busy
+        self.ui.undoButton.enabled = self.logic.lastRun is not None and not busy and not self._undoBlocked
+        self.ui.undoButton.toolTip = self._undoBlocked or (
+            "Remove the segments the last run added and put back those it replaced; other segments and their "
+            "edits stay")
         reviewing = self.logic.review is not None
         for button in (self.ui.nextCaseButton, self.ui.excludeCaseButton, self.ui.undoExcludeButton):
             button.enabled = reviewing
@@ -360,7 +364,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedCLIPSAMLib.slicer.run import APPLIED, FAILED
 
         if run.state == APPLIED:
-            self.logic.lastRun = run.record
+            self.logic.lastRun, self._undoBlocked = run.record, ""
             timings = ", ".join(f"{k} {v:.1f} s" for k, v in run.result.timings.items())
             self.ui.statusLabel.text = f"Done: {timings}. {' '.join(run.result.messages)}".strip()
             if self._parameterNode:
@@ -386,8 +390,13 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 composite.SetForegroundOpacity(value)
 
     def onUndoButton(self) -> None:
-        self.logic.undoLastRun()
-        self.ui.statusLabel.text = "The last run was undone."
+        """Undo the last run, unless one of its segments was edited since (then say why and disable Undo)."""
+        blocker = self.logic.undoLastRun()
+        if blocker:
+            self._undoBlocked = blocker
+            self.ui.statusLabel.text = blocker
+        else:
+            self.ui.statusLabel.text = "The last run was undone; other segments and their edits were kept."
         self._checkCanApply()
 
     # --- training set and predictions ----------------------------------------------------------------------
@@ -428,6 +437,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             slicer.util.errorDisplay(str(exc))
             return
+        self._undoBlocked = ""
         if record.created_node_ids:
             slicer.util.setSliceViewerLayers(foreground=record.created_node_ids[0], foregroundOpacity=p.saliencyOpacity)
         self.ui.statusLabel.text = "Loaded the nnU-Net prediction and its uncertainty map."
@@ -722,10 +732,16 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         self.review = session
         return session
 
-    def undoLastRun(self) -> None:
-        if self.lastRun is not None:
-            self.lastRun.undo()
-            self.lastRun = None
+    def undoLastRun(self):
+        """Take back the last run; returns why it cannot (a segment of it was edited since), else None."""
+        if self.lastRun is None:
+            return None
+        blocker = self.lastRun.undo_blocker()
+        if blocker:
+            return blocker
+        self.lastRun.undo()
+        self.lastRun = None
+        return None
 
 
 class MedCLIPSAMTest(ScriptedLoadableModuleTest):
