@@ -45,9 +45,14 @@ def run_settings(p: Any, slice_scope: tuple[int, int] | None = None) -> dict[str
     return settings
 
 
+LOCAL_TTL_S = 300
+"""The local engine forgets an unused volume or result after 5 minutes (a shared server keeps them an hour):
+on a laptop the memory matters more than re-sending a volume over loopback."""
+
+
 def local_engine_args(p: Any) -> list[str]:
     """``medclipsam serve`` options for the engine this computer runs: device, SAM to load, local model files."""
-    args = ["--device", str(p.device), "--sam", str(p.samModel)]
+    args = ["--device", str(p.device), "--sam", str(p.samModel), "--ttl", str(LOCAL_TTL_S)]
     if p.useLocalModels:
         clip, sam = path_or_none(p.clipModelPath), path_or_none(p.samCheckpointPath)
         if clip:
