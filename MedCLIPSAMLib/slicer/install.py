@@ -103,6 +103,7 @@ def size_table() -> dict:
 def plan_install(find_spec: Callable = importlib.util.find_spec, installed: dict[str, str] | None = None,
                  table: dict | None = None, machine: tuple[str, str] | None = None) -> InstallPlan:
     """What an install would do here, without the network (see the module docstring)."""
+    importlib.invalidate_caches()  # after an install in a child process, this process must see the new files
     installed = installed_distributions() if installed is None else {canonical(k): v for k, v in installed.items()}
     table = size_table() if table is None else table
     system, arch = machine or (sys.platform, platform.machine())

@@ -28,7 +28,7 @@ def path_or_none(value: Any) -> str | None:
 def run_settings(p: Any, slice_scope: tuple[int, int] | None = None) -> dict[str, Any]:
     """Method settings for one job, from the panel's parameter node ``p``.
 
-    ``slice_scope``: (axis, index) of the slice shown in the Red view, for the "Current slice" scope.
+    ``slice_scope``: (axis, index) of the slice shown in the slice view last pointed at, for "Current slice".
     """
     settings: dict[str, Any] = {"bottleneck_layer": int(p.bottleneckLayer), "beta": float(p.beta),
                                 "max_components": int(p.maxComponents), "prompt_mode": str(p.promptMode),
@@ -40,7 +40,8 @@ def run_settings(p: Any, slice_scope: tuple[int, int] | None = None) -> dict[str
         settings["axis"], settings["slice_range"] = 0, [first, last]
     elif p.scope == "Current slice":
         if slice_scope is None:
-            raise ValueError("No slice is shown in the Red view: show the input volume there, or choose another scope.")
+            raise ValueError("No slice view to take the current slice from: point at a slice view that shows the "
+                             "input volume, or choose another scope.")
         settings["axis"], settings["slice_range"] = int(slice_scope[0]), [int(slice_scope[1])] * 2
     return settings
 

@@ -58,8 +58,11 @@ def view_slice(volume_node, slice_to_ras: vtk.vtkMatrix4x4) -> tuple[int, int]:
     ras_to_ijk = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
     center = ras_to_ijk.MultiplyPoint([slice_to_ras.GetElement(r, 3) for r in range(3)] + [1.0])[:3]
-    normal = ras_to_ijk.MultiplyPoint([slice_to_ras.GetElement(r, 2) for r in range(3)] + [0.0])[:3]
-    ijk_axis = int(np.argmax(np.abs(normal)))
+    directions = vtk.vtkMatrix4x4()  # unit axes: an anisotropic spacing must not tilt the comparison
+    volume_node.GetIJKToRASDirectionMatrix(directions)
+    normal = np.array([slice_to_ras.GetElement(r, 2) for r in range(3)])
+    axes = np.array([[directions.GetElement(r, c) for c in range(3)] for r in range(3)])
+    ijk_axis = int(np.argmax(np.abs(normal @ axes)))
     dims = volume_node.GetImageData().GetDimensions()
     index = int(np.clip(round(center[ijk_axis]), 0, dims[ijk_axis] - 1))
     return 2 - ijk_axis, index
@@ -133,6 +136,8 @@ class SegmentRun:
         self.error: str = ""
         self.step_seconds: dict[str, float] = {}
         """Longest step per state, in seconds (what a harness checks against the GUI budget)."""
+        self.step_cpu_seconds: dict[str, float] = {}
+        """The same in CPU time of the calling thread: the work itself, without waiting (for a loaded machine)."""
 
     @property
     def finished(self) -> bool:
@@ -150,7 +155,7 @@ class SegmentRun:
     def step(self) -> None:
         if self.finished:
             return
-        state, start = self.state, time.perf_counter()
+        state, start, cpu_start = self.state, time.perf_counter(), time.thread_time()
         if state == UPLOADING and self.sending is not None and self.sending.next_part >= self.sending.parts:
             state = "committing"  # the server checks and stores the volume before it answers
         try:
@@ -160,8 +165,9 @@ class SegmentRun:
         except Exception as exc:  # a bug: report it in the panel, keep the scene as it was
             logging.exception("MedCLIP-SAM run failed")
             self._fail(f"Unexpected error ({type(exc).__name__}: {exc}); see the Python console.")
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
         self.step_seconds[state] = max(self.step_seconds.get(state, 0.0), seconds)
+        self.step_cpu_seconds[state] = max(self.step_cpu_seconds.get(state, 0.0), cpu)
 
     def cancel(self) -> None:
         """Stop at once; the server stops the job after its current batch; what was applied is taken back."""

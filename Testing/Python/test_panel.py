@@ -33,7 +33,7 @@ def test_run_settings_are_valid_engine_settings_and_follow_the_scope():
     assert ranged["axis"] == 0 and ranged["slice_range"] == [4, 12]
     current = run_settings(panel(scope="Current slice"), slice_scope=(1, 37))
     assert current["axis"] == 1 and current["slice_range"] == [37, 37]
-    with pytest.raises(ValueError, match="Red view"):
+    with pytest.raises(ValueError, match="point at a slice view"):
         run_settings(panel(scope="Current slice"), slice_scope=None)
     fast = settings_from_dict(run_settings(panel(fastSaliency=True)))
     assert (fast.saliency_stride, fast.m2ib_samples, fast.m2ib_steps) == (4, 3, Settings().m2ib_steps)

@@ -72,8 +72,11 @@ def drive(run, poll_s: float = 0.25, quick_s: float = 0.01) -> float:
 
 
 def report(label: str, run, wall: float) -> None:
-    steps = ", ".join(f"{state} {seconds:.3f}" for state, seconds in run.step_seconds.items())
-    print(f"{label}: {run.state} in {wall:.1f} s wall; longest step {run.longest_step_s:.3f} s ({steps})", flush=True)
+    steps = ", ".join(f"{state} {seconds:.3f}/{run.step_cpu_seconds.get(state, 0):.3f}"
+                      for state, seconds in run.step_seconds.items())
+    print(f"{label}: {run.state} in {wall:.1f} s wall; longest step {run.longest_step_s:.3f} s wall, "
+          f"{max(run.step_cpu_seconds.values(), default=0):.3f} s GUI-thread CPU (per state wall/CPU: {steps})",
+          flush=True)
     if run.error:
         print(f"  error: {run.error}", flush=True)
 
