@@ -65,7 +65,7 @@ class MedCLIPSAM(ScriptedLoadableModule):
         self.parent.title = _("MedCLIP-SAM")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["MedCLIP-SAM developers"]
+        self.parent.contributors = ["MedCLIP-SAM developers (MedCLIP-SAM project)"]
         self.parent.helpText = _(
             "Type what to segment (for example <i>brain tumor</i>) and click Segment. BiomedCLIP with M2IB "
             "saliency finds the target slice by slice, its salient regions become box prompts, and SAM turns "
