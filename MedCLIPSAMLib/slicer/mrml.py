@@ -37,6 +37,18 @@ def array_from_volume(volume_node) -> np.ndarray:
     return values.reshape(shape).copy()
 
 
+def volume_view(volume_node) -> np.ndarray:
+    """The voxels in (k, j, i) order without a copy: a numpy view on the node's current image data, which the
+    view keeps alive even if the node gets another image or leaves the scene."""
+    image = volume_node.GetImageData()
+    if image is None:
+        raise ValueError(f"Volume '{volume_node.GetName()}' has no image data.")
+    dims = image.GetDimensions()
+    components = image.GetNumberOfScalarComponents()
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return values.reshape((dims[2], dims[1], dims[0]) + ((components,) if components > 1 else ()))
+
+
 def spacing_kji(volume_node) -> tuple[float, float, float]:
     return tuple(reversed(volume_node.GetSpacing()))
 
