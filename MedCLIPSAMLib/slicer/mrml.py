@@ -377,7 +377,7 @@ class ResultApplier:
     @property
     def steps(self) -> int:
         """How many ``step()`` calls the whole apply takes (for a progress bar)."""
-        return 1 + len(self.masks) + (self.overlay is not None)
+        return 1 + 2 * len(self.masks) + (self.overlay is not None)
 
     def step(self) -> bool:
         """Do the next part; True once everything is applied."""
@@ -418,7 +418,8 @@ class ResultApplier:
                     segmentation.RemoveSegment(old)
             segment_id = _add_segment(scene, logic, node, reference, unique_segment_name(segmentation, name), mask)
             record.segment_ids.append(segment_id)
-            record.digests[segment_id] = segment_digest(node, segment_id)
+            yield
+            record.digests[segment_id] = segment_digest(node, segment_id)  # its own tick: a lung-sized segment
             style = segment_style(name)
             if style is not None:
                 segment = segmentation.GetSegment(segment_id)

@@ -122,7 +122,7 @@ def test_a_rollback_between_steps_leaves_the_scene_as_it_was(scene, volume_node)
     applier = ResultApplier(scene, volume_node, {"a": box_mask(1, slice(1, 4), slice(1, 4)),
                                                  "b": box_mask(2, slice(1, 4), slice(1, 4))},
                             overlay=np.zeros(SHAPE, np.uint8))
-    assert applier.steps == 4
+    assert applier.steps == 6, "node, then import and fingerprint per segment, then the overlay"
     applier.step()
     applier.step()
     assert scene.GetNumberOfNodes() > before and not applier.finished
