@@ -133,8 +133,10 @@ class EngineClient:
             body["saliency_bits"] = int(saliency_bits)
         return self._json("POST", "/jobs", body)
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/jobs/{job_id}")
+    def status(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The job's state; ``timeout``: give up on this answer sooner than the client's default."""
+        answer = self._request("GET", f"/jobs/{job_id}", timeout=timeout)
+        return json.loads(answer.decode())
 
     def result(self, job_id: str) -> SegmentationResult:
         return wire.decode_result(self._request("GET", f"/jobs/{job_id}/result", timeout=max(self.timeout, 120)))
@@ -262,6 +264,10 @@ class PartUpload:
         self.wire_bytes = 0
         """Bytes of parts as sent (compressed or not)."""
         self.longest_step_s = 0.0
+        self.commit_wait: float | None = None
+        """Seconds the commit request may wait for the server's answer (None: the client's timeout)."""
+        self.upload_id = upload.id
+        self._commit_sent = 0.0
         self._ratio = 0.0  # payload / deflated bytes of the last compressed part (0: none yet)
         self._deflate_speed = 0.0  # payload bytes compressed per second
         self._link_speed = 0.0  # bytes on the wire per second, request overhead included
@@ -283,12 +289,41 @@ class PartUpload:
         if self.next_part < self.parts:
             self._send_part(self.next_part)
             self.next_part += 1
+        elif self._commit_sent:
+            self._check_stored()
         else:
-            self.client._json("POST", f"/uploads/{self.id}/commit")
-            self.committed = True
-            self.client.volume_bytes_sent += self.wire_bytes
+            self._commit()
         self.longest_step_s = max(self.longest_step_s, time.perf_counter() - start)
         return self.done, self.total
+
+    def _commit(self) -> None:
+        """Ask the server to check and store the volume; with ``commit_wait`` set, a server still hashing a large
+        volume when that time is up is asked on the next calls whether it holds the volume (HEAD), instead of
+        holding the caller (Slicer's timer tick) until it answers."""
+        self._commit_sent = time.monotonic()
+        try:
+            self.client._request("POST", f"/uploads/{self.id}/commit", timeout=self.commit_wait or None)
+        except EngineError as exc:
+            if exc.status or not self.commit_wait:
+                raise
+            return  # no answer yet: the server goes on storing it
+        self._stored()
+
+    def _check_stored(self) -> None:
+        try:
+            self.client._request("HEAD", f"/volumes/{self.upload_id}", timeout=self.commit_wait or None)
+        except EngineError as exc:
+            if exc.status not in (0, 404):
+                raise
+            if time.monotonic() - self._commit_sent > max(self.client.timeout, 60.0):
+                raise EngineError("The server did not store the uploaded volume (it may have found it damaged); "
+                                  "run again.", exc.status) from None
+            return
+        self._stored()
+
+    def _stored(self) -> None:
+        self.committed = True
+        self.client.volume_bytes_sent += self.wire_bytes
 
     def cancel(self) -> None:
         """Stop sending and ask the server to drop the parts (it would forget them after its ttl anyway)."""

@@ -33,6 +33,8 @@ QUICK_STATES = (PACKING, UPLOADING, RECEIVING, DECODING, APPLYING)
 """States whose steps follow each other at once (the panel's timer ticks fast, GUI events between)."""
 REMOTE_PART_BYTES = 1_000_000
 """Upload part for a remote engine: 0.2 s at 5 MB/s before compression (a local engine takes PART_BYTES)."""
+STATUS_WAIT_S = 0.5
+"""A status poll waits at most this long; a late answer is a missed poll, not a failure (see ``SegmentRun._poll``)."""
 RESULT_PART_SECONDS = 0.15
 """Each result part is sized to take about this long on the measured link (below one 0.25 s poll)."""
 
@@ -129,6 +131,7 @@ class SegmentRun:
         self.sending: PartUpload | None = None
         self.receiving: ResultDownload | None = None
         self._packing = self._decoding = None  # generators of the chunked encode / decode
+        self._silent_since = 0.0  # when status polls began to go unanswered (0: the last one was answered)
         self.applier: ResultApplier | None = None
         self.state = STARTING
         self.progress = Progress("Starting the engine (loading models)")
@@ -219,6 +222,7 @@ class SegmentRun:
         if self.sending is None:  # the server holds this volume already
             self._submit()
         else:
+            self.sending.commit_wait = STATUS_WAIT_S  # the server hashes a CT for a while: ask again next tick
             self.state, self.progress = UPLOADING, upload_progress(0, self.sending.total)
 
     def _send_part(self) -> None:
@@ -236,7 +240,19 @@ class SegmentRun:
         self.job_id, self.state, self.progress = job["id"], RUNNING, Progress("Queued")
 
     def _poll(self) -> None:
-        job = self.client.status(self.job_id)
+        """One status request that waits at most STATUS_WAIT_S (a busy or distant engine answers late: the next tick
+        asks again); the run fails only when the engine has not answered for ``timeout`` seconds in a row."""
+        try:
+            job = self.client.status(self.job_id, timeout=STATUS_WAIT_S)
+        except EngineError as exc:
+            if exc.status:
+                raise
+            self._silent_since = self._silent_since or time.monotonic()
+            if time.monotonic() - self._silent_since > self.timeout:
+                raise
+            self.progress = Progress("Waiting for the engine to answer")
+            return
+        self._silent_since = 0.0
         if job["state"] in ("queued", "running"):
             self.progress = (Progress(f"Waiting for {job['position']} job(s) ahead on the engine")
                              if job["state"] == "queued" else Progress(job["stage"] or "Starting", job["done"],

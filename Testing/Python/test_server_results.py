@@ -87,3 +87,20 @@ def test_byte_range_reads_open_and_clipped_ranges():
     assert byte_range("bytes=0-3", 10) == (0, 4)
     assert byte_range("bytes=6-", 10) == (6, 10)
     assert byte_range("bytes=6-100", 10) == (6, 10)
+
+
+def test_a_commit_that_outlasts_its_wait_is_followed_up_without_holding_the_caller(client):
+    rng = np.random.default_rng(4)
+    upload = Upload.of((rng.random((20, 256, 390)) * 1000).astype(np.int16), (2.0, 0.8, 0.8))  # 4 MB
+    sending = client.start_upload(upload, part_bytes=2_000_000, compress=False)
+    sending.commit_wait = 0.001  # far shorter than storing 4 MB takes: the answer comes after the wait
+    steps = 0
+    while not sending.finished:
+        sending.send_next()
+        steps += 1
+        assert steps < 10_000
+    assert steps >= sending.parts + 2, "parts, the commit that timed out, then at least one HEAD"
+    assert client.has_volume(upload.id)
+    job = client.submit(upload.id, ["mass"], QUICK | {"slice_range": [10, 10]})
+    assert job["state"] in ("queued", "running")
+    client.cancel(job["id"])
