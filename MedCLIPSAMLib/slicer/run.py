@@ -33,8 +33,9 @@ QUICK_STATES = (PACKING, UPLOADING, RECEIVING, DECODING, APPLYING)
 """States whose steps follow each other at once (the panel's timer ticks fast, GUI events between)."""
 REMOTE_PART_BYTES = 1_000_000
 """Upload part for a remote engine: 0.2 s at 5 MB/s before compression (a local engine takes PART_BYTES)."""
-STATUS_WAIT_S = 0.5
-"""A status poll waits at most this long; a late answer is a missed poll, not a failure (see ``SegmentRun._poll``)."""
+STATUS_WAIT_S = 0.25
+"""A status poll (and the upload's commit) waits at most one poll interval; a late answer is a missed poll, not a
+failure (see ``SegmentRun._poll``)."""
 RESULT_PART_SECONDS = 0.15
 """Each result part is sized to take about this long on the measured link (below one 0.25 s poll)."""
 

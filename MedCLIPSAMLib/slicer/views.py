@@ -6,8 +6,6 @@ clicks Segment in the panel. ``LastSliceView`` remembers the last one.
 """
 from __future__ import annotations
 
-import vtk
-
 
 class LastSliceView:
     """Follows the crosshair node; ``slice_node()`` is the slice view the mouse was last in (None: none yet)."""
@@ -35,7 +33,3 @@ class LastSliceView:
         if self._tag is not None:
             self.crosshair.RemoveObserver(self._tag)
             self._tag = None
-
-
-def slice_to_ras(slice_node) -> vtk.vtkMatrix4x4:
-    return slice_node.GetSliceToRAS()

@@ -204,7 +204,7 @@ def main() -> int:
             print(f"  engine RSS after run {index + 1}: {rss[-1] / 1024:.0f} MB", flush=True)
             if args.rss_runs == 0:
                 break
-        print(f"SegmentRun() constructor (voxel copy) longest: {constructor_s:.3f} s", flush=True)
+        print(f"SegmentRun() constructor (a view of the voxels, no copy) longest: {constructor_s:.3f} s", flush=True)
         if len(rss) > 1:
             print(f"engine RSS after {len(rss)} runs / after 1: {rss[-1] / rss[0]:.3f} "
                   f"({rss[-1] / 1024:.0f} MB vs {rss[0] / 1024:.0f} MB)", flush=True)
