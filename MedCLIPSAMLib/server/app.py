@@ -11,9 +11,11 @@ so no request can take the server down.
     PUT    /uploads/{id}/parts/{i}    part i, raw or ``Content-Encoding: deflate`` (see server/uploads.py)
     POST   /uploads/{id}/commit       check all parts and the sha256, then store the volume
     DELETE /uploads/{id}              drop an unfinished upload (it also expires after ``ttl``)
-    POST   /jobs                      {"volume", "prompts", "settings", "presets", "saliency"} -> 202
+    POST   /jobs                      {"volume", "prompts", "settings", "presets", "saliency", "labels",
+                                       "saliency_bits"} -> 202
     GET    /jobs/{id}                 state, place in the queue, stage, done/total, error
-    GET    /jobs/{id}/result          the result (``wire.encode_result`` bytes) once done
+    GET    /jobs/{id}/result          the result (``wire.encode_result`` bytes) once done, whole or by
+                                      ``Range: bytes=a-b``; dropped once its last byte is sent
     DELETE /jobs/{id}                 cancel (between batches)
     POST   /shutdown                  only on an engine Slicer started for itself
 """
@@ -33,7 +35,8 @@ from ..errors import InputError, MedCLIPSAMError
 from ..imageio import as_volume
 from . import wire
 from .engine import Engine
-from .jobs import DONE, Job, JobQueue
+from .jobs import Job, JobQueue
+from .results import result_response, saliency_bits
 from .store import VolumeStore
 from .uploads import ENCODINGS, PartialUploads, UploadError, decode_part
 
@@ -162,22 +165,23 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
 
     @app.post("/jobs", status_code=202)
     async def submit(request: Request) -> dict[str, Any]:
-        body = await json_object(request, {"volume", "prompts", "settings", "presets", "saliency"}, "job")
+        body = await json_object(request, {"volume", "prompts", "settings", "presets", "saliency", "labels",
+                                           "saliency_bits"}, "job")
         volume = volumes.get(str(body.get("volume", "")))
         if volume is None:
             raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
                                      "again with PUT /volumes/{id}.")
         prompts = body.get("prompts")
-        switches = {name: body.get(name, True) for name in ("presets", "saliency")}
+        switches = {name: body.get(name, True) for name in ("presets", "saliency", "labels")}
         wrong = [name for name, value in switches.items() if not isinstance(value, bool)]
         if wrong:
             raise HTTPException(400, f"'{wrong[0]}' must be true or false (got {switches[wrong[0]]!r:.40}).")
         settings = engine.settings_for(prompts, body.get("settings"), switches["presets"])
-        include_saliency = switches["saliency"]
+        include_saliency, labels, bits = switches["saliency"], switches["labels"], saliency_bits(body)
 
         def work(progress, cancel) -> bytes:
             result = engine.run(volume, prompts, settings, progress, cancel)
-            return wire.encode_result(result, include_saliency)
+            return wire.encode_result(result, include_saliency, labels, bits)
 
         job = jobs.submit(work)
         return status(job)
@@ -198,12 +202,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         return status(find(job_id))
 
     @app.get("/jobs/{job_id}/result")
-    def job_result(job_id: str) -> Response:
-        job = find(job_id)
-        if job.state != DONE:
-            detail = job.error or f"The job is {job.state}; ask again when it is done."
-            raise HTTPException(409, detail)
-        return Response(job.result, media_type="application/octet-stream")
+    def job_result(job_id: str, request: Request) -> Response:
+        return result_response(jobs, find(job_id), request.headers.get("range"))
 
     @app.delete("/jobs/{job_id}")
     def cancel(job_id: str) -> dict[str, Any]:

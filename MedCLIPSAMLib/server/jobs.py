@@ -89,6 +89,12 @@ class JobQueue:
                 self._waiting.remove(job)
                 self._finish(job, CANCELLED, error="Cancelled before it started.", kind="Cancelled")
 
+    def drop_result(self, job: Job) -> None:
+        """The client has the result: free its memory now, keep the job's status until it expires."""
+        with self._lock:
+            job.result = None
+            job.touched = time.monotonic()
+
     def forget(self, job: Job) -> None:
         with self._lock:
             self._jobs.pop(job.id, None)

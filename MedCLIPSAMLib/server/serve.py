@@ -100,9 +100,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.parent_pid:
         exit_with_parent(args.parent_pid)
     sock = bind(args.host, args.port)  # a taken port is refused before minutes of model loading
-    print(f"Loading models on {engine.device} (CLIP: {config.clip_model}; SAM: {args.sam}; pid {os.getpid()})...",
+    from ..models.sam import resolve_backend
+    from .startup import loading_reporter
+
+    sam = resolve_backend(args.sam, engine.device)  # 'auto' is decided before anything is downloaded
+    chosen_sam = f"{sam} ('auto' on {engine.device.type})" if args.sam == "auto" else sam
+    print(f"Loading models on {engine.device} (CLIP: {config.clip_model}; SAM: {chosen_sam}; pid {os.getpid()})...",
           file=sys.stderr, flush=True)
-    engine.preload(args.sam)
+    engine.preload(sam, progress=loading_reporter())
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), ttl_seconds=args.ttl)
     jobs = JobQueue(ttl=args.ttl, worker_thread=False)
     app = create_app(engine, token, limits, allow_shutdown=bool(args.parent_pid), jobs=jobs)

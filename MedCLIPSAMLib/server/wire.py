@@ -40,6 +40,32 @@ def volume_id(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def encode_volume_steps(array: np.ndarray, spacing: tuple[float, ...] | None = None, chunk_bytes: int = 16_000_000):
+    """``encode_volume`` a chunk at a time: a generator that yields after each chunk written or hashed and
+    returns (payload, sha256 id), byte for byte what ``encode_volume`` gives (Slicer packs a CT over
+    several timer ticks instead of freezing for one long one)."""
+    array = np.ascontiguousarray(array)
+    spacing_array = np.asarray(spacing if spacing is not None else (), dtype=np.float64)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("array.npy", "w", force_zip64=True) as member:  # the layout np.savez writes
+            np.lib.format.write_array_header_1_0(member, np.lib.format.header_data_from_array_1_0(array))
+            data = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+            for start in range(0, len(data), chunk_bytes):
+                member.write(data[start:start + chunk_bytes])
+                yield
+        with archive.open("spacing.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, spacing_array, allow_pickle=False)
+    payload = buffer.getvalue()
+    yield
+    digest = hashlib.sha256()
+    view = memoryview(payload)
+    for start in range(0, len(payload), chunk_bytes):
+        digest.update(view[start:start + chunk_bytes])
+        yield
+    return payload, digest.hexdigest()
+
+
 def decode_volume(payload: bytes) -> tuple[np.ndarray, tuple[float, ...] | None]:
     """(array, spacing) from upload bytes; anything else is an InputError naming what is wrong.
 
@@ -62,23 +88,31 @@ def decode_volume(payload: bytes) -> tuple[np.ndarray, tuple[float, ...] | None]
     return array, tuple(float(s) for s in spacing)
 
 
-def encode_result(result: SegmentationResult, include_saliency: bool = True) -> bytes:
-    """Result bytes; without saliency the client gets empty saliency maps (smaller, when no overlay is shown)."""
+SALIENCY_BITS = {16: (np.uint16, SALIENCY_LEVELS), 8: (np.uint8, 255)}
+"""Saliency precision a client may ask for: 8 bits (1/255 steps) is what an overlay shows, half of 16's bytes."""
+
+
+def encode_result(result: SegmentationResult, include_saliency: bool = True, labels: bool = True,
+                  saliency_bits: int = 16) -> bytes:
+    """Result bytes; without saliency the client gets empty saliency maps (smaller, when no overlay is shown);
+    without ``labels`` no label map (Slicer builds segments from the masks and never uses it)."""
+    dtype, levels = SALIENCY_BITS[saliency_bits]
     names = list(result.masks)
-    arrays: dict[str, np.ndarray] = {"labels": np.asarray(result.labels)}
+    arrays: dict[str, np.ndarray] = {"labels": np.asarray(result.labels)} if labels else {}
     for index, name in enumerate(names):
         mask = np.asarray(result.masks[name], dtype=bool)
         arrays[f"mask{index}"] = np.packbits(mask.ravel())
         if include_saliency:
             values = np.clip(np.asarray(result.saliency[name], dtype=np.float32), 0.0, 1.0)
-            arrays[f"saliency{index}"] = np.round(values * SALIENCY_LEVELS).astype(np.uint16)
+            arrays[f"saliency{index}"] = np.round(values * levels).astype(dtype)
     meta = {
         "names": names, "shape": list(np.shape(result.labels)), "axis": int(result.axis),
         "boxes": {name: {str(z): [[int(v) for v in box] for box in boxes] for z, boxes in result.boxes[name].items()}
                   for name in names},
         "scores": {name: float(result.scores[name]) for name in names},
         "messages": list(result.messages), "timings": {k: float(v) for k, v in result.timings.items()},
-        "saliency_slices": int(result.saliency_slices), "saliency": include_saliency,
+        "saliency_slices": int(result.saliency_slices), "saliency": include_saliency, "labels": labels,
+        "saliency_bits": saliency_bits,
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -86,19 +120,46 @@ def encode_result(result: SegmentationResult, include_saliency: bool = True) -> 
     return buffer.getvalue()
 
 
-def decode_result(payload: bytes) -> SegmentationResult:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+def decode_result(payload: bytes, raw_saliency: bool = False, rebuild_labels: bool = True) -> SegmentationResult:
+    """The result; ``raw_saliency``: 8-bit saliency stays uint8 0..255 (no float copy: what an overlay needs).
+
+    A result sent without its label map gets one rebuilt from the masks (the earlier prompt wins), or,
+    with ``rebuild_labels=False`` (Slicer, which uses the masks only), an empty (0, ...) array."""
+    steps = decode_result_steps(payload, raw_saliency, rebuild_labels)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def decode_result_steps(payload: bytes | bytearray, raw_saliency: bool = False, rebuild_labels: bool = True):
+    """``decode_result`` one array at a time: a generator that yields between arrays and returns the result."""
+    archive = np.load(io.BytesIO(payload), allow_pickle=False)
+    with archive:
         meta = json.loads(archive["meta"].tobytes().decode())
         shape = tuple(meta["shape"])
         size = int(np.prod(shape))
+        levels = SALIENCY_BITS[meta.get("saliency_bits", 16)][1]
         masks, saliency = {}, {}
+        yield
         for index, name in enumerate(meta["names"]):
-            masks[name] = np.unpackbits(archive[f"mask{index}"], count=size).reshape(shape).astype(bool)
+            masks[name] = np.unpackbits(archive[f"mask{index}"], count=size).reshape(shape).view(bool)
+            yield
             if meta["saliency"]:
-                saliency[name] = archive[f"saliency{index}"].astype(np.float32) / SALIENCY_LEVELS
-        labels = archive["labels"]
+                values = archive[f"saliency{index}"]
+                saliency[name] = values if raw_saliency and values.dtype == np.uint8 else (
+                    values.astype(np.float32) / levels)
+                yield
+        labels = archive["labels"] if meta.get("labels", True) else None
+    if labels is None and not rebuild_labels:
+        labels = np.zeros((0,) * len(shape), np.uint8)
+    elif labels is None:
+        labels = np.zeros(shape, np.uint8 if len(masks) < 256 else np.uint16)
+        for index, mask in reversed(list(enumerate(masks.values()))):
+            labels[mask] = index + 1
     boxes = {name: {int(z): [tuple(b) for b in found] for z, found in per_slice.items()}
              for name, per_slice in meta["boxes"].items()}
     return SegmentationResult(labels=labels, masks=masks, saliency=saliency, boxes=boxes, scores=meta["scores"],
-                      axis=meta["axis"], messages=meta["messages"], timings=meta["timings"],
-                      saliency_slices=meta["saliency_slices"])
+                              axis=meta["axis"], messages=meta["messages"], timings=meta["timings"],
+                              saliency_slices=meta["saliency_slices"])

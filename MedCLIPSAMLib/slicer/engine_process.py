@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 from ..client import EngineClient
 from ..errors import MedCLIPSAMError
 from ..server.wire import READY_LINE, TOKEN_ENV
+from ..server.startup import last_loading
 
 ENGINE_PARENT = Path(__file__).resolve().parents[2]
 """The folder holding the MedCLIPSAMLib package, put on the child's PYTHONPATH."""
@@ -73,6 +74,12 @@ class LocalEngine:
             return errors[-1]
         return (f"The MedCLIP-SAM engine stopped (exit code {self.process.returncode}) before it was ready. "
                 f"Its log: {self.log_path}\n{self.log_tail()}")
+
+    def startup_progress(self) -> tuple[str, int, int] | None:
+        """(stage, bytes done, bytes total) of the model download the starting engine reports, else None."""
+        if self.url is not None:
+            return None
+        return last_loading(self._log())
 
     def log_tail(self, lines: int = 8) -> str:
         return "\n".join(self._log().splitlines()[-lines:])

@@ -28,7 +28,7 @@ def path_or_none(value: Any) -> str | None:
 def run_settings(p: Any, slice_scope: tuple[int, int] | None = None) -> dict[str, Any]:
     """Method settings for one job, from the panel's parameter node ``p``.
 
-    ``slice_scope``: (axis, index) of the slice shown in the Red view, for the "Current slice" scope.
+    ``slice_scope``: (axis, index) of the slice shown in the slice view last pointed at, for "Current slice".
     """
     settings: dict[str, Any] = {"bottleneck_layer": int(p.bottleneckLayer), "beta": float(p.beta),
                                 "max_components": int(p.maxComponents), "prompt_mode": str(p.promptMode),
@@ -40,14 +40,20 @@ def run_settings(p: Any, slice_scope: tuple[int, int] | None = None) -> dict[str
         settings["axis"], settings["slice_range"] = 0, [first, last]
     elif p.scope == "Current slice":
         if slice_scope is None:
-            raise ValueError("No slice is shown in the Red view: show the input volume there, or choose another scope.")
+            raise ValueError("No slice view to take the current slice from: point at a slice view that shows the "
+                             "input volume, or choose another scope.")
         settings["axis"], settings["slice_range"] = int(slice_scope[0]), [int(slice_scope[1])] * 2
     return settings
 
 
+LOCAL_TTL_S = 300
+"""The local engine forgets an unused volume or result after 5 minutes (a shared server keeps them an hour):
+on a laptop the memory matters more than re-sending a volume over loopback."""
+
+
 def local_engine_args(p: Any) -> list[str]:
     """``medclipsam serve`` options for the engine this computer runs: device, SAM to load, local model files."""
-    args = ["--device", str(p.device), "--sam", str(p.samModel)]
+    args = ["--device", str(p.device), "--sam", str(p.samModel), "--ttl", str(LOCAL_TTL_S)]
     if p.useLocalModels:
         clip, sam = path_or_none(p.clipModelPath), path_or_none(p.samCheckpointPath)
         if clip:

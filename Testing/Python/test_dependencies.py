@@ -1,8 +1,6 @@
-"""Dependency checks for the Slicer install: what is missing, and pins for Slicer's own packages."""
-import importlib.metadata
+"""Dependency checks for the Slicer install: what is missing (pins: test_install_plan.py)."""
 
-from MedCLIPSAMLib.dependencies import REQUIREMENTS, missing_requirements, protected_pins, torch_missing, \
-    write_constraints
+from MedCLIPSAMLib.dependencies import REQUIREMENTS, missing_requirements, torch_missing
 
 
 def test_missing_lists_only_uninstalled_requirements():
@@ -11,11 +9,3 @@ def test_missing_lists_only_uninstalled_requirements():
     assert found == [REQUIREMENTS["open_clip"], REQUIREMENTS["skimage"]]
     assert missing_requirements() == []  # this environment has everything
     assert torch_missing(lambda name: None) and not torch_missing()
-
-
-def test_constraints_pin_slicers_numpy_and_simpleitk(tmp_path):
-    pins = protected_pins()
-    assert f"numpy=={importlib.metadata.version('numpy')}" in pins
-    assert f"SimpleITK=={importlib.metadata.version('SimpleITK')}" in pins
-    text = write_constraints(tmp_path).read_text()
-    assert all(pin in text.splitlines() for pin in pins)

@@ -33,18 +33,18 @@ def test_run_settings_are_valid_engine_settings_and_follow_the_scope():
     assert ranged["axis"] == 0 and ranged["slice_range"] == [4, 12]
     current = run_settings(panel(scope="Current slice"), slice_scope=(1, 37))
     assert current["axis"] == 1 and current["slice_range"] == [37, 37]
-    with pytest.raises(ValueError, match="Red view"):
+    with pytest.raises(ValueError, match="point at a slice view"):
         run_settings(panel(scope="Current slice"), slice_scope=None)
     fast = settings_from_dict(run_settings(panel(fastSaliency=True)))
     assert (fast.saliency_stride, fast.m2ib_samples, fast.m2ib_steps) == (4, 3, Settings().m2ib_steps)
 
 
 def test_model_files_and_device_go_to_the_local_engine_not_the_job():
-    assert local_engine_args(panel()) == ["--device", "auto", "--sam", "auto"]
+    assert local_engine_args(panel()) == ["--device", "auto", "--sam", "auto", "--ttl", "300"]
     files = panel(useLocalModels=True, clipModelPath=Path("/m/clip"), samCheckpointPath=Path(), device="cpu",
                   samModel="vit_b")
-    assert local_engine_args(files) == ["--device", "cpu", "--sam", "vit_b", "--clip-model", "/m/clip"]
-    assert local_engine_args(panel(useLocalModels=False, clipModelPath=Path("/m/clip")))[-1] == "auto"
+    assert local_engine_args(files) == ["--device", "cpu", "--sam", "vit_b", "--ttl", "300", "--clip-model", "/m/clip"]
+    assert "--clip-model" not in local_engine_args(panel(useLocalModels=False, clipModelPath=Path("/m/clip")))
     assert not {"clip_model", "sam_checkpoint", "device"} & set(run_settings(files))
 
 

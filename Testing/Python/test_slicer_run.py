@@ -12,7 +12,8 @@ from vtk.util import numpy_support  # noqa: E402
 from test_mrml import scene, segmentation_converters, volume_node  # noqa: E402,F401  (shared fixtures)
 from MedCLIPSAMLib.client import EngineClient, EngineError  # noqa: E402
 from MedCLIPSAMLib.slicer.mrml import segment_to_array  # noqa: E402
-from MedCLIPSAMLib.slicer.run import APPLIED, CANCELLED, FAILED, UPLOADING, SegmentRun, read_input  # noqa: E402
+from MedCLIPSAMLib.slicer.run import (APPLIED, CANCELLED, FAILED, PACKING, STARTING, UPLOADING,  # noqa: E402
+                                      SegmentRun, read_input)
 
 QUICK = {"m2ib_steps": 2, "m2ib_samples": 2, "refine_rounds": 1}
 
@@ -82,7 +83,8 @@ def test_engine_errors_end_the_run_with_the_engine_message(scene, volume_node, e
     drive(run)
     assert run.state == FAILED and run.error.startswith("Slice range 40-50 is outside")
     bad = SegmentRun(engine_server, scene, volume_node, ["mass"], {"beta": -1.0})
-    bad.step()
+    while bad.state in (STARTING, PACKING):  # engine ready, volume packed over a few steps; the server holds
+        bad.step()                            # it already, so it is submitted at once, and refused
     assert bad.state == FAILED and "'beta' must be a finite number >= 0" in bad.error
 
 
@@ -131,7 +133,8 @@ def ct_node(scene, shape=(20, 256, 400)):
 def test_the_upload_goes_one_part_per_step_with_progress_in_mb(scene, engine_server):
     node = ct_node(scene)
     run = SegmentRun(engine_server, scene, node, ["mass"], QUICK | {"slice_range": [10, 10]}, part_bytes=500_000)
-    run.step()  # the engine is ready: begin the upload
+    while run.state in (STARTING, PACKING):  # the engine is ready; the volume is packed in 16 MB steps
+        run.step()
     assert run.state == UPLOADING and run.uploading and run.progress.text == "Uploading 0 of 4 MB"
     sent, texts = [], []
     while run.state == UPLOADING:
@@ -144,14 +147,17 @@ def test_the_upload_goes_one_part_per_step_with_progress_in_mb(scene, engine_ser
     assert run.progress.bar_format == "Queued" and run.sending.committed
     drive(run)
     assert run.state == APPLIED, run.error
-    assert run.result.labels.shape == (20, 256, 400)
+    assert run.result.masks["mass"].shape == (20, 256, 400)
+    assert run.result.labels.size == 0, "Slicer asks for no label map"
 
 
 def test_cancel_during_the_upload_stops_it_and_the_next_run_works(scene, engine_server):
     node = ct_node(scene, (20, 256, 390))
     nodes_before = scene.GetNumberOfNodes()
     run = SegmentRun(engine_server, scene, node, ["mass"], QUICK | {"slice_range": [10, 10]}, part_bytes=500_000)
-    for _ in range(3):  # begin, part 0, part 1
+    while run.state in (STARTING, PACKING):
+        run.step()
+    for _ in range(2):  # part 0, part 1
         run.step()
     assert run.state == UPLOADING and run.sending.done == 1_000_000
     run.cancel()
@@ -162,7 +168,7 @@ def test_cancel_during_the_upload_stops_it_and_the_next_run_works(scene, engine_
     with pytest.raises(EngineError) as dropped:
         client._request("PUT", f"/uploads/{run.sending.id}/parts/2", b"x")
     assert dropped.value.status == 404, "the server dropped the partial upload"
-    assert not client.has_volume(run.upload.id) and scene.GetNumberOfNodes() == nodes_before
+    assert not client.has_volume(run.volume_id) and scene.GetNumberOfNodes() == nodes_before
 
     again = SegmentRun(engine_server, scene, node, ["mass"], QUICK | {"slice_range": [10, 10]})
     drive(again)

@@ -1,0 +1,1 @@
+# Slicer-like build tree: no package is made.

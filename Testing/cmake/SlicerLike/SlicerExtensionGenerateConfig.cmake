@@ -1,0 +1,1 @@
+# Slicer-like build tree: nothing to generate.

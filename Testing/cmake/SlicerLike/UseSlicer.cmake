@@ -1,0 +1,32 @@
+function(_slicerlike_copy source_dir destination_dir)
+  foreach(file ${ARGN})
+    if(NOT EXISTS "${source_dir}/${file}")
+      message(FATAL_ERROR "Listed for the build but missing: ${source_dir}/${file}")
+    endif()
+    configure_file("${source_dir}/${file}" "${destination_dir}/${file}" COPYONLY)
+  endforeach()
+endfunction()
+
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(NOT MY_NAME)
+    message(FATAL_ERROR "slicerMacroBuildScriptedModule: NAME is required")
+  endif()
+  _slicerlike_copy("${CMAKE_CURRENT_SOURCE_DIR}" "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}"
+                   ${MY_SCRIPTS} ${MY_RESOURCES})
+  set_property(GLOBAL APPEND PROPERTY SLICERLIKE_MODULES "${MY_NAME}")
+endmacro()
+
+macro(ctkMacroCompilePythonScript)
+  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR" "SCRIPTS;RESOURCES"
+                        ${ARGN})
+  _slicerlike_copy("${MY_SOURCE_DIR}" "${MY_DESTINATION_DIR}" ${MY_SCRIPTS} ${MY_RESOURCES})
+endmacro()
+
+macro(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  if(NOT EXISTS "${CMAKE_CURRENT_SOURCE_DIR}/${MY_SCRIPT}")
+    message(FATAL_ERROR "slicer_add_python_unittest: ${MY_SCRIPT} does not exist")
+  endif()
+  set_property(GLOBAL APPEND PROPERTY SLICERLIKE_TESTS "${MY_SCRIPT}")
+endmacro()
