@@ -23,7 +23,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import numpy as np
 
 from .errors import Cancelled, InputError, MedCLIPSAMError, ModelError
-from .interactive.answer import Answer, decode_answer
+from .interactive.answer import Answer, decode_answer, encode_mask
 from .server import wire
 from .result import SegmentationResult
 
@@ -141,12 +141,14 @@ class EngineClient:
 
     def open_session(self, volume_id: str, axis: int | None = None, window: str | None = None,
                      sam_backend: str | None = None, click_mode: str | None = None, job: str | None = None,
-                     target: str | None = None) -> dict[str, Any]:
-        """A correction session on an uploaded volume (from an empty mask, or from a finished ``job``'s ``target``);
-        the answer's ``session`` is the id the other ``session_*`` methods take."""
+                     target: str | None = None, mask: np.ndarray | None = None) -> dict[str, Any]:
+        """A correction session on an uploaded volume, starting from an empty mask, a finished ``job``'s ``target``,
+        or ``mask`` (the volume's shape); the answer's ``session`` is the id the other ``session_*`` methods take."""
         body = {name: value for name, value in (("volume", volume_id), ("axis", axis), ("window", window),
                                                 ("sam_backend", sam_backend), ("click_mode", click_mode),
                                                 ("job", job), ("target", target)) if value is not None}
+        if mask is not None:
+            body["mask"] = encode_mask(mask)
         return self._json("POST", "/sessions", body)
 
     def session_box(self, session: str, index: int, box: Sequence[int], mode: str = "replace") -> Answer:

@@ -38,3 +38,23 @@ def decode_answer(body: dict[str, Any]) -> Answer:
     slices = {int(index): np.unpackbits(np.frombuffer(base64.b64decode(bits), np.uint8), count=count)
               .reshape(shape).astype(bool) for index, bits in body.get("slices", {}).items()}
     return Answer(int(body["axis"]), slices, str(body.get("message", "")), bool(body.get("can_undo")))
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """A whole mask as base64 of its packed bits (the shape travels separately)."""
+    return base64.b64encode(np.packbits(np.asarray(mask, bool).ravel())).decode()
+
+
+def decode_mask(text: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The mask ``encode_mask`` sent, checked against the volume's shape (an InputError otherwise)."""
+    from ..errors import InputError
+
+    count = int(np.prod(shape))
+    try:
+        packed = np.frombuffer(base64.b64decode(str(text), validate=True), np.uint8)
+    except ValueError:
+        raise InputError("'mask' is not base64 text; send the mask's packed bits (EngineClient does this).") from None
+    if packed.size != (count + 7) // 8:
+        raise InputError(f"'mask' holds {packed.size * 8} bits, the volume {count} voxels {list(shape)}; send a mask "
+                         "on the volume's grid.")
+    return np.unpackbits(packed, count=count).reshape(shape).astype(bool)

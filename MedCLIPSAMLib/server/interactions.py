@@ -1,8 +1,9 @@
 """HTTP endpoints for correction sessions on an uploaded volume (box, clicks, propagation, undo, reset).
 
-    POST   /sessions                     {"volume", "axis", "window", "sam_backend", "click_mode", "job", "target"}
-                                         -> 201 {"session", "axis", "slices", "slice_shape", ...}; with "job" (a
-                                         finished text job on that volume) it starts from that job's mask
+    POST   /sessions                     {"volume", "axis", "window", "sam_backend", "click_mode", "job", "target",
+                                         "mask"} -> 201 {"session", "axis", "slices", "slice_shape", ...}; it starts
+                                         from "job"'s mask of "target" (a finished text job on that volume), or
+                                         from "mask" (the volume's mask, bit-packed, base64), else empty
     POST   /sessions/{id}/box            {"slice", "box": [x0, y0, x1, y1], "mode": "replace"|"add"}
     POST   /sessions/{id}/clicks         {"slice", "clicks": [[x, y, true|false], ...]}
     POST   /sessions/{id}/propagate      {"slice", "direction": "up"|"down"|"both"}
@@ -33,7 +34,7 @@ from .store import drop_idle
 
 MAX_SESSIONS = 16
 """Open sessions per server; the least recently used closes first (each may hold up to a cache budget)."""
-SESSION_FIELDS = {"volume", "axis", "window", "sam_backend", "click_mode", "job", "target"}
+SESSION_FIELDS = {"volume", "axis", "window", "sam_backend", "click_mode", "job", "target", "mask"}
 
 
 @dataclass
@@ -212,8 +213,14 @@ async def _threaded(function, *args):
 
 
 def _start_mask(request: Request, body: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray | None:
-    """The mask of a finished text job on the same volume, to correct its result."""
-    job_id = body.get("job")
+    """The mask a session starts from: a finished text job's on the same volume, or one the client sent."""
+    job_id, given = body.get("job"), body.get("mask")
+    if job_id is not None and given is not None:
+        raise InputError("Give 'job' or 'mask' to start from, not both.")
+    if given is not None:
+        from ..interactive.answer import decode_mask
+
+        return decode_mask(given, shape)
     if job_id is None:
         return None
     from . import wire
