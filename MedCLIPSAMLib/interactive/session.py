@@ -36,6 +36,9 @@ DEFAULT_CLICK_MODE = {"litemedsam": "box_edit"}
 CLICK_BOX_FRACTION = 0.1
 """A click on an empty slice with no mask near it starts from a box of this fraction of the slice's longer side."""
 MAX_HISTORY = 50
+REMOVE_DEPTH = 0.6
+"""See ``InteractionSession._removed_piece``: the simulated user clicks an error region's deepest point, so a
+piece that is all wrong is clicked at depth 1.0 of it, a leak at its edge well under 0.6."""
 
 
 class InteractionError(InputError):
@@ -142,25 +145,27 @@ class InteractionSession:
             if not clicks:
                 raise InteractionError("No click given: give at least one (x, y, positive).")
             prompt = self._prompt_for_clicks(index, clicks[0])
-            prompt.clicks = prompt.clicks + clicks
-            mask, prompt = self._decode_clicks(index, prompt)
+            removed = self._removed_piece(index, prompt, clicks)
+            if removed is not None:
+                mask = self.mask[index] & ~removed
+                own = mask if prompt.base is None else mask & ~prompt.base
+                prompt = SlicePrompt(box_of(own), base=prompt.base)
+            else:
+                prompt.clicks = prompt.clicks + clicks
+                mask, prompt = self._decode_clicks(index, prompt)
             changes, prompts = {index: mask}, {index: prompt}
-            run = self._runs.get(index)
             runs: dict[int, Run | None] = {index: None}
-            if run is not None:  # re-propagate from here, away from the seed, over what that run wrote
-                after = [z for z in run.written if (z - index) * run.direction > 0]
-                steps, _ = propagate(self.backend, self.cache, mask, index, run.direction, self.rule,
-                                     blocked=lambda z: z in self._edited or (z not in after and self.mask[z].any()),
+            for direction, after in self._follow_ups(index):
+                steps, _ = propagate(self.backend, self.cache, mask, index, direction, self.rule,
+                                     blocked=lambda z, after=after: z in self._edited or (
+                                         z not in after and self.mask[z].any()),
                                      start_logits=prompt.logits, start_iou=prompt.iou)
                 for z in after:
                     changes[z] = np.zeros(self.slice_shape, dtype=bool)
-                new_run = Run(index, run.direction, [s.index for s in steps])
+                    runs[z], prompts[z] = None, None
+                new_run = Run(index, direction, [s.index for s in steps])
                 for step in steps:
-                    changes[step.index] = step.mask
-                    runs[step.index] = new_run
-                    prompts[step.index] = None
-                for z in after:
-                    runs.setdefault(z, None)
+                    changes[step.index], runs[step.index], prompts[step.index] = step.mask, new_run, None
             return self._commit(changes, prompts, edited={index}, runs=runs)
 
     def propagate(self, index: int, direction: str = "both") -> Answer:
@@ -240,6 +245,37 @@ class InteractionSession:
         self._history.append(record)
         del self._history[:-MAX_HISTORY]
         return Answer(self.axis, changed, message, True)
+
+    def _removed_piece(self, index: int, prompt: SlicePrompt, clicks: list[Click]) -> np.ndarray | None:
+        """Box edit mode: a single negative click near the middle of a piece of the mask (at least
+        ``REMOVE_DEPTH`` of the piece's deepest point) removes that piece; nearer its edge it moves the box."""
+        if self.click_mode != "box_edit" or len(clicks) != 1 or clicks[0][2]:
+            return None
+        x, y, _ = clicks[0]
+        labels, _ = ndimage.label(self.mask[index], structure=np.ones((3, 3)))
+        if not labels[y, x]:
+            return None
+        piece = labels == labels[y, x]
+        depth = ndimage.distance_transform_edt(np.pad(piece, 1))[1:-1, 1:-1]
+        return piece if depth[y, x] >= REMOVE_DEPTH * depth.max() else None
+
+    def _follow_ups(self, index: int) -> list[tuple[int, list[int]]]:
+        """Where a click on slice ``index`` carries on, as (direction, slices to redo): past it, over what the
+        propagation that wrote it wrote; both ways of a start slice, over its propagations; and, on an empty slice
+        just past a mask's end, onwards (the click extends the target)."""
+        follow: dict[int, list[int]] = {}
+        for run in {id(r): r for r in self._runs.values()}.values():
+            if index in run.written:
+                follow[run.direction] = [z for z in run.written if (z - index) * run.direction > 0]
+            elif run.seed == index:
+                follow[run.direction] = list(run.written)
+        if not follow and not self.mask[index].any():
+            for direction in (1, -1):
+                behind, ahead = index - direction, index + direction
+                if 0 <= behind < self.slice_count and self.mask[behind].any() and not (
+                        0 <= ahead < self.slice_count and self.mask[ahead].any()):
+                    follow[direction] = []
+        return sorted(follow.items())
 
     def _prompt_for_clicks(self, index: int, first: Click) -> SlicePrompt:
         """The slice's own prompt when it has one; otherwise the piece of the mask the click is on or nearest to

@@ -3,8 +3,8 @@
 A ``Correction`` holds one engine session for one segment of the output segmentation. Each
 interaction goes out on a worker thread (the GUI thread never waits on the network); the panel's
 timer calls ``step()``, which applies a finished answer on the main thread: only the answer's
-slices of that one segment are rewritten (``SetBinaryLabelmapToSegment`` with the slice's extent,
-as the Segment Editor's effects write), and the slices' previous content is kept so ``undo()``
+slices of that one segment change (``SetBinaryLabelmapToSegment``, see ``write_slices``), and the
+slices' previous content is kept so ``undo()``
 restores it exactly, one interaction per step. While a text run is going, answers wait: a run and
 an interaction never write into the segmentation at once.
 
@@ -74,25 +74,27 @@ def roi_prompt(volume_node, axis: int, roi_node) -> tuple[int, tuple[int, int, i
 
 
 def write_slices(segmentation_node, segment_id: str, reference, axis: int, slices: dict[int, np.ndarray]) -> None:
-    """Replace the segment's content on each given slice, and nothing outside those slices."""
+    """Replace the segment's content on each given slice, and nothing outside those slices.
+
+    The whole segment is written back with the slices changed: segments share one labelmap layer, and
+    ``SetBinaryLabelmapToSegment``'s replace mode clears a shared segment before writing (Slicer 5.10,
+    vtkSegmentationModifier::AppendLabelmapToSegment), so a one-slice modifier would erase the rest.
+    """
     slicer = _slicer()
-    dims_kji = reference.GetImageData().GetDimensions()[::-1]
+    whole = segment_to_array(segmentation_node, segment_id, reference)
+    moved = np.moveaxis(whole, axis, 0)  # a view: writing a slice writes into ``whole``
+    for index, mask in slices.items():
+        moved[index] = np.asarray(mask, dtype=np.uint8)
     ijk_to_ras = vtk.vtkMatrix4x4()
     reference.GetIJKToRASMatrix(ijk_to_ras)
-    for index, mask in slices.items():
-        slab = np.expand_dims(np.asarray(mask, dtype=np.uint8), axis)
-        extent_kji = [(0, n - 1) for n in dims_kji]
-        extent_kji[axis] = (index, index)
-        extent = [v for pair in reversed(extent_kji) for v in pair]  # i0, i1, j0, j1, k0, k1
-        image = slicer.vtkOrientedImageData()
-        image.SetExtent(*extent)
-        image.SetImageToWorldMatrix(ijk_to_ras)
-        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(slab).ravel(), deep=True,
-                                                                   array_type=vtk.VTK_UNSIGNED_CHAR))
-        if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                image, segmentation_node, segment_id,
-                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, extent):
-            raise MedCLIPSAMError(f"Slicer could not write slice {index} of the segment.")
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, whole.shape[2] - 1, 0, whole.shape[1] - 1, 0, whole.shape[0] - 1)
+    image.SetImageToWorldMatrix(ijk_to_ras)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(whole, np.uint8).ravel(),
+                                                               deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
+        raise MedCLIPSAMError(f"Slicer could not write slice(s) {sorted(slices)} of the segment.")
 
 
 def read_slices(segmentation_node, segment_id: str, reference, axis: int, indices) -> dict[int, np.ndarray]:

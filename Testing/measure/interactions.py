@@ -49,7 +49,8 @@ def main() -> int:
     parser.add_argument("--growths", default="1.5", help="stop when the area grows more than this factor")
     parser.add_argument("--shrinks", default="0", help="stop when the area falls under this fraction")
     parser.add_argument("--ious", default="0", help="stop when SAM's IoU estimate falls under this")
-    parser.add_argument("--iou-drops", default="0.1", help="stop when SAM's IoU estimate falls by more than this")
+    parser.add_argument("--iou-drops", default="1", help="stop when SAM's IoU estimate falls by more than this")
+    parser.add_argument("--contrasts", default="0.3", help="stop when the mask's contrast falls under this fraction")
     parser.add_argument("--mask-prompt", default="0", help="0,1: previous logits as mask prompt in propagation")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--embeddings", help="folder to keep encoded slices in between runs of this script")
@@ -57,7 +58,7 @@ def main() -> int:
     data, sets = data_and_sets(args, SETS)
     sam = load_sam("litemedsam", None, "cpu")
     grid = list(itertools.product(args.click_modes.split(","), floats(args.margins), floats(args.growths),
-                                  floats(args.shrinks), floats(args.ious), floats(args.iou_drops), [bool(int(v)) for v in args.mask_prompt.split(",")]))
+                                  floats(args.shrinks), floats(args.ious), floats(args.iou_drops), floats(args.contrasts), [bool(int(v)) for v in args.mask_prompt.split(",")]))
     rows = []
     for name in sets:
         cases = cases_of(data, name)[:args.limit or None]
@@ -74,13 +75,13 @@ def main() -> int:
             if kept is not None and cache.encoded_count:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(dict(cache._items), kept)
-            for mode, margin, growth, shrink, iou, drop, mask_prompt in grid:
+            for mode, margin, growth, shrink, iou, drop, contrast, mask_prompt in grid:
                 rule = StopRule(margin=margin, max_growth=growth, min_shrink=shrink, min_iou=iou,
-                                max_iou_drop=drop, use_mask_prompt=mask_prompt)
+                                max_iou_drop=drop, min_contrast=contrast, use_mask_prompt=mask_prompt)
                 session = InteractionSession(sam, volume, axis=axis, cache=cache, rule=rule, click_mode=mode)
                 masks = simulate(session, truth, args.steps)
                 row = {"set": name, "case": case, "click_mode": mode, "margin": margin, "growth": growth,
-                       "shrink": shrink, "iou": iou, "iou_drop": drop, "mask_prompt": int(mask_prompt),
+                       "shrink": shrink, "iou": iou, "iou_drop": drop, "contrast": contrast, "mask_prompt": int(mask_prompt),
                        **{f"dsc_{i + 1}": round(dice(m, truth), 4) for i, m in enumerate(masks)}}
                 rows.append(row)
             print(f"{name}/{case}: {cache.encoded_count} slices encoded", file=sys.stderr)
@@ -88,7 +89,7 @@ def main() -> int:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    keys = ("set", "click_mode", "margin", "growth", "shrink", "iou", "iou_drop", "mask_prompt")
+    keys = ("set", "click_mode", "margin", "growth", "shrink", "iou", "iou_drop", "contrast", "mask_prompt")
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
