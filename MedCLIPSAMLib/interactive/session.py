@@ -36,6 +36,9 @@ DEFAULT_CLICK_MODE = {"litemedsam": "box_edit"}
 CLICK_BOX_FRACTION = 0.1
 """A click on an empty slice with no mask near it starts from a box of this fraction of the slice's longer side."""
 MAX_HISTORY = 50
+LOCAL_REACH = 2.0
+"""A positive click's local box reaches this many times the click's distance to the mask on each side."""
+LOCAL_MIN_PX = 4
 REMOVE_DEPTH = 0.6
 """See ``InteractionSession._removed_piece``: the simulated user clicks an error region's deepest point, so a
 piece that is all wrong is clicked at depth 1.0 of it, a leak at its edge well under 0.6."""
@@ -315,18 +318,41 @@ class InteractionSession:
     def _decode_clicks(self, index: int, prompt: SlicePrompt) -> tuple[np.ndarray, SlicePrompt]:
         encoded = self.cache.get(index)
         if self.click_mode == "box_edit":
-            box = prompt.box
-            for click in prompt.clicks:
+            box, given = prompt.box, prompt.clicks
+            prompt_box = box
+            for click in given:
                 box = edit_box(box, click, self.slice_shape)
             prompt = SlicePrompt(box, [], prompt.base)
             if box is None:
                 return np.zeros(self.slice_shape, bool) if prompt.base is None else prompt.base.copy(), prompt
             decoded = decode(self.backend, encoded, box=box)
+            added = self._local_add(index, given, encoded) if box == prompt_box else None
+            if added is not None:  # kept beside the box's own mask, so a later click on the slice keeps it
+                prompt.base = added if prompt.base is None else prompt.base | added
         else:
             decoded = decode(self.backend, encoded, box=prompt.box, clicks=prompt.clicks, mask_logits=prompt.logits)
         prompt.logits, prompt.iou = decoded.logits, decoded.iou
         mask = decoded.mask if prompt.base is None else decoded.mask | prompt.base
         return mask, prompt
+
+    def _local_add(self, index: int, clicks: list[Click], encoded) -> np.ndarray | None:
+        """Box edit mode, a positive click the box already holds (moving the box cannot help): SAM's mask in a
+        small box around the click, as wide as the click is far from the mask (the missed part's size), where it
+        holds the click."""
+        positives = [(x, y) for x, y, positive in clicks if positive]
+        mask = self.mask[index]
+        if not positives or not mask.any():
+            return None
+        x, y = positives[-1]
+        if mask[y, x]:
+            return None
+        distance = ndimage.distance_transform_edt(~mask)
+        reach = max(LOCAL_MIN_PX, int(round(LOCAL_REACH * distance[y, x])))
+        height, width = self.slice_shape
+        box = (max(0, x - reach), max(0, y - reach), min(width - 1, x + reach), min(height - 1, y + reach))
+        local = decode(self.backend, encoded, box=box).mask
+        labels, _ = ndimage.label(local, structure=np.ones((3, 3)))
+        return labels == labels[y, x] if labels[y, x] else None
 
     def _check_slice(self, index) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
