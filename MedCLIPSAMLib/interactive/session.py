@@ -268,10 +268,11 @@ class InteractionSession:
         just past a mask's end, onwards (the click extends the target)."""
         follow: dict[int, list[int]] = {}
         for run in {id(r): r for r in self._runs.values()}.values():
-            if index in run.written:
-                follow[run.direction] = [z for z in run.written if (z - index) * run.direction > 0]
+            owned = [z for z in run.written if self._runs.get(z) is run]  # not since edited or overwritten
+            if index in owned:
+                follow[run.direction] = [z for z in owned if (z - index) * run.direction > 0]
             elif run.seed == index:
-                follow[run.direction] = list(run.written)
+                follow[run.direction] = owned
         if not follow and not self.mask[index].any():
             for direction in (1, -1):
                 behind, ahead = index - direction, index + direction

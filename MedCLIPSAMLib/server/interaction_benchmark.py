@@ -38,6 +38,7 @@ def run_interaction_benchmark(repeats: int = 20, python: str = sys.executable) -
     start = time.perf_counter()
     local.cache.get(SLICE)
     encode_ms = 1000 * (time.perf_counter() - start)
+    local.box(SLICE, BOX)  # as the server session below: clicks follow a first box
     in_process = [_time(lambda i=i: _interaction(local, i)) for i in range(repeats)]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "clip"
