@@ -179,3 +179,14 @@ def test_simulated_interactions_on_the_disk_volume(litemedsam, disk_cache):
     masks = simulate(session, truth, 3)
     scores = [dice(m, truth) for m in masks]
     assert len(masks) == 3 and scores[0] > 0.9 and scores[-1] >= scores[0] - 0.02
+
+
+def test_a_click_on_the_start_slice_never_clears_a_slice_edited_since(session):
+    truth = disk_mask()
+    session.box(3, box_of(truth))
+    session.propagate(3, "both")
+    session.click(2, 82, 40, False)  # slice 2 is now the user's
+    edited = session.mask[2].copy()
+    assert edited.any()
+    answer = session.click(3, 70, 40, True)
+    assert 2 not in answer.slices and np.array_equal(session.mask[2], edited)
