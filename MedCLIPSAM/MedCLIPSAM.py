@@ -55,6 +55,8 @@ ENGINE_MODES = ["This computer", "Server"]
 SAM_MODELS = ["auto", "litemedsam", "vit_b", "vit_l", "vit_h"]
 SCOPES = ["Whole volume", "Current slice", "Slice range"]
 POLL_MS = 250
+CORRECT_TICK_MS = 50
+"""Corrections answer in ~0.1-0.2 s: the panel looks for the answer this often (a tick never waits on the network)."""
 UPLOAD_TICK_MS = 10
 INSTALL_POLL_MS = 200
 
@@ -123,6 +125,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._installTimer = self._engineTimer = None
         self._startingEngine = None
         self._lastSliceView = None
+        self._correction = None
+        self._correctTimer = None
+        self._correctMarkups = {}
+        self._pendingClicks = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -156,6 +162,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoExcludeButton.connect("clicked(bool)", self.onUndoExclude)
         self.ui.reviewQueueList.itemDoubleClicked.connect(self.onReviewItemActivated)
         self._setupEngineSection()
+        self._setupCorrectSection(uiWidget)
         self.ui.progressBar.hide()
 
         self._timer = qt.QTimer(uiWidget)
@@ -182,6 +189,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  lambda: self._engineTimer.stop() if self._engineTimer is not None else None,
                  lambda: self._install.cancel() if self._install is not None else None,
                  lambda: self._lastSliceView.stop() if self._lastSliceView is not None else None,
+                 self.onCorrectDone,
                  lambda: self.logic.shutdown() if self.logic is not None else None,
                  lambda: self.setParameterNode(None), self.removeObservers]
         for step in steps:
@@ -198,6 +206,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.onCorrectDone()
         self.logic.cancel()
         self.logic.lastRun = None  # node IDs are reused after a scene close: undo must not touch new nodes
         if self.logic.review is not None:
@@ -449,6 +458,178 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.statusLabel.text = _("The last run was undone; other segments and their edits were kept.")
         self._checkCanApply()
+
+    # --- corrections (box, clicks, propagation on the engine; MedCLIPSAMLib/slicer/correct.py) -------------
+
+    def _setupCorrectSection(self, uiWidget) -> None:
+        self.ui.correctBoxButton.connect("clicked(bool)", self.onCorrectBox)
+        self.ui.correctAddButton.connect("clicked(bool)", lambda checked=False: self.onCorrectClick(True))
+        self.ui.correctRemoveButton.connect("clicked(bool)", lambda checked=False: self.onCorrectClick(False))
+        for name, direction in (("propagateUpButton", "up"), ("propagateDownButton", "down"),
+                                ("propagateBothButton", "both")):
+            getattr(self.ui, name).connect("clicked(bool)", lambda checked=False, d=direction: self.onPropagate(d))
+        self.ui.correctUndoButton.connect("clicked(bool)", self.onCorrectUndo)
+        self.ui.correctDoneButton.connect("clicked(bool)", self.onCorrectDone)
+        self._correctTimer = qt.QTimer(uiWidget)
+        self._correctTimer.setInterval(CORRECT_TICK_MS)
+        self._correctTimer.connect("timeout()", self._onCorrectTick)
+
+    def _activeView(self):
+        """(axis, index) of the slice in the slice view the user last pointed at (Red until then): corrections
+        work in that view's orientation."""
+        from MedCLIPSAMLib.slicer.run import view_slice
+
+        sliceNode = self._lastSliceView.slice_node() if self._lastSliceView is not None else None
+        if sliceNode is None:
+            sliceNode = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
+        if sliceNode is None:
+            return 0, 0
+        return view_slice(self._parameterNode.inputVolume, sliceNode.GetSliceToRAS())
+
+    def _ensureCorrection(self):
+        """The session for the selected segment (opened on first use, and again when the target changed)."""
+        from MedCLIPSAMLib.client import EngineClient
+        from MedCLIPSAMLib.slicer.correct import Correction
+
+        p = self._parameterNode
+        segmentationNode = p.outputSegmentation if p else None
+        if not (p and p.inputVolume and segmentationNode):
+            raise ValueError("Choose the input volume and the output segmentation (run Segment first, or pick one).")
+        if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
+            segmentationNode.GetSegmentation().AddEmptySegment("", "correction")
+        segmentId = self._selectedSegmentId(segmentationNode)
+        axis = self._activeView()[0]
+        current = self._correction
+        if current is not None and (current.volume_node, current.segmentation_node, current.segment_id,
+                                    current.axis) == (p.inputVolume, segmentationNode, segmentId, axis):
+            return current
+        self.onCorrectDone()
+        engine = self._engine()
+        if engine is None:
+            raise ValueError("The engine is not available.")
+        if not engine.ready():
+            raise ValueError("The engine is starting (loading models); try again in a moment.")
+        backend = None if p.samModel == "auto" else p.samModel
+        self._correction = Correction(EngineClient(engine.url, engine.token, timeout=30.0), slicer.mrmlScene,
+                                      p.inputVolume, segmentationNode, segmentId, axis=axis,
+                                      text_run_busy=self.logic.isRunning, sam_backend=backend)
+        self._correctTimer.start()
+        return self._correction
+
+    def _markups(self, key: str, className: str, color):
+        node = self._correctMarkups.get(key)
+        if node is None or not slicer.mrmlScene.IsNodePresent(node):
+            node = slicer.mrmlScene.AddNewNodeByClass(className, f"MedCLIP-SAM {key}")
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetSelectedColor(*color)
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onMarkupPlaced)
+            self._correctMarkups[key] = node
+        return node
+
+    def onCorrectBox(self) -> None:
+        self._place("box", "vtkMRMLMarkupsROINode", (1.0, 0.85, 0.1), persistent=False)
+
+    def onCorrectClick(self, positive: bool) -> None:
+        key = "+" if positive else "-"
+        self._place(key, "vtkMRMLMarkupsFiducialNode", (0.2, 0.9, 0.2) if positive else (0.95, 0.2, 0.2),
+                    persistent=True)
+
+    def _place(self, key: str, className: str, color, persistent: bool) -> None:
+        try:
+            self._ensureCorrection()
+        except Exception as exc:
+            self.ui.correctStatusLabel.text = str(exc)
+            return
+        node = self._markups(key, className, color)
+        if key == "box":
+            node.RemoveAllControlPoints()
+        markupsLogic = slicer.modules.markups.logic()
+        markupsLogic.SetActiveList(node)
+        markupsLogic.StartPlaceMode(persistent)
+        self.ui.correctStatusLabel.text = ("Drag a box around the target in a slice view." if key == "box" else
+                                           "Click in a slice view; Esc or the arrow tool ends clicking.")
+
+    def _onMarkupPlaced(self, node, event) -> None:
+        from MedCLIPSAMLib.slicer.correct import point_prompt, roi_prompt
+
+        correction = self._correction
+        key = next((k for k, n in self._correctMarkups.items() if n is node), None)
+        if correction is None or key is None:
+            return
+        if key == "box":
+            index, box = roi_prompt(correction.volume_node, correction.axis, node)
+            self._pendingClicks.append(("box", index, box))
+        else:
+            count = node.GetNumberOfControlPoints()
+            if count == 0:
+                return
+            index, x, y = point_prompt(correction.volume_node, correction.axis,
+                                       node.GetNthControlPointPositionWorld(count - 1))
+            self._pendingClicks.append(("click", index, (x, y, key == "+")))
+        self._onCorrectTick()
+
+    def onPropagate(self, direction: str) -> None:
+        try:
+            correction = self._ensureCorrection()
+        except Exception as exc:
+            self.ui.correctStatusLabel.text = str(exc)
+            return
+        index = self._activeView()[1]
+        self._pendingClicks.append(("propagate", index, direction))
+        self._onCorrectTick()
+
+    def onCorrectUndo(self) -> None:
+        if self._correction is None:
+            return
+        try:
+            self._correction.undo()
+            self.ui.correctStatusLabel.text = "The last correction was undone."
+        except Exception as exc:
+            self.ui.correctStatusLabel.text = str(exc)
+        self._updateCorrectButtons()
+
+    def onCorrectDone(self) -> None:
+        if self._correctTimer is not None:
+            self._correctTimer.stop()
+        self._pendingClicks = []
+        if self._correction is not None:
+            self._correction.close()
+            self._correction = None
+        for node in self._correctMarkups.values():
+            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onMarkupPlaced)
+            if slicer.mrmlScene.IsNodePresent(node):
+                slicer.mrmlScene.RemoveNode(node)
+        self._correctMarkups = {}
+
+    def _onCorrectTick(self) -> None:
+        """Apply a finished answer (never while a text run writes), then send the next queued interaction."""
+        correction = self._correction
+        if correction is None:
+            return
+        correction.step()
+        if correction.error:
+            self.ui.correctStatusLabel.text = correction.error
+            self._pendingClicks = []
+        elif correction.busy:
+            self.ui.correctStatusLabel.text = f"Correcting ({correction.state})..."
+        else:
+            self.ui.correctStatusLabel.text = correction.message
+            if self._pendingClicks:
+                kind, index, value = self._pendingClicks.pop(0)
+                try:
+                    if kind == "box":
+                        correction.box(index, value)
+                    elif kind == "click":
+                        correction.clicks(index, [value])
+                    else:
+                        correction.propagate(index, value)
+                except Exception as exc:
+                    self.ui.correctStatusLabel.text = str(exc)
+        self._updateCorrectButtons()
+
+    def _updateCorrectButtons(self) -> None:
+        correction = self._correction
+        self.ui.correctUndoButton.enabled = bool(correction and correction.edits and not correction.busy)
 
     # --- training set and predictions ----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import numpy as np
 
 from .errors import Cancelled, InputError, MedCLIPSAMError, ModelError
+from .interactive.answer import Answer, decode_answer, encode_mask
 from .server import wire
 from .result import SegmentationResult
 
@@ -147,6 +148,52 @@ class EngineClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/jobs/{job_id}")
+
+    # --- corrections (server/interactions.py) -----------------------------------------------------
+
+    def open_session(self, volume_id: str, axis: int | None = None, window: str | None = None,
+                     sam_backend: str | None = None, click_mode: str | None = None, job: str | None = None,
+                     target: str | None = None, mask: np.ndarray | None = None) -> dict[str, Any]:
+        """A correction session on an uploaded volume, starting from an empty mask, a finished ``job``'s ``target``,
+        or ``mask`` (the volume's shape); the answer's ``session`` is the id the other ``session_*`` methods take."""
+        body = {name: value for name, value in (("volume", volume_id), ("axis", axis), ("window", window),
+                                                ("sam_backend", sam_backend), ("click_mode", click_mode),
+                                                ("job", job), ("target", target)) if value is not None}
+        if mask is not None:
+            body["mask"] = encode_mask(mask)
+        return self._json("POST", "/sessions", body)
+
+    def session_box(self, session: str, index: int, box: Sequence[int], mode: str = "replace") -> Answer:
+        return self._answer(f"/sessions/{session}/box", {"slice": index, "box": list(box), "mode": mode})
+
+    def session_clicks(self, session: str, index: int, clicks: Sequence[Sequence]) -> Answer:
+        """Clicks (x, y, True to add / False to remove) on one slice."""
+        return self._answer(f"/sessions/{session}/clicks",
+                            {"slice": index, "clicks": [[c[0], c[1], bool(c[2])] for c in clicks]})
+
+    def session_propagate(self, session: str, index: int, direction: str = "both") -> Answer:
+        return self._answer(f"/sessions/{session}/propagate", {"slice": index, "direction": direction},
+                            timeout=max(self.timeout, 600))
+
+    def session_undo(self, session: str) -> Answer:
+        return self._answer(f"/sessions/{session}/undo")
+
+    def session_reset(self, session: str) -> Answer:
+        return self._answer(f"/sessions/{session}/reset")
+
+    def session_mask(self, session: str) -> Answer:
+        """Every non-empty slice of the session's current mask."""
+        return decode_answer(self._json("GET", f"/sessions/{session}/mask"))
+
+    def close_session(self, session: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/sessions/{session}")
+
+    def _answer(self, path: str, body: Any = None, timeout: float | None = None) -> Answer:
+        data = json.dumps(body if body is not None else {}).encode()
+        reply = json.loads(self._request("POST", path, data, "application/json", timeout=timeout).decode())
+        answer = decode_answer(reply)
+        answer.seconds = reply.get("seconds")
+        return answer
 
     # --- the whole run -----------------------------------------------------------------------------
 

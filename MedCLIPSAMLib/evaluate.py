@@ -6,7 +6,9 @@
   emulate loose saliency boxes (the SAM stage alone);
 - oracle saliency: the ground truth at the CLIP token grid's resolution as the saliency map,
   then the pipeline's own Otsu, components, prompts, SAM and clean-up (everything after
-  M2IB, including the slice-stride shortcut).
+  M2IB, including the slice-stride shortcut);
+- interactive (``--simulate-interactions N`` alone): N simulated corrections from an empty mask
+  (with a prompt, the other modes start the corrections from their result; see interactive/simulate.py).
 Writes metrics.csv (appended case by case, so ``--resume`` can skip finished cases),
 summary.json and an overlay figure per case plus a grid of the best and worst cases.
 """
@@ -33,7 +35,7 @@ from .metrics import NSD_CONVENTIONS, dice, normalized_surface_dice, nsd_2d
 from .prompts import Box, box_of, grow_box
 from .settings import Settings
 
-MODES = ("zero-shot", "saliency-only", "oracle", "oracle-saliency")
+MODES = ("zero-shot", "saliency-only", "oracle", "oracle-saliency", "interactive")
 ORACLE_NAME = "target"
 CSV_FIELDS = ["case", "dsc", "nsd", "runtime_s", "boxes", "saliency_slices", "prompt"]
 TOLERANCE_2D_PX = 2.0
@@ -76,10 +78,12 @@ class Evaluator:
     nsd_convention = "ours"
     """2D NSD as ours (boundary) or the paper's (surfels on (H, W, 1) volumes); see metrics.nsd_2d."""
 
-    def __init__(self, mode: str, settings: Settings, grow: float = 0.0):
+    def __init__(self, mode: str, settings: Settings, grow: float = 0.0, interactions: int = 0,
+                 click_mode: str | None = None):
         if mode not in MODES:
             raise InputError(f"Unknown evaluation mode '{mode}'.")
         self.mode, self.settings, self.grow = mode, settings, grow
+        self.interactions, self.click_mode = interactions, click_mode
         self._pipeline = None
         self._sam = None
 
@@ -102,9 +106,11 @@ class Evaluator:
 
     def load_models(self) -> None:
         """Load (or download) what this mode needs now, so a missing model fails before the first case."""
-        if self.mode == "oracle":
-            self.sam
-        elif self.mode == "saliency-only":
+        if self.mode in ("oracle", "interactive") or self.interactions:
+            self.sam  # the interactions' SAM (the same loaded model as the pipeline's)
+        if self.mode in ("oracle", "interactive"):
+            return
+        if self.mode == "saliency-only":
             self.pipeline.clip
         else:
             self.pipeline.sam
@@ -114,6 +120,8 @@ class Evaluator:
     def predict(self, volume: Volume, truth: np.ndarray, prompt) -> tuple[np.ndarray, int, dict, int | None]:
         """Prediction (z, y, x), number of boxes, per-slice boxes (for the figure), and how many slices
         got a saliency map of their own (None without saliency)."""
+        if self.mode == "interactive":
+            return np.zeros(truth.shape, dtype=bool), 0, {}, None
         if self.mode == "oracle":
             from .imageio import normalize_intensity
             axis = resolve_axis(self.settings.axis, volume)
@@ -138,6 +146,19 @@ class Evaluator:
         name = result.names[0]
         boxes = result.boxes[name]
         return result.masks[name], sum(map(len, boxes.values())), boxes, result.saliency_slices
+
+
+    def simulate(self, volume: Volume, truth: np.ndarray, start: np.ndarray) -> list[np.ndarray]:
+        """The mask after each of ``interactions`` simulated corrections, starting from ``start`` (volume order)."""
+        from .interactive.session import InteractionSession
+        from .interactive.simulate import simulate
+
+        session = InteractionSession(self.sam, volume, axis=self.settings.axis, window=self.settings.window,
+                                     click_mode=self.click_mode)
+        if start.any():
+            session.set_mask(start)
+        moved = np.moveaxis(truth, session.axis, 0)
+        return [np.moveaxis(mask, 0, session.axis) for mask in simulate(session, moved, self.interactions)]
 
 
 def load_prompts(prompt: str | None, prompt_json: str | None, prompt_file: str | None) -> Callable[[str], Any]:
@@ -174,14 +195,20 @@ def check_cases(cases: list[Case], prompt_for: Callable[[str], Any]) -> None:
                              f"'{case.image.name}' {image}; a mask must be on its image's grid.")
 
 
-def done_cases(csv_path: Path) -> set[str]:
+def csv_fields(interactions: int) -> list[str]:
+    """metrics.csv's columns: with simulated interactions, DSC and NSD after each step too (dsc/nsd: the last)."""
+    steps = range(1, interactions + 1)
+    return CSV_FIELDS + [f"dsc_{i}" for i in steps] + [f"nsd_{i}" for i in steps]
+
+
+def done_cases(csv_path: Path, fields: list[str] = CSV_FIELDS) -> set[str]:
     """Cases already in a metrics.csv being resumed (an empty file has none); a file with other columns or a
     row without numbers cannot be continued, and the message says which line."""
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         return set()
     reader = csv.DictReader(io.StringIO(read_text(csv_path, "Metrics file")))
-    if reader.fieldnames != CSV_FIELDS:
-        raise InputError(f"'{csv_path}' has the columns {reader.fieldnames}, not {CSV_FIELDS} (an older "
+    if reader.fieldnames != fields:
+        raise InputError(f"'{csv_path}' has the columns {reader.fieldnames}, not {fields} (an older "
                          "version wrote it, or it was edited), so it cannot be resumed; choose another --out folder.")
     done = set()
     for line, row in enumerate(reader, start=2):
@@ -227,14 +254,15 @@ def output_files(out: Path, cases: list[Case], figures: bool) -> list[Path]:
     return files + ([out / "overlays" / f"{case.name}.png" for case in cases] if figures else [])
 
 
-def check_outputs(out: Path, cases: list[Case], resume: bool, overwrite: bool, figures: bool) -> set[str]:
+def check_outputs(out: Path, cases: list[Case], resume: bool, overwrite: bool, figures: bool,
+                  fields: list[str] = CSV_FIELDS) -> set[str]:
     """Refuse to touch an earlier run's files unless --resume (continue it) or --overwrite (start over);
     returns the cases already done."""
     if resume and overwrite:
         raise OptionError("--resume continues an earlier run and --overwrite replaces it; choose one.")
     check_folder(out, "--out")
     if resume:
-        return done_cases(out / "metrics.csv")
+        return done_cases(out / "metrics.csv", fields)
     existing = [path for path in output_files(out, cases, figures) if path.exists()]
     if existing and not overwrite:
         raise InputError(f"'{existing[0]}' already exists ({len(existing)} file(s) of an earlier run in '{out}'). Pass "
@@ -249,7 +277,8 @@ EXECUTION_FIELDS = ("device", "clip_batch_size", "sam_batch_size", "compile")
 def run_record(evaluator: Evaluator) -> dict[str, Any]:
     """What makes two runs' rows comparable: mode, box growth, NSD convention and method settings."""
     settings = {k: v for k, v in evaluator.settings.to_dict().items() if k not in EXECUTION_FIELDS}
-    return json.loads(json.dumps({"mode": evaluator.mode, "grow": evaluator.grow,
+    extra = {"interactions": evaluator.interactions, "click_mode": evaluator.click_mode} if evaluator.interactions else {}
+    return json.loads(json.dumps({"mode": evaluator.mode, "grow": evaluator.grow, **extra,
                                   "nsd_convention": evaluator.nsd_convention, "settings": settings}))
 
 
@@ -283,7 +312,8 @@ def evaluate(data: Path, out: Path, evaluator: Evaluator, prompt_for: Callable[[
     cases = cases[:limit]
     if note and unpaired_note(unpaired):
         note(unpaired_note(unpaired))
-    skip = check_outputs(out, cases, resume, overwrite, figures)
+    fields = csv_fields(evaluator.interactions)
+    skip = check_outputs(out, cases, resume, overwrite, figures, fields)
     record = run_record(evaluator)
     if resume:
         check_same_run(out, record)
@@ -292,11 +322,11 @@ def evaluate(data: Path, out: Path, evaluator: Evaluator, prompt_for: Callable[[
     write_json(out / "run.json", record, overwrite=True)
     csv_path = out / "metrics.csv"
     if not skip and not (resume and csv_path.exists() and csv_path.stat().st_size):
-        write_text(csv_path, ",".join(CSV_FIELDS) + "\n", overwrite=True)  # a fresh file, replaced whole
+        write_text(csv_path, ",".join(fields) + "\n", overwrite=True)  # a fresh file, replaced whole
     finished = len(skip)
     try:
         with csv_path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=fields)
             for index, case in enumerate(cases):
                 if progress:
                     progress("evaluate", index, len(cases))
@@ -314,6 +344,10 @@ def evaluate(data: Path, out: Path, evaluator: Evaluator, prompt_for: Callable[[
         rows = [r for r in csv.DictReader(handle) if r["case"] in {c.name for c in cases}]
     summary = {**summarise(rows), "mode": evaluator.mode, "grow": evaluator.grow, "data": str(data),
                "settings": evaluator.settings.to_dict(), "versions": versions()}
+    if evaluator.interactions:
+        summary["interactions"] = [{"n": i, **{f"{key}_mean": float(np.mean([float(r[f"{key}_{i}"]) for r in rows]))
+                                               if rows else float("nan") for key in ("dsc", "nsd")}}
+                                   for i in range(1, evaluator.interactions + 1)]
     write_json(out / "summary.json", summary, overwrite=True)
     if figures and rows:
         from .figures import best_worst_grid
@@ -329,12 +363,15 @@ def evaluate_case(case: Case, evaluator: Evaluator, prompt, figure_dir: Path | N
                          f"{volume.array.shape}.")
     start = time.perf_counter()
     prediction, box_count, boxes, saliency_slices = evaluator.predict(volume, truth, prompt)
+    steps = {}
+    if evaluator.interactions:
+        for i, mask in enumerate(evaluator.simulate(volume, truth, prediction), start=1):
+            steps[f"dsc_{i}"] = round(dice(mask, truth), 5)
+            steps[f"nsd_{i}"] = round(case_nsd(volume, mask, truth, evaluator.nsd_convention), 5)
+        prediction = mask
     runtime = time.perf_counter() - start
-    if volume.is_2d:
-        nsd = nsd_2d(prediction[0], truth[0], TOLERANCE_2D_PX, evaluator.nsd_convention)
-    else:
-        nsd = normalized_surface_dice(prediction, truth, TOLERANCE_3D_MM, volume.spacing_zyx)
-    row = {"case": case.name, "dsc": round(dice(prediction, truth), 5), "nsd": round(nsd, 5),
+    nsd = case_nsd(volume, prediction, truth, evaluator.nsd_convention)
+    row = {"case": case.name, "dsc": round(dice(prediction, truth), 5), "nsd": round(nsd, 5), **steps,
            "runtime_s": round(runtime, 3), "boxes": box_count,
            "saliency_slices": "" if saliency_slices is None else saliency_slices,
            "prompt": prompt if isinstance(prompt, str) else " | ".join(prompt or [])}
@@ -344,6 +381,12 @@ def evaluate_case(case: Case, evaluator: Evaluator, prompt, figure_dir: Path | N
                        figure_dir / "overlays" / f"{case.name}.png",
                        f"{case.name}  DSC {row['dsc']:.3f}  NSD {row['nsd']:.3f}")
     return row
+
+
+def case_nsd(volume: Volume, prediction: np.ndarray, truth: np.ndarray, convention: str) -> float:
+    if volume.is_2d:
+        return nsd_2d(prediction[0], truth[0], TOLERANCE_2D_PX, convention)
+    return normalized_surface_dice(prediction, truth, TOLERANCE_3D_MM, volume.spacing_zyx)
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -370,6 +413,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--grow", type=number(-0.4, 2.0), default=0.0,
                         help="with --oracle-boxes: enlarge each box by this fraction of its size per side "
                              "(negative: shrink it)")
+    parser.add_argument("--simulate-interactions", type=at_least(1), metavar="N",
+                        help="N simulated corrections per case (a box around the truth on its largest slice, "
+                             "propagated in volumes, then clicks at the largest error); alone: from an empty mask, "
+                             "with a prompt: from the text result. summary.json gains the DSC/NSD curve")
+    parser.add_argument("--click-mode", choices=("points", "box_edit"),
+                        help="how clicks reach SAM with --simulate-interactions (default: box_edit for LiteMedSAM, "
+                             "points for SAM ViT)")
     parser.add_argument("--resume", action="store_true", help="skip cases already in metrics.csv")
     add_overwrite_option(parser, "results in --out (start over)")
     parser.add_argument("--limit", type=at_least(1), help="only the first N cases")
@@ -391,16 +441,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               "Give --out its own folder.")
     if args.predictions:
         return _score_predictions(args)
+    prompted = bool(args.prompt or args.prompt_json or args.prompt_file)
     mode = ("oracle" if args.oracle_boxes else "saliency-only" if args.saliency_only
-            else "oracle-saliency" if args.oracle_saliency else "zero-shot")
+            else "oracle-saliency" if args.oracle_saliency
+            else "interactive" if args.simulate_interactions and not prompted else "zero-shot")
+    if args.click_mode and not args.simulate_interactions:
+        raise OptionError("--click-mode applies to --simulate-interactions only.")
     if args.grow and mode != "oracle":
         raise OptionError("--grow applies to --oracle-boxes only (it enlarges the ground-truth boxes).")
-    if not mode.startswith("oracle") and not (args.prompt or args.prompt_json or args.prompt_file):
+    if mode in ("zero-shot", "saliency-only") and not prompted:
         raise InputError("Give --prompt, --prompt-json or --prompt-file (only the oracle modes need no prompt).")
     settings = settings_from_args(args, args.prompt)
     resolve_device(settings.device)
     prompt_for = load_prompts(args.prompt, args.prompt_json, args.prompt_file)
-    evaluator = Evaluator(mode, settings, grow=args.grow)
+    evaluator = Evaluator(mode, settings, grow=args.grow, interactions=args.simulate_interactions or 0,
+                          click_mode=args.click_mode)
     evaluator.nsd_convention = args.nsd_convention
     progress = TqdmProgress(not args.quiet)
     try:
@@ -411,6 +466,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress.close()
     print(f"{mode}: {summary['count']} cases  DSC {summary['dsc_mean']:.4f} (median {summary['dsc_median']:.4f}, "
           f"std {summary['dsc_std']:.4f})  NSD {summary['nsd_mean']:.4f}  -> {args.out}")
+    if "interactions" in summary:
+        curve = "  ".join(f"{step['n']}: {step['dsc_mean']:.4f}" for step in summary["interactions"])
+        print(f"DSC after each interaction  {curve}")
     return 0
 
 

@@ -18,6 +18,7 @@ so no request can take the server down.
                                       ``Range: bytes=a-b``; dropped once its last byte is sent
     DELETE /jobs/{id}                 cancel (between batches)
     POST   /shutdown                  only on an engine Slicer started for itself
+    /sessions/...                     box/click corrections with propagation (see server/interactions.py)
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from ..errors import InputError, MedCLIPSAMError
 from ..imageio import as_volume
 from . import wire
 from .engine import Engine
-from .jobs import Job, JobQueue
+from .interactions import interaction_router
+from .jobs import DONE, Job, JobQueue
 from .results import result_response, saliency_bits
 from .store import VolumeStore
 from .uploads import ENCODINGS, PartialUploads, UploadError, decode_part
@@ -211,6 +213,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         jobs.cancel(job)
         return status(job)
 
+    app.include_router(interaction_router(engine, limits.ttl_seconds))  # /sessions: corrections (interactions.py)
     return app
 
 

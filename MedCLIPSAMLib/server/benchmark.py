@@ -130,6 +130,8 @@ def register_cli(sub) -> None:
     parser.add_argument("--repeats", type=at_least(1), default=3, help="runs of each path, alternating (default 3)")
     parser.add_argument("--uploads", action="store_true", help="time volume uploads in parts instead (raw, deflate, "
                         "auto; the sample and a ~105 MB CT-like volume)")
+    parser.add_argument("--interactions", action="store_true", help="time corrections instead: clicks and boxes on "
+                        "an encoded slice through the server, and propagation per slice (LiteMedSAM)")
     parser.add_argument("--part-mb", type=number(0, low_open=True), default=2.0, help="upload part size (MB, default 2)")
     add_output_option(parser, "--json", help="also write the figures to this .json file")
     add_overwrite_option(parser)
@@ -148,7 +150,12 @@ def cmd_benchmark_server(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     if args.json:
         check_output(args.json, "--json", args.overwrite, extensions=(".json",))
-    if args.uploads:
+    if args.interactions:
+        from .interaction_benchmark import format_interaction_report, run_interaction_benchmark
+
+        report = run_interaction_benchmark(max(args.repeats, 10))
+        print(format_interaction_report(report))
+    elif args.uploads:
         from .upload_benchmark import format_upload_report, run_upload_benchmark
 
         report = run_upload_benchmark(int(args.part_mb * 1e6), args.repeats)

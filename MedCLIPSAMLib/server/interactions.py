@@ -1,0 +1,263 @@
+"""HTTP endpoints for correction sessions on an uploaded volume (box, clicks, propagation, undo, reset).
+
+    POST   /sessions                     {"volume", "axis", "window", "sam_backend", "click_mode", "job", "target",
+                                         "mask"} -> 201 {"session", "axis", "slices", "slice_shape", ...}; it starts
+                                         from "job"'s mask of "target" (a finished text job on that volume), or
+                                         from "mask" (the volume's mask, bit-packed, base64), else empty
+    POST   /sessions/{id}/box            {"slice", "box": [x0, y0, x1, y1], "mode": "replace"|"add"}
+    POST   /sessions/{id}/clicks         {"slice", "clicks": [[x, y, true|false], ...]}
+    POST   /sessions/{id}/propagate      {"slice", "direction": "up"|"down"|"both"}
+    POST   /sessions/{id}/undo, /reset
+    GET    /sessions/{id}/mask           every non-empty slice (to start a client from the session's state)
+    DELETE /sessions/{id}                close it and free its memory (it also expires after ``ttl`` idle)
+
+Every interaction answers ``interactive.answer.encode_answer`` of the slices that changed, plus the
+engine-side ``seconds``. Interactions run on the request thread (one decoder pass on an encoded slice
+is tens of ms; queueing behind a minutes-long text job would not be an interaction), one at a time per
+session. Sessions on one volume and axis share their slice embeddings.
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+
+from ..errors import InputError
+from ..interactive.answer import Answer, encode_answer
+from .engine import Engine
+from .store import drop_idle
+
+MAX_SESSIONS = 16
+"""Open sessions per server; the least recently used closes first (each may hold up to a cache budget)."""
+SESSION_FIELDS = {"volume", "axis", "window", "sam_backend", "click_mode", "job", "target", "mask"}
+
+
+@dataclass
+class Held:
+    session: Any
+    cache_key: tuple
+    touched: float = field(default_factory=time.monotonic)
+
+
+class SessionStore:
+    """Open sessions and the embedding caches they share; idle ones expire after ``ttl`` seconds."""
+
+    def __init__(self, ttl: float, max_sessions: int = MAX_SESSIONS):
+        self.ttl, self.max_sessions = ttl, max_sessions
+        self._sessions: dict[str, Held] = {}
+        self._caches: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, held: Held) -> str:
+        with self._lock:
+            self._expire()
+            while len(self._sessions) >= self.max_sessions:
+                oldest = min(self._sessions, key=lambda key: self._sessions[key].touched)
+                del self._sessions[oldest]
+            session_id = secrets.token_hex(12)
+            self._sessions[session_id] = held
+            self._free_unused_caches()
+            return session_id
+
+    def get(self, session_id: str) -> Held:
+        with self._lock:
+            self._expire()
+            held = self._sessions.get(session_id)
+            if held is None:
+                raise HTTPException(404, f"No session '{session_id:.40}' on this server (never opened, closed, or "
+                                         "expired after idle time); open a new one with POST /sessions.")
+            held.touched = time.monotonic()
+            return held
+
+    def close(self, session_id: str) -> None:
+        self.get(session_id)
+        with self._lock:
+            del self._sessions[session_id]
+            self._free_unused_caches()
+
+    def cache(self, key: tuple, make) -> Any:
+        with self._lock:
+            if key not in self._caches:
+                self._caches[key] = make()
+            return self._caches[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._sessions)
+
+    @property
+    def cached_slices(self) -> int:
+        with self._lock:
+            return sum(len(cache) for cache in self._caches.values())
+
+    def _expire(self) -> None:
+        before = len(self._sessions)
+        drop_idle(self._sessions, self.ttl)
+        if len(self._sessions) != before:
+            self._free_unused_caches()
+
+    def _free_unused_caches(self) -> None:
+        used = {held.cache_key for held in self._sessions.values()}
+        for key in [key for key in self._caches if key not in used]:
+            self._caches.pop(key).clear()
+
+
+def interaction_router(engine: Engine, ttl: float) -> APIRouter:
+    """The /sessions endpoints; the app's volume store and job queue are read from ``request.app.state``."""
+    router = APIRouter()
+    store = SessionStore(ttl)
+
+    @router.post("/sessions", status_code=201)
+    async def open_session(request: Request) -> dict[str, Any]:
+        body = await _body(request, SESSION_FIELDS, "session")
+        volume_id = str(body.get("volume", ""))
+        volume = request.app.state.volumes.get(volume_id)
+        if volume is None:
+            raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
+                                     "again, then open the session.")
+        start = _start_mask(request, body, volume.array.shape)
+        from fastapi.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(_open, volume_id, volume, body, start)
+
+    def _open(volume_id: str, volume, body: dict[str, Any], start: np.ndarray | None) -> dict[str, Any]:
+        from ..imageio import normalize_intensity, resolve_axis
+        from ..interactive.embedding_cache import EmbeddingCache
+        from ..interactive.session import InteractionSession
+        from ..models.sam import load_sam, resolve_backend
+
+        backend_name = resolve_backend(_text(body, "sam_backend") or "auto", engine.device)
+        window = _text(body, "window")
+        axis = body.get("axis")
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+            raise InputError(f"'axis' must be 0, 1, 2 or null, not {axis!r:.40}.")
+        axis = resolve_axis(axis, volume)
+        sam = load_sam(backend_name, engine.config.sam_checkpoint if backend_name != "litemedsam" else None,
+                       str(engine.device))
+        key = (volume_id, axis, window, backend_name)
+
+        def make_cache() -> EmbeddingCache:
+            slices = np.ascontiguousarray(np.moveaxis(normalize_intensity(volume.array, window), axis, 0))
+            return EmbeddingCache(sam, slices)
+
+        cache = store.cache(key, make_cache)
+        session = InteractionSession(sam, volume, axis=axis, cache=cache, click_mode=_text(body, "click_mode"))
+        if start is not None:
+            session.set_mask(start)
+        session_id = store.add(Held(session, key))
+        return {"session": session_id, "axis": session.axis, "slices": session.slice_count,
+                "slice_shape": list(session.slice_shape), "sam_backend": sam.name, "click_mode": session.click_mode,
+                "expires_s": ttl}
+
+    def answer(session_id: str, act) -> dict[str, Any]:
+        held = store.get(session_id)
+        start = time.perf_counter()
+        result: Answer = act(held.session)
+        return {**encode_answer(result), "seconds": round(time.perf_counter() - start, 4)}
+
+    @router.post("/sessions/{session_id}/box")
+    async def box(session_id: str, request: Request) -> dict[str, Any]:
+        body = await _body(request, {"slice", "box", "mode"}, "box")
+        return await _threaded(answer, session_id, lambda s: s.box(body.get("slice"), body.get("box"),
+                                                                     body.get("mode", "replace")))
+
+    @router.post("/sessions/{session_id}/clicks")
+    async def clicks(session_id: str, request: Request) -> dict[str, Any]:
+        body = await _body(request, {"slice", "clicks"}, "clicks")
+        given = body.get("clicks")
+        if not isinstance(given, list):
+            raise InputError("'clicks' must be a list of [x, y, true|false].")
+        return await _threaded(answer, session_id, lambda s: s.clicks(body.get("slice"), given))
+
+    @router.post("/sessions/{session_id}/propagate")
+    async def propagate(session_id: str, request: Request) -> dict[str, Any]:
+        body = await _body(request, {"slice", "direction"}, "propagate")
+        return await _threaded(answer, session_id, lambda s: s.propagate(body.get("slice"),
+                                                                           body.get("direction", "both")))
+
+    @router.post("/sessions/{session_id}/undo")
+    async def undo(session_id: str) -> dict[str, Any]:
+        return await _threaded(answer, session_id, lambda s: s.undo())
+
+    @router.post("/sessions/{session_id}/reset")
+    async def reset(session_id: str) -> dict[str, Any]:
+        return await _threaded(answer, session_id, lambda s: s.reset())
+
+    @router.get("/sessions/{session_id}/mask")
+    def mask(session_id: str) -> dict[str, Any]:
+        session = store.get(session_id).session
+        filled = np.flatnonzero(session.mask.any(axis=(1, 2)))
+        return encode_answer(Answer(session.axis, {int(z): session.mask[z] for z in filled}, "",
+                                    bool(session._history)))
+
+    @router.delete("/sessions/{session_id}")
+    def close(session_id: str) -> dict[str, Any]:
+        store.close(session_id)
+        return {"session": session_id, "state": "closed", "open_sessions": len(store),
+                "cached_slices": store.cached_slices}
+
+    router.sessions = store  # for /info-style checks and tests
+    return router
+
+
+async def _threaded(function, *args):
+    from fastapi.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(function, *args)
+
+
+def _start_mask(request: Request, body: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray | None:
+    """The mask a session starts from: a finished text job's on the same volume, or one the client sent."""
+    job_id, given = body.get("job"), body.get("mask")
+    if job_id is not None and given is not None:
+        raise InputError("Give 'job' or 'mask' to start from, not both.")
+    if given is not None:
+        from ..interactive.answer import decode_mask
+
+        return decode_mask(given, shape)
+    if job_id is None:
+        return None
+    from . import wire
+    from .jobs import DONE
+
+    job = request.app.state.jobs.get(str(job_id))
+    if job is None or job.state != DONE:
+        raise HTTPException(404 if job is None else 409,
+                            f"Job '{job_id!s:.40}' has no result to start from (unknown, expired or not done).")
+    if job.result is None:
+        raise HTTPException(410, f"Job '{job_id!s:.40}' result was already fetched (the server frees it then); "
+                                 "send the mask instead.")
+    result = wire.decode_result(job.result)
+    target = body.get("target") or result.names[0]
+    if target not in result.masks:
+        raise InputError(f"Job '{job_id}' has no target '{target!s:.60}'; it has {', '.join(result.names)}.")
+    if result.masks[target].shape != tuple(shape):
+        raise InputError("That job ran on another volume; start the session on the job's volume.")
+    return result.masks[target]
+
+
+def _text(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"'{name}' must be text, not {value!r:.40}.")
+    return value
+
+
+async def _body(request: Request, allowed: set[str], what: str) -> dict[str, Any]:
+    fields = ", ".join(repr(name) for name in sorted(allowed))
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InputError(f"The {what} request is not JSON: send an object with {fields}.") from None
+    if not isinstance(body, dict):
+        raise InputError(f"The {what} request must be a JSON object with {fields}.")
+    unknown = set(body) - allowed
+    if unknown:
+        raise InputError(f"Unknown {what} field(s): {', '.join(sorted(unknown))}; use {fields}.")
+    return body

@@ -1,0 +1,97 @@
+"""Corrections as Slicer applies them: real MRML (slicer-core), a real engine server on 127.0.0.1."""
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+import vtk  # noqa: E402  (slicer-core brings it)
+
+from test_mrml import scene, segmentation_converters, volume_node  # noqa: E402,F401  (shared fixtures)
+from MedCLIPSAMLib.client import EngineClient  # noqa: E402
+from MedCLIPSAMLib.errors import MedCLIPSAMError  # noqa: E402
+from MedCLIPSAMLib.slicer.correct import (IDLE, WAITING_FOR_RUN, Correction, point_prompt,  # noqa: E402
+                                          roi_prompt)
+from MedCLIPSAMLib.slicer.mrml import apply_result, segment_to_array  # noqa: E402
+
+
+def kji_to_ras(volume_node, kji) -> list[float]:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return list(matrix.MultiplyPoint([float(v) for v in kji[::-1]] + [1.0])[:3])
+
+
+@pytest.fixture
+def segmented(scene, volume_node):
+    """The segmentation a text run left: 'tumour' with content on slice 1 only, and an 'other' segment."""
+    tumour = np.zeros((6, 40, 56), np.uint8)
+    tumour[1, 5:10, 5:10] = 1
+    other = np.zeros_like(tumour)
+    other[3, 30:36, 40:50] = 1
+    record = apply_result(scene, volume_node, {"tumour": tumour, "other": other})
+    node = scene.GetNodeByID(record.segmentation_node_id)
+    return node, record.segment_ids[0], record.segment_ids[1]
+
+
+def test_markups_become_slice_prompts(volume_node, scene):
+    assert point_prompt(volume_node, 0, kji_to_ras(volume_node, (3, 18, 30))) == (3, 30, 18)
+    assert point_prompt(volume_node, 2, kji_to_ras(volume_node, (3, 18, 30))) == (30, 18, 3)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetCenter(kji_to_ras(volume_node, (3, 18, 30)))
+    roi.SetSize(8.0, 8.0, 1.0)
+    index, (x0, y0, x1, y1) = roi_prompt(volume_node, 0, roi)
+    assert index == 3 and x0 < 30 < x1 and y0 < 18 < y1
+
+
+def test_an_interaction_changes_one_segment_on_one_slice_and_one_undo_restores_it(scene, volume_node, segmented,
+                                                                                  engine_server):
+    node, tumour, other = segmented
+    before, other_before = (segment_to_array(node, s, volume_node) for s in (tumour, other))
+    correction = Correction(EngineClient(engine_server.url, engine_server.token), scene, volume_node, node, tumour,
+                            axis=0)
+    correction.wait()
+    assert correction.state == IDLE and correction.session and not correction.error, correction.error
+    correction.box(3, (20, 8, 40, 28))  # around the disk at (x 30, y 18), radius 9
+    correction.wait()
+    assert not correction.error, correction.error
+    after = segment_to_array(node, tumour, volume_node)
+    changed = np.flatnonzero((after != before).any(axis=(1, 2)))
+    assert changed.tolist() == [3]
+    assert after[3].sum() > 150 and after[3, 18, 30] == 1  # the disk (~254 voxels), not the box (441)
+    np.testing.assert_array_equal(segment_to_array(node, other, volume_node), other_before)
+    correction.undo()
+    np.testing.assert_array_equal(segment_to_array(node, tumour, volume_node), before)
+    correction.wait()  # the engine's session undoes too
+    assert not correction.error
+    correction.close()
+
+
+def test_an_answer_waits_while_a_text_run_is_going(scene, volume_node, segmented, engine_server):
+    node, tumour, _ = segmented
+    running = [True]
+    correction = Correction(EngineClient(engine_server.url, engine_server.token), scene, volume_node, node, tumour,
+                            axis=0, text_run_busy=lambda: running[0])
+    correction.wait()
+    before = segment_to_array(node, tumour, volume_node)
+    correction.box(3, (20, 8, 40, 28))
+    correction.wait()
+    assert correction.state == WAITING_FOR_RUN
+    np.testing.assert_array_equal(segment_to_array(node, tumour, volume_node), before)
+    with pytest.raises(MedCLIPSAMError, match="still being computed"):
+        correction.box(2, (20, 8, 40, 28))
+    running[0] = False
+    correction.step()
+    assert correction.state == IDLE and segment_to_array(node, tumour, volume_node)[3].any()
+    correction.close()
+
+
+def test_a_bad_prompt_is_the_engines_one_line_and_changes_nothing(scene, volume_node, segmented, engine_server):
+    node, tumour, _ = segmented
+    before = segment_to_array(node, tumour, volume_node)
+    correction = Correction(EngineClient(engine_server.url, engine_server.token), scene, volume_node, node, tumour,
+                            axis=0)
+    correction.wait()
+    correction.box(9, (20, 8, 40, 28))
+    correction.wait()
+    assert "Slice 9 is outside the volume" in correction.error and correction.state == IDLE
+    np.testing.assert_array_equal(segment_to_array(node, tumour, volume_node), before)
+    correction.close()
