@@ -62,22 +62,26 @@ class Limits:
 
 PART_INDEX = re.compile(r"[0-9]{1,9}")
 """ASCII digits only (str.isdigit also takes '²' and Arabic-Indic digits), and never thousands of them."""
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 SCHEMA_BODIES = {
-    "application/json": {"upload": {"type": "object", "properties": {
-        "volume": {"type": "string"}, "size": {"type": "integer"}, "part_size": {"type": "integer"}},
-        "required": ["volume", "size", "part_size"]},
-        "job": {"type": "object", "properties": {
-            "volume": {"type": "string"}, "prompts": {"type": "array", "items": {
-                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
-            "settings": {"type": "object"}, "presets": {"type": "boolean"}, "saliency": {"type": "boolean"}},
-            "required": ["volume", "prompts"]}},
+    "upload": {"type": "object", "additionalProperties": False, "required": ["volume", "size", "part_size"],
+               "properties": {"volume": SHA256, "size": {"type": "integer", "minimum": 1},
+                              "part_size": {"type": "integer", "minimum": 1}}},
+    "job": {"type": "object", "additionalProperties": False, "required": ["volume", "prompts"],
+            "properties": {"volume": SHA256, "prompts": {"type": "array", "minItems": 1, "items": {
+                "anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]}},
+                "settings": {"type": "object", "description": "Settings fields (MedCLIPSAMLib.settings), checked "
+                                                              "one by one: a wrong name or value is a 400 naming it"},
+                "presets": {"type": "boolean"}, "saliency": {"type": "boolean"}}},
 }
+"""What the JSON routes take; what a schema cannot say (a known volume, prompts that differ, settings in their
+ranges) is checked by the route and answered 400 or 404 with one line."""
 
 
 def json_body(name: str) -> dict[str, Any]:
     """OpenAPI ``requestBody`` of a JSON route (the route reads the body itself, with the limits of guards.py)."""
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": SCHEMA_BODIES["application/json"][name]}}}}
+        "application/json": {"schema": SCHEMA_BODIES[name]}}}}
 
 
 BYTES_BODY = {"requestBody": {"required": True, "content": {
@@ -96,6 +100,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     jobs = jobs or JobQueue(ttl=limits.ttl_seconds)
     volumes = VolumeStore(ttl=limits.ttl_seconds, max_bytes=limits.max_stored_bytes)
     partial = PartialUploads(ttl=limits.ttl_seconds, max_bytes=limits.max_unfinished_bytes)
+    decoded_limit = min(limits.max_upload_bytes, limits.max_stored_bytes)
+    """An upload's arrays must fit both limits: checked on the archive before any array is decoded."""
 
     def authorised(request: Request) -> None:
         check_token(request, token)
@@ -137,14 +143,16 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         return {**engine.info(), "queue": jobs.counts(), "volumes": len(volumes),
                 "max_upload_bytes": limits.max_upload_bytes}
 
-    @app.head("/volumes/{volume_id}")
+    @app.head("/volumes/{volume_id}", response_class=Response,
+              responses={200: {"description": "The server holds that volume"},
+                         404: {"description": "The server does not hold that volume"}})
     def has_volume(volume_id: str) -> Response:
         return Response(status_code=200 if volumes.get(volume_id) is not None else 404)
 
     @app.put("/volumes/{volume_id}", status_code=201, openapi_extra=BYTES_BODY)
     async def upload(volume_id: str, request: Request) -> dict[str, Any]:
         body = await read_body(request, limits.max_upload_bytes, too_big)
-        volume = await run_in_threadpool(read_upload, volume_id, body, limits.max_upload_bytes)
+        volume = await run_in_threadpool(read_upload, volume_id, body, decoded_limit)
         volumes.put(volume_id, volume)
         return stored(volume_id, volume)
 
@@ -190,7 +198,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         volume_id = partial.get(upload_id).volume_id
         payload = partial.take(upload_id)
         try:
-            volume = await run_in_threadpool(volume_from, payload, limits.max_upload_bytes)
+            volume = await run_in_threadpool(volume_from, payload, decoded_limit)
         finally:
             payload.close()
         volumes.put(volume_id, volume)
@@ -254,7 +262,6 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         return status(job)
 
     document_responses(app, {
-        "has_volume": {404: "The server does not hold that volume"},
         "upload": {413: "The volume is over --max-upload-mb, or over --max-stored-mb in memory"},
         "begin_upload": {413: "The declared size is over --max-upload-mb",
                          503: "The unfinished uploads hold --max-unfinished-mb already"},

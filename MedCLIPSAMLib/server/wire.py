@@ -67,8 +67,8 @@ def decode_volume(payload: bytes | bytearray | BinaryIO, limit: int | None = Non
             expanded = sum(info.file_size for info in members.values())
             if limit is not None and expanded > limit:
                 raise TooLarge(f"The upload expands to {expanded / 1e6:.0f} MB, over this server's limit of "
-                               f"{limit / 1e6:.0f} MB; crop the volume or start the server with a larger "
-                               "--max-upload-mb.")
+                               f"{limit / 1e6:.0f} MB; crop the volume or start the server with larger "
+                               "--max-upload-mb and --max-stored-mb.")
             if any(info.compress_type != zipfile.ZIP_STORED for info in members.values()):
                 raise InputError("The upload's .npz is compressed; send it uncompressed (numpy.savez, not "
                                  "savez_compressed) and compress the transfer with Content-Encoding: deflate parts.")
