@@ -100,8 +100,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     jobs = jobs or JobQueue(ttl=limits.ttl_seconds)
     volumes = VolumeStore(ttl=limits.ttl_seconds, max_bytes=limits.max_stored_bytes)
     partial = PartialUploads(ttl=limits.ttl_seconds, max_bytes=limits.max_unfinished_bytes)
-    decoded_limit = min(limits.max_upload_bytes, limits.max_stored_bytes)
-    """An upload's arrays must fit both limits: checked on the archive before any array is decoded."""
+    decoded_limit = min(limits.max_upload_bytes, limits.max_stored_bytes)  # checked on the archive, before decoding
 
     def authorised(request: Request) -> None:
         check_token(request, token)
