@@ -131,9 +131,13 @@ class _Runner:
         self.timings: dict[str, float] = {}
         self._counts: dict[str, list[int]] = {}
 
-    def report(self, stage: str, done: int, total: int) -> None:
+    def check(self) -> None:
+        """Raise Cancelled once the run's cancel event is set (called between batches, steps and layers)."""
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("Segmentation cancelled; nothing was changed.")
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        self.check()
         if self.progress is not None:
             self.progress(stage, done, total)
 
@@ -371,8 +375,9 @@ class Pipeline:
             runner.timed("m2ib", t)
             runner.step("saliency", len(part))
 
-        return self._fill_maps(maps, active, lambda part: _with_oom_retry(batch, part, self.settings.clip_batch_size),
-                               runner, rule)
+        with self.m2ib.interrupt.checking(runner.check):
+            return self._fill_maps(maps, active,
+                                   lambda part: _with_oom_retry(batch, part, self.settings.clip_batch_size), runner, rule)
 
     def _fill_maps(self, maps: list[np.ndarray], active: np.ndarray, compute: Callable[[np.ndarray], None],
                    runner: _Runner, rule: ComponentRule) -> list[np.ndarray]:
@@ -414,7 +419,8 @@ class Pipeline:
             runner.timed("sam_decoder", t)
             runner.step("sam", len(part))
 
-        _with_oom_retry(batch, needed, self.settings.sam_batch_for(self.device.type))
+        with self.sam.interrupt.checking(runner.check):
+            _with_oom_retry(batch, needed, self.settings.sam_batch_for(self.device.type))
         return masks
 
     def _assemble(self, located: "Located", masks: list[np.ndarray]) -> SegmentationResult:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .models.clip import ClipBundle
+from .models.interrupt import interrupt_of
 
 
 @dataclass
@@ -104,6 +105,8 @@ class M2IB:
         self.bundle, self.config, self.device = bundle, config, device
         self.trunk = bundle.model.visual.trunk
         self.amp = bf16 and device.type == "cuda"
+        self.interrupt = interrupt_of(bundle.model.visual)
+        """Called every step and inside the layers: a run's cancel check (``interrupt.checking``) stops it there."""
         bundle.model.to(device)
         if compile:
             self._suffix_embedding = torch.compile(self._suffix_embedding, dynamic=False)
@@ -152,6 +155,7 @@ class M2IB:
         kl = None
         with torch.enable_grad():
             for _ in range(cfg.steps):
+                self.interrupt()
                 lam = torch.sigmoid(alpha)
                 mu, std = lam * x, 1.0 - lam
                 kl = 0.5 * (mu ** 2 + std ** 2 - 1.0) - torch.log(std)  # (B, 1, T, D)

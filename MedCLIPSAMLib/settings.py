@@ -44,6 +44,19 @@ FAST_SALIENCY = {"saliency_stride": 4, "m2ib_samples": 3}
 ends, 3 noise samples instead of 10 (10 steps kept: fewer steps measured costly)."""
 
 
+WHOLE_NUMBER_RANGES: dict[str, tuple[int, int]] = {
+    "m2ib_steps": (1, 100), "m2ib_samples": (1, 20), "clip_batch_size": (1, 32), "sam_batch_size": (1, 16),
+    "max_components": (1, 20), "points_per_component": (1, 10), "saliency_stride": (1, 64),
+    "refine_rounds": (0, 5), "bottleneck_layer": (0, 47),
+}
+"""Allowed ranges of the whole-number settings, one rule for the command line (an option error) and the
+server (400): each upper end is several times what a run needs (paper: 10 steps, 10 samples; defaults:
+batch 16 and 1-4), so a request cannot make one M2IB step or SAM batch run for minutes or fill the
+device's memory (a job is cancelled between steps and model layers: server/README)."""
+MAX_SLICE_INDEX = 99_999
+"""Slice ranges beyond any real volume are refused, not clipped."""
+
+
 @dataclass
 class Settings:
     """Parameters of one zero-shot segmentation run."""
@@ -143,15 +156,10 @@ class Settings:
         if self.prompt_mode not in PROMPT_MODES:
             raise SettingError("prompt_mode", f"Unknown prompt mode '{self.prompt_mode}' ({{name}}). "
                                f"Choose one of: {', '.join(PROMPT_MODES)}.")
-        positive = {"max_components": self.max_components, "m2ib_steps": self.m2ib_steps,
-                    "m2ib_samples": self.m2ib_samples, "clip_batch_size": self.clip_batch_size,
-                    "sam_batch_size": self.sam_batch_size, "points_per_component": self.points_per_component,
-                    "saliency_stride": self.saliency_stride}
-        for name, value in positive.items():
-            if value is not None and int(value) < 1:
-                raise SettingError(name, f"{{name}} must be at least 1 (got {value}).")
-        if not 0 <= self.refine_rounds <= 5:
-            raise SettingError("refine_rounds", f"{{name}} must be between 0 and 5 (got {self.refine_rounds}).")
+        for name, (low, high) in WHOLE_NUMBER_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise SettingError(name, f"{{name}} must be between {low} and {high} (got {value}).")
         fractions = {"component_ratio": self.component_ratio, "zoom_below": self.zoom_below,
                      "split_fraction": self.split_fraction, "min_body_fraction": self.min_body_fraction,
                      "min_component_fraction": self.min_component_fraction}
@@ -169,8 +177,6 @@ class Settings:
             raise SettingError("m2ib_lr", f"{{name}} must be above 0 and at most 100 (got {self.m2ib_lr}).")
         if not 0 <= self.seed < 2 ** 63:
             raise SettingError("seed", f"{{name}} must be between 0 and 2**63 - 1 (got {self.seed}).")
-        if self.bottleneck_layer < 0:
-            raise SettingError("bottleneck_layer", f"{{name}} must be >= 0 (got {self.bottleneck_layer}).")
         size = self.sam_input_size
         if size is not None and not (64 <= size <= 1024 and size % 16 == 0):
             raise SettingError("sam_input_size", f"{{name}} must be a multiple of 16 between 64 and 1024 (got {size}).")
@@ -178,9 +184,9 @@ class Settings:
             raise SettingError("axis", f"{{name}} {self.axis} is out of range: use 0 (z), 1 (y) or 2 (x).", "Axis")
         if self.slice_range is not None:
             first, last = self.slice_range
-            if first < 0 or last < first:
+            if first < 0 or last < first or last > MAX_SLICE_INDEX:
                 raise SettingError("slice_range", f"{{name}} {first}-{last} is invalid: give FIRST-LAST with "
-                                   "0 <= FIRST <= LAST.", "Slice range")
+                                   f"0 <= FIRST <= LAST <= {MAX_SLICE_INDEX}.", "Slice range")
         check_device(self.device)
 
     def box_rules(self):

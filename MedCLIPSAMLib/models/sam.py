@@ -18,6 +18,7 @@ from ..errors import ModelError
 from ..prompts import Box, Point
 from .box_prompting import BoxRules, segment_box
 from .catalog import ProgressCallback, ensure_model, load_catalog
+from .interrupt import interrupt_of
 from .sam_attention import use_sdpa
 from .sam_types import EncodedSlice, Region
 
@@ -34,6 +35,8 @@ class SamBackend:
         self.name, self.image_size, self.device = name, image_size, device
         self.minmax_normalise = minmax_normalise
         self.amp = bf16 and device.type == "cuda"
+        self.interrupt = interrupt_of(self.model)
+        """Called inside the encoder's and decoder's layers: a run's cancel check stops a batch there."""
 
     def _scale(self, height: int, width: int) -> tuple[int, int]:
         scale = self.image_size / max(height, width)

@@ -16,17 +16,20 @@ so no request can take the server down.
     GET    /jobs/{id}                 state, place in the queue, stage, done/total, error
     GET    /jobs/{id}/result          the result (``wire.encode_result`` bytes) once done, whole or by
                                       ``Range: bytes=a-b``; dropped once its last byte is sent
-    DELETE /jobs/{id}                 cancel (between batches)
+    DELETE /jobs/{id}                 cancel (within one model layer or M2IB step)
     POST   /shutdown                  only on an engine Slicer started for itself
     /sessions/...                     box/click corrections with propagation (see server/interactions.py)
+    GET    /openapi.json              this API as OpenAPI, with the status codes each route answers
+
+What every route shares (token, body limits, JSON rules, 405/500 answers) is in ``guards.py``.
 """
 from __future__ import annotations
 
-import hmac
 import logging
+import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -36,10 +39,12 @@ from ..errors import InputError, MedCLIPSAMError
 from ..imageio import as_volume
 from . import wire
 from .engine import Engine
-from .interactions import interaction_router
+from .interactions import SessionStore, interaction_router
+from .guards import BodyLimit, check_token, document_responses, install_handlers, parse_json
 from .jobs import DONE, Job, JobQueue
 from .results import result_response, saliency_bits
 from .store import VolumeStore
+from .sweeper import Sweeper
 from .uploads import ENCODINGS, PartialUploads, UploadError, decode_part
 
 log = logging.getLogger("medclipsam.server")
@@ -47,9 +52,45 @@ log = logging.getLogger("medclipsam.server")
 
 @dataclass
 class Limits:
-    max_upload_bytes: int = 2 << 30
+    """What one server holds at most; ``medclipsam serve`` options set them (README, On a GPU server)."""
+
+    max_upload_bytes: int = 2_000_000_000
+    """One volume's upload (``--max-upload-mb``), also its size once the .npz is unpacked."""
     ttl_seconds: float = 3600.0
-    max_stored_bytes: int = 8 << 30
+    max_stored_bytes: int = 8_000_000_000
+    """Volumes kept in memory, with their geometry images (``--max-stored-mb``)."""
+    max_unfinished_bytes: int = 4_000_000_000
+    """Declared sizes of the uploads in progress, received into temporary files (``--max-unfinished-mb``)."""
+    max_json_bytes: int = 1_000_000
+    """Body of any request other than volume bytes (``--max-request-kb``)."""
+
+
+PART_INDEX = re.compile(r"[0-9]{1,9}")
+"""ASCII digits only (str.isdigit also takes '²' and Arabic-Indic digits), and never thousands of them."""
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+SCHEMA_BODIES = {
+    "upload": {"type": "object", "additionalProperties": False, "required": ["volume", "size", "part_size"],
+               "properties": {"volume": SHA256, "size": {"type": "integer", "minimum": 1},
+                              "part_size": {"type": "integer", "minimum": 1}}},
+    "job": {"type": "object", "additionalProperties": False, "required": ["volume", "prompts"],
+            "properties": {"volume": SHA256, "prompts": {"type": "array", "minItems": 1, "items": {
+                "anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]}},
+                "settings": {"type": "object", "description": "Settings fields (MedCLIPSAMLib.settings), checked "
+                                                              "one by one: a wrong name or value is a 400 naming it"},
+                "presets": {"type": "boolean"}, "saliency": {"type": "boolean"}}},
+}
+"""What the JSON routes take; what a schema cannot say (a known volume, prompts that differ, settings in their
+ranges) is checked by the route and answered 400 or 404 with one line."""
+
+
+def json_body(name: str) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a JSON route (the route reads the body itself, with the limits of guards.py)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": SCHEMA_BODIES[name]}}}}
+
+
+BYTES_BODY = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_shutdown: bool = False,
@@ -63,31 +104,37 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         raise ValueError("The engine server needs a token.")
     jobs = jobs or JobQueue(ttl=limits.ttl_seconds)
     volumes = VolumeStore(ttl=limits.ttl_seconds, max_bytes=limits.max_stored_bytes)
-    partial = PartialUploads(ttl=limits.ttl_seconds, max_bytes=limits.max_stored_bytes)
-    expected = f"Bearer {token}".encode()
+    partial = PartialUploads(ttl=limits.ttl_seconds, max_bytes=limits.max_unfinished_bytes)
+    decoded_limit = min(limits.max_upload_bytes, limits.max_stored_bytes)  # checked on the archive, before decoding
+
+    sessions = SessionStore(limits.ttl_seconds)
 
     def authorised(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise HTTPException(401, "Missing or wrong token: send 'Authorization: Bearer <token>' with the token "
-                                     "the server printed (or its --token-file).")
+        check_token(request, token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        sweeper = Sweeper((partial.expire, volumes.expire, jobs.expire, sessions.expire),
+                          Sweeper.interval_for(limits.ttl_seconds))
+        sweeper.start()
         yield
-        jobs.stop()
+        sweeper.stop()
+        jobs.stop("server shutting down")
 
     app = FastAPI(title="MedCLIP-SAM engine", dependencies=[Depends(authorised)], docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
     app.state.jobs, app.state.volumes, app.state.uploads = jobs, volumes, partial
-
-    @app.exception_handler(UploadError)
-    async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    app.add_middleware(BodyLimit, json_bytes=limits.max_json_bytes, upload_bytes=limits.max_upload_bytes)
+    install_handlers(app)
 
     @app.exception_handler(MedCLIPSAMError)
     async def user_error(request: Request, exc: MedCLIPSAMError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        """A problem the client can fix: 400, or the status its class carries (413, 404, 503 ...)."""
+        return JSONResponse({"detail": str(exc)}, status_code=getattr(exc, "status", 400))
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     if allow_shutdown:
         @app.post("/shutdown", status_code=202)
@@ -103,14 +150,16 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         return {**engine.info(), "queue": jobs.counts(), "volumes": len(volumes),
                 "max_upload_bytes": limits.max_upload_bytes}
 
-    @app.head("/volumes/{volume_id}")
+    @app.head("/volumes/{volume_id}", response_class=Response,
+              responses={200: {"description": "The server holds that volume"},
+                         404: {"description": "The server does not hold that volume"}})
     def has_volume(volume_id: str) -> Response:
         return Response(status_code=200 if volumes.get(volume_id) is not None else 404)
 
-    @app.put("/volumes/{volume_id}", status_code=201)
+    @app.put("/volumes/{volume_id}", status_code=201, openapi_extra=BYTES_BODY)
     async def upload(volume_id: str, request: Request) -> dict[str, Any]:
         body = await read_body(request, limits.max_upload_bytes, too_big)
-        volume = await run_in_threadpool(read_upload, volume_id, body)
+        volume = await run_in_threadpool(read_upload, volume_id, body, decoded_limit)
         volumes.put(volume_id, volume)
         return stored(volume_id, volume)
 
@@ -122,7 +171,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     def stored(volume_id: str, volume) -> dict[str, Any]:
         return {"volume": volume_id, "shape": list(volume.array.shape), "dtype": str(volume.array.dtype)}
 
-    @app.post("/uploads", status_code=201)
+    @app.post("/uploads", status_code=201, openapi_extra=json_body("upload"))
     async def begin_upload(request: Request) -> dict[str, Any]:
         fields = await json_object(request, {"volume", "size", "part_size"}, "upload")
         volume_id, size, part_size = fields.get("volume"), fields.get("size"), fields.get("part_size")
@@ -136,11 +185,11 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         upload = partial.begin(volume_id, size, part_size)
         return {"upload": upload.id, "parts": upload.parts, "part_size": part_size, "expires_s": limits.ttl_seconds}
 
-    @app.put("/uploads/{upload_id}/parts/{index}")
+    @app.put("/uploads/{upload_id}/parts/{index}", openapi_extra=BYTES_BODY)
     async def upload_part(upload_id: str, index: str, request: Request) -> dict[str, Any]:
         upload = partial.get(upload_id)
-        if not index.isdigit():
-            raise UploadError(f"Part index '{index}' is not a whole number (0-{upload.parts - 1}).")
+        if not PART_INDEX.fullmatch(index):
+            raise UploadError(f"Part index '{index:.20}' is not a whole number (0-{upload.parts - 1}).")
         length = upload.part_length(int(index))
         encoding = request.headers.get("content-encoding", "identity").strip().lower() or "identity"
         if encoding not in ENCODINGS:
@@ -155,7 +204,10 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     async def commit_upload(upload_id: str) -> dict[str, Any]:
         volume_id = partial.get(upload_id).volume_id
         payload = partial.take(upload_id)
-        volume = await run_in_threadpool(volume_from, payload)
+        try:
+            volume = await run_in_threadpool(volume_from, payload, decoded_limit)
+        finally:
+            payload.close()
         volumes.put(volume_id, volume)
         return stored(volume_id, volume)
 
@@ -165,7 +217,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         partial.discard(upload_id)
         return {"upload": upload_id, "state": "discarded"}
 
-    @app.post("/jobs", status_code=202)
+    @app.post("/jobs", status_code=202, openapi_extra=json_body("job"))
     async def submit(request: Request) -> dict[str, Any]:
         body = await json_object(request, {"volume", "prompts", "settings", "presets", "saliency", "labels",
                                            "saliency_bits"}, "job")
@@ -213,29 +265,38 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         jobs.cancel(job)
         return status(job)
 
-    app.include_router(interaction_router(engine, limits.ttl_seconds))  # /sessions: corrections (interactions.py)
+    document_responses(app, {
+        "upload": {413: "The volume is over --max-upload-mb, or over --max-stored-mb in memory"},
+        "begin_upload": {413: "The declared size is over --max-upload-mb",
+                         503: "The unfinished uploads hold --max-unfinished-mb already"},
+        "upload_part": {404: "No such upload (never begun, finished, cancelled or expired)",
+                        413: "The part is longer than its share of the upload", 415: "Unknown Content-Encoding"},
+        "commit_upload": {404: "No such upload", 413: "The volume is over the upload or store limit"},
+        "discard_upload": {404: "No such upload"},
+        "submit": {404: "The server does not hold that volume", 503: "The server is shutting down"},
+        "job_status": {404: "No such job"}, "cancel": {404: "No such job"},
+        "job_result": {404: "No such job", 409: "The job is not done (the detail says why)"},
+    })
+    app.include_router(interaction_router(engine, sessions))  # /sessions: corrections (interactions.py)
     return app
 
 
-async def read_body(request: Request, limit: int, too_big: Callable[[int], str]) -> bytes:
+async def read_body(request: Request, limit: int, too_big: Callable[[int], str]) -> bytearray:
     """The request body, refused with 413 on its declared size before any of it is read, or once it passes ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and len(declared) < 19 and int(declared) > limit:
         raise HTTPException(413, too_big(int(declared)))
-    body = bytearray()
+    body = bytearray()  # grows with the bytes received, never to a size only declared
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise HTTPException(413, too_big(len(body)))
-    return bytes(body)
+    return body
 
 
 async def json_object(request: Request, allowed: set[str], what: str) -> dict[str, Any]:
     fields = ", ".join(repr(name) for name in sorted(allowed))
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError(f"The {what} request is not JSON: send an object with {fields}.") from None
+    body = parse_json(await request.body(), what, fields)  # the body is at most --max-request-kb (BodyLimit)
     if not isinstance(body, dict):
         raise InputError(f"The {what} request must be a JSON object with {fields}.")
     unknown = set(body) - allowed
@@ -244,13 +305,20 @@ async def json_object(request: Request, allowed: set[str], what: str) -> dict[st
     return body
 
 
-def read_upload(volume_id: str, payload: bytes):
+def read_upload(volume_id: str, payload: bytearray, limit: int):
     if wire.volume_id(payload) != volume_id:
         raise InputError("The upload's sha256 does not match its id: the transfer was damaged or the id is wrong; "
                          "upload again.")
-    return volume_from(payload)
+    return volume_from(payload, limit)
 
 
-def volume_from(payload: bytes | bytearray):
-    array, spacing = wire.decode_volume(payload)
-    return as_volume(array, spacing)
+def volume_from(payload: bytearray | BinaryIO, limit: int):
+    """The stored volume of upload bytes (or their file), refused (413) before decoding past ``limit`` bytes."""
+    array, spacing = wire.decode_volume(payload, limit)
+    try:
+        return as_volume(array, spacing)
+    except MedCLIPSAMError:
+        raise
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:  # SimpleITK or numpy on a degenerate array
+        raise InputError(f"The uploaded volume cannot be used ({type(exc).__name__}); send a 2D or 3D numeric array "
+                         "with its spacing in mm.") from None

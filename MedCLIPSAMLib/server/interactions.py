@@ -30,6 +30,7 @@ from fastapi import APIRouter, HTTPException, Request
 from ..errors import InputError
 from ..interactive.answer import Answer, encode_answer
 from .engine import Engine
+from .guards import parse_json
 from .store import drop_idle
 
 MAX_SESSIONS = 16
@@ -96,6 +97,11 @@ class SessionStore:
         with self._lock:
             return sum(len(cache) for cache in self._caches.values())
 
+    def expire(self) -> None:
+        """Drop idle sessions now (the server's sweeper timer calls this, so memory is freed without requests)."""
+        with self._lock:
+            self._expire()
+
     def _expire(self) -> None:
         before = len(self._sessions)
         drop_idle(self._sessions, self.ttl)
@@ -108,10 +114,11 @@ class SessionStore:
             self._caches.pop(key).clear()
 
 
-def interaction_router(engine: Engine, ttl: float) -> APIRouter:
-    """The /sessions endpoints; the app's volume store and job queue are read from ``request.app.state``."""
+def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
+    """The /sessions endpoints over ``store``; the app's volume store and job queue are read from
+    ``request.app.state``."""
     router = APIRouter()
-    store = SessionStore(ttl)
+    ttl = store.ttl
 
     @router.post("/sessions", status_code=201)
     async def open_session(request: Request) -> dict[str, Any]:
@@ -251,10 +258,7 @@ def _text(body: dict[str, Any], name: str) -> str | None:
 
 async def _body(request: Request, allowed: set[str], what: str) -> dict[str, Any]:
     fields = ", ".join(repr(name) for name in sorted(allowed))
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError(f"The {what} request is not JSON: send an object with {fields}.") from None
+    body = parse_json(await request.body(), what, fields)  # size bounded by BodyLimit (guards.py)
     if not isinstance(body, dict):
         raise InputError(f"The {what} request must be a JSON object with {fields}.")
     unknown = set(body) - allowed

@@ -22,6 +22,12 @@ from ..errors import Cancelled, MedCLIPSAMError
 
 log = logging.getLogger("medclipsam.server")
 
+
+class ShuttingDown(MedCLIPSAMError):
+    """The queue takes no more jobs: the server is stopping (HTTP 503)."""
+
+    status = 503
+
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 Work = Callable[[Callable[[str, int, int], None], threading.Event], Any]
@@ -45,6 +51,8 @@ class Job:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     """CPU time of the whole server process while the job ran (all threads: compute and request handling)."""
+    seen_finished: bool = False
+    """A client has asked about the job since it finished (so a stopping server may go)."""
 
 
 class JobQueue:
@@ -57,11 +65,14 @@ class JobQueue:
         self._waiting: deque[Job] = deque()
         self._lock = threading.Condition()
         self._stopped = False
+        self._stop_reason = ""
         if worker_thread:
             threading.Thread(target=self.run_forever, name="medclipsam-jobs", daemon=True).start()
 
     def submit(self, work: Work) -> Job:
         with self._lock:
+            if self._stopped:
+                raise ShuttingDown(f"The server takes no new jobs: {self._stop_reason or 'it is stopping'}.")
             self._expire()
             job = Job(id=secrets.token_hex(8), work=work)
             self._jobs[job.id] = job
@@ -75,6 +86,7 @@ class JobQueue:
             job = self._jobs.get(job_id)
             if job is not None:
                 job.touched = time.monotonic()
+                job.seen_finished = job.seen_finished or job.state in FINISHED
             return job
 
     def position(self, job: Job) -> int:
@@ -87,7 +99,8 @@ class JobQueue:
             job.cancel.set()
             if job.state == QUEUED:
                 self._waiting.remove(job)
-                self._finish(job, CANCELLED, error="Cancelled before it started.", kind="Cancelled")
+                self._finish(job, CANCELLED, error=self._cancelled_because("Cancelled before it started."),
+                             kind="Cancelled")
 
     def drop_result(self, job: Job) -> None:
         """The client has the result: free its memory now, keep the job's status until it expires."""
@@ -104,14 +117,35 @@ class JobQueue:
             running = sum(job.state == RUNNING for job in self._jobs.values())
             return {"queued": len(self._waiting), "running": running}
 
-    def stop(self) -> None:
+    def expire(self) -> None:
+        """Drop finished jobs (and their results) unused for ``ttl`` (run by the server's sweeper)."""
+        with self._lock:
+            self._expire()
+
+    def stop(self, reason: str = "") -> None:
+        """Take no more jobs, cancel the waiting and the running ones (``reason`` goes into their error)."""
         with self._lock:
             self._stopped = True
+            self._stop_reason = self._stop_reason or reason
             for job in list(self._waiting):
                 self.cancel(job)
             for job in self._jobs.values():
                 job.cancel.set()
             self._lock.notify_all()
+
+    def wait_until_seen(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until the clients of jobs that ended while stopping have asked how."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while time.monotonic() < deadline and any(
+                    job.state in FINISHED and not job.seen_finished and job.error.startswith("Cancelled: ")
+                    for job in self._jobs.values()):
+                self._lock.wait(0.05)
+
+    def _cancelled_because(self, message: str) -> str:
+        if self._stop_reason:
+            return f"Cancelled: {self._stop_reason}; nothing was changed. Run it again once the server is back."
+        return message
 
     def _finish(self, job: Job, state: str, result: Any = None, error: str = "", kind: str = "") -> None:
         job.state, job.result, job.error, job.error_kind = state, result, error, kind
@@ -154,4 +188,6 @@ class JobQueue:
                            "MedCLIPSAMError")
             job.seconds, job.cpu_seconds = time.monotonic() - start, time.process_time() - cpu_start
             with self._lock:
+                if outcome[0] == CANCELLED:
+                    outcome = (CANCELLED, None, self._cancelled_because(outcome[2]), "Cancelled")
                 self._finish(job, *outcome)

@@ -2,8 +2,10 @@
 
 Binds 127.0.0.1 unless told otherwise; a non-loopback address needs a token chosen by the
 user (``--token-file`` or ``MEDCLIPSAM_TOKEN``), never a generated one that only this console
-saw. Prints ``MedCLIP-SAM engine listening on http://HOST:PORT`` once the socket accepts
-connections, so a parent process (the Slicer module) can read where it is.
+saw, and of at least 16 characters wherever it comes from. Prints ``MedCLIP-SAM engine listening
+on http://HOST:PORT`` once the socket accepts connections, so a parent process (the Slicer module)
+can read where it is. SIGTERM (service managers) and SIGINT both stop it cleanly: no new jobs, the
+running one cancelled and its client told so, exit 0.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -20,6 +23,25 @@ from pathlib import Path
 from ..errors import InputError, MedCLIPSAMError
 from ..options import read_token
 from .wire import READY_LINE, TOKEN_ENV
+
+MIN_TOKEN_LENGTH = 16
+SHUTDOWN_REASON = "server shutting down"
+GRACE_SECONDS = 5.0
+"""How long a stopping server keeps answering so the clients of cancelled jobs can read why."""
+
+
+def check_token_strength(token: str, chosen: bool, host: str, token_file: str | None) -> None:
+    """One rule for a token from --token-file or the environment: a non-loopback address needs one chosen by the
+    user (not generated and shown on this console only) of at least MIN_TOKEN_LENGTH characters."""
+    if is_loopback(host):
+        return
+    if not chosen:
+        raise MedCLIPSAMError(f"Refusing to listen on {host} without a token of your choosing: give "
+                              f"--token-file FILE (or set {TOKEN_ENV}) and hand that token to the clients.")
+    if len(token) < MIN_TOKEN_LENGTH:
+        where = f"The token in '{token_file}'" if token_file else f"The token in ${TOKEN_ENV}"
+        raise InputError(f"{where} is shorter than {MIN_TOKEN_LENGTH} characters, too short for {host}; use a long "
+                         "random string (python -c \"import secrets; print(secrets.token_urlsafe(32))\").")
 
 
 def is_loopback(host: str) -> bool:
@@ -91,9 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .jobs import JobQueue
 
     token, chosen = read_token(args.token_file)
-    if not is_loopback(args.host) and not chosen:
-        raise MedCLIPSAMError(f"Refusing to listen on {args.host} without a token of your choosing: give "
-                              f"--token-file FILE (or set {TOKEN_ENV}) and hand that token to the clients.")
+    check_token_strength(token, chosen, args.host, args.token_file)
     config = EngineConfig(clip_model=args.clip_model or BIOMEDCLIP_HUB_ID, sam_checkpoint=args.sam_checkpoint,
                           device=args.device, compile=args.compile)
     engine = Engine(config)
@@ -108,7 +128,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"Loading models on {engine.device} (CLIP: {config.clip_model}; SAM: {chosen_sam}; pid {os.getpid()})...",
           file=sys.stderr, flush=True)
     engine.preload(sam, progress=loading_reporter())
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), ttl_seconds=args.ttl)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), ttl_seconds=args.ttl,
+                    max_stored_bytes=int(args.max_stored_mb * 1e6),
+                    max_unfinished_bytes=int(args.max_unfinished_mb * 1e6),
+                    max_json_bytes=int(args.max_request_kb * 1e3))
     jobs = JobQueue(ttl=args.ttl, worker_thread=False)
     app = create_app(engine, token, limits, allow_shutdown=bool(args.parent_pid), jobs=jobs)
     host, port = sock.getsockname()[:2]
@@ -129,13 +152,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"token: {token}", flush=True)
     shown = f"[{host}]" if ":" in host else host
     print(f"{READY_LINE} http://{shown}:{port}", flush=True)
+    stop_on_signals(jobs)
     try:
         jobs.run_forever()  # compute on the main thread (see server/jobs.py for why)
     except KeyboardInterrupt:
-        jobs.stop()
+        jobs.stop(SHUTDOWN_REASON)
+    jobs.wait_until_seen(GRACE_SECONDS)  # clients polling a cancelled job read "Cancelled: server shutting down"
     server.should_exit = True
     http.join(10)
     return 0
+
+
+def stop_on_signals(jobs) -> None:
+    """SIGTERM and SIGINT: stop the queue (from another thread: the handler may interrupt the queue's own lock),
+    so the running job is cancelled at its next check and ``run_forever`` returns."""
+    def stop(signum, frame) -> None:
+        threading.Thread(target=jobs.stop, args=(SHUTDOWN_REASON,), name="medclipsam-stop", daemon=True).start()
+
+    for name in ("SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
 
 
 def register_cli(sub) -> None:
@@ -153,7 +189,14 @@ def register_cli(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--compile", action="store_true", help="torch.compile the M2IB network")
     p.add_argument("--max-upload-mb", type=number(0, low_open=True), default=2000.0, help="largest volume upload accepted (MB)")
-    p.add_argument("--ttl", type=number(0, low_open=True), default=3600.0, help="seconds an unused volume or result is kept")
+    p.add_argument("--max-stored-mb", type=number(0, low_open=True), default=8000.0,
+                   help="memory for uploaded volumes (array and geometry; least recently used go first; default 8000)")
+    p.add_argument("--max-unfinished-mb", type=number(0, low_open=True), default=4000.0,
+                   help="declared size of all uploads in progress together, kept in temporary files (default 4000)")
+    p.add_argument("--max-request-kb", type=number(0, low_open=True), default=1000.0,
+                   help="body of a request other than volume bytes (JSON; default 1000)")
+    p.add_argument("--ttl", type=number(0, low_open=True), default=3600.0,
+                   help="seconds an unused volume, unfinished upload or result is kept (expired by a timer)")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)

@@ -1,7 +1,9 @@
 """Uploaded volumes, kept by content id so later jobs on the same volume upload nothing.
 
-Volumes expire ``ttl`` seconds after their last use, and the oldest go first when the total
-exceeds ``max_bytes``, so a long-running server's memory stays bounded.
+Volumes expire ``ttl`` seconds after their last use (the server's sweeper calls ``expire``), and
+the least recently used go first when the total exceeds ``max_bytes``; a volume counts its array
+and the SimpleITK image carrying its geometry, and one larger than ``max_bytes`` alone is refused
+(413), so a long-running server's memory stays bounded by what it counts.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..imageio import Volume
+from .wire import TooLarge
 
 
 @dataclass
@@ -37,10 +40,24 @@ class VolumeStore:
             return item.volume
 
     def put(self, volume_id: str, volume: Volume) -> None:
+        nbytes = held_bytes(volume)
+        if nbytes > self.max_bytes:
+            raise TooLarge(f"The volume needs {nbytes / 1e6:.0f} MB in the server's memory, over its store of "
+                           f"{self.max_bytes / 1e6:.0f} MB; crop the volume or start the server with a larger "
+                           "--max-stored-mb.")
         with self._lock:
-            self._items[volume_id] = Stored(volume, int(volume.array.nbytes), time.monotonic())
+            self._items[volume_id] = Stored(volume, nbytes, time.monotonic())
             self._items.move_to_end(volume_id)
             self._expire()
+
+    def expire(self) -> None:
+        """Drop idle volumes now (run by the server's sweeper, so an idle server frees its memory)."""
+        with self._lock:
+            self._expire()
+
+    def held_bytes(self) -> int:
+        with self._lock:
+            return sum(item.nbytes for item in self._items.values())
 
     def __len__(self) -> int:
         with self._lock:
@@ -54,9 +71,18 @@ class VolumeStore:
             total -= oldest.nbytes
 
 
-def drop_idle(items: dict, ttl: float) -> None:
-    """Remove the entries (with a ``touched`` monotonic time) left alone for more than ``ttl`` seconds."""
+def held_bytes(volume: Volume) -> int:
+    """Memory a stored volume holds: its array and its SimpleITK geometry image (one voxel each)."""
+    reference = volume.reference
+    pixel = reference.GetSizeOfPixelComponent() * reference.GetNumberOfComponentsPerPixel()
+    return int(volume.array.nbytes) + int(reference.GetNumberOfPixels()) * int(pixel)
+
+
+def drop_idle(items: dict, ttl: float) -> list:
+    """Remove the entries (with a ``touched`` monotonic time) left alone for more than ``ttl`` seconds; returns them."""
     now = time.monotonic()
+    dropped = []
     for key, item in list(items.items()):
         if now - item.touched > ttl:
-            del items[key]
+            dropped.append(items.pop(key))
+    return dropped

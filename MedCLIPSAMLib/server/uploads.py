@@ -3,18 +3,22 @@
 The client declares the payload's size and part size up front (refused with 413 over the upload
 limit, before any part); part ``i`` is bytes ``[i * part_size, (i + 1) * part_size)`` of the
 uncompressed payload, sent raw or zlib-compressed (``Content-Encoding: deflate``), in any order
-and as often as wanted. Only a complete payload whose sha256 equals the volume id becomes a
-stored volume; unfinished uploads expire ``ttl`` seconds after their last part, and all of them
-together hold at most ``max_bytes``, so a client that walks away costs the server nothing for long.
+and as often as wanted. Parts go to a temporary file, so the server's memory follows the bytes
+received, not the size a client declares. Only a complete payload whose sha256 equals the volume id
+becomes a stored volume; unfinished uploads expire ``ttl`` seconds after their last part (the
+server's sweeper calls ``expire``), and all of them together may declare at most ``max_bytes``, so
+a client that walks away costs the server nothing for long.
 """
 from __future__ import annotations
 
 import hashlib
 import secrets
+import tempfile
 import threading
 import time
 import zlib
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ..errors import InputError
 from .store import drop_idle
@@ -38,11 +42,21 @@ class PartialUpload:
     volume_id: str
     size: int
     part_size: int
-    buffer: bytearray
+    file: BinaryIO
+    """The parts received so far, at their place in the payload (a temporary file: no memory held)."""
     received: bytearray
     touched: float
     hashed_parts: int = 0
     hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def read(self, start: int, length: int) -> bytes:
+        self.file.seek(start)
+        return self.file.read(length)
+
+    def write(self, start: int, data: bytes) -> None:
+        self.file.seek(start)
+        self.file.write(data)
 
     @property
     def parts(self) -> int:
@@ -73,6 +87,9 @@ def decode_part(body: bytes, encoding: str, length: int) -> bytes:
             raise UploadError(f"The part is not valid deflate (zlib) data: {exc}.") from None
         if not inflater.eof:
             raise UploadError(f"The deflate part does not inflate to its {length} bytes (cut off or too long).")
+        if inflater.unused_data:
+            raise UploadError(f"The deflate part has {len(inflater.unused_data)} bytes after its compressed data; "
+                              "send one zlib stream per part.")
     if len(data) != length:
         raise UploadError(f"The part holds {len(data)} bytes; this part of the upload has {length}.")
     return data
@@ -94,8 +111,9 @@ class PartialUploads:
             if held + size > self.max_bytes:
                 raise UploadError(f"The server is receiving other uploads ({held / 1e6:.0f} MB) and has no room for "
                                   f"{size / 1e6:.0f} MB more now; try again later.", 503)
-            upload = PartialUpload(secrets.token_hex(16), volume_id, size, part_size, bytearray(size),
-                                   bytearray(parts), time.monotonic())
+            upload = PartialUpload(secrets.token_hex(16), volume_id, size, part_size,
+                                   tempfile.TemporaryFile(prefix="medclipsam-upload-"), bytearray(parts),
+                                   time.monotonic())
             self._items[upload.id] = upload
             return upload
 
@@ -112,34 +130,51 @@ class PartialUploads:
     def put_part(self, upload_id: str, index: int, data: bytes) -> PartialUpload:
         upload = self.get(upload_id)
         start = index * upload.part_size
-        with self._lock:
-            if index < upload.hashed_parts and upload.buffer[start:start + len(data)] != data:
+        with upload.lock:
+            if upload.file.closed:  # expired or committed while this part was on its way
+                raise UploadError(f"No upload '{upload_id}' on this server any more; begin it again.", 404)
+            if index < upload.hashed_parts and upload.read(start, len(data)) != data:
                 upload.hasher, upload.hashed_parts = hashlib.sha256(), 0  # a part changed after it was hashed
-            upload.buffer[start:start + len(data)] = data
+            upload.write(start, data)
             upload.received[index] = 1
             while upload.hashed_parts < upload.parts and upload.received[upload.hashed_parts]:  # hash as the prefix grows
-                first = upload.hashed_parts * upload.part_size
-                upload.hasher.update(memoryview(upload.buffer)[first:first + upload.part_size])
+                hashed = upload.hashed_parts
+                upload.hasher.update(data if hashed == index else
+                                     upload.read(hashed * upload.part_size, upload.part_length(hashed)))
                 upload.hashed_parts += 1
         return upload
 
-    def take(self, upload_id: str) -> bytearray:
-        """The whole payload, once every part is in and its sha256 is the volume id; the upload is gone after."""
+    def take(self, upload_id: str) -> BinaryIO:
+        """The whole payload (its file, at the start; the caller closes it), once every part is in and its
+        sha256 is the volume id; the upload is gone after."""
         upload = self.get(upload_id)
         missing = upload.missing()
         if missing:
             shown = ", ".join(str(index) for index in missing[:10]) + (" ..." if len(missing) > 10 else "")
             raise UploadError(f"{len(missing)} of {upload.parts} parts are missing (index {shown}); send them, "
                               "then commit again.")
-        self.discard(upload_id)
-        if upload.hasher.hexdigest() != upload.volume_id:
-            raise UploadError("The upload's sha256 does not match its id: the transfer was damaged or the id is "
-                              "wrong; upload again.")
-        return upload.buffer
+        with self._lock:
+            self._items.pop(upload_id, None)
+        with upload.lock:
+            if upload.hasher.hexdigest() != upload.volume_id:
+                upload.file.close()
+                raise UploadError("The upload's sha256 does not match its id: the transfer was damaged or the id "
+                                  "is wrong; upload again.")
+            upload.file.seek(0)
+            return upload.file
 
     def discard(self, upload_id: str) -> bool:
         with self._lock:
-            return self._items.pop(upload_id, None) is not None
+            upload = self._items.pop(upload_id, None)
+        if upload is not None:
+            with upload.lock:
+                upload.file.close()
+        return upload is not None
+
+    def expire(self) -> None:
+        """Drop the uploads idle for longer than ``ttl`` (run by the server's sweeper, not only on requests)."""
+        with self._lock:
+            self._expire()
 
     def __len__(self) -> int:
         with self._lock:
@@ -147,4 +182,6 @@ class PartialUploads:
             return len(self._items)
 
     def _expire(self) -> None:
-        drop_idle(self._items, self.ttl)
+        for upload in drop_idle(self._items, self.ttl):
+            with upload.lock:
+                upload.file.close()

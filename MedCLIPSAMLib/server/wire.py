@@ -4,24 +4,40 @@ A volume is an uncompressed ``.npz`` of its (z, y, x) array and spacing; its id 
 those bytes, so a client can ask whether the server already holds a volume before sending it,
 and a second prompt on the same volume uploads nothing. A result is an ``.npz`` of the label
 map, the masks (bit-packed), the saliency maps (16-bit, [0, 1] -> 0..65535) and a JSON record of
-the rest. Only ``allow_pickle=False`` loads are used: a malicious upload cannot run code.
+the rest. Only ``allow_pickle=False`` loads are used: a malicious upload cannot run code, and an
+upload is checked before anything is decoded: stored (uncompressed) members only, whose sizes and
+array headers fit the bytes sent and the server's limit, so a small archive cannot expand in memory.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import math
 import zipfile
+from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, MedCLIPSAMError
 from ..result import SegmentationResult
 
 READY_LINE = "MedCLIP-SAM engine listening on"
 """``medclipsam serve`` prints this and its URL once it accepts connections; a parent process reads it."""
 TOKEN_ENV = "MEDCLIPSAM_TOKEN"
 """Environment variable holding the server's bearer token (how a parent process hands it to the child)."""
+MEMBERS = ("array.npy", "spacing.npy")
+SPACING_RANGE = (1e-6, 1e6)
+"""Voxel sizes (mm) an upload may give: nanometres to a kilometre; outside, the geometry maths degenerates."""
+NOT_A_VOLUME = ("The upload is not a MedCLIP-SAM volume: send an uncompressed .npz of numeric arrays 'array' and "
+                "'spacing' (EngineClient does this).")
+
+
+class TooLarge(InputError):
+    """Refused for its size; the server answers 413."""
+
+    status = 413
+
 
 SALIENCY_LEVELS = 65535
 """Saliency is sent as uint16: at most 7.7e-6 from the engine's float map, a quarter of float64's bytes."""
@@ -66,30 +82,62 @@ def encode_volume_steps(array: np.ndarray, spacing: tuple[float, ...] | None = N
     return payload, digest.hexdigest()
 
 
-def decode_volume(payload: bytes) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """(array, spacing) from upload bytes; anything else is an InputError naming what is wrong.
+def decode_volume(payload: bytes | bytearray | BinaryIO, limit: int | None = None
+                  ) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """(array, spacing) from upload bytes (or a file of them); anything else is an InputError naming what is
+    wrong, and arrays that would expand past ``limit`` bytes are TooLarge, refused before they are decoded.
 
     Pixel type and dimensions are checked where every array is, in ``imageio.as_volume``."""
+    source = io.BytesIO(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
     try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            array, spacing = archive["array"], archive["spacing"]
+        with zipfile.ZipFile(source) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            if sorted(members) != sorted(MEMBERS):
+                raise InputError(NOT_A_VOLUME)
+            expanded = sum(info.file_size for info in members.values())
+            if limit is not None and expanded > limit:
+                raise TooLarge(f"The upload expands to {expanded / 1e6:.0f} MB, over this server's limit of "
+                               f"{limit / 1e6:.0f} MB; crop the volume or start the server with larger "
+                               "--max-upload-mb and --max-stored-mb.")
+            if any(info.compress_type != zipfile.ZIP_STORED for info in members.values()):
+                raise InputError("The upload's .npz is compressed; send it uncompressed (numpy.savez, not "
+                                 "savez_compressed) and compress the transfer with Content-Encoding: deflate parts.")
+            array, spacing = (_read_member(archive, members[name]) for name in MEMBERS)
+    except MedCLIPSAMError:
+        raise
     except MemoryError:
         raise InputError("The upload declares an array larger than the server can hold; send the volume itself "
                          "(an .npz with 'array' and 'spacing').") from None
-    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile):
-        raise InputError("The upload is not a MedCLIP-SAM volume: send an uncompressed .npz of numeric arrays "
-                         "'array' and 'spacing' (EngineClient does this).") from None
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError, TypeError, OverflowError,
+            NotImplementedError, SyntaxError):  # a damaged archive or npy header, whatever part of it
+        raise InputError(NOT_A_VOLUME) from None
     if spacing.size == 0:
         return array, None
     if (spacing.dtype.kind not in "iuf" or spacing.shape != (array.ndim,) or not np.all(np.isfinite(spacing))
             or np.any(spacing <= 0)):
         raise InputError(f"The uploaded spacing {spacing.tolist()} does not fit an array of shape {array.shape}; "
                          "give one positive spacing per axis.")
+    low, high = SPACING_RANGE
+    if np.any(spacing < low) or np.any(spacing > high):
+        raise InputError(f"The uploaded spacing {spacing.tolist()} is outside {low:g}-{high:g} mm per voxel; "
+                         "give the volume's real voxel size in mm.")
     return array, tuple(float(s) for s in spacing)
 
 
 SALIENCY_BITS = {16: (np.uint16, SALIENCY_LEVELS), 8: (np.uint8, 255)}
 """Saliency precision a client may ask for: 8 bits (1/255 steps) is what an overlay shows, half of 16's bytes."""
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One .npy member, its header checked against the member's size before the array is allocated."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+        if dtype.hasobject or math.prod(shape) * dtype.itemsize > info.file_size:
+            raise InputError(NOT_A_VOLUME)
+    with archive.open(info) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
 
 
 def encode_result(result: SegmentationResult, include_saliency: bool = True, labels: bool = True,

@@ -217,15 +217,20 @@ def test_a_truncated_nifti_is_refused_not_segmented(tmp_path, no_models, capsys)
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--k", "0", "--k must be at least 1 (got 0)"),
+    ("--k", "0", "--k must be between 1 and 20 (got 0)"),
     ("--beta", "-1", "--beta must be a finite number >= 0 (got -1.0)"),
     ("--axis", "3", "--axis 3 is out of range"),
-    ("--stride", "0", "--stride must be at least 1 (got 0)"),
+    ("--stride", "0", "--stride must be between 1 and 64 (got 0)"),
     ("--refine-rounds", "9", "--refine-rounds must be between 0 and 5 (got 9)"),
     ("--slices", "7-2", "--slices 7-2 is invalid"),
     ("--slices", "50-60", "--slices 50-60 is outside the 4 slices along this axis"),
     ("--device", "foo", "Unknown --device 'foo': use auto, cpu, cuda or cuda:N"),
-    ("--layer", "-1", "--layer must be >= 0"),
+    ("--layer", "-1", "--layer must be between 0 and 47 (got -1)"),
+    ("--steps", "1000000000", "--steps must be between 1 and 100 (got 1000000000)"),
+    ("--samples", "21", "--samples must be between 1 and 20 (got 21)"),
+    ("--clip-batch-size", "33", "--clip-batch-size must be between 1 and 32 (got 33)"),
+    ("--sam-batch-size", "17", "--sam-batch-size must be between 1 and 16 (got 17)"),
+    ("--slices", "0-100000", "--slices 0-100000 is invalid: give FIRST-LAST with 0 <= FIRST <= LAST <= 99999"),
     ("--sam-input-size", "100", "--sam-input-size must be a multiple of 16"),
 ])
 def test_option_errors_exit_2_and_name_the_option(tmp_path, no_models, capsys, option, value, message):

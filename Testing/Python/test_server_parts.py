@@ -89,11 +89,11 @@ def test_finished_jobs_expire_after_the_ttl():
 
 def test_volumes_expire_when_idle_and_the_oldest_go_first_over_the_byte_cap():
     volume = as_volume(np.zeros((2, 16, 16), np.float32))  # 2 KB
-    store = VolumeStore(ttl=0.1, max_bytes=5000)
+    store = VolumeStore(ttl=0.1, max_bytes=6000)  # 2.5 KB each: array and uint8 geometry image
     store.put("a", volume)
     store.put("b", volume)
     assert store.get("a") is volume  # a used last now
-    store.put("c", volume)  # 6 KB > cap: the least recently used (b) goes
+    store.put("c", volume)  # 7.5 KB > cap: the least recently used (b) goes
     assert store.get("b") is None and store.get("a") is volume and store.get("c") is volume
     time.sleep(0.15)
     assert store.get("a") is None and len(store) == 0

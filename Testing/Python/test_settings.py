@@ -7,8 +7,8 @@ from MedCLIPSAMLib.settings import Settings, check_device, settings_from_dict
 
 
 @pytest.mark.parametrize("changes, field, plain, option", [
-    ({"max_components": 0}, "max_components", "'max_components' must be at least 1 (got 0).", "--k"),
-    ({"saliency_stride": 0}, "saliency_stride", "'saliency_stride' must be at least 1 (got 0).", "--stride"),
+    ({"max_components": 0}, "max_components", "'max_components' must be between 1 and 20 (got 0).", "--k"),
+    ({"saliency_stride": 0}, "saliency_stride", "'saliency_stride' must be between 1 and 64 (got 0).", "--stride"),
     ({"slice_range": (5, 2)}, "slice_range", "Slice range 5-2 is invalid", "--slices"),
     ({"axis": 4}, "axis", "Axis 4 is out of range", "--axis"),
     ({"device": "tpu9"}, "device", "Unknown device 'tpu9': use auto, cpu, cuda or cuda:N.", "--device"),
@@ -18,6 +18,11 @@ from MedCLIPSAMLib.settings import Settings, check_device, settings_from_dict
     ({"m2ib_lr": float("nan")}, "m2ib_lr", "'m2ib_lr' must be above 0 and at most 100", "'m2ib_lr'"),
     ({"min_body_fraction": 2.0}, "min_body_fraction", "'min_body_fraction' must be between 0 and 1", "'min_body"),
     ({"min_component_fraction": -1.0}, "min_component_fraction", "must be between 0 and 1", "'min_component"),
+    ({"m2ib_steps": 10 ** 9}, "m2ib_steps", "'m2ib_steps' must be between 1 and 100 (got 1000000000).", "--steps"),
+    ({"m2ib_samples": 21}, "m2ib_samples", "'m2ib_samples' must be between 1 and 20 (got 21).", "--samples"),
+    ({"clip_batch_size": 33}, "clip_batch_size", "'clip_batch_size' must be between 1 and 32", "--clip-batch-size"),
+    ({"sam_batch_size": 17}, "sam_batch_size", "'sam_batch_size' must be between 1 and 16", "--sam-batch-size"),
+    ({"points_per_component": 11}, "points_per_component", "must be between 1 and 10", "--points-per-component"),
     ({"window": "foo"}, "window", "Unknown CT window 'foo' ('window')", "Unknown CT window"),
 ])
 def test_a_bad_setting_names_the_field_for_python_and_the_option_for_the_cli(changes, field, plain, option):
@@ -30,7 +35,7 @@ def test_a_bad_setting_names_the_field_for_python_and_the_option_for_the_cli(cha
 
 
 def test_server_requests_are_checked_field_by_field():
-    with pytest.raises(SettingError, match="'max_components' must be at least 1"):
+    with pytest.raises(SettingError, match="'max_components' must be between 1 and 20"):
         settings_from_dict({"max_components": 0})
     with pytest.raises(InputError, match="'beta' must be a number"):
         settings_from_dict({"beta": "high"})
