@@ -4,7 +4,7 @@ Every request needs ``Authorization: Bearer <token>``. Bad input is a 4xx answer
 ``detail`` is the engine's one-line message; a job's own failure is reported in its status,
 so no request can take the server down.
 
-    GET    /info                      version, device, models, queue
+    GET    /info                      version and protocol (server/handshake.py), device, models, queue
     HEAD   /volumes/{id}              200 if the server holds that volume (refreshes it), else 404
     PUT    /volumes/{id}              upload (``wire.encode_volume`` bytes; id = their sha256)
     POST   /uploads                   {"volume", "size", "part_size"} -> 201 {"upload", "parts"}: begin one in parts
@@ -33,6 +33,7 @@ from ..errors import InputError, MedCLIPSAMError
 from ..imageio import as_volume
 from . import wire
 from .engine import Engine
+from .handshake import check_client_protocol, protocol_info
 from .jobs import DONE, Job, JobQueue
 from .store import VolumeStore
 from .uploads import ENCODINGS, PartialUploads, UploadError, decode_part
@@ -72,7 +73,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         yield
         jobs.stop()
 
-    app = FastAPI(title="MedCLIP-SAM engine", dependencies=[Depends(authorised)], docs_url=None, redoc_url=None,
+    app = FastAPI(title="MedCLIP-SAM engine", dependencies=[Depends(authorised), Depends(check_client_protocol)], docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
     app.state.jobs, app.state.volumes, app.state.uploads = jobs, volumes, partial
 
@@ -95,7 +96,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
 
     @app.get("/info")
     def info() -> dict[str, Any]:
-        return {**engine.info(), "queue": jobs.counts(), "volumes": len(volumes),
+        return {**engine.info(), **protocol_info(), "queue": jobs.counts(), "volumes": len(volumes),
                 "max_upload_bytes": limits.max_upload_bytes}
 
     @app.head("/volumes/{volume_id}")

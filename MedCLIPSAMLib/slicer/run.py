@@ -157,6 +157,7 @@ class SegmentRun:
         if not self.engine.ready():
             return
         self.client = EngineClient(self.engine.url, self.engine.token, timeout=self.timeout)
+        self.client.handshake()  # a server of another protocol: one line naming both versions, nothing sent
         self.sending = self.client.start_upload(self.upload, self.part_bytes, self.compress)
         if self.sending is None:  # the server holds this volume already
             self._submit()

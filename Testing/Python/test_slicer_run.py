@@ -167,3 +167,16 @@ def test_cancel_during_the_upload_stops_it_and_the_next_run_works(scene, engine_
     again = SegmentRun(engine_server, scene, node, ["mass"], QUICK | {"slice_range": [10, 10]})
     drive(again)
     assert again.state == APPLIED, again.error
+
+
+def test_a_protocol_mismatch_fails_the_run_with_one_line_and_sends_nothing(scene, volume_node, engine_server,
+                                                                          monkeypatch):
+    from MedCLIPSAMLib import protocol
+
+    monkeypatch.setattr(EngineClient, "protocol", protocol.PROTOCOL_VERSION + 1)
+    nodes_before = scene.GetNumberOfNodes()
+    run = SegmentRun(engine_server, scene, volume_node, ["mass"], QUICK)
+    drive(run)
+    assert run.state == FAILED and "\n" not in run.error and run.error.startswith("Version mismatch")
+    assert f"protocol {protocol.PROTOCOL_VERSION + 1}" in run.error and "update the engine server" in run.error
+    assert run.sending is None and scene.GetNumberOfNodes() == nodes_before
