@@ -116,6 +116,9 @@ class Settings:
     interpolated in between (1: every slice; measured cost in the README)."""
     min_body_fraction: float = 0.01
     """Slices where fewer than this fraction of pixels are above 10% intensity (air) are skipped."""
+    faithfulness_slices: int = 2
+    """Prompt faithfulness check: M2IB for a null prompt on this many of each prompt's strongest slices, scored
+    against the prompt's map (faithfulness.py; measured cost in the README); 0: off."""
 
     # --- execution ---
     device: str = "auto"
@@ -150,6 +153,9 @@ class Settings:
         for name, value in positive.items():
             if value is not None and int(value) < 1:
                 raise SettingError(name, f"{{name}} must be at least 1 (got {value}).")
+        if not 0 <= self.faithfulness_slices <= 16:
+            raise SettingError("faithfulness_slices", f"{{name}} must be between 0 (off) and 16 (got "
+                               f"{self.faithfulness_slices}).")
         if not 0 <= self.refine_rounds <= 5:
             raise SettingError("refine_rounds", f"{{name}} must be between 0 and 5 (got {self.refine_rounds}).")
         fractions = {"component_ratio": self.component_ratio, "zoom_below": self.zoom_below,

@@ -176,17 +176,22 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         settings = engine.settings_for(prompts, body.get("settings"), switches["presets"])
         include_saliency = switches["saliency"]
 
+        summary: dict[str, Any] = {}
+
         def work(progress, cancel) -> bytes:
             result = engine.run(volume, prompts, settings, progress, cancel)
+            summary["faithfulness"] = wire.faithfulness_record(result)
             return wire.encode_result(result, include_saliency)
 
         job = jobs.submit(work)
+        job.summary = summary
         return status(job)
 
     def status(job: Job) -> dict[str, Any]:
         return {"id": job.id, "state": job.state, "position": jobs.position(job), "stage": job.stage,
                 "done": job.done, "total": job.total, "error": job.error, "error_kind": job.error_kind,
-                "seconds": round(job.seconds, 3), "cpu_seconds": round(job.cpu_seconds, 3)}
+                "seconds": round(job.seconds, 3), "cpu_seconds": round(job.cpu_seconds, 3),
+                "faithfulness": job.summary.get("faithfulness")}
 
     def find(job_id: str) -> Job:
         job = jobs.get(job_id)

@@ -15,6 +15,7 @@ import vtk
 
 from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload, job_error
 from ..errors import MedCLIPSAMError
+from ..faithfulness import faithfulness_warning
 from ..imageio import luminance
 from .engine_process import RemoteEngine
 from .mrml import RunRecord, apply_result, array_from_volume, spacing_kji
@@ -99,6 +100,15 @@ class SegmentRun:
     @property
     def finished(self) -> bool:
         return self.state in FINAL
+
+    @property
+    def warnings(self) -> list[str]:
+        """Lines the panel shows as a warning once the result is applied: prompts whose saliency barely depends on
+        the prompt (faithfulness under its measured threshold)."""
+        if self.result is None:
+            return []
+        found = (faithfulness_warning(name, self.result.faithfulness.get(name)) for name in self.result.names)
+        return [line for line in found if line]
 
     @property
     def uploading(self) -> bool:
