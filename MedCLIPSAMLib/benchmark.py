@@ -180,7 +180,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, help="M2IB noise samples (default 10)")
     parser.add_argument("--stride", type=int, help="saliency on every k-th slice")
     parser.add_argument("--sam-input-size", type=int, help="SAM ViT input side in px (default: 1024)")
-    parser.add_argument("--faithfulness-slices", type=int, help="null-prompt M2IB slices per prompt (default 2; 0: off)")
+    parser.add_argument("--faithfulness-slices", type=int,
+                        help="null-prompt M2IB slices per prompt (default 2; 0: off)")
     parser.add_argument("--clip-batch-size", type=int)
     parser.add_argument("--sam-batch-size", type=int)
     parser.add_argument("--fp32", action="store_true", help="disable bf16 autocast on CUDA")

@@ -3,9 +3,10 @@
 M2IB always highlights *something*: a map that looks the same for "brain tumor", "sitting on a
 chair" and gibberish says nothing about the text. So on the slices where the prompt's saliency
 is strongest, the engine also runs M2IB for a null prompt (one that names nothing) and scores
-how much the two maps differ inside the body: 1 - their Pearson correlation, clipped to [0, 1].
-0 means the map would have been the same whatever was typed; a text tower that ignores its
-input scores exactly 0 (M2IB's noise is seeded, so the same embedding gives the same map).
+how much the two maps differ inside the body: the size of their difference relative to how much the
+prompt's map varies (``relative_change_score``, clipped to [0, 1]). 0 means the map would have been
+the same whatever was typed; a text tower that ignores its input scores exactly 0 (M2IB's noise is
+seeded, so the same embedding gives the same map).
 
 The score, the null prompt and the threshold were chosen by measurement on the DHN-NCE-trained
 toy model (``Testing/measure/faithfulness.py``; figures in the README, "Prompt faithfulness").
@@ -18,9 +19,13 @@ from typing import Callable
 import numpy as np
 
 NULL_PROMPT = ""
-"""The empty text: measured to separate right from wrong prompts best of the candidates (README)."""
-UNFAITHFUL_BELOW = 0.1
-"""Scores under this are flagged: measured between right prompts and wrong/gibberish ones (README)."""
+"""The empty text: it names nothing in any vocabulary and left every prompt of the toy model the widest margin
+above the threshold; no candidate null separated right from wrong prompts there (README)."""
+UNFAITHFUL_BELOW = 1e-5
+"""Scores under this are flagged. Measured on the toy model (README): a text tower that ignores the text scores
+0, every prompt of the trained toy (right, wrong, unrelated, gibberish) 5.5e-5 to 2.7e-4 against the empty text;
+no score separated right from wrong prompts there, so the flag means "the text had no effect", not "the prompt
+is wrong"."""
 WARNING = "the saliency barely depends on the prompt; check the result"
 
 
@@ -52,9 +57,22 @@ def otsu_overlap_score(prompt_maps: np.ndarray, null_maps: np.ndarray, body: np.
     return 1.0 - int((a & b).sum()) / union if union else 0.0
 
 
+def relative_change_score(prompt_maps: np.ndarray, null_maps: np.ndarray, body: np.ndarray | None = None) -> float:
+    """|centred prompt - centred null| / |centred prompt| inside ``body``, clipped to [0, 1]: the engine's score.
+
+    Measured: M2IB maps of different texts correlate to 1 - 3e-7 on the toy model, so 1 - r hides the
+    differences in rounding; this ratio keeps them readable (a shift of the whole map does not count)."""
+    a, b = _inside(prompt_maps, body), _inside(null_maps, body)
+    a, b = a - a.mean(), b - b.mean()
+    spread = float(np.linalg.norm(a))
+    if a.size < 2 or spread <= 1e-12:
+        return 0.0
+    return float(min(1.0, np.linalg.norm(a - b) / spread))
+
+
 SCORES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]] = {
-    "correlation": correlation_score, "otsu_overlap": otsu_overlap_score}
-"""Candidate scores; the engine uses ``correlation`` (README: it separated best)."""
+    "relative_change": relative_change_score, "correlation": correlation_score, "otsu_overlap": otsu_overlap_score}
+"""Candidate scores; the engine uses ``relative_change`` (README: figures of all three)."""
 
 
 def _inside(maps: np.ndarray, body: np.ndarray | None) -> np.ndarray:
@@ -78,7 +96,7 @@ def prompt_faithfulness(raw_maps: list[np.ndarray], candidates: np.ndarray, body
         if not chosen.size or not body[chosen].any():
             scores.append(None)
             continue
-        scores.append(correlation_score(raw[chosen], np.stack([null[z] for z in chosen.tolist()]), body[chosen]))
+        scores.append(relative_change_score(raw[chosen], np.stack([null[z] for z in chosen.tolist()]), body[chosen]))
     return scores
 
 
@@ -90,9 +108,9 @@ def faithfulness_warning(name: str, score: float | None) -> str | None:
     """The one-line warning a result under the threshold carries (CLI note, Slicer panel), else None."""
     if not is_unfaithful(score):
         return None
-    return f"'{name}': {WARNING} (faithfulness {score:.2f}, under {UNFAITHFUL_BELOW:g})."
+    return f"'{name}': {WARNING} (faithfulness {score:.2g}, under {UNFAITHFUL_BELOW:g})."
 
 
 def format_score(score: float | None) -> str:
     """For summary lines and tables: the score, or n/a when the check was off or had nothing to compare."""
-    return "n/a" if score is None else f"{score:.3f}"
+    return "n/a" if score is None else f"{score:.2g}"

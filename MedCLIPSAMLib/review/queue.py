@@ -58,7 +58,7 @@ class QueueItem:
             return f"{self.case}: {self.status}" + (f" ({self.reason})" if self.reason else "")
         measures = [f"entropy {self.entropy:.3f} bits" if self.entropy is not None else "",
                     f"score {self.score:.3f}" if self.score is not None else "",
-                    f"faithfulness {self.faithfulness:.2f} (saliency barely depends on the prompt)"
+                    f"faithfulness {self.faithfulness:.2g} (saliency barely depends on the prompt)"
                     if is_unfaithful(self.faithfulness) else "", self.status]
         return f"{self.case}: " + ", ".join(m for m in measures if m)
 

@@ -10,7 +10,8 @@ import pytest
 from conftest import disk_image
 from degenerate import ignore_text
 from MedCLIPSAMLib.faithfulness import (UNFAITHFUL_BELOW, WARNING, correlation_score, faithfulness_warning,
-                                        format_score, otsu_overlap_score, prompt_faithfulness, strongest_slices)
+                                        format_score, otsu_overlap_score, prompt_faithfulness,
+                                        relative_change_score, strongest_slices)
 
 
 def test_correlation_score_is_0_for_the_same_map_at_any_scale_and_1_for_an_opposite_one():
@@ -23,6 +24,14 @@ def test_correlation_score_is_0_for_the_same_map_at_any_scale_and_1_for_an_oppos
     assert correlation_score(maps, np.zeros_like(maps)) == 0.0  # a flat map says nothing: no evidence of faith
 
 
+def test_relative_change_is_the_difference_over_the_prompt_maps_spread():
+    maps = np.random.default_rng(4).random((2, 16, 16))
+    assert relative_change_score(maps, maps) == 0.0
+    nudged = maps + 0.001 * (maps - maps.mean())
+    assert relative_change_score(maps, nudged) == pytest.approx(0.001, rel=1e-6)
+    assert relative_change_score(maps, 1 - maps) == 1.0 and relative_change_score(np.ones((2, 4, 4)), maps) == 0.0
+
+
 def test_scores_look_inside_the_body_only():
     rng = np.random.default_rng(2)
     prompt, null = rng.random((1, 20, 20)), rng.random((1, 20, 20))
@@ -31,6 +40,7 @@ def test_scores_look_inside_the_body_only():
     null[body] = prompt[body]  # the same inside the body, different in the air around it
     assert correlation_score(prompt, null, body) == pytest.approx(0.0, abs=1e-9)
     assert correlation_score(prompt, null) > 0.2
+    assert relative_change_score(prompt, null, body) == 0.0 and relative_change_score(prompt, null) > 0.2
 
 
 def test_otsu_overlap_score_compares_the_salient_regions():
@@ -73,9 +83,9 @@ def test_prompts_that_share_key_slices_share_their_null_maps():
 def test_the_warning_is_one_line_under_the_threshold_only():
     assert faithfulness_warning("brain tumor", UNFAITHFUL_BELOW) is None
     assert faithfulness_warning("brain tumor", None) is None
-    line = faithfulness_warning("brain tumor", 0.01)
-    assert line.startswith("'brain tumor': " + WARNING) and "0.01" in line and "\n" not in line
-    assert format_score(None) == "n/a" and format_score(0.12345) == "0.123"
+    line = faithfulness_warning("brain tumor", UNFAITHFUL_BELOW / 4)
+    assert line.startswith("'brain tumor': " + WARNING) and f"{UNFAITHFUL_BELOW / 4:.2g}" in line and "\n" not in line
+    assert format_score(None) == "n/a" and format_score(0.12345) == "0.12" and format_score(0.000412) == "0.00041"
 
 
 def volume_with_disk(slices: int = 5) -> np.ndarray:
@@ -184,7 +194,10 @@ def test_segment_prints_the_score_per_prompt(tmp_path, tiny_clip_folder, capsys)
               "--device", "cpu", "--steps", "2", "--samples", "2", "--refine-rounds", "0", "-q"]
     assert main(["segment", str(image), "-o", str(tmp_path / "on.png"), *common]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("label ")]
-    assert len(lines) == 2 and all("faithfulness=0." in line or "faithfulness=1.000" in line for line in lines)
+    import re
+
+    values = [float(re.search(r"faithfulness=(\S+)", line).group(1)) for line in lines]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
     assert main(["segment", str(image), "-o", str(tmp_path / "off.png"), "--faithfulness-slices", "0", *common]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("label ")]
     assert len(lines) == 2 and all("faithfulness=n/a" in line for line in lines)

@@ -284,7 +284,7 @@ def test_a_case_whose_saliency_barely_depended_on_the_prompt_is_reviewed_first_o
 
     rows = list(csv.DictReader((dataset / "labels.csv").read_text().splitlines()))
     for row in rows:
-        row["faithfulness"] = {"a_high": f"{UNFAITHFUL_BELOW / 2:.4f}", "b_low": "0.6"}.get(row["case"], "")
+        row["faithfulness"] = {"a_high": f"{UNFAITHFUL_BELOW / 2:g}", "b_low": "0.6"}.get(row["case"], "")
     with (dataset / "labels.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -293,5 +293,5 @@ def test_a_case_whose_saliency_barely_depended_on_the_prompt_is_reviewed_first_o
     labelled = [case for case in ZERO_SHOT_ORDER if case not in ("e_failed", "f_lost", "d_empty")]
     assert order[:3] == ZERO_SHOT_ORDER[:3] and order[3:] == ["a_high", *[c for c in labelled if c != "a_high"]]
     described = {item.case: item.describe() for item in open_dataset(dataset).queue()}
-    assert "faithfulness 0.05 (saliency barely depends on the prompt)" in described["a_high"]
+    assert f"faithfulness {UNFAITHFUL_BELOW / 2:.2g} (saliency barely depends on the prompt)" in described["a_high"]
     assert "faithfulness" not in described["b_low"], "only a score under the threshold is worth a mention"

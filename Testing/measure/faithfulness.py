@@ -7,7 +7,8 @@ other shape), unrelated ("sitting on a chair") and gibberish. Each prompt's M2IB
 against each candidate null prompt's map with each candidate score; the same is done with a
 degenerate text tower whose output ignores the text (it must score unfaithful). Prints per
 (null, score): the mean of each group, the AUC of right vs the rest, the threshold with the best
-balanced accuracy, and the degenerate tower's highest score.
+balanced accuracy, and the degenerate tower's highest score (groups as min-max: the
+scores span orders of magnitude).
 
     python Testing/measure/faithfulness.py --out faithfulness.csv [--work /tmp/faith_toy] [--images 20]
 """
@@ -75,7 +76,12 @@ def held_out(count: int) -> tuple[np.ndarray, list[str]]:
 
 def maps_for(bundle: ClipBundle, images: np.ndarray, texts: set[str], samples: int) -> dict[str, np.ndarray]:
     m2ib = M2IB(bundle, M2IBConfig(layer=PROOF_LAYER, samples=samples), CPU)
-    return {text: m2ib.saliency(images, bundle.encode_text([text], CPU)) for text in sorted(texts)}
+    maps = {}
+    for text in sorted(texts):
+        t = time.perf_counter()
+        maps[text] = m2ib.saliency(images, bundle.encode_text([text], CPU))
+        print(f"  {text!r}: {time.perf_counter() - t:.0f} s", flush=True)
+    return maps
 
 
 def auc(positive: list[float], negative: list[float]) -> float:
@@ -99,28 +105,31 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/medclipsam_faithfulness_toy", help="where the toy model is trained")
     parser.add_argument("--images", type=int, default=20, help="held-out images per shape")
     parser.add_argument("--samples", type=int, default=10, help="M2IB noise samples")
+    parser.add_argument("--degenerate-images", type=int, default=2,
+                        help="held-out images per shape for the text-ignoring tower (its maps are all alike)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     start = time.perf_counter()
     bundle = trained_toy(Path(args.work))
-    print(f"toy model ready in {time.perf_counter() - start:.0f} s")
+    print(f"toy model ready in {time.perf_counter() - start:.0f} s", flush=True)
     images, shown = held_out(args.images)
     body = images > BODY_INTENSITY
     texts = {DISK, SQUARE, *WRONG_PROMPTS.values(), *NULLS.values()}
     rows = []
-    for tower, model in (("trained", bundle), ("ignores text", degenerate(bundle))):
+    for tower, model, count in (("trained", bundle, len(images)),
+                                ("ignores text", degenerate(bundle), 2 * args.degenerate_images)):
         t = time.perf_counter()
-        maps = maps_for(model, images, texts, args.samples)
-        print(f"{tower}: {len(texts)} texts x {len(images)} images in {time.perf_counter() - t:.0f} s")
-        for index, right in enumerate(shown):
+        maps = maps_for(model, images[:count], texts, args.samples)
+        print(f"{tower}: {len(texts)} texts x {count} images in {time.perf_counter() - t:.0f} s", flush=True)
+        for index, right in enumerate(shown[:count]):
             wrong = SQUARE if right == DISK else DISK
             for group, prompt in (("right", right), ("wrong shape", wrong), *WRONG_PROMPTS.items()):
                 row = {"tower": tower, "image": index, "group": group, "prompt": prompt}
                 for null_name, null in NULLS.items():
                     for score_name, score in SCORES.items():
-                        row[f"{score_name} vs {null_name}"] = round(score(maps[prompt][index], maps[null][index],
-                                                                          body[index]), 5)
+                        value = score(maps[prompt][index], maps[null][index], body[index])
+                        row[f"{score_name} vs {null_name}"] = float(f"{value:.3g}")
                 rows.append(row)
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -136,8 +145,8 @@ def main() -> None:
         negative = [v for g in groups[1:] for v in values[g]]
         cut, accuracy = best_threshold(values["right"], negative)
         flat = max(r[column] for r in rows if r["tower"] == "ignores text")
-        print(f"{column:36s} " + " ".join(f"{np.mean(values[g]):5.3f}±{np.std(values[g]):4.3f}" for g in groups)
-              + f" {auc(values['right'], negative):6.3f} {cut:9.3f} {accuracy:7.3f} {flat:14.3f}")
+        print(f"{column:36s} " + " ".join(f"{min(values[g]):.2g}-{max(values[g]):.2g}" for g in groups)
+              + f" {auc(values['right'], negative):6.3f} {cut:9.2g} {accuracy:7.3f} {flat:14.2g}")
     print(f"\n{len(rows)} rows -> {args.out}; total {time.perf_counter() - start:.0f} s")
 
 
