@@ -373,6 +373,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._rememberPrompt(prompt)
         self.ui.progressBar.show()
         self.ui.progressBar.maximum = 0  # busy until the engine reports a stage
+        self.ui.statusLabel.styleSheet = ""  # a faithfulness warning belongs to the run that raised it
         self.ui.statusLabel.text = self.logic.run.progress.text
         self._timer.start()
         self._checkCanApply()
@@ -425,8 +426,12 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run.state == APPLIED:
             self.logic.lastRun, self._undoBlocked = run.record, ""
             timings = ", ".join(f"{k} {v:.1f} s" for k, v in run.result.timings.items())
-            self.ui.statusLabel.text = _("Done: {timings}. {messages}").format(
-                timings=timings, messages=" ".join(run.result.messages)).strip()
+            notes = " ".join(m for m in run.result.messages if m not in run.warnings)
+            self.ui.statusLabel.text = _("Done: {timings}. {messages}").format(timings=timings, messages=notes).strip()
+            if run.warnings:  # the saliency barely depends on the prompt: say so first, where it is seen
+                self.ui.statusLabel.text = _("Check the result: {warnings} {status}").format(
+                    warnings=" ".join(run.warnings), status=self.ui.statusLabel.text)
+                self.ui.statusLabel.styleSheet = "color: #c05000; font-weight: bold"
             if self._parameterNode:
                 self._parameterNode.outputSegmentation = slicer.mrmlScene.GetNodeByID(run.record.segmentation_node_id)
             if run.record.created_node_ids and run.show_saliency:

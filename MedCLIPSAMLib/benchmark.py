@@ -140,6 +140,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "speedup_vs_naive": baseline / optimised if optimised else float("nan"),
         "m2ib_speedup_vs_naive": naive["m2ib_naive"] / max(per_slice["clip_features"] + per_slice["m2ib"], 1e-9),
         "pipeline_wall_seconds": wall, "pipeline_seconds_per_slice": wall / slices, "peak_memory_mb": peak,
+        "faithfulness_slices": settings.faithfulness_slices, "faithfulness_seconds": t.get("faithfulness", 0.0),
     }
 
 
@@ -157,7 +158,9 @@ def format_report(report: dict) -> str:
               f"{1000 * naive['sam_encoder_naive']:.1f} ms/slice",
               f"speed-up vs naive: M2IB {report['m2ib_speedup_vs_naive']:.1f}x, "
               f"M2IB+SAM encoder {report['speedup_vs_naive']:.1f}x",
-              f"peak memory {report['peak_memory_mb']:.0f} MB"]
+              f"peak memory {report['peak_memory_mb']:.0f} MB",
+              f"prompt faithfulness check: {report['faithfulness_seconds']:.2f} s for the one prompt "
+              f"(--faithfulness-slices {report['faithfulness_slices']}; 0 switches it off), included in the wall time"]
     return "\n".join(lines)
 
 
@@ -177,6 +180,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, help="M2IB noise samples (default 10)")
     parser.add_argument("--stride", type=int, help="saliency on every k-th slice")
     parser.add_argument("--sam-input-size", type=int, help="SAM ViT input side in px (default: 1024)")
+    parser.add_argument("--faithfulness-slices", type=int,
+                        help="null-prompt M2IB slices per prompt (default 2; 0: off)")
     parser.add_argument("--clip-batch-size", type=int)
     parser.add_argument("--sam-batch-size", type=int)
     parser.add_argument("--fp32", action="store_true", help="disable bf16 autocast on CUDA")
@@ -193,7 +198,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"m2ib_steps": args.steps, "m2ib_samples": args.samples,
                                  "saliency_stride": args.stride, "clip_batch_size": args.clip_batch_size,
                                  "sam_batch_size": args.sam_batch_size,
-                                 "sam_input_size": args.sam_input_size}.items() if v is not None}
+                                 "sam_input_size": args.sam_input_size,
+                                 "faithfulness_slices": args.faithfulness_slices}.items() if v is not None}
     settings = Settings(bf16=not args.fp32, compile=args.compile, **changes)
     resolve_device(args.device)
     if args.json:

@@ -71,6 +71,7 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "min_component_mm": "min_component_mm", "refine_margin": "refine_margin",
     "refine_min_shrink": "refine_min_shrink", "zoom_below": "zoom_below",
     "zoom_context": "zoom_context", "split_fraction": "split_fraction",
+    "faithfulness_slices": "faithfulness_slices",
 }
 
 
@@ -123,6 +124,9 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sam-batch-size", type=int, help="slices per SAM encoder call (default: 1 on CPU, 4 on CUDA)")
     g.add_argument("--seed", type=int)
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the M2IB network")
+    g.add_argument("--faithfulness-slices", type=int,
+                   help="prompt check: null-prompt saliency on this many of each prompt's strongest slices "
+                        "(default 2; 0: off, saves their M2IB time)")
     g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
 
 
@@ -226,9 +230,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise Cancelled(f"interrupted while writing; written in full: {', '.join(written) or 'nothing'}; the "
                         "other outputs were not written.") from None
+    from .faithfulness import format_score
+
     for index, name in enumerate(result.names, start=1):
         voxels = int(result.masks[name].sum())
         print(f"label {index}: '{name}'  voxels={voxels}  score={result.scores[name]:.3f}  "
+              f"faithfulness={format_score(result.faithfulness.get(name))}  "
               f"slices_with_boxes={len(result.boxes[name])}")
     for name, path in saliency_paths.items():
         print(f"saliency '{name}' -> {path}")

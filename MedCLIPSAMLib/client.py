@@ -22,8 +22,10 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
+from . import __version__
 from .errors import Cancelled, InputError, MedCLIPSAMError, ModelError
 from .interactive.answer import Answer, decode_answer, encode_mask
+from .protocol import MIN_SERVER_PROTOCOL, PROTOCOL_HEADER, PROTOCOL_VERSION, VERSION_HEADER, server_mismatch
 from .server import wire
 from .result import SegmentationResult
 
@@ -67,12 +69,21 @@ def is_server_url(url: str) -> bool:
 
 
 class EngineClient:
-    """Talks to ``medclipsam serve`` at ``url`` with a bearer ``token``."""
+    """Talks to ``medclipsam serve`` at ``url`` with a bearer ``token``.
+
+    Every request names this client's package and protocol version (``protocol.py``); ``handshake``
+    checks the server's before a run, so a mismatch is one line naming both and the side to update."""
+
+    protocol = PROTOCOL_VERSION
+    version = __version__
+    min_server_protocol = MIN_SERVER_PROTOCOL
 
     def __init__(self, url: str, token: str, timeout: float = 30.0):
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.server_info: dict[str, Any] | None = None
+        """The server's ``/info`` once ``handshake`` accepted it."""
         self.bytes_sent = 0
         """All request bodies and paths sent."""
         self.volume_bytes_sent = 0
@@ -83,6 +94,17 @@ class EngineClient:
 
     def info(self) -> dict[str, Any]:
         return self._json("GET", "/info")
+
+    def handshake(self) -> dict[str, Any]:
+        """The server's ``/info``, refused with one line when the server is too old for this client (once per
+        client; a client too old for the server is refused by the server on any request)."""
+        if self.server_info is None:
+            info = self.info()
+            refusal = server_mismatch(info, self.protocol, self.version, self.min_server_protocol)
+            if refusal:
+                raise EngineError(refusal, 426)
+            self.server_info = info
+        return self.server_info
 
     def has_volume(self, volume_id: str) -> bool:
         try:
@@ -207,6 +229,7 @@ class EngineClient:
         with ``spacing`` in the same order. ``prompts``: a prompt or a list of them.
         """
         upload = self.prepare(volume, spacing)
+        self.handshake()
         sending = self.start_upload(upload)
         while sending is not None and not sending.finished:
             if _is_set(cancel):
@@ -273,6 +296,8 @@ class EngineClient:
         """The answer's body; ``answer_headers``, when given, receives the answer's headers (lower-case names)."""
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header(PROTOCOL_HEADER, str(self.protocol))
+        request.add_header(VERSION_HEADER, self.version)
         if content_type:
             request.add_header("Content-Type", content_type)
         for name, value in (headers or {}).items():

@@ -270,8 +270,9 @@ def check_outputs(out: Path, cases: list[Case], resume: bool, overwrite: bool, f
     return set()
 
 
-EXECUTION_FIELDS = ("device", "clip_batch_size", "sam_batch_size", "compile")
-"""Settings that change how fast a run goes, not its figures: a resumed run may change them."""
+EXECUTION_FIELDS = ("device", "clip_batch_size", "sam_batch_size", "compile", "faithfulness_slices")
+"""Settings that change how fast a run goes, not its figures: a resumed run may change them (the faithfulness
+check only adds a score)."""
 
 
 def run_record(evaluator: Evaluator) -> dict[str, Any]:

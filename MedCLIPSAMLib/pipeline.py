@@ -18,6 +18,7 @@ import torch
 from scipy import ndimage
 
 from .errors import Cancelled, InputError, SettingError
+from .faithfulness import NULL_PROMPT, faithfulness_warning, prompt_faithfulness
 from .imageio import (MIN_SIDE, Volume, as_volume, chosen_slices, image_to_gray, normalize_intensity, read_volume,
                       resolve_axis)
 from .keyslices import end_midpoints, interpolate_between, key_slices
@@ -96,6 +97,8 @@ class Target:
     """Volume-normalised saliency in [0, 1]."""
     components: list[Component]
     prompts: list[SlicePrompts]
+    faithfulness: float | None = None
+    """How much the map differs from the null prompt's (faithfulness.py); None: not checked."""
 
     @property
     def coarse(self) -> np.ndarray:
@@ -277,8 +280,10 @@ class Pipeline:
             messages += self.clip.truncation_notes([s for g in groups for s in g])
             texts = [self._text(g) for g in groups]
             saliency = self._saliency(slices, active, texts, runner, rule)
+            faithfulness = self._faithfulness(slices, active, saliency, runner)
         else:
             saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active, runner, rule)
+            faithfulness = [None] * len(groups)  # given maps: no text to check
         computed = runner.done("saliency")
         if computed < active.size:
             messages.append(f"Saliency computed on {computed} of {active.size} slices (stride {s.saliency_stride}); "
@@ -290,7 +295,7 @@ class Pipeline:
         voxels = int(valid3d.sum())
         mode = self._prompt_mode(messages)
         targets = []
-        for group, raw in zip(groups, saliency):
+        for group, raw, faithful in zip(groups, saliency, faithfulness):
             normalised = normalize_saliency(raw, valid3d)
             components, too_small = select_by_rule(otsu_mask(normalised, valid3d), normalised, rule, voxels)
             if too_small:
@@ -300,8 +305,11 @@ class Pipeline:
             if not components and active.size:
                 messages.append(f"No salient region found for '{group[0]}': the result is empty. Try another "
                                 "wording, a prompt preset, or another bottleneck layer.")
+            warning = faithfulness_warning(group[0], faithful)
+            if warning:
+                messages.append(warning)
             targets.append(Target(group[0], normalised, components,
-                                  prompts_per_slice(components, normalised, mode, s.points_per_component)))
+                                  prompts_per_slice(components, normalised, mode, s.points_per_component), faithful))
         runner.timed("prompts", t)
         return Located(slices, axis, targets, messages, runner.timings, computed)
 
@@ -379,6 +387,31 @@ class Pipeline:
             return self._fill_maps(maps, active,
                                    lambda part: _with_oom_retry(batch, part, self.settings.clip_batch_size), runner, rule)
 
+    def _faithfulness(self, slices: np.ndarray, active: np.ndarray, maps: list[np.ndarray],
+                      runner: _Runner) -> list[float | None]:
+        """Each prompt's map against the null prompt's on its strongest computed slices (faithfulness.py)."""
+        count = self.settings.faithfulness_slices
+        if not count or not active.size:
+            return [None] * len(maps)
+        t = time.perf_counter()
+        text = self._text([NULL_PROMPT])
+
+        def null_saliency(indices: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(indices), *slices.shape[1:]), dtype=np.float32)
+            runner.begin("faithfulness", len(indices))
+
+            def batch(part: np.ndarray) -> None:
+                out[part] = self.m2ib.saliency(slices[indices[part]], text)
+                runner.step("faithfulness", len(part))
+
+            _with_oom_retry(batch, np.arange(len(indices)), self.settings.clip_batch_size)
+            return out
+
+        candidates = key_slices(active, self.settings.saliency_stride)  # computed, never interpolated
+        scores = prompt_faithfulness(maps, candidates, slices > BODY_INTENSITY, count, null_saliency)
+        runner.timed("faithfulness", t)
+        return scores
+
     def _fill_maps(self, maps: list[np.ndarray], active: np.ndarray, compute: Callable[[np.ndarray], None],
                    runner: _Runner, rule: ComponentRule) -> list[np.ndarray]:
         """``compute`` the maps on the key slices and, with a stride, bisect to where the target starts
@@ -427,7 +460,7 @@ class Pipeline:
         """3D clean-up, label map, and everything moved back to the input's array order."""
         s, axis = self.settings, located.axis
         labels = np.zeros(located.slices.shape, dtype=np.uint8 if len(masks) < 255 else np.uint16)
-        out_masks, out_saliency, out_boxes, scores = {}, {}, {}, {}
+        out_masks, out_saliency, out_boxes, scores, faithfulness = {}, {}, {}, {}, {}
         for index, (target, mask) in enumerate(zip(located.targets, masks)):
             if target.components:
                 mask = keep_largest_components(keep_overlapping(mask, target.coarse), s.max_components)
@@ -444,9 +477,10 @@ class Pipeline:
             out_saliency[target.name] = np.moveaxis(target.saliency, 0, axis)
             out_boxes[target.name] = {z: list(p.boxes) for z, p in enumerate(target.prompts) if p.boxes}
             scores[target.name] = target.score
+            faithfulness[target.name] = target.faithfulness
         return SegmentationResult(labels=np.moveaxis(labels, 0, axis), masks=out_masks, saliency=out_saliency,
                                   boxes=out_boxes, scores=scores, axis=axis, messages=located.messages,
-                                  saliency_slices=located.saliency_slices)
+                                  saliency_slices=located.saliency_slices, faithfulness=faithfulness)
 
 
 def segment_volume(volume: Volume | np.ndarray | str | os.PathLike, prompts: PromptSpec | Sequence[PromptSpec],

@@ -31,6 +31,9 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     saliency_slices: int = 0
     """Slices whose maps were computed (or read, for given maps); with a stride the rest are interpolated."""
+    faithfulness: dict[str, float | None] = field(default_factory=dict)
+    """Per prompt: how much its saliency differs from a null prompt's on its strongest slices, 0 (not at all)
+    to 1 (faithfulness.py); None when the check was off or had nothing to compare."""
 
     @property
     def names(self) -> list[str]:

@@ -129,6 +129,9 @@ class Settings:
     interpolated in between (1: every slice; measured cost in the README)."""
     min_body_fraction: float = 0.01
     """Slices where fewer than this fraction of pixels are above 10% intensity (air) are skipped."""
+    faithfulness_slices: int = 2
+    """Prompt faithfulness check: M2IB for a null prompt on this many of each prompt's strongest slices, scored
+    against the prompt's map (faithfulness.py; measured cost in the README); 0: off."""
 
     # --- execution ---
     device: str = "auto"
@@ -160,6 +163,9 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not low <= value <= high:
                 raise SettingError(name, f"{{name}} must be between {low} and {high} (got {value}).")
+        if not 0 <= self.faithfulness_slices <= 16:
+            raise SettingError("faithfulness_slices", f"{{name}} must be between 0 (off) and 16 (got "
+                               f"{self.faithfulness_slices}).")
         fractions = {"component_ratio": self.component_ratio, "zoom_below": self.zoom_below,
                      "split_fraction": self.split_fraction, "min_body_fraction": self.min_body_fraction,
                      "min_component_fraction": self.min_component_fraction}

@@ -2,7 +2,8 @@
 ordered by need.
 
 Order: interrupted reviews first (a crash left them half done), then cases without a label (failed, then
-empty), then the labelled cases by lowest zero-shot score, or, when a predictions folder is given, by
+empty), then the labelled cases by lowest zero-shot score (those whose saliency barely depended on the prompt,
+faithfulness under its threshold, first), or, when a predictions folder is given, by
 highest mean nnU-Net entropy (cases it did not predict follow, by score); reviewed cases last.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..faithfulness import is_unfaithful
 from ..inputs import read_text
 from ..weak.export import case_paths, read_dataset_json
 from .state import DONE, EXCLUDED, INTERRUPTED, excluded_paths, read_states, review_column
@@ -32,6 +34,8 @@ class QueueItem:
     """Mean entropy (bits) of nnU-Net's ensemble, when a predictions folder was given."""
     review: dict[str, Any] | None
     reason: str = ""
+    faithfulness: float | None = None
+    """labels.csv's faithfulness: under the threshold, the saliency barely depended on the prompt."""
 
     @property
     def state(self) -> str:
@@ -53,7 +57,9 @@ class QueueItem:
         if self.status in NO_LABEL:
             return f"{self.case}: {self.status}" + (f" ({self.reason})" if self.reason else "")
         measures = [f"entropy {self.entropy:.3f} bits" if self.entropy is not None else "",
-                    f"score {self.score:.3f}" if self.score is not None else "", self.status]
+                    f"score {self.score:.3f}" if self.score is not None else "",
+                    f"faithfulness {self.faithfulness:.2g} (saliency barely depends on the prompt)"
+                    if is_unfaithful(self.faithfulness) else "", self.status]
         return f"{self.case}: " + ", ".join(m for m in measures if m)
 
 
@@ -114,7 +120,8 @@ class ReviewDataset:
         states = read_states(self.folder)
         items = [QueueItem(case, row.get("status", ""), _number(row.get("score")),
                            _number((self.uncertainty or {}).get(case, {}).get("mean_entropy_bits")),
-                           states.get(case), row.get("reason", "")) for case, row in self.rows.items()]
+                           states.get(case), row.get("reason", ""), _number(row.get("faithfulness")))
+                 for case, row in self.rows.items()]
         return sorted(items, key=priority)
 
 
@@ -129,7 +136,7 @@ def priority(item: QueueItem) -> tuple:
     score = item.score if item.score is not None else math.inf
     if item.entropy is not None:
         return (2, -item.entropy, score, item.case)
-    return (3, score, item.case)
+    return (3, not is_unfaithful(item.faithfulness), score, item.case)
 
 
 def upcoming(queue: list[QueueItem], current: str | None = None, order: list[str] | None = None) -> list[QueueItem]:

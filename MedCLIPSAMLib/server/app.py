@@ -4,7 +4,7 @@ Every request needs ``Authorization: Bearer <token>``. Bad input is a 4xx answer
 ``detail`` is the engine's one-line message; a job's own failure is reported in its status,
 so no request can take the server down.
 
-    GET    /info                      version, device, models, queue
+    GET    /info                      version and protocol (server/handshake.py), device, models, queue
     HEAD   /volumes/{id}              200 if the server holds that volume (refreshes it), else 404
     PUT    /volumes/{id}              upload (``wire.encode_volume`` bytes; id = their sha256)
     POST   /uploads                   {"volume", "size", "part_size"} -> 201 {"upload", "parts"}: begin one in parts
@@ -41,6 +41,7 @@ from . import wire
 from .engine import Engine
 from .interactions import SessionStore, interaction_router
 from .guards import BodyLimit, check_token, document_responses, install_handlers, parse_json
+from .handshake import check_client_protocol, protocol_info
 from .jobs import DONE, Job, JobQueue
 from .results import result_response, saliency_bits
 from .store import VolumeStore
@@ -121,7 +122,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         sweeper.stop()
         jobs.stop("server shutting down")
 
-    app = FastAPI(title="MedCLIP-SAM engine", dependencies=[Depends(authorised)], docs_url=None, redoc_url=None,
+    app = FastAPI(title="MedCLIP-SAM engine", dependencies=[Depends(authorised), Depends(check_client_protocol)],
+                  docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
     app.state.jobs, app.state.volumes, app.state.uploads = jobs, volumes, partial
     app.add_middleware(BodyLimit, json_bytes=limits.max_json_bytes, upload_bytes=limits.max_upload_bytes)
@@ -147,7 +149,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
 
     @app.get("/info")
     def info() -> dict[str, Any]:
-        return {**engine.info(), "queue": jobs.counts(), "volumes": len(volumes),
+        return {**engine.info(), **protocol_info(), "queue": jobs.counts(), "volumes": len(volumes),
                 "max_upload_bytes": limits.max_upload_bytes}
 
     @app.head("/volumes/{volume_id}", response_class=Response,
@@ -233,17 +235,22 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         settings = engine.settings_for(prompts, body.get("settings"), switches["presets"])
         include_saliency, labels, bits = switches["saliency"], switches["labels"], saliency_bits(body)
 
+        summary: dict[str, Any] = {}
+
         def work(progress, cancel) -> bytes:
             result = engine.run(volume, prompts, settings, progress, cancel)
+            summary["faithfulness"] = wire.faithfulness_record(result)
             return wire.encode_result(result, include_saliency, labels, bits)
 
         job = jobs.submit(work)
+        job.summary = summary
         return status(job)
 
     def status(job: Job) -> dict[str, Any]:
         return {"id": job.id, "state": job.state, "position": jobs.position(job), "stage": job.stage,
                 "done": job.done, "total": job.total, "error": job.error, "error_kind": job.error_kind,
-                "seconds": round(job.seconds, 3), "cpu_seconds": round(job.cpu_seconds, 3)}
+                "seconds": round(job.seconds, 3), "cpu_seconds": round(job.cpu_seconds, 3),
+                "faithfulness": job.summary.get("faithfulness")}
 
     def find(job_id: str) -> Job:
         job = jobs.get(job_id)

@@ -50,6 +50,8 @@ class Job:
     touched: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+    """What the work reports besides its result bytes (per-prompt faithfulness), shown in the job's status."""
     """CPU time of the whole server process while the job ran (all threads: compute and request handling)."""
     seen_finished: bool = False
     """A client has asked about the job since it finished (so a stopping server may go)."""

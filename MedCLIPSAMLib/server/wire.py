@@ -161,11 +161,18 @@ def encode_result(result: SegmentationResult, include_saliency: bool = True, lab
         "messages": list(result.messages), "timings": {k: float(v) for k, v in result.timings.items()},
         "saliency_slices": int(result.saliency_slices), "saliency": include_saliency, "labels": labels,
         "saliency_bits": saliency_bits,
+        "faithfulness": faithfulness_record(result),
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def faithfulness_record(result: SegmentationResult) -> dict[str, float | None]:
+    """Per prompt: the faithfulness score as JSON (None when not checked)."""
+    return {name: None if result.faithfulness.get(name) is None else round(float(result.faithfulness[name]), 6)
+            for name in result.names}
 
 
 def decode_result(payload: bytes, raw_saliency: bool = False, rebuild_labels: bool = True) -> SegmentationResult:
@@ -210,4 +217,5 @@ def decode_result_steps(payload: bytes | bytearray, raw_saliency: bool = False, 
              for name, per_slice in meta["boxes"].items()}
     return SegmentationResult(labels=labels, masks=masks, saliency=saliency, boxes=boxes, scores=meta["scores"],
                               axis=meta["axis"], messages=meta["messages"], timings=meta["timings"],
-                              saliency_slices=meta["saliency_slices"])
+                              saliency_slices=meta["saliency_slices"],
+                              faithfulness=meta.get("faithfulness", {}))  # absent from a server older than the check

@@ -19,6 +19,7 @@ import vtk
 
 from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, ResultDownload, Upload, job_error
 from ..errors import MedCLIPSAMError
+from ..faithfulness import faithfulness_warning
 from ..imageio import luminance
 from ..server import wire
 from .engine_process import RemoteEngine
@@ -151,6 +152,15 @@ class SegmentRun:
         return self.state in FINAL
 
     @property
+    def warnings(self) -> list[str]:
+        """Lines the panel shows as a warning once the result is applied: prompts whose saliency barely depends on
+        the prompt (faithfulness under its measured threshold)."""
+        if self.result is None:
+            return []
+        found = (faithfulness_warning(name, self.result.faithfulness.get(name)) for name in self.result.names)
+        return [line for line in found if line]
+
+    @property
     def uploading(self) -> bool:
         """While parts go up or down, or the scene is written, the panel ticks fast: one short step per tick."""
         return self.state in QUICK_STATES
@@ -219,6 +229,7 @@ class SegmentRun:
         self.upload, self.array, self._packing = Upload(payload, volume_id), None, None
         self.volume_id = self.upload.id
         self.client = EngineClient(self.engine.url, self.engine.token, timeout=self.timeout)
+        self.client.handshake()  # a server of another protocol: one line naming both versions, nothing sent
         self.sending = self.client.start_upload(self.upload, self.part_bytes, self.compress)
         if self.sending is None:  # the server holds this volume already
             self._submit()

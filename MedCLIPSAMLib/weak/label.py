@@ -42,9 +42,10 @@ TEMP = STAGING_FOLDER
 FILE_ENDING = ".nii.gz"
 MASK_MARKERS = ("_mask", "_label", "_seg")
 FINAL = ("added", "empty", "low-score", "failed")
-CSV_FIELDS = ["case", "status", "reason", "score", "foreground_voxels", "target_slices", "saliency_slices",
-              "seconds", "prompt", "image", "settings_hash", "review"]
-"""``review``: what the review queue did with the case (reviewer-edited, reviewer-approved, excluded)."""
+CSV_FIELDS = ["case", "status", "reason", "score", "faithfulness", "foreground_voxels", "target_slices",
+              "saliency_slices", "seconds", "prompt", "image", "settings_hash", "review"]
+"""``review``: what the review queue did with the case (reviewer-edited, reviewer-approved, excluded);
+``faithfulness``: how much the saliency depended on the prompt (faithfulness.py; empty when not checked)."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +215,15 @@ def label_case(pipeline, case: LabelCase, job: LabelJob) -> dict[str, Any]:
     record: dict[str, Any] = {"case": case.case_id, "image": case.image, "prompt": case.prompt,
                               "settings_hash": job.settings_hash(case.prompt), "clip_model": settings.clip_model,
                               "sam": settings.sam_backend, "sam_checkpoint": settings.sam_checkpoint,
-                              "status": "failed", "reason": "", "score": 0.0, "foreground_voxels": 0,
+                              "status": "failed", "reason": "", "score": 0.0, "faithfulness": None,
+                              "foreground_voxels": 0,
                               "target_slices": 0, "saliency_slices": 0}
     start = time.perf_counter()
     try:
         volume, mask, result = _segment(pipeline, case, settings, job.oracle_saliency)
+        faithfulness = result.faithfulness.get(result.names[0])
         record.update(score=round(float(result.scores[result.names[0]]), 6), foreground_voxels=int(mask.sum()),
+                      faithfulness=None if faithfulness is None else round(float(faithfulness), 6),
                       target_slices=int(np.moveaxis(mask, result.axis, 0).reshape(mask.shape[result.axis], -1)
                                         .any(axis=1).sum()),
                       saliency_slices=int(result.saliency_slices))

@@ -117,3 +117,32 @@ def engine_server(tiny_clip_folder):
     live = LiveServer(create_app(engine, ENGINE_TOKEN, Limits(max_upload_bytes=ENGINE_MAX_UPLOAD)))
     yield live
     live.stop()
+
+
+@pytest.fixture(scope="session")
+def text_ignoring_clip_folder(tiny_clip_folder, tmp_path_factory) -> Path:
+    """The tiny CLIP with a text tower whose output ignores the text (degenerate.py), saved as a model folder."""
+    import shutil
+
+    import torch
+
+    from degenerate import ignore_text
+    from MedCLIPSAMLib.models.clip import WEIGHT_NAMES, load_clip_folder
+
+    folder = tmp_path_factory.mktemp("text_ignoring_clip")
+    shutil.copytree(tiny_clip_folder, folder, dirs_exist_ok=True)
+    model = ignore_text(load_clip_folder(folder).model)
+    torch.save(model.state_dict(), folder / WEIGHT_NAMES[0])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def text_ignoring_server(text_ignoring_clip_folder):
+    """A real engine server on 127.0.0.1 serving that degenerate model (LiteMedSAM)."""
+    from MedCLIPSAMLib.server.app import create_app
+    from MedCLIPSAMLib.server.engine import Engine, EngineConfig
+
+    live = LiveServer(create_app(Engine(EngineConfig(clip_model=str(text_ignoring_clip_folder), device="cpu")),
+                                 ENGINE_TOKEN))
+    yield live
+    live.stop()

@@ -30,6 +30,8 @@ def test_benchmark_reports_every_stage_and_writes_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.strip() == format_report(report)
     assert f"{report['slices_with_saliency']} with M2IB" in printed and "naive M2IB" in printed
+    assert report["faithfulness_slices"] == 2 and report["faithfulness_seconds"] > 0  # the check's cost, stated
+    assert "prompt faithfulness check:" in printed
 
 
 def test_benchmark_option_errors_exit_2_before_any_model(tmp_path, capsys, monkeypatch):

@@ -274,3 +274,24 @@ def test_a_real_label_rerun_with_overwrite_keeps_the_review(tmp_path, tiny_clip_
     assert num_training(dataset) == 1 and set(added) <= {"case0", "case1"}
     assert labels_csv(dataset)["case0"]["review"] == "reviewer-edited"
     assert labels_csv(dataset)["case1"]["review"] == "excluded"
+
+
+def test_a_case_whose_saliency_barely_depended_on_the_prompt_is_reviewed_first_of_the_labelled(dataset):
+    """labels.csv's faithfulness column is an ordering key: a case under the threshold comes before lower scores."""
+    import csv
+
+    from MedCLIPSAMLib.faithfulness import UNFAITHFUL_BELOW
+
+    rows = list(csv.DictReader((dataset / "labels.csv").read_text().splitlines()))
+    for row in rows:
+        row["faithfulness"] = {"a_high": f"{UNFAITHFUL_BELOW / 2:g}", "b_low": "0.6"}.get(row["case"], "")
+    with (dataset / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    order = case_order(dataset)
+    labelled = [case for case in ZERO_SHOT_ORDER if case not in ("e_failed", "f_lost", "d_empty")]
+    assert order[:3] == ZERO_SHOT_ORDER[:3] and order[3:] == ["a_high", *[c for c in labelled if c != "a_high"]]
+    described = {item.case: item.describe() for item in open_dataset(dataset).queue()}
+    assert f"faithfulness {UNFAITHFUL_BELOW / 2:.2g} (saliency barely depends on the prompt)" in described["a_high"]
+    assert "faithfulness" not in described["b_low"], "only a score under the threshold is worth a mention"

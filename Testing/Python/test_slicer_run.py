@@ -173,3 +173,30 @@ def test_cancel_during_the_upload_stops_it_and_the_next_run_works(scene, engine_
     again = SegmentRun(engine_server, scene, node, ["mass"], QUICK | {"slice_range": [10, 10]})
     drive(again)
     assert again.state == APPLIED, again.error
+
+
+def test_a_protocol_mismatch_fails_the_run_with_one_line_and_sends_nothing(scene, volume_node, engine_server,
+                                                                          monkeypatch):
+    from MedCLIPSAMLib import protocol
+
+    monkeypatch.setattr(EngineClient, "protocol", protocol.PROTOCOL_VERSION + 1)
+    nodes_before = scene.GetNumberOfNodes()
+    run = SegmentRun(engine_server, scene, volume_node, ["mass"], QUICK)
+    drive(run)
+    assert run.state == FAILED and "\n" not in run.error and run.error.startswith("Version mismatch")
+    assert f"protocol {protocol.PROTOCOL_VERSION + 1}" in run.error and "update the engine server" in run.error
+    assert run.sending is None and scene.GetNumberOfNodes() == nodes_before
+
+
+def test_a_result_whose_saliency_ignores_the_prompt_is_applied_with_a_warning(scene, volume_node,
+                                                                               text_ignoring_server):
+    """The engine serves a text tower that ignores the text: the run is applied, and the panel's warning names
+    the prompt and the measured threshold."""
+    from MedCLIPSAMLib.faithfulness import UNFAITHFUL_BELOW, WARNING
+
+    run = SegmentRun(text_ignoring_server, scene, volume_node, ["brain tumor"], QUICK)
+    drive(run)
+    assert run.state == APPLIED, run.error
+    assert run.result.faithfulness["brain tumor"] == pytest.approx(0.0, abs=1e-6)
+    assert len(run.warnings) == 1 and run.warnings[0].startswith(f"'brain tumor': {WARNING}")
+    assert f"under {UNFAITHFUL_BELOW:g}" in run.warnings[0]
