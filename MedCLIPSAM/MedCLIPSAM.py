@@ -499,7 +499,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         segmentationNode = p.outputSegmentation if p else None
         if not (p and p.inputVolume and segmentationNode):
-            raise ValueError("Choose the input volume and the output segmentation (run Segment first, or pick one).")
+            raise ValueError(_("Choose the input volume and the output segmentation (run Segment first, or pick "
+                               "one)."))
         if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
             segmentationNode.GetSegmentation().AddEmptySegment("", "correction")
         segmentId = self._selectedSegmentId(segmentationNode)
@@ -511,9 +512,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onCorrectDone()
         engine = self._engine()
         if engine is None:
-            raise ValueError("The engine is not available.")
+            raise ValueError(_("The engine is not available."))
         if not engine.ready():
-            raise ValueError("The engine is starting (loading models); try again in a moment.")
+            raise ValueError(_("The engine is starting (loading models); try again in a moment."))
         backend = None if p.samModel == "auto" else p.samModel
         self._correction = Correction(EngineClient(engine.url, engine.token, timeout=30.0), slicer.mrmlScene,
                                       p.inputVolume, segmentationNode, segmentId, axis=axis,
@@ -551,8 +552,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         markupsLogic = slicer.modules.markups.logic()
         markupsLogic.SetActiveList(node)
         markupsLogic.StartPlaceMode(persistent)
-        self.ui.correctStatusLabel.text = ("Drag a box around the target in a slice view." if key == "box" else
-                                           "Click in a slice view; Esc or the arrow tool ends clicking.")
+        self.ui.correctStatusLabel.text = (_("Drag a box around the target in a slice view.") if key == "box" else
+                                           _("Click in a slice view; Esc or the arrow tool ends clicking."))
 
     def _onMarkupPlaced(self, node, event) -> None:
         from MedCLIPSAMLib.slicer.correct import point_prompt, roi_prompt
@@ -588,7 +589,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             self._correction.undo()
-            self.ui.correctStatusLabel.text = "The last correction was undone."
+            self.ui.correctStatusLabel.text = _("The last correction was undone.")
         except Exception as exc:
             self.ui.correctStatusLabel.text = str(exc)
         self._updateCorrectButtons()
@@ -616,7 +617,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.correctStatusLabel.text = correction.error
             self._pendingClicks = []
         elif correction.busy:
-            self.ui.correctStatusLabel.text = f"Correcting ({correction.state})..."
+            self.ui.correctStatusLabel.text = _("Correcting ({state})...").format(state=correction.state)
         else:
             self.ui.correctStatusLabel.text = correction.message
             if self._pendingClicks:
