@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from .errors import Cancelled, InputError, MedCLIPSAMError, OptionError, SettingError
 from .inputs import read_text
 from .outputs import add_output_option, add_overwrite_option, check_distinct, check_output, extension
-from .settings import FAST_SALIENCY, PROMPT_MODES, SAM_BACKENDS, Settings
+from .settings import FAST_SALIENCY, PROMPT_MODES, RUNTIMES, SAM_BACKENDS, Settings
 
 
 STAGE_UNITS = {"evaluate": "case", "label": "case"}
@@ -99,7 +99,7 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "compile": "compile", "sam_input_size": "sam_input_size", "component_ratio": "component_ratio",
     "min_component_mm": "min_component_mm", "refine_margin": "refine_margin",
     "refine_min_shrink": "refine_min_shrink", "zoom_below": "zoom_below",
-    "zoom_context": "zoom_context", "split_fraction": "split_fraction",
+    "zoom_context": "zoom_context", "split_fraction": "split_fraction", "runtime": "runtime",
 }
 
 
@@ -152,6 +152,8 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sam-batch-size", type=int, help="slices per SAM encoder call (default: 1 on CPU, 4 on CUDA)")
     g.add_argument("--seed", type=int)
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the M2IB network")
+    g.add_argument("--runtime", choices=RUNTIMES,
+                   help="auto: ONNX Runtime for SAM's encoder on a CPU (same result, faster); torch: PyTorch only")
     g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
 
 

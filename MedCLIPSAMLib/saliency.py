@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .models.class_token import class_token_only_applies, last_block_class_token
 from .models.clip import ClipBundle
 
 
@@ -96,7 +98,10 @@ class M2IB:
     """Batched M2IB over a frozen CLIP model."""
 
     def __init__(self, bundle: ClipBundle, config: M2IBConfig, device: torch.device, bf16: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, class_token_only: bool = True,
+                 prefix_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """``class_token_only``: the last block for the class token alone (exact; models.class_token).
+        ``prefix_encoder``: blocks 0..L in another runtime (models.onnx_runtime); None: this PyTorch model."""
         depth = len(bundle.blocks)
         if not 0 <= config.layer < depth - 1:
             raise InputError(f"Bottleneck layer {config.layer} is out of range: this model has {depth} vision "
@@ -104,6 +109,8 @@ class M2IB:
         self.bundle, self.config, self.device = bundle, config, device
         self.trunk = bundle.model.visual.trunk
         self.amp = bf16 and device.type == "cuda"
+        self.class_token_only = class_token_only and class_token_only_applies(self.trunk)
+        self.prefix_encoder = prefix_encoder
         bundle.model.to(device)
         if compile:
             self._suffix_embedding = torch.compile(self._suffix_embedding, dynamic=False)
@@ -116,6 +123,8 @@ class M2IB:
     @torch.no_grad()
     def prefix_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Output tokens of block L (B, T, D): what the bottleneck sees, fixed during optimisation."""
+        if self.prefix_encoder is not None:
+            return self.prefix_encoder(images).float()
         trunk = self.trunk
         with self._autocast():
             x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))
@@ -128,8 +137,10 @@ class M2IB:
         trunk = self.trunk
         with self._autocast():
             x = tokens
-            for block in trunk.blocks[self.config.layer + 1:]:
-                x = block(x)
+            last = len(trunk.blocks) - 1
+            for index in range(self.config.layer + 1, last + 1):
+                block = trunk.blocks[index]
+                x = last_block_class_token(block, x) if index == last and self.class_token_only else block(x)
             x = self.bundle.model.visual.head(trunk.forward_head(trunk.norm(x)))
         return F.normalize(x.float(), dim=-1)
 
