@@ -83,7 +83,7 @@ def store(path: Path, model: bytes, details: dict) -> None:
     manifest_path(path).unlink(missing_ok=True)  # a model without a manifest is never trusted
     _write_atomic(path, model)
     manifest = {"format": EXPORT_FORMAT, "size": len(model), "sha256": hashlib.sha256(model).hexdigest(),
-                "torch": torch.__version__, **details}
+                "torch": torch.__version__, "details": details}
     _write_atomic(manifest_path(path), json.dumps(manifest, indent=1).encode())
     prune(path)
 

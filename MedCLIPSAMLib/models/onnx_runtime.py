@@ -190,8 +190,9 @@ def sam_image_encoder(backend, notify: Notify, progress: Progress | None = None)
     """A SamBackend's image encoder in ONNX Runtime (None: PyTorch)."""
     size = backend.image_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return onnx_module(f"{backend.name}-encoder", f"{backend.name}'s image encoder", backend.model.image_encoder,
-                       example, {"image_size": size}, notify, progress)
+    title = "LiteMedSAM's image encoder" if backend.name == "litemedsam" else f"SAM {backend.name}'s image encoder"
+    return onnx_module(f"{backend.name}-encoder", title, backend.model.image_encoder, example, {"image_size": size},
+                       notify, progress)
 
 
 class EncoderRuntime:
