@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -98,10 +97,8 @@ class M2IB:
     """Batched M2IB over a frozen CLIP model."""
 
     def __init__(self, bundle: ClipBundle, config: M2IBConfig, device: torch.device, bf16: bool = False,
-                 compile: bool = False, class_token_only: bool = True,
-                 prefix_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """``class_token_only``: the last block for the class token alone (exact; models.class_token).
-        ``prefix_encoder``: blocks 0..L in another runtime (models.onnx_runtime); None: this PyTorch model."""
+                 compile: bool = False, class_token_only: bool = True):
+        """``class_token_only``: the last block for the class token alone (exact; models.class_token)."""
         depth = len(bundle.blocks)
         if not 0 <= config.layer < depth - 1:
             raise InputError(f"Bottleneck layer {config.layer} is out of range: this model has {depth} vision "
@@ -110,7 +107,6 @@ class M2IB:
         self.trunk = bundle.model.visual.trunk
         self.amp = bf16 and device.type == "cuda"
         self.class_token_only = class_token_only and class_token_only_applies(self.trunk)
-        self.prefix_encoder = prefix_encoder
         bundle.model.to(device)
         if compile:
             self._suffix_embedding = torch.compile(self._suffix_embedding, dynamic=False)
@@ -123,8 +119,6 @@ class M2IB:
     @torch.no_grad()
     def prefix_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Output tokens of block L (B, T, D): what the bottleneck sees, fixed during optimisation."""
-        if self.prefix_encoder is not None:
-            return self.prefix_encoder(images).float()
         trunk = self.trunk
         with self._autocast():
             x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))

@@ -1,4 +1,4 @@
-"""Inference-only encoders in ONNX Runtime on a CPU: LiteMedSAM's image encoder, CLIP blocks 0..L.
+"""Inference-only encoders in ONNX Runtime on a CPU: LiteMedSAM's image encoder.
 
 On this 2-core CPU ONNX Runtime runs LiteMedSAM's encoder about 2x faster than PyTorch (its
 many small window-attention ops cost PyTorch more in overhead than in arithmetic; README,
@@ -27,10 +27,12 @@ from . import onnx_cache
 
 RTOL = 1e-4
 """Largest |ONNX Runtime - PyTorch| allowed, as a fraction of the largest |PyTorch| output value
-(measured: LiteMedSAM encoder 1e-6, CLIP blocks 0..9 ~1e-6)."""
+(measured: LiteMedSAM encoder 1e-6)."""
 Notify = Callable[[str], None]
 """Receives one line for the user (an export started, a broken one rebuilt, a fallback to PyTorch)."""
 Progress = Callable[[str, int, int], None]
+ONNX_SAM_BACKENDS = ("litemedsam",)
+"""Measured and tested. SAM ViT exports would be 0.4-2.5 GB (ViT-H beyond protobuf's 2 GB): not measured, PyTorch."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -159,33 +161,6 @@ def _remember(kind: str, path, runtime: OrtModule) -> OrtModule:
     return runtime
 
 
-class ClipPrefix(torch.nn.Module):
-    """CLIP's vision blocks 0..L (what M2IB's bottleneck sees), as one module for the exporter."""
-
-    def __init__(self, trunk: torch.nn.Module, layer: int):
-        super().__init__()
-        self.trunk, self.layer = trunk, layer
-        self.blocks = torch.nn.Sequential(*trunk.blocks[:layer + 1])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        trunk = self.trunk
-        x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))
-        return self.blocks(x)
-
-    def state_dict(self, *args, **kwargs):
-        """Without the trunk's blocks after L (``blocks`` holds 0..L): the fingerprint follows what is exported."""
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("trunk.blocks.")}
-
-
-def clip_prefix(bundle, layer: int, notify: Notify) -> OrtModule | None:
-    """CLIP blocks 0..``layer`` for a ClipBundle in ONNX Runtime (None: PyTorch)."""
-    size = bundle.image_size
-    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return onnx_module("clip-prefix", f"CLIP's vision blocks 0..{layer}", ClipPrefix(bundle.model.visual.trunk, layer),
-                       example, {"layer": layer, "image_size": size}, notify)
-
-
 def sam_image_encoder(backend, notify: Notify, progress: Progress | None = None) -> OrtModule | None:
     """A SamBackend's image encoder in ONNX Runtime (None: PyTorch)."""
     size = backend.image_size
@@ -214,6 +189,7 @@ class EncoderRuntime:
     def sam(self, backend):
         """``backend`` with its image encoder in ONNX Runtime (``backend`` itself when that fails)."""
         if self._sam_source is not backend:
-            encoder = sam_image_encoder(backend, self.notify, self.progress)
+            encoder = (sam_image_encoder(backend, self.notify, self.progress) if backend.name in ONNX_SAM_BACKENDS
+                       else None)
             self._sam_source, self._sam_fast = backend, backend.with_encoder(encoder) if encoder else backend
         return self._sam_fast
