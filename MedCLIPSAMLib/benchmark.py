@@ -2,9 +2,11 @@
 
 Weights do not change the cost, so BiomedCLIP's architecture (ViT-B/16 + a PubMedBERT-sized
 BERT) and SAM ViT-B/L/H are built with random weights (no download); LiteMedSAM uses its
-real weights. The optimised pipeline runs on a synthetic volume, and a naive baseline
-(whole network every M2IB step, fp32, one slice at a time; SAM fp32 at batch 1) runs in
-the same process, so the speed-up is measured, not assumed.
+real weights. The pipeline runs on a synthetic volume twice in the same process: the default
+path (``runtime`` auto: ONNX Runtime encoders on a CPU, M2IB's class-token shortcut) and
+today's reference path (``runtime`` torch), so ``speedup_vs_baseline`` is a ratio from one
+run, and the two label maps are compared. A naive baseline (whole network every M2IB step,
+fp32, one slice at a time; SAM fp32 at batch 1) is measured too.
 """
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .settings import Settings
+from .settings import FAST_SALIENCY, Settings
 
 STAGES = ("clip_features", "m2ib", "post_processing", "sam_encoder", "sam_decoder", "io")
+PIPELINE_STAGES = ("clip_features", "m2ib", "prompts", "sam_encoder", "sam_decoder", "cleanup", "other")
+"""The pipeline's own timings (seconds per run); "other": the rest of the wall time (key-slice search,
+interpolation, normalisation)."""
 
 
 def synthetic_volume(slices: int, size: int = 240, seed: int = 0) -> np.ndarray:
@@ -90,10 +95,33 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def stage_seconds(timings: dict[str, float], wall: float) -> dict[str, float]:
+    """Seconds per pipeline stage of one run, the unaccounted rest as "other"."""
+    stages = {stage: timings.get(stage, 0.0) for stage in PIPELINE_STAGES[:-1]}
+    stages["other"] = max(0.0, wall - sum(stages.values()))
+    return stages
+
+
+def timed_run(pipeline, volume: np.ndarray, device: torch.device):
+    """The pipeline's result on ``volume`` and its wall time in seconds."""
+    _sync(device)
+    start = time.perf_counter()
+    result = pipeline.run(volume, "brain tumor")
+    _sync(device)
+    return result, time.perf_counter() - start
+
+
+def label_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two label maps' foregrounds (1.0 when both are empty)."""
+    a, b = a > 0, b > 0
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
 def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "litemedsam",
                   size: str = "pubmedbert", naive_slices: int = 1, image_size: int = 240,
                   settings: Settings | None = None) -> dict:
-    """Run everything once (after a warm-up) and return the figures as a dict."""
+    """Run both paths once (after a warm-up) and return the figures as a dict."""
     from .pipeline import Pipeline, resolve_device
 
     device = resolve_device(device_name)
@@ -101,17 +129,20 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         clip, sam = build_models(sam_name, device, size, folder, settings.sam_input_size)
-        pipeline = Pipeline(settings, clip=clip, sam=sam)
         volume = synthetic_volume(slices, image_size)
-        pipeline.run(volume[slices // 2: slices // 2 + 1], "brain tumor")  # warm-up: kernels, caches
+        warm = volume[slices // 2: slices // 2 + 1]
+        pipeline = Pipeline(settings.replace(runtime="auto"), clip=clip, sam=sam)
+        start = time.perf_counter()
+        notes = pipeline.run(warm, "brain tumor").messages  # warm-up: kernels, caches, the ONNX export
+        first_use = time.perf_counter() - start
+        reference = Pipeline(settings.replace(runtime="torch"), clip=clip, sam=sam)
+        reference.run(warm, "brain tumor")
+        onnx = [name for name, used in (("sam_encoder", pipeline.sam.runtime_encoder is not None),) if used]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         io_time = measure_io(volume, folder)
-        _sync(device)
-        start = time.perf_counter()
-        result = pipeline.run(volume, "brain tumor")
-        _sync(device)
-        wall = time.perf_counter() - start
+        result, wall = timed_run(pipeline, volume, device)
+        baseline, baseline_wall = timed_run(reference, volume, device)
         peak = peak_memory_mb(device)
         sam_slices = max(1, len(result.boxes["brain tumor"]))
         from .imageio import normalize_intensity
@@ -127,7 +158,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "io": io_time / slices,
     }
     optimised = per_slice["clip_features"] + per_slice["m2ib"] + per_slice["sam_encoder"]
-    baseline = naive["m2ib_naive"] + naive["sam_encoder_naive"]
+    naive_total = naive["m2ib_naive"] + naive["sam_encoder_naive"]
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "sam": sam_name, "clip": size, "slices": slices,
@@ -137,10 +168,16 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "m2ib_steps": settings.m2ib_steps, "m2ib_samples": settings.m2ib_samples,
         "saliency_stride": settings.saliency_stride, "sam_input_size": sam.image_size,
         "seconds_per_slice": per_slice, "naive_seconds_per_slice": naive,
-        "speedup_vs_naive": baseline / optimised if optimised else float("nan"),
+        "speedup_vs_naive": naive_total / optimised if optimised else float("nan"),
         "m2ib_speedup_vs_naive": naive["m2ib_naive"] / max(per_slice["clip_features"] + per_slice["m2ib"], 1e-9),
         "pipeline_wall_seconds": wall, "pipeline_seconds_per_slice": wall / slices, "peak_memory_mb": peak,
         "faithfulness_slices": settings.faithfulness_slices, "faithfulness_seconds": t.get("faithfulness", 0.0),
+        "onnx_runtime": onnx, "first_use_seconds": first_use, "first_use_messages": notes,
+        "stage_seconds": stage_seconds(t, wall),
+        "baseline_stage_seconds": stage_seconds(baseline.timings, baseline_wall),
+        "baseline_wall_seconds": baseline_wall, "baseline_slices_with_saliency": baseline.saliency_slices,
+        "speedup_vs_baseline": baseline_wall / wall if wall else float("nan"),
+        "labels_dice_vs_baseline": label_dice(result.labels, baseline.labels),
     }
 
 
@@ -160,7 +197,16 @@ def format_report(report: dict) -> str:
               f"M2IB+SAM encoder {report['speedup_vs_naive']:.1f}x",
               f"peak memory {report['peak_memory_mb']:.0f} MB",
               f"prompt faithfulness check: {report['faithfulness_seconds']:.2f} s for the one prompt "
-              f"(--faithfulness-slices {report['faithfulness_slices']}; 0 switches it off), included in the wall time"]
+              f"(--faithfulness-slices {report['faithfulness_slices']}; 0 switches it off), included in the wall time",
+              f"stage             new s   today s  (new: ONNX Runtime for "
+              f"{', '.join(report['onnx_runtime']) or 'nothing'}, M2IB class-token shortcut; today: PyTorch)"]
+    new, today = report["stage_seconds"], report["baseline_stage_seconds"]
+    for stage in PIPELINE_STAGES:
+        lines.append(f"  {stage:15s} {new[stage]:7.1f} {today[stage]:9.1f}")
+    lines += [f"  {'end to end':15s} {report['pipeline_wall_seconds']:7.1f} {report['baseline_wall_seconds']:9.1f}",
+              f"speed-up vs today's path: {report['speedup_vs_baseline']:.2f}x (same slices, same run); "
+              f"label maps' Dice new vs today {report['labels_dice_vs_baseline']:.4f}",
+              f"first use (warm-up, ONNX export if not cached): {report['first_use_seconds']:.1f} s"]
     return "\n".join(lines)
 
 
@@ -179,6 +225,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, help="M2IB steps (default 10)")
     parser.add_argument("--samples", type=int, help="M2IB noise samples (default 10)")
     parser.add_argument("--stride", type=int, help="saliency on every k-th slice")
+    parser.add_argument("--fast", action="store_true", help="the CPU shortcuts of --fast: --stride 4 --samples 3")
     parser.add_argument("--sam-input-size", type=int, help="SAM ViT input side in px (default: 1024)")
     parser.add_argument("--faithfulness-slices", type=int,
                         help="null-prompt M2IB slices per prompt (default 2; 0: off)")
@@ -195,11 +242,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from .outputs import check_output, write_json
     from .pipeline import resolve_device
 
-    changes = {k: v for k, v in {"m2ib_steps": args.steps, "m2ib_samples": args.samples,
-                                 "saliency_stride": args.stride, "clip_batch_size": args.clip_batch_size,
-                                 "sam_batch_size": args.sam_batch_size,
-                                 "sam_input_size": args.sam_input_size,
-                                 "faithfulness_slices": args.faithfulness_slices}.items() if v is not None}
+    given = {"m2ib_steps": args.steps, "m2ib_samples": args.samples, "saliency_stride": args.stride,
+             "clip_batch_size": args.clip_batch_size, "sam_batch_size": args.sam_batch_size,
+             "sam_input_size": args.sam_input_size, "faithfulness_slices": args.faithfulness_slices}
+    changes = (FAST_SALIENCY if args.fast else {}) | {k: v for k, v in given.items() if v is not None}
     settings = Settings(bf16=not args.fp32, compile=args.compile, **changes)
     resolve_device(args.device)
     if args.json:

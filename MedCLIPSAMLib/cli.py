@@ -11,7 +11,7 @@ from .errors import Cancelled, InputError, MedCLIPSAMError, OptionError, Setting
 from .inputs import read_text
 from .options import at_least, number  # noqa: F401 (kept importable from here)
 from .outputs import add_output_option, add_overwrite_option, check_distinct, check_output, extension
-from .settings import FAST_SALIENCY, PROMPT_MODES, SAM_BACKENDS, Settings
+from .settings import FAST_SALIENCY, PROMPT_MODES, RUNTIMES, SAM_BACKENDS, Settings
 
 
 STAGE_UNITS = {"evaluate": "case", "label": "case"}
@@ -70,7 +70,7 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "compile": "compile", "sam_input_size": "sam_input_size", "component_ratio": "component_ratio",
     "min_component_mm": "min_component_mm", "refine_margin": "refine_margin",
     "refine_min_shrink": "refine_min_shrink", "zoom_below": "zoom_below",
-    "zoom_context": "zoom_context", "split_fraction": "split_fraction",
+    "zoom_context": "zoom_context", "split_fraction": "split_fraction", "runtime": "runtime",
     "faithfulness_slices": "faithfulness_slices",
 }
 
@@ -127,6 +127,8 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--faithfulness-slices", type=int,
                    help="prompt check: null-prompt saliency on this many of each prompt's strongest slices "
                         "(default 2; 0: off, saves their M2IB time)")
+    g.add_argument("--runtime", choices=RUNTIMES,
+                   help="auto: ONNX Runtime for SAM's encoder on a CPU (same result, faster); torch: PyTorch only")
     g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
 
 

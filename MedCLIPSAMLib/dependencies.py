@@ -17,6 +17,9 @@ REQUIREMENTS: dict[str, str] = {
     "tqdm": "tqdm>=4.66",
     "fastapi": "fastapi>=0.110",
     "uvicorn": "uvicorn>=0.29",
+    "onnxruntime": "onnxruntime>=1.30",  # optional speed-up on CPUs (models.onnx_runtime); PyTorch without it
+    "onnx": "onnx>=1.23",
+    "onnxscript": "onnxscript>=0.7",
 }
 
 

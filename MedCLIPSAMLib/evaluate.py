@@ -270,7 +270,8 @@ def check_outputs(out: Path, cases: list[Case], resume: bool, overwrite: bool, f
     return set()
 
 
-EXECUTION_FIELDS = ("device", "clip_batch_size", "sam_batch_size", "compile", "faithfulness_slices")
+EXECUTION_FIELDS = ("device", "clip_batch_size", "sam_batch_size", "compile", "faithfulness_slices",
+                    "runtime")
 """Settings that change how fast a run goes, not its figures: a resumed run may change them (the faithfulness
 check only adds a score)."""
 

@@ -24,6 +24,7 @@ from .imageio import (MIN_SIDE, Volume, as_volume, chosen_slices, image_to_gray,
 from .keyslices import end_midpoints, interpolate_between, key_slices
 from .models.catalog import ProgressCallback
 from .models.clip import ClipBundle, cached_clip
+from .models.onnx_runtime import EncoderRuntime, runtime_available
 from .models.sam import SamBackend, load_sam, resolve_backend
 from .prompts import (Box, Component, ComponentRule, SlicePrompts, keep_largest_components, keep_overlapping,
                       normalize_saliency, otsu_mask, physical_floor, prompts_per_slice, select_by_rule)
@@ -192,6 +193,7 @@ class Pipeline:
         self._clip, self._sam_backend, self._load_callbacks = clip, sam, (progress, cancel)
         self._clip_source = settings.clip_model
         self._texts: dict[tuple[str, ...], torch.Tensor] = {}
+        self._encoders = EncoderRuntime(progress)
         self.settings = settings
 
     @property
@@ -222,7 +224,8 @@ class Pipeline:
     def m2ib(self) -> M2IB:
         if self._m2ib is None:
             s = self.settings
-            self._m2ib = M2IB(self.clip, M2IBConfig.from_settings(s), self.device, bf16=s.bf16, compile=s.compile)
+            self._m2ib = M2IB(self.clip, M2IBConfig.from_settings(s), self.device, bf16=s.bf16, compile=s.compile,
+                              class_token_only=s.runtime != "torch")
         return self._m2ib
 
     @property
@@ -232,7 +235,13 @@ class Pipeline:
             s = self.settings
             self._sam_backend = load_sam(s.sam_backend, s.sam_checkpoint, str(self.device), s.bf16,
                                          *self._load_callbacks, input_size=s.sam_input_size)
+        if self._onnx_runtime_applies():
+            return self._encoders.sam(self._sam_backend)
         return self._sam_backend
+
+    def _onnx_runtime_applies(self) -> bool:
+        """ONNX Runtime for the inference-only encoders: on a CPU, where it is faster, unless turned off."""
+        return self.settings.runtime == "auto" and self.device.type == "cpu" and runtime_available()
 
     def run(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
             progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
@@ -272,7 +281,7 @@ class Pipeline:
             raise InputError(f"Slicing along axis {axis} gives {slices.shape[1]}x{slices.shape[2]} slices, "
                              "too small to segment; choose another axis.")
         active = self._active_slices(slices)
-        messages = []
+        messages = self._encoders.take_notes()
         if active.size == 0:
             messages.append("Every slice in the range is blank (constant); nothing to segment.")
         rule = self._component_rule(volume, axis)

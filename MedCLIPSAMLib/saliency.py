@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .models.class_token import class_token_only_applies, last_block_class_token
 from .models.clip import ClipBundle
 from .models.interrupt import interrupt_of
 
@@ -97,7 +98,8 @@ class M2IB:
     """Batched M2IB over a frozen CLIP model."""
 
     def __init__(self, bundle: ClipBundle, config: M2IBConfig, device: torch.device, bf16: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, class_token_only: bool = True):
+        """``class_token_only``: the last block for the class token alone (exact; models.class_token)."""
         depth = len(bundle.blocks)
         if not 0 <= config.layer < depth - 1:
             raise InputError(f"Bottleneck layer {config.layer} is out of range: this model has {depth} vision "
@@ -107,6 +109,7 @@ class M2IB:
         self.amp = bf16 and device.type == "cuda"
         self.interrupt = interrupt_of(bundle.model.visual)
         """Called every step and inside the layers: a run's cancel check (``interrupt.checking``) stops it there."""
+        self.class_token_only = class_token_only and class_token_only_applies(self.trunk)
         bundle.model.to(device)
         if compile:
             self._suffix_embedding = torch.compile(self._suffix_embedding, dynamic=False)
@@ -131,8 +134,10 @@ class M2IB:
         trunk = self.trunk
         with self._autocast():
             x = tokens
-            for block in trunk.blocks[self.config.layer + 1:]:
-                x = block(x)
+            last = len(trunk.blocks) - 1
+            for index in range(self.config.layer + 1, last + 1):
+                block = trunk.blocks[index]
+                x = last_block_class_token(block, x) if index == last and self.class_token_only else block(x)
             x = self.bundle.model.visual.head(trunk.forward_head(trunk.norm(x)))
         return F.normalize(x.float(), dim=-1)
 

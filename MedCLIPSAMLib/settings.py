@@ -16,6 +16,7 @@ from .errors import InputError, SettingError
 BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 SAM_BACKENDS = ("auto", "litemedsam", "vit_b", "vit_l", "vit_h")
 PROMPT_MODES = ("boxes", "box_all", "points")
+RUNTIMES = ("auto", "torch")
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -140,6 +141,10 @@ class Settings:
     """bfloat16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
     """torch.compile the M2IB inner network (pays a one-off compile time per shape)."""
+    runtime: str = "auto"
+    """auto: the fastest exact path: on a CPU, SAM's image encoder in ONNX Runtime (exported at first use,
+    checked against PyTorch), and M2IB's last block for the class token only; torch: plain PyTorch as before
+    (the benchmark's baseline). Same result either way (README, Speed)."""
     clip_batch_size: int = 16
     sam_batch_size: int | None = None
     """Slices per SAM encoder call; None: 1 on a CPU, where batches measured slower per slice
@@ -156,6 +161,9 @@ class Settings:
         if self.window is not None and self.window not in CT_WINDOWS:
             raise SettingError("window", f"Unknown CT window '{self.window}' ({{name}}). Choose one of: "
                                f"{', '.join(CT_WINDOWS)}.")
+        if self.runtime not in RUNTIMES:
+            raise SettingError("runtime", f"Unknown runtime '{self.runtime}' ({{name}}). Choose one of: "
+                               f"{', '.join(RUNTIMES)}.")
         if self.prompt_mode not in PROMPT_MODES:
             raise SettingError("prompt_mode", f"Unknown prompt mode '{self.prompt_mode}' ({{name}}). "
                                f"Choose one of: {', '.join(PROMPT_MODES)}.")

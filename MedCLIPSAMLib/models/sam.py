@@ -6,8 +6,10 @@ class drives both; they differ only in input size and intensity normalisation.
 """
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +39,14 @@ class SamBackend:
         self.amp = bf16 and device.type == "cuda"
         self.interrupt = interrupt_of(self.model)
         """Called inside the encoder's and decoder's layers: a run's cancel check stops a batch there."""
+        self.runtime_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """The image encoder in another runtime (models.onnx_runtime); None: this PyTorch model's."""
+
+    def with_encoder(self, encoder: Callable[[torch.Tensor], torch.Tensor] | None) -> "SamBackend":
+        """The same backend (model shared) with its image encoder run by ``encoder``."""
+        backend = copy.copy(self)
+        backend.runtime_encoder = encoder
+        return backend
 
     def _scale(self, height: int, width: int) -> tuple[int, int]:
         scale = self.image_size / max(height, width)
@@ -62,8 +72,9 @@ class SamBackend:
     def encode(self, slices: np.ndarray) -> list[EncodedSlice]:
         """Image embeddings for a batch of slices (all of one size)."""
         images, input_hw = self.preprocess(slices)
+        encoder = self.runtime_encoder or self.model.image_encoder
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            embeddings = self.model.image_encoder(images).float()
+            embeddings = encoder(images).float()
         return [EncodedSlice(embeddings[i:i + 1], input_hw, slices.shape[1:], slices[i]) for i in range(len(slices))]
 
     def encode_region(self, encoded: EncodedSlice, region: Region) -> EncodedSlice:

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from MedCLIPSAMLib.benchmark import STAGES, format_report, synthetic_volume
+from MedCLIPSAMLib.benchmark import PIPELINE_STAGES, STAGES, format_report, synthetic_volume
 from MedCLIPSAMLib.cli import main
 
 
@@ -32,6 +32,23 @@ def test_benchmark_reports_every_stage_and_writes_json(tmp_path, capsys):
     assert f"{report['slices_with_saliency']} with M2IB" in printed and "naive M2IB" in printed
     assert report["faithfulness_slices"] == 2 and report["faithfulness_seconds"] > 0  # the check's cost, stated
     assert "prompt faithfulness check:" in printed
+    # today's path ran on the same volume in the same process, with the same result
+    assert set(report["stage_seconds"]) == set(report["baseline_stage_seconds"]) == set(PIPELINE_STAGES)
+    assert report["baseline_wall_seconds"] > 0 and report["speedup_vs_baseline"] == pytest.approx(
+        report["baseline_wall_seconds"] / report["pipeline_wall_seconds"])
+    assert report["labels_dice_vs_baseline"] > 0.99 and report["baseline_slices_with_saliency"] == \
+        report["slices_with_saliency"]
+    assert f"speed-up vs today's path: {report['speedup_vs_baseline']:.2f}x" in printed
+
+
+def test_benchmark_fast_takes_the_fast_shortcuts_and_explicit_options_win(monkeypatch):
+    from MedCLIPSAMLib import benchmark
+
+    seen = []
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda *args: seen.append(args[-1]) or {})
+    monkeypatch.setattr(benchmark, "format_report", lambda report: "figures")
+    assert main(["benchmark", "--device", "cpu", "--fast", "--samples", "5"]) == 0
+    assert seen[0].saliency_stride == 4 and seen[0].m2ib_samples == 5 and seen[0].m2ib_steps == 10
 
 
 def test_benchmark_option_errors_exit_2_before_any_model(tmp_path, capsys, monkeypatch):
