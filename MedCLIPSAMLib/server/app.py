@@ -272,6 +272,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         jobs.cancel(job)
         return status(job)
 
+    app.include_router(interaction_router(engine, sessions))  # /sessions: corrections (interactions.py)
+    no_session = {404: "No such session (never opened, closed or expired)"}
     document_responses(app, {
         "upload": {413: "The volume is over --max-upload-mb, or over --max-stored-mb in memory"},
         "begin_upload": {413: "The declared size is over --max-upload-mb",
@@ -282,9 +284,14 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         "discard_upload": {404: "No such upload"},
         "submit": {404: "The server does not hold that volume", 503: "The server is shutting down"},
         "job_status": {404: "No such job"}, "cancel": {404: "No such job"},
-        "job_result": {404: "No such job", 409: "The job is not done (the detail says why)"},
+        "job_result": {206: "The part of the result the Range header asked for", 404: "No such job",
+                       409: "The job is not done (the detail says why)",
+                       410: "The result was already fetched (the server frees it then)",
+                       416: "The Range header is not one range within the result"},
+        "open_session": {404: "The server does not hold that volume, or no such job",
+                         409: "The job is not done", 410: "The job's result was already fetched: send the mask"},
+        **{name: no_session for name in ("box", "clicks", "propagate", "undo", "reset", "mask", "close")},
     })
-    app.include_router(interaction_router(engine, sessions))  # /sessions: corrections (interactions.py)
     return app
 
 

@@ -32,6 +32,7 @@ TOKEN_HINT = ("Missing or wrong token: send 'Authorization: Bearer <token>' with
 ERROR = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
 COMMON_ERRORS = {400: "Bad request: the detail is one line saying what is wrong",
                  401: "Missing or wrong token", 413: "The request body is over the server's limit",
+                 426: "The client speaks another wire protocol; the detail names both versions and what to update",
                  500: "A bug in the engine (never expected); the detail names it"}
 
 
