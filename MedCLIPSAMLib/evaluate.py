@@ -280,8 +280,11 @@ def run_record(evaluator: Evaluator) -> dict[str, Any]:
     """What makes two runs' rows comparable: mode, box growth, NSD convention and method settings."""
     settings = {k: v for k, v in evaluator.settings.to_dict().items() if k not in EXECUTION_FIELDS}
     extra = {"interactions": evaluator.interactions, "click_mode": evaluator.click_mode} if evaluator.interactions else {}
+    # "paper (surfels)": the paper's 2D NSD was computed by counting boundary pixels before surfels, so a run
+    # recorded as plain "paper" is not resumed with the new figures.
+    convention = "paper (surfels)" if evaluator.nsd_convention == "paper" else evaluator.nsd_convention
     return json.loads(json.dumps({"mode": evaluator.mode, "grow": evaluator.grow, **extra,
-                                  "nsd_convention": evaluator.nsd_convention, "settings": settings}))
+                                  "nsd_convention": convention, "settings": settings}))
 
 
 def _flat_run(run: dict[str, Any]) -> dict[str, Any]:

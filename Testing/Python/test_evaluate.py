@@ -224,3 +224,19 @@ def test_overwrite_starts_over(tmp_path, dataset):
     assert main(["evaluate", str(dataset), "--out", str(out), "-q", "--limit", "2"] + ORACLE) == 0
     assert main(["evaluate", str(dataset), "--out", str(out), "-q", "--limit", "1", "--overwrite"] + ORACLE) == 0
     assert [r["case"] for r in read_rows(out)] == ["case0"]
+
+
+def test_a_paper_nsd_run_from_before_surfels_is_not_resumed(tmp_path, dataset, capsys):
+    """Rows of the old boundary-pixel paper NSD and of the surfel one must not be mixed in one metrics.csv."""
+    out = tmp_path / "out"
+    args = ["evaluate", str(dataset), "--oracle-boxes", "--out", str(out), "--sam", "litemedsam", "--quiet",
+            "--no-figures", "--nsd-convention", "paper"]
+    assert main(args + ["--limit", "1"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["nsd_convention"] == "paper (surfels)"
+    record["nsd_convention"] = "paper"  # as a run made before the surfel method recorded it
+    (out / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 2
+    assert "nsd_convention 'paper' -> 'paper (surfels)'" in capsys.readouterr().err
+    assert len(read_rows(out)) == 1
