@@ -72,9 +72,15 @@ class SamBackend:
     def encode(self, slices: np.ndarray) -> list[EncodedSlice]:
         """Image embeddings for a batch of slices (all of one size)."""
         images, input_hw = self.preprocess(slices)
-        encoder = self.runtime_encoder or self.model.image_encoder
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            embeddings = encoder(images).float()
+        if self.runtime_encoder is not None:  # another runtime has no layer hooks: check for cancel per image
+            parts = []
+            for i in range(len(images)):
+                self.interrupt()
+                parts.append(self.runtime_encoder(images[i:i + 1]))
+            embeddings = torch.cat(parts).float()
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                embeddings = self.model.image_encoder(images).float()
         return [EncodedSlice(embeddings[i:i + 1], input_hw, slices.shape[1:], slices[i]) for i in range(len(slices))]
 
     def encode_region(self, encoded: EncodedSlice, region: Region) -> EncodedSlice:

@@ -56,7 +56,7 @@ def test_benchmark_option_errors_exit_2_before_any_model(tmp_path, capsys, monke
 
     monkeypatch.setattr(benchmark, "run_benchmark", lambda *a: pytest.fail("the benchmark ran"))
     for args, message in ((["--slices", "0"], "--slices must be at least 1 (got 0)"),
-                          (["--steps", "0"], "--steps must be at least 1 (got 0)"),
+                          (["--steps", "0"], "--steps must be between 1 and 100 (got 0)"),
                           (["--device", "foo"], "Unknown --device 'foo'"),
                           (["--json", str(tmp_path / "figures.txt")], "--json '" + str(tmp_path) + "/figures.txt' "
                            "has the unknown extension '.txt'; use one of .json")):
