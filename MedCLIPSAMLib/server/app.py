@@ -272,7 +272,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         jobs.cancel(job)
         return status(job)
 
-    app.include_router(interaction_router(engine, sessions))  # /sessions: corrections (interactions.py)
+    corrections = interaction_router(engine, sessions)  # /sessions: box/click corrections (interactions.py)
     no_session = {404: "No such session (never opened, closed or expired)"}
     document_responses(app, {
         "upload": {413: "The volume is over --max-upload-mb, or over --max-stored-mb in memory"},
@@ -291,7 +291,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         "open_session": {404: "The server does not hold that volume, or no such job",
                          409: "The job is not done", 410: "The job's result was already fetched: send the mask"},
         **{name: no_session for name in ("box", "clicks", "propagate", "undo", "reset", "mask", "close")},
-    })
+    }, routers=[corrections])
+    app.include_router(corrections)  # after: older FastAPI copies the routes, documented, when including
     return app
 
 

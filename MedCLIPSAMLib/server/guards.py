@@ -11,9 +11,9 @@ import hmac
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, Sequence
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -116,7 +116,8 @@ def parse_json(body: bytes, what: str, fields: str) -> Any:
     try:
         value = json.loads(body, parse_constant=refuse_constant)
     except RecursionError:
-        raise InputError(f"The {what} request is nested too deeply; send an object with {fields}.") from None
+        raise InputError(f"The {what} request is nested deeper than {MAX_JSON_DEPTH} levels; send an object with "
+                         f"{fields}.") from None  # the decoder's own limit, far above ours
     except (ValueError, UnicodeDecodeError) as exc:  # includes numbers of thousands of digits
         reason = str(exc).split(":")[0][:80]
         raise InputError(f"The {what} request is not JSON ({reason}): send an object with {fields}.") from None
@@ -164,10 +165,14 @@ def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
     return sorted(methods)
 
 
-def document_responses(app: FastAPI, extra: dict[str, dict[int, str]] | None = None) -> None:
-    """Add the answers every route can give (400, 401, 413, 500) and ``extra`` (route name -> codes) to the
-    OpenAPI schema, so it documents the status codes the server really sends; call after adding routes."""
-    for route in app.router.routes:
+def document_responses(app: FastAPI, extra: dict[str, dict[int, str]] | None = None,
+                       routers: Sequence[APIRouter] = ()) -> None:
+    """Add the answers every route can give (400, 401, 413, 426, 500) and ``extra`` (route name -> codes) to the
+    OpenAPI schema, so it documents the status codes the server really sends; call after adding routes.
+
+    ``routers``: the APIRouters included in the app (FastAPI 0.16x keeps their routes out of ``app.router``)."""
+    routes = [*app.router.routes, *(route for router in routers for route in router.routes)]
+    for route in routes:
         if not isinstance(route, APIRoute):
             continue
         codes = {**COMMON_ERRORS, **(extra or {}).get(route.name, {})}

@@ -184,5 +184,5 @@ def test_sam_encoder_batch_is_one_slice_on_cpu_unless_asked():
 
     assert Settings().sam_batch_for("cpu") == 1 and Settings().sam_batch_for("cuda") == 4
     assert Settings(sam_batch_size=3).sam_batch_for("cpu") == 3
-    with pytest.raises(InputError, match="'sam_batch_size' must be at least 1"):
+    with pytest.raises(InputError, match="sam_batch_size' must be between 1 and 16"):
         Settings(sam_batch_size=0)

@@ -74,7 +74,7 @@ def test_part_indexes_are_ascii_digits_within_range(engine_server, index, messag
 
 
 @pytest.mark.parametrize("body, message", [
-    (b"[" * 1000 + b"]" * 1000, "nested too deeply"),
+    (b"[" * 1000 + b"]" * 1000, "nested deeper than 32 levels"),
     (b'{"volume": ' + b"[" * 40 + b"]" * 40 + b"}", "nested deeper than 32 levels"),
     (b'{"volume": "a", "prompts": ["x"], "settings": {"beta": NaN}}', "not JSON (NaN is not a number)"),
     (b'{"volume": "a", "prompts": ["x"], "settings": {"seed": ' + b"9" * 5000 + b"}}", "not JSON"),
