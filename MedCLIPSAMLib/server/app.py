@@ -40,7 +40,7 @@ from ..imageio import as_volume
 from . import wire
 from .engine import Engine
 from .interactions import SessionStore, interaction_router
-from .guards import BodyLimit, check_token, document_responses, install_handlers, parse_json
+from .guards import BodyLimit, check_token, document_responses, install_handlers, json_object
 from .handshake import check_client_protocol, protocol_info
 from .jobs import DONE, Job, JobQueue
 from .results import result_response, saliency_bits
@@ -306,17 +306,6 @@ async def read_body(request: Request, limit: int, too_big: Callable[[int], str])
         body += chunk
         if len(body) > limit:
             raise HTTPException(413, too_big(len(body)))
-    return body
-
-
-async def json_object(request: Request, allowed: set[str], what: str) -> dict[str, Any]:
-    fields = ", ".join(repr(name) for name in sorted(allowed))
-    body = parse_json(await request.body(), what, fields)  # the body is at most --max-request-kb (BodyLimit)
-    if not isinstance(body, dict):
-        raise InputError(f"The {what} request must be a JSON object with {fields}.")
-    unknown = set(body) - allowed
-    if unknown:
-        raise InputError(f"Unknown {what} field(s): {', '.join(sorted(unknown))}.")
     return body
 
 

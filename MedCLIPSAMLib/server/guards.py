@@ -108,6 +108,18 @@ async def _no_body():
     return {"type": "http.disconnect"}
 
 
+async def json_object(request: Request, allowed: set[str], what: str) -> dict[str, Any]:
+    """The request's JSON object with only ``allowed`` fields; anything else is a one-line InputError (400)."""
+    fields = ", ".join(repr(name) for name in sorted(allowed))
+    body = parse_json(await request.body(), what, fields)  # the body is within its limit already (BodyLimit)
+    if not isinstance(body, dict):
+        raise InputError(f"The {what} request must be a JSON object with {fields}.")
+    unknown = set(body) - allowed
+    if unknown:
+        raise InputError(f"Unknown {what} field(s): {', '.join(sorted(unknown))}; use {fields}.")
+    return body
+
+
 def parse_json(body: bytes, what: str, fields: str) -> Any:
     """JSON of a request body; anything a JSON decoder could choke on is an InputError (400), one line."""
     def refuse_constant(name: str) -> Any:

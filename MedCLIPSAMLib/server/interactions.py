@@ -30,7 +30,7 @@ from fastapi import APIRouter, HTTPException, Request
 from ..errors import InputError
 from ..interactive.answer import Answer, encode_answer
 from .engine import Engine
-from .guards import parse_json
+from .guards import json_object
 from .store import drop_idle
 
 MAX_SESSIONS = 16
@@ -122,7 +122,7 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
 
     @router.post("/sessions", status_code=201)
     async def open_session(request: Request) -> dict[str, Any]:
-        body = await _body(request, SESSION_FIELDS, "session")
+        body = await json_object(request, SESSION_FIELDS, "session")
         volume_id = str(body.get("volume", ""))
         volume = request.app.state.volumes.get(volume_id)
         if volume is None:
@@ -170,13 +170,13 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
 
     @router.post("/sessions/{session_id}/box")
     async def box(session_id: str, request: Request) -> dict[str, Any]:
-        body = await _body(request, {"slice", "box", "mode"}, "box")
+        body = await json_object(request, {"slice", "box", "mode"}, "box")
         return await _threaded(answer, session_id, lambda s: s.box(body.get("slice"), body.get("box"),
                                                                      body.get("mode", "replace")))
 
     @router.post("/sessions/{session_id}/clicks")
     async def clicks(session_id: str, request: Request) -> dict[str, Any]:
-        body = await _body(request, {"slice", "clicks"}, "clicks")
+        body = await json_object(request, {"slice", "clicks"}, "clicks")
         given = body.get("clicks")
         if not isinstance(given, list):
             raise InputError("'clicks' must be a list of [x, y, true|false].")
@@ -184,7 +184,7 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
 
     @router.post("/sessions/{session_id}/propagate")
     async def propagate(session_id: str, request: Request) -> dict[str, Any]:
-        body = await _body(request, {"slice", "direction"}, "propagate")
+        body = await json_object(request, {"slice", "direction"}, "propagate")
         return await _threaded(answer, session_id, lambda s: s.propagate(body.get("slice"),
                                                                            body.get("direction", "both")))
 
@@ -254,14 +254,3 @@ def _text(body: dict[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InputError(f"'{name}' must be text, not {value!r:.40}.")
     return value
-
-
-async def _body(request: Request, allowed: set[str], what: str) -> dict[str, Any]:
-    fields = ", ".join(repr(name) for name in sorted(allowed))
-    body = parse_json(await request.body(), what, fields)  # size bounded by BodyLimit (guards.py)
-    if not isinstance(body, dict):
-        raise InputError(f"The {what} request must be a JSON object with {fields}.")
-    unknown = set(body) - allowed
-    if unknown:
-        raise InputError(f"Unknown {what} field(s): {', '.join(sorted(unknown))}; use {fields}.")
-    return body
