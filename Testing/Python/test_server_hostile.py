@@ -34,7 +34,10 @@ def send(server, method: str, path: str, body: bytes | None = None, headers: dic
             connection.putheader(name, value)
         if body is not None and "Transfer-Encoding" not in (headers or {}):
             connection.putheader("Content-Length", str(len(body)))
-        connection.endheaders(body)
+        try:
+            connection.endheaders(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered (e.g. 413) and closed before the whole body was sent: read its answer
         answer = connection.getresponse()
         raw = answer.read()
         return answer.status, json.loads(raw) if raw else {}, {k.lower(): v for k, v in answer.getheaders()}
