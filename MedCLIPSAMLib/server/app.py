@@ -42,7 +42,7 @@ from .engine import Engine
 from .interactions import SessionStore, interaction_router
 from .guards import BodyLimit, check_token, document_responses, install_handlers, json_object
 from .handshake import check_client_protocol, protocol_info
-from .jobs import DONE, Job, JobQueue
+from .jobs import Job, JobQueue
 from .results import result_response, saliency_bits
 from .store import VolumeStore
 from .sweeper import Sweeper

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from .benchmark_engine import SAMPLE, wait_ready
+from .benchmark_engine import SAMPLE, tiny_engine
 
 SLICE = 12
 BOX = (60, 60, 140, 140)
@@ -24,12 +22,9 @@ CLICKS = [(100, 100, False), (150, 100, True), (90, 130, False), (70, 70, True)]
 
 
 def run_interaction_benchmark(repeats: int = 20, python: str = sys.executable) -> dict[str, Any]:
-    from ..client import EngineClient
     from ..imageio import read_volume
     from ..interactive.session import InteractionSession
-    from ..models.random_clip import make_random_clip
     from ..models.sam import load_sam
-    from ..slicer.engine_process import LocalEngine
 
     volume = read_volume(SAMPLE)
     sam = load_sam("litemedsam", None, "cpu")
@@ -39,34 +34,25 @@ def run_interaction_benchmark(repeats: int = 20, python: str = sys.executable) -
     encode_ms = 1000 * (time.perf_counter() - start)
     local.box(SLICE, BOX)  # as the server session below: clicks follow a first box
     in_process = [_time(lambda i=i: _interaction(local, i)) for i in range(repeats)]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "clip"
-        make_random_clip(folder, size="tiny")
-        engine = LocalEngine(python, ["--clip-model", str(folder), "--sam", "litemedsam", "--device", "cpu"], tmp)
-        engine.start()
-        try:
-            wait_ready(engine)
-            client = EngineClient(engine.url, engine.token, timeout=120)
-            upload = client.prepare(volume)
-            client.upload(upload)
-            session = client.open_session(upload.id, axis=0)["session"]
-            first = _time(lambda: client.session_box(session, SLICE, BOX))
-            through, engine_s = [], []
-            for i in range(repeats):
-                answer = None
+    with tiny_engine(python) as client:
+        upload = client.prepare(volume)
+        client.upload(upload)
+        session = client.open_session(upload.id, axis=0)["session"]
+        first = _time(lambda: client.session_box(session, SLICE, BOX))
+        through, engine_s = [], []
+        for i in range(repeats):
+            answer = None
 
-                def act(i=i):
-                    nonlocal answer
-                    answer = _interaction_remote(client, session, i)
+            def act(i=i):
+                nonlocal answer
+                answer = _interaction_remote(client, session, i)
 
-                through.append(_time(act))
-                engine_s.append(1000 * answer.seconds)
-            start = time.perf_counter()
-            propagated = client.session_propagate(session, SLICE, "both")
-            propagate_ms = 1000 * (time.perf_counter() - start)
-            client.close_session(session)
-        finally:
-            engine.stop()
+            through.append(_time(act))
+            engine_s.append(1000 * answer.seconds)
+        start = time.perf_counter()
+        propagated = client.session_propagate(session, SLICE, "both")
+        propagate_ms = 1000 * (time.perf_counter() - start)
+        client.close_session(session)
     decoded = len(propagated.slices) + propagated.message.count("on slice")
     median = statistics.median
     decode_ms = median(in_process)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,33 +58,21 @@ def time_upload(client, array: np.ndarray, spacing, part_bytes: int, compress: b
 
 def run_upload_benchmark(part_bytes: int, repeats: int = 2, ct_shape=(200, 512, 512),
                          python: str = sys.executable) -> dict[str, Any]:
-    from ..client import EngineClient
     from ..imageio import read_volume
-    from ..models.random_clip import make_random_clip
-    from ..slicer.engine_process import LocalEngine
-    from .benchmark_engine import SAMPLE, wait_ready
+    from .benchmark_engine import SAMPLE, tiny_engine
 
     volumes = {SAMPLE.name: (read_volume(SAMPLE).array, (1.0, 1.0, 1.0)), "ct_like": (ct_like(ct_shape), (1.0, 0.7, 0.7))}
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "clip"
-        make_random_clip(folder, size="tiny")
-        engine = LocalEngine(python, ["--clip-model", str(folder), "--sam", "litemedsam", "--device", "cpu"], tmp)
-        engine.start()
-        try:
-            wait_ready(engine)
-            client = EngineClient(engine.url, engine.token, timeout=120)
-            serial = 0
-            for name, (array, spacing) in volumes.items():
-                for repeat in range(repeats):
-                    for mode, compress in MODES.items():
-                        serial += 1
-                        changed = array.copy()
-                        changed.flat[0] += serial  # a new volume id each time
-                        runs.append({"volume": name, "shape": list(array.shape), "mode": mode, "repeat": repeat,
-                                     **time_upload(client, changed, spacing, part_bytes, compress)})
-        finally:
-            engine.stop()
+    with tiny_engine(python) as client:
+        serial = 0
+        for name, (array, spacing) in volumes.items():
+            for repeat in range(repeats):
+                for mode, compress in MODES.items():
+                    serial += 1
+                    changed = array.copy()
+                    changed.flat[0] += serial  # a new volume id each time
+                    runs.append({"volume": name, "shape": list(array.shape), "mode": mode, "repeat": repeat,
+                                 **time_upload(client, changed, spacing, part_bytes, compress)})
     return {"part_bytes": part_bytes, "repeats": repeats, "runs": runs}
 
 

@@ -27,14 +27,7 @@ def _slicer():
 
 def array_from_volume(volume_node) -> np.ndarray:
     """A copy of the voxels in (k, j, i) order."""
-    image = volume_node.GetImageData()
-    if image is None:
-        raise ValueError(f"Volume '{volume_node.GetName()}' has no image data.")
-    dims = image.GetDimensions()
-    components = image.GetNumberOfScalarComponents()
-    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-    shape = (dims[2], dims[1], dims[0]) + ((components,) if components > 1 else ())
-    return values.reshape(shape).copy()
+    return volume_view(volume_node).copy()
 
 
 def volume_view(volume_node) -> np.ndarray:
