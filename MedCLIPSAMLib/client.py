@@ -238,12 +238,19 @@ class EngineClient:
             sending.send_next()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         job = self.submit(upload.id, prompts, settings, presets, saliency)
-        last = None
+        last, stages_reported = None, 0
         try:
             while True:
                 if _is_set(cancel):
                     self._cancel_and_wait(job["id"])
                 job = self.status(job["id"])
+                finished_stages = job.get("finished_stages") or []
+                if progress is not None:  # a stage shorter than a poll still shows, and ends full
+                    for stage, total in finished_stages[stages_reported:]:
+                        if (stage, total, total) != last:
+                            progress(stage, total, total)
+                            last = (stage, total, total)
+                stages_reported = len(finished_stages)
                 if job["state"] in FINISHED:
                     final = (job["stage"], job["total"], job["total"])
                     if progress is not None and job["state"] == "done" and job["stage"] and final != last:

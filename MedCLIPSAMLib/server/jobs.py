@@ -41,6 +41,8 @@ class Job:
     stage: str = ""
     done: int = 0
     total: int = 0
+    finished_stages: list[tuple[str, int]] = field(default_factory=list)
+    """Stages already left behind, with their totals, so a client polling slower than a short stage still sees it."""
     result: Any = None
     error: str = ""
     error_kind: str = ""
@@ -50,9 +52,9 @@ class Job:
     touched: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    """CPU time of the whole server process while the job ran (all threads: compute and request handling)."""
     summary: dict[str, Any] = field(default_factory=dict)
     """What the work reports besides its result bytes (per-prompt faithfulness), shown in the job's status."""
-    """CPU time of the whole server process while the job ran (all threads: compute and request handling)."""
     seen_finished: bool = False
     """A client has asked about the job since it finished (so a stopping server may go)."""
 
@@ -175,6 +177,8 @@ class JobQueue:
             start, cpu_start = time.monotonic(), time.process_time()
 
             def progress(stage: str, done: int, total: int, job: Job = job) -> None:
+                if job.stage and stage != job.stage:
+                    job.finished_stages.append((job.stage, job.total))
                 job.stage, job.done, job.total = stage, int(done), int(total)
 
             try:

@@ -42,6 +42,20 @@ def test_jobs_run_one_at_a_time_in_order_and_report_progress():
     queue.stop()
 
 
+def test_a_job_remembers_the_stages_it_left_so_a_slow_poll_still_sees_them():
+    queue = JobQueue()
+
+    def run(progress, cancel):
+        for stage, done, total in [("saliency", 1, 3), ("saliency", 3, 3), ("sam", 2, 5), ("faithfulness", 1, 2)]:
+            progress(stage, done, total)
+        return b""
+
+    job = wait(queue.submit(run))
+    assert job.finished_stages == [("saliency", 3), ("sam", 5)]
+    assert (job.stage, job.done, job.total) == ("faithfulness", 1, 2)
+    queue.stop()
+
+
 def test_cancel_a_queued_job_skips_it_and_a_running_one_stops_at_its_next_check():
     queue, started = JobQueue(), threading.Event()
 
