@@ -3,7 +3,8 @@
 Weights do not change the cost, so BiomedCLIP's architecture (ViT-B/16 + a PubMedBERT-sized
 BERT) and SAM ViT-B/L/H are built with random weights (no download); LiteMedSAM uses its
 real weights. The pipeline runs on a synthetic volume twice in the same process: the default
-path (``runtime`` auto: ONNX Runtime encoders on a CPU, M2IB's class-token shortcut) and
+path (``runtime`` auto: ONNX Runtime encoders on a CPU, M2IB's class-token shortcut, M2IB's
+blocks in bf16 on a CPU with AMX) and
 today's reference path (``runtime`` torch), so ``speedup_vs_baseline`` is a ratio from one
 run, and the two label maps are compared. A naive baseline (whole network every M2IB step,
 fp32, one slice at a time; SAM fp32 at batch 1) is measured too.
@@ -138,6 +139,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         reference = Pipeline(settings.replace(runtime="torch"), clip=clip, sam=sam)
         reference.run(warm, "brain tumor")
         onnx = [name for name, used in (("sam_encoder", pipeline.sam.runtime_encoder is not None),) if used]
+        m2ib_bf16 = device.type == "cpu" and pipeline.m2ib.suffix_dtype == torch.bfloat16
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         io_time = measure_io(volume, folder)
@@ -163,7 +165,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "sam": sam_name, "clip": size, "slices": slices,
         "image_size": image_size, "slices_with_saliency": result.saliency_slices, "slices_with_sam": sam_slices,
-        "bf16": settings.bf16 and device.type == "cuda",
+        "bf16": settings.bf16 and device.type == "cuda" or m2ib_bf16,
         "clip_batch_size": settings.clip_batch_size, "sam_batch_size": settings.sam_batch_for(device.type),
         "m2ib_steps": settings.m2ib_steps, "m2ib_samples": settings.m2ib_samples,
         "saliency_stride": settings.saliency_stride, "sam_input_size": sam.image_size,
@@ -172,7 +174,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "m2ib_speedup_vs_naive": naive["m2ib_naive"] / max(per_slice["clip_features"] + per_slice["m2ib"], 1e-9),
         "pipeline_wall_seconds": wall, "pipeline_seconds_per_slice": wall / slices, "peak_memory_mb": peak,
         "faithfulness_slices": settings.faithfulness_slices, "faithfulness_seconds": t.get("faithfulness", 0.0),
-        "onnx_runtime": onnx, "first_use_seconds": first_use, "first_use_messages": notes,
+        "onnx_runtime": onnx, "m2ib_bf16_blocks": m2ib_bf16, "first_use_seconds": first_use, "first_use_messages": notes,
         "stage_seconds": stage_seconds(t, wall),
         "baseline_stage_seconds": stage_seconds(baseline.timings, baseline_wall),
         "baseline_wall_seconds": baseline_wall, "baseline_slices_with_saliency": baseline.saliency_slices,
@@ -199,7 +201,8 @@ def format_report(report: dict) -> str:
               f"prompt faithfulness check: {report['faithfulness_seconds']:.2f} s for the one prompt "
               f"(--faithfulness-slices {report['faithfulness_slices']}; 0 switches it off), included in the wall time",
               f"stage             new s   today s  (new: ONNX Runtime for "
-              f"{', '.join(report['onnx_runtime']) or 'nothing'}, M2IB class-token shortcut; today: PyTorch)"]
+              f"{', '.join(report['onnx_runtime']) or 'nothing'}, M2IB class-token shortcut"
+              f"{', M2IB blocks in bf16 (AMX)' if report.get('m2ib_bf16_blocks') else ''}; today: PyTorch fp32)"]
     new, today = report["stage_seconds"], report["baseline_stage_seconds"]
     for stage in PIPELINE_STAGES:
         lines.append(f"  {stage:15s} {new[stage]:7.1f} {today[stage]:9.1f}")

@@ -225,7 +225,7 @@ class Pipeline:
         if self._m2ib is None:
             s = self.settings
             self._m2ib = M2IB(self.clip, M2IBConfig.from_settings(s), self.device, bf16=s.bf16, compile=s.compile,
-                              class_token_only=s.runtime != "torch")
+                              class_token_only=s.runtime != "torch", bf16_on_amx=s.bf16 and s.runtime != "torch")
         return self._m2ib
 
     @property

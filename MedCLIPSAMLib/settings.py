@@ -138,13 +138,15 @@ class Settings:
     device: str = "auto"
     """auto: CUDA when available, else CPU."""
     bf16: bool = True
-    """bfloat16 autocast on CUDA (ignored on CPU)."""
+    """bfloat16 autocast on CUDA; on a CPU with Intel AMX, M2IB's optimised blocks from a bfloat16 copy when
+    ``runtime`` is auto (half the time there; slower on CPUs without AMX, so never used on them)."""
     compile: bool = False
     """torch.compile the M2IB inner network (pays a one-off compile time per shape)."""
     runtime: str = "auto"
     """auto: the fastest exact path: on a CPU, SAM's image encoder in ONNX Runtime (exported at first use,
-    checked against PyTorch), and M2IB's last block for the class token only; torch: plain PyTorch as before
-    (the benchmark's baseline). Same result either way (README, Speed)."""
+    checked against PyTorch), M2IB's last block for the class token only, and with ``bf16`` on a CPU with AMX
+    M2IB's optimised blocks in bfloat16; torch: plain PyTorch in fp32 as before (the benchmark's baseline).
+    The same result within the README's measured tolerances (Speed)."""
     clip_batch_size: int = 16
     sam_batch_size: int | None = None
     """Slices per SAM encoder call; None: 1 on a CPU, where batches measured slower per slice
