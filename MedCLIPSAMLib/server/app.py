@@ -19,6 +19,7 @@ so no request can take the server down.
     DELETE /jobs/{id}                 cancel (within one model layer or M2IB step)
     POST   /shutdown                  only on an engine Slicer started for itself
     /sessions/...                     box/click corrections with propagation (see server/interactions.py)
+    /calls/{id}                       a session request not done within its ``?wait`` (server/session_calls.py)
     GET    /openapi.json              this API as OpenAPI, with the status codes each route answers
 
 What every route shares (token, body limits, JSON rules, 405/500 answers) is in ``guards.py``.
@@ -292,6 +293,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         "open_session": {404: "The server does not hold that volume, or no such job",
                          409: "The job is not done", 410: "The job's result was already fetched: send the mask"},
         **{name: no_session for name in ("box", "clicks", "propagate", "undo", "reset", "mask", "close")},
+        "call_answer": {202: "Still running: ask again", 404: "No such call (answered, withdrawn or expired)"},
+        "withdraw_call": {404: "No such call (answered, withdrawn or expired)"},
     }, routers=[corrections])
     app.include_router(corrections)  # after: older FastAPI copies the routes, documented, when including
     return app

@@ -10,11 +10,14 @@
     POST   /sessions/{id}/undo, /reset
     GET    /sessions/{id}/mask           every non-empty slice (to start a client from the session's state)
     DELETE /sessions/{id}                close it and free its memory (it also expires after ``ttl`` idle)
+    GET    /calls/{id}, DELETE /calls/{id}   a request sent with ``?wait=S`` that was not done in S seconds:
+                                         poll its answer, or withdraw it (server/session_calls.py)
 
 Every interaction answers ``interactive.answer.encode_answer`` of the slices that changed, plus the
 engine-side ``seconds``. Interactions run on the request thread (one decoder pass on an encoded slice
 is tens of ms; queueing behind a minutes-long text job would not be an interaction), one at a time per
-session. Sessions on one volume and axis share their slice embeddings.
+session. Sessions on one volume and axis share their slice embeddings. With ``?wait=S`` any of these
+POSTs answers within S seconds, at once when done, else as a call to poll (Slicer's timer does that).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from ..errors import InputError
 from ..interactive.answer import Answer, encode_answer
 from .engine import Engine
 from .guards import json_object
+from .session_calls import CallStore, check_wait
 from .store import drop_idle
 
 MAX_SESSIONS = 16
@@ -43,6 +47,8 @@ class Held:
     session: Any
     cache_key: tuple
     touched: float = field(default_factory=time.monotonic)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    """Its requests run one at a time, in order (a withdrawn call's undo included: session_calls.py)."""
 
 
 class SessionStore:
@@ -53,6 +59,7 @@ class SessionStore:
         self._sessions: dict[str, Held] = {}
         self._caches: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+        self.calls = CallStore(ttl)
 
     def add(self, held: Held) -> str:
         with self._lock:
@@ -101,6 +108,7 @@ class SessionStore:
         """Drop idle sessions now (the server's sweeper timer calls this, so memory is freed without requests)."""
         with self._lock:
             self._expire()
+        self.calls.expire()
 
     def _expire(self) -> None:
         before = len(self._sessions)
@@ -121,7 +129,8 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
     ttl = store.ttl
 
     @router.post("/sessions", status_code=201)
-    async def open_session(request: Request) -> dict[str, Any]:
+    async def open_session(request: Request, wait: float | None = None) -> dict[str, Any]:
+        check_wait(wait)
         body = await json_object(request, SESSION_FIELDS, "session")
         volume_id = str(body.get("volume", ""))
         volume = request.app.state.volumes.get(volume_id)
@@ -129,9 +138,19 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
             raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
                                      "again, then open the session.")
         start = _start_mask(request, body, volume.array.shape)
+        if wait is not None:
+            call = store.calls.start(lambda: _open(volume_id, volume, body, start), threading.Lock(),
+                                     withdraw=lambda opened: _close_quietly(opened["session"]))
+            return await store.calls.reply(call, wait)
         from fastapi.concurrency import run_in_threadpool
 
         return await run_in_threadpool(_open, volume_id, volume, body, start)
+
+    def _close_quietly(session_id: str) -> None:
+        try:
+            store.close(session_id)
+        except HTTPException:
+            pass  # closed or expired already
 
     def _open(volume_id: str, volume, body: dict[str, Any], start: np.ndarray | None) -> dict[str, Any]:
         from ..imageio import normalize_intensity, resolve_axis
@@ -162,39 +181,62 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
                 "slice_shape": list(session.slice_shape), "sam_backend": sam.name, "click_mode": session.click_mode,
                 "expires_s": ttl}
 
-    def answer(session_id: str, act) -> dict[str, Any]:
-        held = store.get(session_id)
+    def answer(held: Held, act) -> dict[str, Any]:
+        with held.guard:
+            return _answered(held, act)
+
+    def _answered(held: Held, act) -> dict[str, Any]:
         start = time.perf_counter()
         result: Answer = act(held.session)
         return {**encode_answer(result), "seconds": round(time.perf_counter() - start, 4)}
 
+    async def respond(session_id: str, wait: float | None, act, undoable: bool = True) -> dict[str, Any]:
+        """The interaction's answer; with ``wait``, within that many seconds or as a call (session_calls.py)."""
+        check_wait(wait)
+        held = store.get(session_id)
+        if wait is None:
+            return await _threaded(answer, held, act)
+        call = store.calls.start(lambda: _answered(held, act), held.guard,
+                                 withdraw=(lambda _: held.session.undo()) if undoable else None)
+        return await store.calls.reply(call, wait)
+
+    @router.get("/calls/{call_id}")
+    async def call_answer(call_id: str, wait: float = 0.0) -> dict[str, Any]:
+        check_wait(wait)
+        return await store.calls.reply(store.calls.get(call_id), wait)
+
+    @router.delete("/calls/{call_id}")
+    def withdraw_call(call_id: str) -> dict[str, Any]:
+        store.calls.withdraw(call_id)
+        return {"call": call_id, "state": "withdrawn"}
+
     @router.post("/sessions/{session_id}/box")
-    async def box(session_id: str, request: Request) -> dict[str, Any]:
+    async def box(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "box", "mode"}, "box")
-        return await _threaded(answer, session_id, lambda s: s.box(body.get("slice"), body.get("box"),
-                                                                     body.get("mode", "replace")))
+        return await respond(session_id, wait, lambda s: s.box(body.get("slice"), body.get("box"),
+                                                               body.get("mode", "replace")))
 
     @router.post("/sessions/{session_id}/clicks")
-    async def clicks(session_id: str, request: Request) -> dict[str, Any]:
+    async def clicks(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "clicks"}, "clicks")
         given = body.get("clicks")
         if not isinstance(given, list):
             raise InputError("'clicks' must be a list of [x, y, true|false].")
-        return await _threaded(answer, session_id, lambda s: s.clicks(body.get("slice"), given))
+        return await respond(session_id, wait, lambda s: s.clicks(body.get("slice"), given))
 
     @router.post("/sessions/{session_id}/propagate")
-    async def propagate(session_id: str, request: Request) -> dict[str, Any]:
+    async def propagate(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "direction"}, "propagate")
-        return await _threaded(answer, session_id, lambda s: s.propagate(body.get("slice"),
-                                                                           body.get("direction", "both")))
+        return await respond(session_id, wait, lambda s: s.propagate(body.get("slice"),
+                                                                     body.get("direction", "both")))
 
     @router.post("/sessions/{session_id}/undo")
-    async def undo(session_id: str) -> dict[str, Any]:
-        return await _threaded(answer, session_id, lambda s: s.undo())
+    async def undo(session_id: str, wait: float | None = None) -> dict[str, Any]:
+        return await respond(session_id, wait, lambda s: s.undo(), undoable=False)
 
     @router.post("/sessions/{session_id}/reset")
-    async def reset(session_id: str) -> dict[str, Any]:
-        return await _threaded(answer, session_id, lambda s: s.reset())
+    async def reset(session_id: str, wait: float | None = None) -> dict[str, Any]:
+        return await respond(session_id, wait, lambda s: s.reset())
 
     @router.get("/sessions/{session_id}/mask")
     def mask(session_id: str) -> dict[str, Any]:
