@@ -299,8 +299,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         "open_session": {404: "The server does not hold that volume, or no such job",
                          409: "The job is not done", 410: "The job's result was already fetched: send the mask"},
         **{name: no_session for name in ("box", "clicks", "propagate", "undo", "reset", "mask", "close")},
-        "call_answer": {202: "Still running: ask again", 404: "No such call (answered, withdrawn or expired)"},
-        "withdraw_call": {404: "No such call (answered, withdrawn or expired)"},
+        "call_answer": {202: "Still running: ask again", 404: "No such call (withdrawn or expired)"},
+        "withdraw_call": {404: "No such call (withdrawn or expired)", 409: "Answered already: undo it instead"},
     }, routers=[corrections])
     app.include_router(corrections)  # after: older FastAPI copies the routes, documented, when including
     return app

@@ -11,8 +11,9 @@ one answers ``202 {"call": id, "pending": true}``, and
                                  opened session closed) whether it has ended yet or not
 
 Calls on one session run one at a time, in order (``guard``), and a withdrawal runs under the same
-guard, so it always takes back its own call's effect, never a later one's. A finished call is
-forgotten once its answer is read, or after ``ttl`` idle like jobs and sessions.
+guard, so it always takes back its own call's effect, never a later one's. A finished call's answer
+can be read again for ``READ_GRACE_S`` after it was first read (a poll whose answer was lost on a busy
+link is asked again), and an unread one is kept for ``ttl`` like jobs and sessions.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ log = logging.getLogger("medclipsam.server")
 
 MAX_WAIT_S = 2.0
 """The longest a request handler waits for its work: a client wanting an answer at once asks 0.1 s."""
+READ_GRACE_S = 60.0
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Call:
     future: Future = field(default_factory=Future)
     withdrawn: bool = False
     touched: float = field(default_factory=time.monotonic)
+    read: float = 0.0
+    """When its answer was first read (0: not yet)."""
     _state: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -77,8 +81,7 @@ class CallStore:
         if not call.future.done():
             call.touched = time.monotonic()
             return JSONResponse({"call": call.id, "pending": True}, status_code=202)
-        with self._lock:
-            self._calls.pop(call.id, None)  # read: forgotten
+        call.read = call.read or time.monotonic()
         return call.future.result()  # raises the work's own error (a 4xx through the app's handlers)
 
     def get(self, call_id: str) -> Call:
@@ -96,6 +99,8 @@ class CallStore:
         call = self.get(call_id)
         if call.withdraw is None:
             raise InputError("This request cannot be withdrawn (only box, clicks, propagation and opening a session).")
+        if call.read:
+            raise HTTPException(409, "This call was answered already: undo it with POST /sessions/{id}/undo instead.")
         with self._lock:
             self._calls.pop(call_id, None)
         with call._state:
@@ -115,7 +120,8 @@ class CallStore:
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for call_id in [i for i, c in self._calls.items() if c.future.done() and now - c.touched > self.ttl]:
+        for call_id in [i for i, c in self._calls.items() if c.future.done() and (
+                now - c.touched > self.ttl or (c.read and now - c.read > min(READ_GRACE_S, self.ttl)))]:
             del self._calls[call_id]
 
     @staticmethod

@@ -1,6 +1,7 @@
 """Session requests answered as calls to poll (server/session_calls.py, session_call.py): real uvicorn server."""
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -43,9 +44,14 @@ def test_a_long_propagation_answers_as_a_call_with_the_same_answer(client, volum
     assert not propagation.poll()  # asked once, still running
     answer = propagation.answer() if poll(propagation) else None
     assert sorted(answer.slices) == list(range(1, 8)) and answer.can_undo
-    with pytest.raises(EngineError, match="No call") as caught:  # read: forgotten
-        client._request("GET", f"/calls/{propagation.call}")
-    assert caught.value.status == 404
+    again = json.loads(client._request("GET", f"/calls/{propagation.call}"))  # a lost answer can be asked again
+    assert sorted(again["slices"]) == sorted(propagation.reply["slices"])
+    with pytest.raises(EngineError, match="answered already") as caught:  # applied by the client: undo it instead
+        client._request("DELETE", f"/calls/{propagation.call}")
+    assert caught.value.status == 409
+    with pytest.raises(EngineError, match="No call") as caught:
+        client._request("GET", "/calls/" + "0" * 24)
+    assert caught.value.status == 404 and "\n" not in str(caught.value)
     client.close_session(session)
 
 
