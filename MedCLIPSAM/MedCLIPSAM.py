@@ -517,10 +517,15 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise ValueError(_("The engine is not available."))
         if not engine.ready():
             raise ValueError(_("The engine is starting (loading models); try again in a moment."))
+        from MedCLIPSAMLib.client import PART_BYTES
+        from MedCLIPSAMLib.slicer.engine_process import RemoteEngine
+        from MedCLIPSAMLib.slicer.run import REMOTE_PART_BYTES
+
         backend = None if p.samModel == "auto" else p.samModel
+        partBytes = REMOTE_PART_BYTES if isinstance(engine, RemoteEngine) else PART_BYTES  # one part per tick
         self._correction = Correction(EngineClient(engine.url, engine.token, timeout=30.0), slicer.mrmlScene,
                                       p.inputVolume, segmentationNode, segmentId, axis=axis,
-                                      text_run_busy=self.logic.isRunning, sam_backend=backend)
+                                      text_run_busy=self.logic.isRunning, sam_backend=backend, part_bytes=partBytes)
         self._correctTimer.start()
         return self._correction
 

@@ -9,7 +9,9 @@ its own. Zoomed crops ride inside each encoded slice, keyed by their region (``E
 
 One ``EmbeddingStore`` per server process keeps one ``EmbeddingCache`` per key within one memory
 budget (a cache over it trims its least recently used slices, then the least recently used other
-caches are dropped), and drops a volume's caches once the server no longer holds the volume.
+caches are dropped), and drops a volume's caches once the server no longer holds the volume. A cache
+encodes under its lock: an interaction needing a slice waits while a text run encodes a batch of the
+same volume's slices (never while it runs saliency or decodes).
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ class SharedCache(EmbeddingCache):
     """An ``EmbeddingCache`` whose growth also keeps the whole store within its budget."""
 
     def __init__(self, store: "EmbeddingStore", backend: "SamBackend", slices: np.ndarray):
-        super().__init__(backend, slices, store.budget_bytes)
+        # A caller's request is one batch: the pipeline sizes its batches for its device (and halves them on OOM).
+        super().__init__(backend, slices, store.budget_bytes, batch_size=max(1, len(slices)))
         self.store = store
 
     def _trim(self, keep: set[int]) -> None:
