@@ -84,3 +84,41 @@ def test_a_bad_request_with_wait_is_the_same_one_line_4xx(client, volume_id):
     assert caught.value.status == 404
     assert client.session_mask(session).slices == {}
     client.close_session(session)
+
+
+def test_calls_need_the_token(client):
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(urllib.request.Request(client.url + "/calls/" + "0" * 24))
+    assert caught.value.code == 401
+
+
+def test_an_unread_call_expires_after_the_ttl_and_a_withdrawn_one_is_undone_once():
+    import threading
+
+    from fastapi import HTTPException
+
+    from MedCLIPSAMLib.server.session_calls import CallStore
+
+    store, guard, undone = CallStore(ttl=0.05), threading.Lock(), []
+    call = store.start(lambda: "answer", guard, withdraw=undone.append)
+    call.future.result(timeout=10)
+    store.withdraw(call.id)  # ended, never read: taken back now
+    assert undone == ["answer"]
+    with pytest.raises(HTTPException):
+        store.withdraw(call.id)  # once only
+    release = threading.Event()
+    running = store.start(lambda: release.wait(10) and "later", guard, withdraw=undone.append)
+    store.withdraw(running.id)  # still running: taken back when it ends
+    release.set()
+    running.future.result(timeout=10)
+    assert undone == ["answer", "later"]
+    kept = store.start(lambda: "kept", guard)
+    kept.future.result(timeout=10)
+    time.sleep(0.1)
+    store.expire()
+    with pytest.raises(HTTPException) as caught:
+        store.get(kept.id)
+    assert caught.value.status_code == 404 and len(store) == 0
