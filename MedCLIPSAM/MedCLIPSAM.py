@@ -56,7 +56,8 @@ SAM_MODELS = ["auto", "litemedsam", "vit_b", "vit_l", "vit_h"]
 SCOPES = ["Whole volume", "Current slice", "Slice range"]
 POLL_MS = 250
 CORRECT_TICK_MS = 50
-"""Corrections answer in ~0.1-0.2 s: the panel looks for the answer this often (a tick never waits on the network)."""
+"""Corrections answer in ~0.1-0.2 s: the panel's timer steps the correction this often; each step is one short
+request (the engine holds it at most 0.1 s, slicer/correct.py), no thread."""
 UPLOAD_TICK_MS = 10
 INSTALL_POLL_MS = 200
 
@@ -506,8 +507,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentId = self._selectedSegmentId(segmentationNode)
         axis = self._activeView()[0]
         current = self._correction
-        if current is not None and (current.volume_node, current.segmentation_node, current.segment_id,
-                                    current.axis) == (p.inputVolume, segmentationNode, segmentId, axis):
+        if current is not None and current.state != "closed" and (
+                current.volume_node, current.segmentation_node, current.segment_id,
+                current.axis) == (p.inputVolume, segmentationNode, segmentId, axis):
             return current
         self.onCorrectDone()
         engine = self._engine()
@@ -515,10 +517,15 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise ValueError(_("The engine is not available."))
         if not engine.ready():
             raise ValueError(_("The engine is starting (loading models); try again in a moment."))
+        from MedCLIPSAMLib.client import PART_BYTES
+        from MedCLIPSAMLib.slicer.engine_process import RemoteEngine
+        from MedCLIPSAMLib.slicer.run import REMOTE_PART_BYTES
+
         backend = None if p.samModel == "auto" else p.samModel
+        partBytes = REMOTE_PART_BYTES if isinstance(engine, RemoteEngine) else PART_BYTES  # one part per tick
         self._correction = Correction(EngineClient(engine.url, engine.token, timeout=30.0), slicer.mrmlScene,
                                       p.inputVolume, segmentationNode, segmentId, axis=axis,
-                                      text_run_busy=self.logic.isRunning, sam_backend=backend)
+                                      text_run_busy=self.logic.isRunning, sam_backend=backend, part_bytes=partBytes)
         self._correctTimer.start()
         return self._correction
 

@@ -185,8 +185,12 @@ class Pipeline:
 
     def __init__(self, settings: Settings | None = None, clip: ClipBundle | None = None,
                  sam: SamBackend | None = None, progress: ProgressCallback | None = None,
-                 cancel: threading.Event | None = None):
+                 cancel: threading.Event | None = None, embeddings: Callable | None = None):
+        """``embeddings(sam, axis, window, slices)``: an object whose ``get_many(indices)`` gives the slices'
+        SAM embeddings, encoding only the missing ones (the server's cache shared with correction sessions,
+        interactive/shared_embeddings.py); None: every run encodes its slices itself."""
         settings = settings or Settings()
+        self.embeddings = embeddings
         self.device = resolve_device(settings.device)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -256,7 +260,7 @@ class Pipeline:
         runner = _Runner(progress, cancel)
         self.sam  # load (or download) SAM now: a bad checkpoint must fail before minutes of saliency
         located = self._locate(volume, prompts, runner, saliency)
-        masks = self._sam(located.slices, [t.prompts for t in located.targets], runner)
+        masks = self._sam(located.slices, [t.prompts for t in located.targets], runner, located.axis)
         t = time.perf_counter()
         result = self._assemble(located, masks)
         runner.timed("cleanup", t)
@@ -440,16 +444,20 @@ class Pipeline:
             interpolate_between(target, computed, active)
         return maps
 
-    def _sam(self, slices: np.ndarray, prompts: list[list[SlicePrompts]], runner: _Runner) -> list[np.ndarray]:
-        """SAM masks per prompt, encoding each slice that has any prompt once."""
+    def _sam(self, slices: np.ndarray, prompts: list[list[SlicePrompts]], runner: _Runner,
+             axis: int | None = None) -> list[np.ndarray]:
+        """SAM masks per prompt, encoding each slice that has any prompt once (or taking it from ``embeddings``)."""
         masks = [np.zeros(slices.shape, dtype=bool) for _ in prompts]
         needed = np.array([z for z in range(slices.shape[0]) if any(p[z] for p in prompts)], dtype=int)
         rules = self.settings.box_rules()
         runner.begin("sam", len(needed))
+        shared = None
+        if self.embeddings is not None and axis is not None and needed.size:
+            shared = self.embeddings(self.sam, axis, self.settings.window, slices)
 
         def batch(part: np.ndarray) -> None:
             t = time.perf_counter()
-            encoded = self.sam.encode(slices[part])
+            encoded = shared.get_many(part.tolist()) if shared is not None else self.sam.encode(slices[part])
             runner.timed("sam_encoder", t)
             t = time.perf_counter()
             for z, enc in zip(part, encoded):

@@ -19,6 +19,7 @@ so no request can take the server down.
     DELETE /jobs/{id}                 cancel (within one model layer or M2IB step)
     POST   /shutdown                  only on an engine Slicer started for itself
     /sessions/...                     box/click corrections with propagation (see server/interactions.py)
+    /calls/{id}                       a session request not done within its ``?wait`` (server/session_calls.py)
     GET    /openapi.json              this API as OpenAPI, with the status codes each route answers
 
 What every route shares (token, body limits, JSON rules, 405/500 answers) is in ``guards.py``.
@@ -37,6 +38,7 @@ from fastapi.responses import JSONResponse
 
 from ..errors import InputError, MedCLIPSAMError
 from ..imageio import as_volume
+from ..interactive.shared_embeddings import EmbeddingStore, RunEmbeddings
 from . import wire
 from .engine import Engine
 from .interactions import SessionStore, interaction_router
@@ -108,14 +110,16 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     partial = PartialUploads(ttl=limits.ttl_seconds, max_bytes=limits.max_unfinished_bytes)
     decoded_limit = min(limits.max_upload_bytes, limits.max_stored_bytes)  # checked on the archive, before decoding
 
-    sessions = SessionStore(limits.ttl_seconds)
+    embeddings = EmbeddingStore()  # SAM slice embeddings shared by text runs and sessions on a volume
+    sessions = SessionStore(limits.ttl_seconds, embeddings=embeddings)
 
     def authorised(request: Request) -> None:
         check_token(request, token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        sweeper = Sweeper((partial.expire, volumes.expire, jobs.expire, sessions.expire),
+        sweeper = Sweeper((partial.expire, volumes.expire, jobs.expire, sessions.expire,
+                           lambda: embeddings.keep_volumes(volumes.ids())),
                           Sweeper.interval_for(limits.ttl_seconds))
         sweeper.start()
         yield
@@ -223,7 +227,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     async def submit(request: Request) -> dict[str, Any]:
         body = await json_object(request, {"volume", "prompts", "settings", "presets", "saliency", "labels",
                                            "saliency_bits"}, "job")
-        volume = volumes.get(str(body.get("volume", "")))
+        volume_id = str(body.get("volume", ""))
+        volume = volumes.get(volume_id)
         if volume is None:
             raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
                                      "again with PUT /volumes/{id}.")
@@ -236,10 +241,12 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         include_saliency, labels, bits = switches["saliency"], switches["labels"], saliency_bits(body)
 
         summary: dict[str, Any] = {}
+        shared = RunEmbeddings(embeddings, volume_id, settings.sam_checkpoint, settings.bf16)
 
         def work(progress, cancel) -> bytes:
-            result = engine.run(volume, prompts, settings, progress, cancel)
+            result = engine.run(volume, prompts, settings, progress, cancel, shared)
             summary["faithfulness"] = wire.faithfulness_record(result)
+            summary["sam_slices"] = shared.summary()
             return wire.encode_result(result, include_saliency, labels, bits)
 
         job = jobs.submit(work)
@@ -251,7 +258,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
                 "done": job.done, "total": job.total,
                 "finished_stages": [[stage, total] for stage, total in job.finished_stages], "error": job.error, "error_kind": job.error_kind,
                 "seconds": round(job.seconds, 3), "cpu_seconds": round(job.cpu_seconds, 3),
-                "faithfulness": job.summary.get("faithfulness")}
+                "faithfulness": job.summary.get("faithfulness"), "sam_slices": job.summary.get("sam_slices")}
 
     def find(job_id: str) -> Job:
         job = jobs.get(job_id)
@@ -292,6 +299,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         "open_session": {404: "The server does not hold that volume, or no such job",
                          409: "The job is not done", 410: "The job's result was already fetched: send the mask"},
         **{name: no_session for name in ("box", "clicks", "propagate", "undo", "reset", "mask", "close")},
+        "call_answer": {202: "Still running: ask again", 404: "No such call (withdrawn or expired)"},
+        "withdraw_call": {404: "No such call (withdrawn or expired)", 409: "Answered already: undo it instead"},
     }, routers=[corrections])
     app.include_router(corrections)  # after: older FastAPI copies the routes, documented, when including
     return app

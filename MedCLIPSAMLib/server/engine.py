@@ -61,12 +61,21 @@ class Engine:
         return settings_from_dict(values, base=settings, hidden=SERVER_FIELDS)
 
     def run(self, volume: Volume, prompts: Sequence[Any], settings: Settings,
-            progress: Callable[[str, int, int], None], cancel: threading.Event):
+            progress: Callable[[str, int, int], None], cancel: threading.Event, embeddings: Callable | None = None):
+        """``embeddings``: SAM embeddings shared with sessions on the same volume (see ``Pipeline``)."""
         from ..pipeline import Pipeline
 
         with self._lock:
-            pipeline = Pipeline(settings, progress=progress, cancel=cancel)
+            pipeline = Pipeline(settings, progress=progress, cancel=cancel, embeddings=embeddings)
             return pipeline.run(volume, prompts, progress, cancel)
+
+    def session_sam(self, sam_backend: str):
+        """The SAM a correction session uses: the one a text run with the server's settings uses (same runtime and
+        precision), so the two can share slice embeddings."""
+        from ..pipeline import Pipeline
+
+        settings = self.config.base_settings().replace(sam_backend=sam_backend)
+        return Pipeline(settings).sam, settings
 
     def info(self) -> dict[str, Any]:
         from .. import __version__

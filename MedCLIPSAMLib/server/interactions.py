@@ -10,11 +10,17 @@
     POST   /sessions/{id}/undo, /reset
     GET    /sessions/{id}/mask           every non-empty slice (to start a client from the session's state)
     DELETE /sessions/{id}                close it and free its memory (it also expires after ``ttl`` idle)
+    GET    /calls/{id}, DELETE /calls/{id}   a request sent with ``?wait=S`` that was not done in S seconds:
+                                         poll its answer, or withdraw it (server/session_calls.py)
 
 Every interaction answers ``interactive.answer.encode_answer`` of the slices that changed, plus the
 engine-side ``seconds``. Interactions run on the request thread (one decoder pass on an encoded slice
 is tens of ms; queueing behind a minutes-long text job would not be an interaction), one at a time per
-session. Sessions on one volume and axis share their slice embeddings.
+session. Sessions and text runs on one volume share their slice embeddings when interchangeable (same axis,
+window, SAM, runtime and precision: interactive/shared_embeddings.py); they are kept while the server holds the
+volume, within one memory budget, so a session closed and opened again, or a text run after it, encodes nothing
+twice. With ``?wait=S`` any of these
+POSTs answers within S seconds, at once when done, else as a call to poll (Slicer's timer does that).
 """
 from __future__ import annotations
 
@@ -30,7 +36,9 @@ from fastapi import APIRouter, HTTPException, Request
 from ..errors import InputError
 from ..interactive.answer import Answer, encode_answer
 from .engine import Engine
+from ..interactive.shared_embeddings import EmbeddingStore, embedding_key
 from .guards import json_object
+from .session_calls import CallStore, check_wait
 from .store import drop_idle
 
 MAX_SESSIONS = 16
@@ -41,18 +49,22 @@ SESSION_FIELDS = {"volume", "axis", "window", "sam_backend", "click_mode", "job"
 @dataclass
 class Held:
     session: Any
-    cache_key: tuple
+    cache_key: Any
     touched: float = field(default_factory=time.monotonic)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    """Its requests run one at a time, in order (a withdrawn call's undo included: session_calls.py)."""
 
 
 class SessionStore:
-    """Open sessions and the embedding caches they share; idle ones expire after ``ttl`` seconds."""
+    """Open sessions; idle ones expire after ``ttl`` seconds. Their embeddings are the volume's (``embeddings``,
+    shared with text runs), freed with the volume or by the store's budget, not when a session closes."""
 
-    def __init__(self, ttl: float, max_sessions: int = MAX_SESSIONS):
+    def __init__(self, ttl: float, max_sessions: int = MAX_SESSIONS, embeddings: EmbeddingStore | None = None):
         self.ttl, self.max_sessions = ttl, max_sessions
+        self.embeddings = embeddings if embeddings is not None else EmbeddingStore()
         self._sessions: dict[str, Held] = {}
-        self._caches: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+        self.calls = CallStore(ttl)
 
     def add(self, held: Held) -> str:
         with self._lock:
@@ -62,7 +74,6 @@ class SessionStore:
                 del self._sessions[oldest]
             session_id = secrets.token_hex(12)
             self._sessions[session_id] = held
-            self._free_unused_caches()
             return session_id
 
     def get(self, session_id: str) -> Held:
@@ -79,13 +90,6 @@ class SessionStore:
         self.get(session_id)
         with self._lock:
             del self._sessions[session_id]
-            self._free_unused_caches()
-
-    def cache(self, key: tuple, make) -> Any:
-        with self._lock:
-            if key not in self._caches:
-                self._caches[key] = make()
-            return self._caches[key]
 
     def __len__(self) -> int:
         with self._lock:
@@ -94,24 +98,16 @@ class SessionStore:
 
     @property
     def cached_slices(self) -> int:
-        with self._lock:
-            return sum(len(cache) for cache in self._caches.values())
+        return self.embeddings.cached_slices
 
     def expire(self) -> None:
         """Drop idle sessions now (the server's sweeper timer calls this, so memory is freed without requests)."""
         with self._lock:
             self._expire()
+        self.calls.expire()
 
     def _expire(self) -> None:
-        before = len(self._sessions)
         drop_idle(self._sessions, self.ttl)
-        if len(self._sessions) != before:
-            self._free_unused_caches()
-
-    def _free_unused_caches(self) -> None:
-        used = {held.cache_key for held in self._sessions.values()}
-        for key in [key for key in self._caches if key not in used]:
-            self._caches.pop(key).clear()
 
 
 def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
@@ -121,7 +117,8 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
     ttl = store.ttl
 
     @router.post("/sessions", status_code=201)
-    async def open_session(request: Request) -> dict[str, Any]:
+    async def open_session(request: Request, wait: float | None = None) -> dict[str, Any]:
+        check_wait(wait)
         body = await json_object(request, SESSION_FIELDS, "session")
         volume_id = str(body.get("volume", ""))
         volume = request.app.state.volumes.get(volume_id)
@@ -129,15 +126,24 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
             raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
                                      "again, then open the session.")
         start = _start_mask(request, body, volume.array.shape)
+        if wait is not None:
+            call = store.calls.start(lambda: _open(volume_id, volume, body, start), threading.Lock(),
+                                     withdraw=lambda opened: _close_quietly(opened["session"]))
+            return await store.calls.reply(call, wait)
         from fastapi.concurrency import run_in_threadpool
 
         return await run_in_threadpool(_open, volume_id, volume, body, start)
 
+    def _close_quietly(session_id: str) -> None:
+        try:
+            store.close(session_id)
+        except HTTPException:
+            pass  # closed or expired already
+
     def _open(volume_id: str, volume, body: dict[str, Any], start: np.ndarray | None) -> dict[str, Any]:
         from ..imageio import normalize_intensity, resolve_axis
-        from ..interactive.embedding_cache import EmbeddingCache
         from ..interactive.session import InteractionSession
-        from ..models.sam import load_sam, resolve_backend
+        from ..models.sam import resolve_backend
 
         backend_name = resolve_backend(_text(body, "sam_backend") or "auto", engine.device)
         window = _text(body, "window")
@@ -145,56 +151,75 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
             raise InputError(f"'axis' must be 0, 1, 2 or null, not {axis!r:.40}.")
         axis = resolve_axis(axis, volume)
-        sam = load_sam(backend_name, engine.config.sam_checkpoint if backend_name != "litemedsam" else None,
-                       str(engine.device))
-        key = (volume_id, axis, window, backend_name)
-
-        def make_cache() -> EmbeddingCache:
-            slices = np.ascontiguousarray(np.moveaxis(normalize_intensity(volume.array, window), axis, 0))
-            return EmbeddingCache(sam, slices)
-
-        cache = store.cache(key, make_cache)
+        sam, settings = engine.session_sam(backend_name)
+        key = embedding_key(volume_id, axis, window, sam, settings.sam_checkpoint, settings.bf16)
+        cache = store.embeddings.cache(key, sam, lambda: np.moveaxis(normalize_intensity(volume.array, window), axis, 0))
+        cached = len(cache)
         session = InteractionSession(sam, volume, axis=axis, cache=cache, click_mode=_text(body, "click_mode"))
         if start is not None:
             session.set_mask(start)
         session_id = store.add(Held(session, key))
         return {"session": session_id, "axis": session.axis, "slices": session.slice_count,
                 "slice_shape": list(session.slice_shape), "sam_backend": sam.name, "click_mode": session.click_mode,
-                "expires_s": ttl}
+                "expires_s": ttl, "cached_slices": cached}
 
-    def answer(session_id: str, act) -> dict[str, Any]:
-        held = store.get(session_id)
-        start = time.perf_counter()
+    def answer(held: Held, act) -> dict[str, Any]:
+        with held.guard:
+            return _answered(held, act)
+
+    def _answered(held: Held, act) -> dict[str, Any]:
+        start, encoded = time.perf_counter(), held.session.cache.encoded_count
         result: Answer = act(held.session)
-        return {**encode_answer(result), "seconds": round(time.perf_counter() - start, 4)}
+        return {**encode_answer(result), "seconds": round(time.perf_counter() - start, 4),
+                "encoded_slices": held.session.cache.encoded_count - encoded}
+
+    async def respond(session_id: str, wait: float | None, act, undoable: bool = True) -> dict[str, Any]:
+        """The interaction's answer; with ``wait``, within that many seconds or as a call (session_calls.py)."""
+        check_wait(wait)
+        held = store.get(session_id)
+        if wait is None:
+            return await _threaded(answer, held, act)
+        call = store.calls.start(lambda: _answered(held, act), held.guard,
+                                 withdraw=(lambda _: held.session.undo()) if undoable else None)
+        return await store.calls.reply(call, wait)
+
+    @router.get("/calls/{call_id}")
+    async def call_answer(call_id: str, wait: float = 0.0) -> dict[str, Any]:
+        check_wait(wait)
+        return await store.calls.reply(store.calls.get(call_id), wait)
+
+    @router.delete("/calls/{call_id}")
+    def withdraw_call(call_id: str) -> dict[str, Any]:
+        store.calls.withdraw(call_id)
+        return {"call": call_id, "state": "withdrawn"}
 
     @router.post("/sessions/{session_id}/box")
-    async def box(session_id: str, request: Request) -> dict[str, Any]:
+    async def box(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "box", "mode"}, "box")
-        return await _threaded(answer, session_id, lambda s: s.box(body.get("slice"), body.get("box"),
-                                                                     body.get("mode", "replace")))
+        return await respond(session_id, wait, lambda s: s.box(body.get("slice"), body.get("box"),
+                                                               body.get("mode", "replace")))
 
     @router.post("/sessions/{session_id}/clicks")
-    async def clicks(session_id: str, request: Request) -> dict[str, Any]:
+    async def clicks(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "clicks"}, "clicks")
         given = body.get("clicks")
         if not isinstance(given, list):
             raise InputError("'clicks' must be a list of [x, y, true|false].")
-        return await _threaded(answer, session_id, lambda s: s.clicks(body.get("slice"), given))
+        return await respond(session_id, wait, lambda s: s.clicks(body.get("slice"), given))
 
     @router.post("/sessions/{session_id}/propagate")
-    async def propagate(session_id: str, request: Request) -> dict[str, Any]:
+    async def propagate(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "direction"}, "propagate")
-        return await _threaded(answer, session_id, lambda s: s.propagate(body.get("slice"),
-                                                                           body.get("direction", "both")))
+        return await respond(session_id, wait, lambda s: s.propagate(body.get("slice"),
+                                                                     body.get("direction", "both")))
 
     @router.post("/sessions/{session_id}/undo")
-    async def undo(session_id: str) -> dict[str, Any]:
-        return await _threaded(answer, session_id, lambda s: s.undo())
+    async def undo(session_id: str, wait: float | None = None) -> dict[str, Any]:
+        return await respond(session_id, wait, lambda s: s.undo(), undoable=False)
 
     @router.post("/sessions/{session_id}/reset")
-    async def reset(session_id: str) -> dict[str, Any]:
-        return await _threaded(answer, session_id, lambda s: s.reset())
+    async def reset(session_id: str, wait: float | None = None) -> dict[str, Any]:
+        return await respond(session_id, wait, lambda s: s.reset())
 
     @router.get("/sessions/{session_id}/mask")
     def mask(session_id: str) -> dict[str, Any]:

@@ -55,6 +55,12 @@ class VolumeStore:
         with self._lock:
             self._expire()
 
+    def ids(self) -> set[str]:
+        """The volumes held now (after expiry), without refreshing them."""
+        with self._lock:
+            self._expire()
+            return set(self._items)
+
     def held_bytes(self) -> int:
         with self._lock:
             return sum(item.nbytes for item in self._items.values())

@@ -1,12 +1,19 @@
 """Qt-free Slicer glue for corrections: markups to slice prompts, engine answers into one segment.
 
-A ``Correction`` holds one engine session for one segment of the output segmentation. Each
-interaction goes out on a worker thread (the GUI thread never waits on the network); the panel's
-timer calls ``step()``, which applies a finished answer on the main thread: only the answer's
-slices of that one segment change (``SetBinaryLabelmapToSegment``, see ``write_slices``), and the
-slices' previous content is kept so ``undo()``
-restores it exactly, one interaction per step. While a text run is going, answers wait: a run and
-an interaction never write into the segmentation at once.
+A ``Correction`` holds one engine session for one segment of the output segmentation. Like the text
+run (``run.SegmentRun``) it starts no thread: inside Slicer the main thread holds the GIL while Qt
+runs, so a Python worker thread would starve. The panel's timer calls ``step()`` on the main thread
+and each step does one short piece: pack a chunk of the volume, send one upload part, or one request
+to the engine that the server answers within ``session_call.WAIT_S`` (0.1 s) either with the answer
+or with a call id polled on the next ticks (``session_call.SessionCall``); so a tick waits at most
+0.1 s plus one round trip (a poll gives up after ``POLL_TIMEOUT_S`` = 0.25 s and asks again next
+tick), however long a propagation runs on the engine. ``longest_step_s`` records the longest step.
+
+An answer is applied on the main thread: only its slices of that one segment change
+(``SetBinaryLabelmapToSegment``, see ``write_slices``), and the slices' previous content is kept so
+``undo()`` restores it exactly, one interaction per step. While a text run is going, answers wait: a
+run and an interaction never write into the segmentation at once. ``cancel()`` withdraws what is in
+flight (the engine undoes it) and leaves the segment as it was.
 
 Arrays are in the reference volume's (k, j, i) order; the engine's ``axis`` is in that order, and a
 slice along axis a is the array with that axis removed (rows, cols): a=0 (j, i), a=1 (k, i), a=2 (k, j).
@@ -15,7 +22,7 @@ Parent transforms of the volume are not applied (as in ``run.view_slice``).
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,13 +30,19 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from ..client import EngineClient, EngineError
+from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload
 from ..errors import MedCLIPSAMError
-from ..interactive.answer import Answer
-from .mrml import segment_to_array
-from .run import read_input
+from ..imageio import luminance
+from ..interactive.answer import Answer, encode_mask
+from ..server import wire
+from ..session_call import POLL_TIMEOUT_S, SessionCall
+from .mrml import segment_to_array, spacing_kji, volume_view
 
-IDLE, SENDING, WAITING_FOR_RUN = "idle", "sending", "waiting for the text run"
+PACKING, UPLOADING, OPENING = "preparing the volume", "uploading", "opening the session"
+IDLE, SENDING, WAITING_FOR_RUN, UNDOING = "idle", "sending", "waiting for the text run", "undoing"
+CLOSED = "closed"
+WORKING = (PACKING, UPLOADING, OPENING, SENDING, UNDOING)
+"""States a ``step()`` advances by itself (``WAITING_FOR_RUN`` waits for the text run to end)."""
 
 
 def _slicer():
@@ -113,7 +126,7 @@ class SliceEdit:
 
 @dataclass
 class Correction:
-    """One engine session correcting one segment; the panel's timer calls ``step()``."""
+    """One engine session correcting one segment; the panel's timer calls ``step()`` (no thread is started)."""
 
     client: EngineClient
     scene: Any
@@ -123,41 +136,39 @@ class Correction:
     axis: int = 0
     text_run_busy: Callable[[], bool] = lambda: False
     sam_backend: str | None = None
-    state: str = IDLE
+    part_bytes: int = PART_BYTES
+    state: str = PACKING
     message: str = ""
     error: str = ""
     edits: list[SliceEdit] = field(default_factory=list)
     session: str | None = None
-    _thread: threading.Thread | None = None
-    _outcome: Any = None
+    longest_step_s: float = 0.0
+    """The longest ``step()`` so far, in seconds (what a harness checks against the GUI budget)."""
+    _call: SessionCall | None = None
+    _answer: Answer | None = None
+    _sending: PartUpload | None = None
+    _upload: Upload | None = None
 
     def __post_init__(self) -> None:
-        """Read the volume and the segment now (main thread); upload and open the session on the worker."""
-        upload = read_input(self.volume_node)
-        start = segment_to_array(self.segmentation_node, self.segment_id, self.volume_node) > 0
-
-        def open_session() -> None:
-            self.client.upload(upload)
-            opened = self.client.open_session(upload.id, axis=self.axis, sam_backend=self.sam_backend,
-                                              mask=start if start.any() else None)
-            self.session = opened["session"]
-            self.message = f"Ready ({opened['sam_backend']}, clicks as {opened['click_mode'].replace('_', ' ')})"
-
-        self._start(open_session)
+        """Read the segment now (main thread); the volume is packed, uploaded and the session opened by ``step``."""
+        array = volume_view(self.volume_node)
+        self._packing = wire.encode_volume_steps(luminance(array) if array.ndim == 4 else array,
+                                                 spacing_kji(self.volume_node))
+        self._start_mask = segment_to_array(self.segmentation_node, self.segment_id, self.volume_node) > 0
 
     @property
     def busy(self) -> bool:
-        return self.state != IDLE
+        return self.state not in (IDLE, CLOSED)
 
-    # ---- interactions (each returns at once; ``step`` applies the answer)
+    # ---- interactions (each returns after one short request; ``step`` applies the answer)
     def box(self, index: int, box, mode: str = "replace") -> None:
-        self._send(lambda: self.client.session_box(self.session, index, box, mode))
+        self._send("box", {"slice": int(index), "box": [int(v) for v in box], "mode": mode})
 
     def clicks(self, index: int, clicks) -> None:
-        self._send(lambda: self.client.session_clicks(self.session, index, clicks))
+        self._send("clicks", {"slice": int(index), "clicks": [[int(c[0]), int(c[1]), bool(c[2])] for c in clicks]})
 
     def propagate(self, index: int, direction: str = "both") -> None:
-        self._send(lambda: self.client.session_propagate(self.session, index, direction))
+        self._send("propagate", {"slice": int(index), "direction": direction})
 
     def undo(self) -> None:
         """Put back the slices of the last applied interaction, in the segment and on the engine."""
@@ -167,64 +178,152 @@ class Correction:
             raise MedCLIPSAMError("Nothing to undo among this session's corrections.")
         edit = self.edits.pop()
         write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, edit.slices_before)
-        self._start(lambda: self.client.session_undo(self.session), apply=False)
+        self._request(UNDOING, "undo")
+
+    def cancel(self) -> None:
+        """Withdraw what is in flight; the segment stays as it was and the engine's session follows it.
+
+        Before the session is open, the correction ends (``CLOSED``); after, it is ready for the next one."""
+        if self.state in (PACKING, UPLOADING, OPENING):
+            if self._sending is not None:
+                self._sending.cancel()
+            if self._call is not None:
+                self._call.withdraw()  # the engine closes the session it was opening
+            self._packing = self._sending = self._upload = self._call = None
+            self.state, self.message = CLOSED, "Cancelled before the session opened; nothing was changed."
+        elif self.state == SENDING:
+            self._call.withdraw()  # the engine undoes it when it ends
+            self._call, self.state, self.message = None, IDLE, "Cancelled; nothing was changed."
+        elif self.state == WAITING_FOR_RUN:  # the engine applied it already: undo it there
+            self._answer = None
+            self._request(UNDOING, "undo")
+            self.message = "Cancelled; nothing was changed."
 
     def close(self) -> None:
+        """Cancel what is in flight and free the engine's session (one short request)."""
+        self.cancel()
         if self.session is not None:
             try:
                 self.client.close_session(self.session)
             except EngineError:
                 pass  # the server is gone or the session expired: nothing is held either way
             self.session = None
+        self.state = CLOSED
 
     # ---- the timer's step (main thread)
     def step(self) -> None:
-        if self.state == IDLE or (self._thread is not None and self._thread.is_alive()):
+        """One short piece of work (see the module's docstring for the bound); errors end up in ``error``."""
+        start = time.perf_counter()
+        try:
+            self._step()
+        except MedCLIPSAMError as exc:
+            self._fail(str(exc) or type(exc).__name__)
+        except Exception as exc:  # a bug: keep Slicer running, say it in the panel
+            logging.exception("MedCLIP-SAM correction failed")
+            self._fail(f"Unexpected error ({type(exc).__name__}: {exc}).")
+        self.longest_step_s = max(self.longest_step_s, time.perf_counter() - start)
+
+    def wait(self, timeout: float = 600.0, interval: float = 0.01) -> None:
+        """Step until nothing is in flight (scripts and tests; the panel's timer calls ``step`` instead)."""
+        deadline = time.monotonic() + timeout
+        while self.state in WORKING and time.monotonic() < deadline:
+            self.step()
+            if self.state in WORKING:
+                time.sleep(interval)
+        if self.state == WAITING_FOR_RUN:
+            self.step()
+
+    # ---- internals
+    def _step(self) -> None:
+        if self.state == PACKING:
+            self._pack()
+        elif self.state == UPLOADING:
+            self._sending.send_next()
+            if self._sending.finished:
+                self._open()
+        elif self.state == OPENING:
+            if self._call.poll():
+                opened, self._call = self._call.reply, None
+                self.session = opened["session"]
+                self.message = f"Ready ({opened['sam_backend']}, clicks as {opened['click_mode'].replace('_', ' ')})"
+                self.state = IDLE
+        elif self.state == SENDING:
+            if self._call.poll():
+                self._answer, self._call = self._call.answer(), None
+                self._apply()
+        elif self.state == WAITING_FOR_RUN:
+            self._apply()
+        elif self.state == UNDOING:
+            if self._call.poll():
+                self._call, self.state = None, IDLE
+
+    def _pack(self) -> None:
+        """The upload bytes, one 16 MB chunk per step; then the upload begins (nothing sent if the engine has it)."""
+        try:
+            next(self._packing)
             return
-        outcome, apply = self._outcome
-        if isinstance(outcome, BaseException):
-            self.state, self.error = IDLE, str(outcome) or type(outcome).__name__
-            return
-        if apply and isinstance(outcome, Answer) and outcome.slices:
+        except StopIteration as done:
+            payload, volume_id = done.value
+        self._packing, self._upload = None, Upload(payload, volume_id)
+        self.client.handshake()
+        self._sending = self.client.start_upload(self._upload, self.part_bytes)
+        if self._sending is None:
+            self._open()
+        else:
+            self._sending.commit_wait = POLL_TIMEOUT_S  # a large volume is hashed a while: asked again next tick
+            self.state = UPLOADING
+
+    def _open(self) -> None:
+        body: dict[str, Any] = {"volume": self._upload.id, "axis": self.axis}
+        if self.sam_backend:
+            body["sam_backend"] = self.sam_backend
+        if self._start_mask.any():
+            body["mask"] = encode_mask(self._start_mask)
+        self._upload = self._start_mask = None
+        if self._sending is not None:
+            self._sending.upload = None
+        self._call, self.state = SessionCall(self.client, "POST", "/sessions", body), OPENING
+
+    def _apply(self) -> None:
+        """Write the answer's slices of the segment, unless a text run is writing (then next tick)."""
+        answer = self._answer
+        if answer.slices:
             if self.text_run_busy():
                 self.state = WAITING_FOR_RUN
                 return
             for node in (self.segmentation_node, self.volume_node):
                 if not self.scene.IsNodePresent(node):
-                    self.state, self.error = IDLE, "The segmentation or its volume left the scene; nothing was changed."
+                    self._answer, self.state = None, IDLE
+                    self.error = "The segmentation or its volume left the scene; nothing was changed."
                     return
             before = read_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis,
-                                 outcome.slices)
-            write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, outcome.slices)
-            self.edits.append(SliceEdit(before, outcome.slices))
-        if isinstance(outcome, Answer):
-            self.message = outcome.message or f"{len(outcome.slices)} slice(s) changed"
-        self.state, self.error = IDLE, ""
+                                 answer.slices)
+            write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, answer.slices)
+            self.edits.append(SliceEdit(before, answer.slices))
+        self.message = answer.message or f"{len(answer.slices)} slice(s) changed"
+        self._answer, self.state, self.error = None, IDLE, ""
 
-    def wait(self, timeout: float = 600.0) -> None:
-        """Block until the request is answered and applied (scripts and tests; the panel uses ``step``)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.step()
-
-    # ---- internals
-    def _send(self, request: Callable[[], Any]) -> None:
+    def _send(self, action: str, body: dict[str, Any]) -> None:
         if self.busy:
             raise MedCLIPSAMError("The previous correction is still being computed; wait for it.")
         if self.session is None:
             raise MedCLIPSAMError(self.error or "The correction session is not open (yet).")
-        self._start(request)
+        self._request(SENDING, action, body)
 
-    def _start(self, request: Callable[[], Any], apply: bool = True) -> None:
-        def work() -> None:
-            try:
-                self._outcome = (request(), apply)
-            except MedCLIPSAMError as exc:
-                self._outcome = (exc, apply)
-            except Exception as exc:  # a bug: keep Slicer running, say it in the panel
-                logging.exception("MedCLIP-SAM correction failed")
-                self._outcome = (MedCLIPSAMError(f"Unexpected error ({type(exc).__name__}: {exc})."), apply)
+    def _request(self, state: str, action: str, body: dict[str, Any] | None = None) -> None:
+        self.error = ""
+        try:
+            self._call = SessionCall(self.client, "POST", f"/sessions/{self.session}/{action}", body)
+        except MedCLIPSAMError as exc:
+            self._fail(str(exc))
+            return
+        self.state = state
 
-        self.state, self.error = SENDING, ""
-        self._thread = threading.Thread(target=work, name="medclipsam-correct", daemon=True)
-        self._thread.start()
+    def _fail(self, message: str) -> None:
+        """An interaction refused: the segment is unchanged and the session ready; before it opened: closed."""
+        self._call = self._answer = None
+        opened = self.session is not None
+        if not opened and self._sending is not None:
+            self._sending.cancel()
+        self._packing = self._sending = self._upload = None
+        self.state, self.error = (IDLE if opened else CLOSED), message

@@ -51,7 +51,7 @@ def test_box_clicks_propagate_undo_and_close(client, volume_id):
     held = client.session_mask(session)
     assert list(held.slices) == [1] and np.array_equal(held.slices[1], before)
     closed = client.close_session(session)
-    assert closed["state"] == "closed" and closed["cached_slices"] == 0  # its embeddings are freed
+    assert closed["state"] == "closed" and closed["cached_slices"] >= 1  # kept with the volume (shared_embeddings)
     with pytest.raises(EngineError, match="No session") as caught:
         client.session_undo(session)
     assert caught.value.status == 404

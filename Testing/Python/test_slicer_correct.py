@@ -9,7 +9,7 @@ import vtk  # noqa: E402  (slicer-core brings it)
 from test_mrml import scene, segmentation_converters, volume_node  # noqa: E402,F401  (shared fixtures)
 from MedCLIPSAMLib.client import EngineClient  # noqa: E402
 from MedCLIPSAMLib.errors import MedCLIPSAMError  # noqa: E402
-from MedCLIPSAMLib.slicer.correct import (IDLE, WAITING_FOR_RUN, Correction, point_prompt,  # noqa: E402
+from MedCLIPSAMLib.slicer.correct import (IDLE, SENDING, WAITING_FOR_RUN, Correction, point_prompt,  # noqa: E402
                                           roi_prompt)
 from MedCLIPSAMLib.slicer.mrml import apply_result, segment_to_array  # noqa: E402
 
@@ -94,4 +94,87 @@ def test_a_bad_prompt_is_the_engines_one_line_and_changes_nothing(scene, volume_
     correction.wait()
     assert "Slice 9 is outside the volume" in correction.error and correction.state == IDLE
     np.testing.assert_array_equal(segment_to_array(node, tumour, volume_node), before)
+    correction.close()
+
+
+def test_the_flow_advances_only_by_step_and_starts_no_thread(scene, volume_node, segmented, engine_server,
+                                                              monkeypatch):
+    """Inside Slicer a Python worker thread starves behind Qt: the correction must start none (the engine's own
+    threads run in the server, here the test process's uvicorn thread, never in the caller's)."""
+    import threading
+    import time
+
+    caller = threading.current_thread()
+    started_here = []
+    original = threading.Thread.start
+
+    def recording_start(thread):
+        if threading.current_thread() is caller:
+            started_here.append(thread.name)
+        return original(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    node, tumour, _ = segmented
+    correction = Correction(EngineClient(engine_server.url, engine_server.token), scene, volume_node, node, tumour,
+                            axis=0, part_bytes=4096)  # several upload parts: one per step
+    time.sleep(0.3)
+    assert correction.session is None and correction.busy  # nothing moves without step()
+    steps = 0
+    while correction.busy:
+        correction.step()
+        steps += 1
+        assert steps < 5000, correction.state
+        time.sleep(0.005)
+    assert correction.session and not correction.error, correction.error
+    assert steps > 3  # packed, uploaded in parts, opened: each its own step
+    correction.box(3, (20, 8, 40, 28))
+    while correction.busy:
+        correction.step()
+    assert segment_to_array(node, tumour, volume_node)[3].any() and not correction.error
+    correction.close()
+    assert started_here == []
+
+
+def test_one_step_returns_while_a_propagation_runs_on_the_engine(scene, volume_node, segmented, engine_server):
+    """Propagating from slice 0 encodes slices 1-5 on the engine (an encoder pass each, ~1 s on this CPU); a step
+    asks once and returns: the answer is not there yet after it, and arrives on later steps."""
+    node, tumour, _ = segmented
+    correction = Correction(EngineClient(engine_server.url, engine_server.token), scene, volume_node, node, tumour,
+                            axis=0)
+    correction.wait()
+    correction.box(0, (20, 8, 40, 28))
+    correction.wait()
+    before = segment_to_array(node, tumour, volume_node)
+    correction.propagate(0, "up")
+    correction.step()
+    assert correction.state == SENDING  # the step came back before the propagation's answer
+    np.testing.assert_array_equal(segment_to_array(node, tumour, volume_node), before)
+    correction.wait()
+    assert not correction.error, correction.error
+    after = segment_to_array(node, tumour, volume_node)
+    assert np.flatnonzero((after != before).any(axis=(1, 2))).tolist() == [1, 2, 3, 4, 5]
+    assert correction.longest_step_s < 30  # the bound itself is the socket's (POLL_TIMEOUT_S), not timed here
+    correction.close()
+
+
+def test_cancel_during_a_propagation_leaves_the_segment_and_the_engine_as_they_were(scene, volume_node, segmented,
+                                                                                     engine_server):
+    node, tumour, _ = segmented
+    client = EngineClient(engine_server.url, engine_server.token)
+    correction = Correction(client, scene, volume_node, node, tumour, axis=0)
+    correction.wait()
+    correction.box(0, (20, 8, 40, 28))
+    correction.wait()
+    before = segment_to_array(node, tumour, volume_node)
+    correction.propagate(0, "up")
+    correction.step()
+    correction.cancel()
+    assert correction.state == IDLE and not correction.edits[1:]
+    np.testing.assert_array_equal(segment_to_array(node, tumour, volume_node), before)
+    correction.box(3, (20, 8, 40, 28))  # runs after the withdrawn propagation and its undo on the engine
+    correction.wait()
+    held = client.session_mask(correction.session)
+    assert sorted(held.slices) == [0, 1, 3]  # the start mask's slice 1, the box slices 0 and 3; nothing propagated
+    after = segment_to_array(node, tumour, volume_node)
+    assert np.flatnonzero((after != before).any(axis=(1, 2))).tolist() == [3]
     correction.close()
