@@ -20,6 +20,7 @@ REQUIREMENTS: dict[str, str] = {
     "onnxruntime": "onnxruntime>=1.30",  # optional speed-up on CPUs (models.onnx_runtime); PyTorch without it
     "onnx": "onnx>=1.23",
     "onnxscript": "onnxscript>=0.7",
+    "openvino": "openvino>=2025.0",  # faster than ONNX Runtime on the same export (models.openvino_runtime)
 }
 
 

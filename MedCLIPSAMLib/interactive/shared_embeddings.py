@@ -45,7 +45,8 @@ class EmbeddingKey:
 
 def embedding_key(volume_id: str, axis: int, window: str | None, backend: "SamBackend", checkpoint: str | None,
                   bf16: bool) -> EmbeddingKey:
-    runtime = "torch" if backend.runtime_encoder is None else type(backend.runtime_encoder).__name__
+    encoder = backend.runtime_encoder
+    runtime = "torch" if encoder is None else f"{type(encoder).__name__}-{getattr(encoder, 'precision', 'f32')}"
     return EmbeddingKey(volume_id, int(axis), window, backend.name, checkpoint if backend.name != "litemedsam" else None,
                         int(backend.image_size), str(backend.device), runtime, "bf16" if bf16 else "fp32")
 

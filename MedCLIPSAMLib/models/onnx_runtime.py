@@ -1,10 +1,11 @@
-"""Inference-only encoders in ONNX Runtime on a CPU: LiteMedSAM's image encoder.
+"""Inference-only encoders exported to ONNX and run on a CPU: LiteMedSAM's image encoder.
 
-On this 2-core CPU ONNX Runtime runs LiteMedSAM's encoder about 2x faster than PyTorch (its
-many small window-attention ops cost PyTorch more in overhead than in arithmetic; README,
-Speed). Each encoder is exported at first use into the model cache (``onnx_cache``: atomic
-writes, a damaged file rebuilt) and checked against PyTorch on an example input before it is
-used: the largest difference must stay within ``RTOL`` of the largest output value.
+On this 2-core CPU the exported encoder runs about 2x faster than PyTorch in ONNX Runtime (its many
+small window-attention ops cost PyTorch more in overhead than in arithmetic) and faster again in
+OpenVINO, which runs the same file (``openvino_runtime``; README, Speed). Each encoder is exported
+at first use into the model cache (``onnx_cache``: atomic writes, a damaged file rebuilt) and checked
+against PyTorch on an example input before it is used: the largest difference must stay within
+``RTOL`` of the largest output value (``BF16_RTOL`` for OpenVINO's bfloat16 on a CPU with AMX).
 
 PyTorch stays the path on GPUs, for M2IB's optimisation (it needs gradients), and whenever
 onnxruntime is not installed, an export fails or does not match: then the run says why once
@@ -24,10 +25,15 @@ import numpy as np
 import torch
 
 from . import onnx_cache
+from .cpu_features import amx_bf16_available
+from .openvino_runtime import BF16, F32, OpenVinoModule, openvino_available
 
 RTOL = 1e-4
-"""Largest |ONNX Runtime - PyTorch| allowed, as a fraction of the largest |PyTorch| output value
-(measured: LiteMedSAM encoder 1e-6)."""
+"""Largest |runtime - PyTorch| allowed in fp32, as a fraction of the largest |PyTorch| output value
+(measured: LiteMedSAM encoder 1e-6 in ONNX Runtime, 6e-6 in OpenVINO)."""
+BF16_RTOL = 0.1
+"""The same in bfloat16 (OpenVINO on a CPU with AMX; measured: LiteMedSAM encoder 0.056, its masks' Dice
+unchanged on the dev set within the README's figures)."""
 Notify = Callable[[str], None]
 """Receives one line for the user (an export started, a broken one rebuilt, a fallback to PyTorch)."""
 Progress = Callable[[str, int, int], None]
@@ -100,30 +106,48 @@ def max_difference(runtime: Callable[[torch.Tensor], torch.Tensor], module: torc
     return difference / max(reference.abs().max().item(), 1e-12)
 
 
+CpuRuntime = "OrtModule | OpenVinoModule"
+
+
+def load_runtime(model: bytes | str, precision: str = F32) -> "OrtModule | OpenVinoModule":
+    """OpenVINO when installed (faster on the same file; README, Speed), else ONNX Runtime (fp32 only)."""
+    if openvino_available():
+        return OpenVinoModule(model, precision=precision)
+    return OrtModule(model)
+
+
+def cpu_precision(bf16: bool) -> str:
+    """bf16 only where it is fast (AMX) and a runtime computes it (OpenVINO); fp32 everywhere else."""
+    return BF16 if bf16 and amx_bf16_available() and openvino_available() else F32
+
+
 def onnx_module(kind: str, title: str, module: torch.nn.Module, example: torch.Tensor, details: dict,
-                notify: Notify, progress: Progress | None = None) -> OrtModule | None:
-    """``module`` in ONNX Runtime from the cache, exported first when missing or broken; None: use PyTorch.
+                notify: Notify, progress: Progress | None = None, precision: str = F32) -> CpuRuntime | None:
+    """``module`` in a CPU runtime from the ONNX cache, exported first when missing or broken; None: use PyTorch.
 
     ``example``: a batch of inputs (checked image by image against PyTorch); ``details``: what else the export
     depends on beyond the weights (input size, layer), part of its fingerprint. ``progress`` shows an
-    export as a stage of its own.
+    export as a stage of its own. ``precision`` bf16: checked against PyTorch within ``BF16_RTOL`` on every load.
     """
     module = module.eval()
     path = onnx_cache.export_path(kind, onnx_cache.fingerprint(module, kind, details))
-    if _LOADED.get(kind, (None,))[0] == path:
-        return _LOADED[kind][1]
+    loaded = (kind, precision)
+    if _LOADED.get(loaded, (None,))[0] == path:
+        return _LOADED[loaded][1]
     problem = onnx_cache.problem(path)
     if problem is None:
         try:
-            runtime = OrtModule(str(path))
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            problem = f"ONNX Runtime cannot load it ({type(exc).__name__})"
+            runtime = load_runtime(str(path), precision)
+        except Exception as exc:  # the runtimes raise their own exception types for unreadable models
+            problem = f"the CPU runtime cannot load it ({type(exc).__name__})"
         else:
             if runtime.input_shape == tuple(example[:1].shape):
-                return _remember(kind, path, runtime)
+                return _remember(loaded, path, _checked_precision(runtime, str(path), module, example[:1], title,
+                                                                  notify))
             problem = f"it takes inputs of shape {runtime.input_shape}, not {tuple(example[:1].shape)}"
     if problem == "missing":
-        notify(f"Preparing {title} for ONNX Runtime (first use only, ~1 minute; cached in {path.parent}).")
+        notify(f"Preparing {title} for the CPU runtime (ONNX export, first use only, ~1 minute; "
+               f"cached in {path.parent}).")
     else:
         notify(f"The cached ONNX export of {title} is broken ({problem}); exporting it again.")
     stage = f"export {title} to ONNX (first use)"
@@ -131,7 +155,7 @@ def onnx_module(kind: str, title: str, module: torch.nn.Module, example: torch.T
         if progress is not None:
             progress(stage, 0, 1)
         model = _export_bytes(module, example)
-        runtime = OrtModule(model)
+        runtime = load_runtime(model)
         difference = max_difference(runtime, module, example)
         if progress is not None:
             progress(stage, 1, 1)
@@ -143,35 +167,52 @@ def onnx_module(kind: str, title: str, module: torch.nn.Module, example: torch.T
         notify(f"The ONNX export of {title} differs from PyTorch by {difference:.1e} (allowed {RTOL:.0e}); "
                "it runs in PyTorch instead.")
         return None
+    if precision != F32:
+        runtime = _checked_precision(load_runtime(model, precision), model, module, example, title, notify)
     try:
         onnx_cache.store(path, model, {"kind": kind, "max_relative_difference": difference, **details})
     except OSError as exc:
         notify(f"The ONNX export of {title} cannot be cached in {path.parent} ({exc.strerror or exc}); "
                "it is used for this session only.")
         return runtime
-    return _remember(kind, path, runtime)
+    return _remember(loaded, path, runtime)
 
 
-_LOADED: dict[str, tuple] = {}
-"""kind -> (export path, OrtModule): one session per kind and process, like the loaded models."""
+def _checked_precision(runtime: CpuRuntime, model: bytes | str, module: torch.nn.Module, example: torch.Tensor,
+                       title: str, notify: Notify) -> CpuRuntime:
+    """A reduced-precision runtime checked against PyTorch (every process: a compiled form is not the file
+    that was checked at export); out of ``BF16_RTOL``: the same model in fp32."""
+    if getattr(runtime, "precision", F32) == F32:
+        return runtime
+    difference = max_difference(runtime, module, example)
+    if difference <= BF16_RTOL:
+        return runtime
+    notify(f"{title} in bfloat16 differs from PyTorch by {difference:.1e} (allowed {BF16_RTOL:.0e}); "
+           "it runs in fp32 instead.")
+    return load_runtime(model)
 
 
-def _remember(kind: str, path, runtime: OrtModule) -> OrtModule:
-    _LOADED[kind] = (path, runtime)
+_LOADED: dict[tuple[str, str], tuple] = {}
+"""(kind, precision) -> (export path, runtime): one per kind, precision and process, like the loaded models."""
+
+
+def _remember(loaded: tuple[str, str], path, runtime: CpuRuntime) -> CpuRuntime:
+    _LOADED[loaded] = (path, runtime)
     return runtime
 
 
-def sam_image_encoder(backend, notify: Notify, progress: Progress | None = None) -> OrtModule | None:
-    """A SamBackend's image encoder in ONNX Runtime (None: PyTorch)."""
+def sam_image_encoder(backend, notify: Notify, progress: Progress | None = None,
+                      precision: str = F32) -> CpuRuntime | None:
+    """A SamBackend's image encoder in the CPU runtime (None: PyTorch)."""
     size = backend.image_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     title = "LiteMedSAM's image encoder" if backend.name == "litemedsam" else f"SAM {backend.name}'s image encoder"
     return onnx_module(f"{backend.name}-encoder", title, backend.model.image_encoder, example, {"image_size": size},
-                       notify, progress)
+                       notify, progress, precision)
 
 
 class EncoderRuntime:
-    """A pipeline's encoders in ONNX Runtime, made (or read from the cache) once and reused across its runs;
+    """A pipeline's encoders in the CPU runtime, made (or read from the cache) once and reused across its runs;
     collects the lines to tell the user (``take_notes``)."""
 
     def __init__(self, progress: Progress | None = None):
@@ -186,10 +227,12 @@ class EncoderRuntime:
         notes, self._notes = self._notes, []
         return notes
 
-    def sam(self, backend):
-        """``backend`` with its image encoder in ONNX Runtime (``backend`` itself when that fails)."""
-        if self._sam_source is not backend:
-            encoder = (sam_image_encoder(backend, self.notify, self.progress) if backend.name in ONNX_SAM_BACKENDS
-                       else None)
-            self._sam_source, self._sam_fast = backend, backend.with_encoder(encoder) if encoder else backend
+    def sam(self, backend, bf16: bool = False):
+        """``backend`` with its image encoder in the CPU runtime (``backend`` itself when that fails);
+        ``bf16``: in bfloat16 where that is fast (``cpu_precision``)."""
+        source = (backend, cpu_precision(bf16))
+        if self._sam_source != source:
+            encoder = (sam_image_encoder(backend, self.notify, self.progress, source[1])
+                       if backend.name in ONNX_SAM_BACKENDS else None)
+            self._sam_source, self._sam_fast = source, backend.with_encoder(encoder) if encoder else backend
         return self._sam_fast

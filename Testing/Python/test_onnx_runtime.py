@@ -1,5 +1,6 @@
-"""ONNX Runtime encoders: exported at first use, equal to PyTorch within RTOL, a broken cache file rebuilt,
-PyTorch as the fallback, and the same segmentation as the PyTorch path."""
+"""CPU runtime encoders (OpenVINO, or ONNX Runtime without it): exported at first use, equal to PyTorch within
+RTOL (BF16_RTOL in bfloat16 on AMX), a broken cache file rebuilt, PyTorch as the fallback, and the same
+segmentation as the PyTorch path."""
 import json
 import os
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 
 from MedCLIPSAMLib.errors import SettingError
-from MedCLIPSAMLib.models import onnx_cache, onnx_runtime
-from MedCLIPSAMLib.models.onnx_runtime import RTOL, OrtModule, max_difference, onnx_module, sam_image_encoder
+from MedCLIPSAMLib.models import cpu_features, onnx_cache, onnx_runtime
+from MedCLIPSAMLib.models.onnx_runtime import (BF16_RTOL, RTOL, OrtModule, cpu_precision, max_difference,
+                                               onnx_module, sam_image_encoder)
+from MedCLIPSAMLib.models.openvino_runtime import BF16, F32, OpenVinoModule, openvino_available
 
 pytestmark = pytest.mark.skipif(not onnx_runtime.runtime_available(), reason="onnxruntime/onnxscript not installed")
 
@@ -47,8 +50,8 @@ def export(notes):
 def test_first_use_exports_says_so_once_and_later_uses_load_the_cache(cache):
     notes = []
     first = export(notes)
-    assert isinstance(first, OrtModule)
-    assert len(notes) == 1 and "Preparing the test encoder for ONNX Runtime (first use only" in notes[0]
+    assert isinstance(first, OpenVinoModule if openvino_available() else OrtModule)
+    assert len(notes) == 1 and "Preparing the test encoder for the CPU runtime (ONNX export, first use only" in notes[0]
     files = sorted(p.name for p in cache.iterdir())
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".onnx")  # no .part left
     manifest = json.loads((cache / files[0]).read_text())
@@ -134,7 +137,7 @@ def test_an_unwritable_cache_still_gives_the_runtime_for_this_session(cache):
 def test_litemedsam_encoder_in_onnx_runtime_matches_pytorch(cache, litemedsam):
     notes = []
     runtime = sam_image_encoder(litemedsam, notes.append)
-    assert runtime is not None and "Preparing LiteMedSAM's image encoder for ONNX Runtime" in notes[0]
+    assert runtime is not None and "Preparing LiteMedSAM's image encoder for the CPU runtime" in notes[0]
     rng = np.random.default_rng(0)
     slices = rng.integers(0, 60, size=(2, 180, 240)).astype(np.uint8)
     slices[:, 60:120, 90:160] = 220
@@ -157,7 +160,7 @@ def test_the_pipeline_uses_onnx_runtime_on_a_cpu_with_the_same_result(cache, fas
     from MedCLIPSAMLib.pipeline import Pipeline
 
     volume = synthetic_volume(6, 96)
-    fast = Pipeline(fast_settings, clip=tiny_clip, sam=litemedsam)
+    fast = Pipeline(fast_settings.replace(bf16=False), clip=tiny_clip, sam=litemedsam)
     reference = Pipeline(fast_settings.replace(runtime="torch"), clip=tiny_clip, sam=litemedsam)
     assert fast.sam.runtime_encoder is not None and reference.sam.runtime_encoder is None
     first = fast.run(volume, "brain tumor")
@@ -167,6 +170,61 @@ def test_the_pipeline_uses_onnx_runtime_on_a_cpu_with_the_same_result(cache, fas
     today = reference.run(volume, "brain tumor")
     assert (second.labels == today.labels).mean() > 0.999
     np.testing.assert_allclose(second.saliency["brain tumor"], today.saliency["brain tumor"], rtol=1e-4, atol=1e-5)
+
+
+def test_both_runtimes_run_the_same_cached_file_within_rtol(cache):
+    export([])
+    (path,) = cache.glob("*.onnx")
+    module = SmallEncoder().eval()
+    assert max_difference(OrtModule(str(path)), module, example()) <= RTOL
+    if openvino_available():
+        assert max_difference(OpenVinoModule(str(path)), module, example()) <= RTOL
+
+
+def test_bf16_only_with_amx_and_openvino(monkeypatch):
+    assert cpu_precision(False) == F32
+    assert cpu_precision(True) == (BF16 if cpu_features.amx_bf16_available() and openvino_available() else F32)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # bf16 instructions but no AMX: slower, so fp32
+    cpu_features.amx_bf16_available.cache_clear()
+    try:
+        assert cpu_precision(True) == F32
+    finally:
+        monkeypatch.undo()
+        cpu_features.amx_bf16_available.cache_clear()
+
+
+needs_bf16 = pytest.mark.skipif(cpu_precision(True) != BF16, reason="needs OpenVINO and a CPU with AMX")
+
+
+@needs_bf16
+def test_litemedsam_encoder_in_bf16_is_within_its_tolerance_and_keeps_the_mask(cache, litemedsam):
+    notes = []
+    runtime = sam_image_encoder(litemedsam, notes.append, precision=BF16)
+    assert isinstance(runtime, OpenVinoModule) and runtime.precision == BF16
+    rng = np.random.default_rng(1)
+    slices = rng.integers(0, 60, size=(2, 180, 240)).astype(np.uint8)
+    slices[:, 60:120, 90:160] = 220
+    images, _ = litemedsam.preprocess(slices)
+    difference = max_difference(runtime, litemedsam.model.image_encoder, images)
+    assert RTOL < difference <= BF16_RTOL, "bf16 really ran, within its tolerance"
+    fast, box = litemedsam.with_encoder(runtime), [(88, 58, 162, 122)]
+    a = fast.segment(fast.encode(slices[:1])[0], boxes=box)
+    b = litemedsam.segment(litemedsam.encode(slices[:1])[0], boxes=box)
+    assert a.sum() > 0 and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.98
+
+
+@needs_bf16
+def test_a_bf16_export_out_of_tolerance_runs_in_fp32(cache, monkeypatch):
+    monkeypatch.setattr(onnx_runtime, "BF16_RTOL", -1.0)
+    notes = []
+    runtime = onnx_module("small", "the test encoder", SmallEncoder(), example(), {"size": 32}, notes.append,
+                          precision=BF16)
+    assert runtime is not None and runtime.precision == F32
+    assert "in bfloat16 differs from PyTorch" in notes[-1] and "runs in fp32 instead" in notes[-1]
+    onnx_runtime._LOADED.clear()  # a new process loads the cached file: bf16 is checked again, not trusted
+    again = onnx_module("small", "the test encoder", SmallEncoder(), example(), {"size": 32}, notes.append,
+                        precision=BF16)
+    assert again.precision == F32 and "runs in fp32 instead" in notes[-1]
 
 
 def test_an_unknown_runtime_is_a_setting_error():
