@@ -71,7 +71,7 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "min_component_mm": "min_component_mm", "refine_margin": "refine_margin",
     "refine_min_shrink": "refine_min_shrink", "zoom_below": "zoom_below",
     "zoom_context": "zoom_context", "split_fraction": "split_fraction", "runtime": "runtime",
-    "faithfulness_slices": "faithfulness_slices",
+    "faithfulness_slices": "faithfulness_slices", "bf16": "bf16",
 }
 
 
@@ -128,7 +128,11 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
                    help="prompt check: null-prompt saliency on this many of each prompt's strongest slices "
                         "(default 2; 0: off, saves their M2IB time)")
     g.add_argument("--runtime", choices=RUNTIMES,
-                   help="auto: ONNX Runtime for SAM's encoder on a CPU (same result, faster); torch: PyTorch only")
+                   help="auto: SAM's encoder exported to OpenVINO / ONNX Runtime on a CPU, and the M2IB shortcuts "
+                        "(faster; the same result within the README's tolerances); torch: PyTorch only, fp32 on a CPU")
+    g.add_argument("--fp32", dest="bf16", action="store_const", const=False,
+                   help="no bfloat16 anywhere (GPUs, and CPUs with AMX, use it by default: faster, maps within "
+                        "the README's tolerances)")
     g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
 
 

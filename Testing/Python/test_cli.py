@@ -294,3 +294,11 @@ def test_sam_vit_options_with_litemedsam_and_a_missing_prompt_are_option_errors(
     assert "--sam-checkpoint is for the SAM ViT models" in capsys.readouterr().err
     assert main(base) == 2
     assert "Give a prompt with --prompt" in capsys.readouterr().err
+
+
+def test_fp32_switches_bfloat16_off_and_the_default_leaves_it_on():
+    parser = build_parser()
+    default = settings_from_args(parser.parse_args(["segment", "x.nii", "-p", "lesion", "-o", "y.nii"]), "lesion")
+    off = settings_from_args(parser.parse_args(["segment", "x.nii", "-p", "lesion", "-o", "y.nii", "--fp32"]),
+                             "lesion")
+    assert default.bf16 is True and off.bf16 is False
