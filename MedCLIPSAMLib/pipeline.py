@@ -240,7 +240,7 @@ class Pipeline:
             self._sam_backend = load_sam(s.sam_backend, s.sam_checkpoint, str(self.device), s.bf16,
                                          *self._load_callbacks, input_size=s.sam_input_size)
         if self._onnx_runtime_applies():
-            return self._encoders.sam(self._sam_backend, self.settings.bf16)
+            return self._encoders.sam(self._sam_backend, self.settings.bf16 and self.settings.sam_encoder_bf16)
         return self._sam_backend
 
     def _onnx_runtime_applies(self) -> bool:

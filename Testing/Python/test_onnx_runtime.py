@@ -213,6 +213,18 @@ def test_litemedsam_encoder_in_bf16_is_within_its_tolerance_and_keeps_the_mask(c
     assert a.sum() > 0 and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.98
 
 
+def test_the_pipeline_runs_the_sam_encoder_in_bf16_only_when_asked(cache, fast_settings, tiny_clip, litemedsam):
+    from MedCLIPSAMLib.pipeline import Pipeline
+
+    default = Pipeline(fast_settings, clip=tiny_clip, sam=litemedsam).sam.runtime_encoder
+    assert default is not None and getattr(default, "precision", F32) == F32
+    asked = Pipeline(fast_settings.replace(sam_encoder_bf16=True), clip=tiny_clip, sam=litemedsam).sam.runtime_encoder
+    assert getattr(asked, "precision", F32) == cpu_precision(True)
+    unless_fp32 = Pipeline(fast_settings.replace(sam_encoder_bf16=True, bf16=False), clip=tiny_clip,
+                           sam=litemedsam).sam.runtime_encoder
+    assert getattr(unless_fp32, "precision", F32) == F32
+
+
 @needs_bf16
 def test_a_bf16_export_out_of_tolerance_runs_in_fp32(cache, monkeypatch):
     monkeypatch.setattr(onnx_runtime, "BF16_RTOL", -1.0)
