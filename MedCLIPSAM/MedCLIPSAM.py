@@ -97,6 +97,7 @@ class MedCLIPSAMParameterNode:
     promptMode: Annotated[str, Choice(["boxes", "box_all", "points"])] = "boxes"
     refineRounds: Annotated[int, WithinRange(0, 2)] = 2
     fastSaliency: bool = False
+    checkFaithfulness: bool = True
     showSaliency: bool = True
     saliencyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     useLocalModels: bool = False
