@@ -100,7 +100,8 @@ class Target:
     components: list[Component]
     prompts: list[SlicePrompts]
     faithfulness: float | None = None
-    """How much the map differs from the null prompt's (faithfulness.py); None: not checked."""
+    """How much more the result region looks like the prompt than like null prompts (faithfulness.py); None: not
+    checked."""
 
     @property
     def coarse(self) -> np.ndarray:
