@@ -125,8 +125,8 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the M2IB network")
     g.add_argument("--faithfulness-slices", type=int,
-                   help="prompt check: null-prompt saliency on this many of each prompt's strongest slices "
-                        "(default 2; 0: off, saves their M2IB time)")
+                   help="prompt check: does the result look like the prompt? CLIP on this many of each prompt's "
+                        "strongest slices (default 2; 0: off)")
     g.add_argument("--runtime", choices=RUNTIMES,
                    help="auto: ONNX Runtime for SAM's encoder on a CPU (same result, faster); torch: PyTorch only")
     g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
