@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faithfulness import (CPU, DISK, SQUARE, WRONG_PROMPTS, auc, best_threshold, degenerate,  # noqa: E402
                           held_out, maps_for, trained_toy)
 
-from MedCLIPSAMLib.faithfulness import relative_change_score  # noqa: E402
+from MedCLIPSAMLib.faithfulness import (NULL_PROMPTS, crop_box, match_score, relative_change_score,  # noqa: E402
+                                        result_region)
+from MedCLIPSAMLib.result_match import view_images  # noqa: E402
 from MedCLIPSAMLib.pipeline import BODY_INTENSITY  # noqa: E402
-from MedCLIPSAMLib.prompts import otsu_mask  # noqa: E402
 from MedCLIPSAMLib.saliency import clip_inputs  # noqa: E402
 
 NULL = ""
@@ -47,20 +48,6 @@ def masked(image: np.ndarray, region: np.ndarray) -> np.ndarray:
     out = image.copy()
     out[~region] = np.uint8(round(float(image[~region].mean())))
     return out
-
-
-def crop(image: np.ndarray, region: np.ndarray, margin: float = 0.25) -> np.ndarray:
-    """A square crop around ``region``'s bounding box (``margin`` of its side on each side), resized back."""
-    if not region.any():
-        return image
-    ys, xs = np.nonzero(region)
-    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-    half = max(ys.max() - ys.min(), xs.max() - xs.min(), 8) * (0.5 + margin)
-    y0, y1 = int(max(0, cy - half)), int(min(image.shape[0], cy + half + 1))
-    x0, x1 = int(max(0, cx - half)), int(min(image.shape[1], cx + half + 1))
-    patch = torch.as_tensor(image[y0:y1, x0:x1], dtype=torch.float32)[None, None]
-    resized = torch.nn.functional.interpolate(patch, size=image.shape, mode="bilinear", align_corners=False)
-    return resized[0, 0].round().clamp(0, 255).numpy().astype(np.uint8)
 
 
 def directional(prompt_map: np.ndarray, null_map: np.ndarray, region: np.ndarray, body: np.ndarray) -> float:
@@ -103,9 +90,10 @@ def main() -> None:
         for index, right in enumerate(shown[:count]):
             wrong = SQUARE if right == DISK else DISK
             for group, prompt in (("right", right), ("wrong shape", wrong), *WRONG_PROMPTS.items()):
-                region = otsu_mask(maps[prompt][index], body[index])
+                region = result_region(maps[prompt][index], body[index])  # as the engine does
+                crop = view_images(images, [(index, crop_box(region))])[0]
                 t = time.perf_counter()
-                views = embed_images(model, np.stack([masked(images[index], region), crop(images[index], region)]))
+                views = embed_images(model, np.stack([masked(images[index], region), crop]))
                 costs["2 CLIP image forwards"] = time.perf_counter() - t
                 row = {"tower": tower, "image": index, "group": group, "prompt": prompt,
                        "region_px": int(region.sum())}
@@ -118,6 +106,8 @@ def main() -> None:
                         similarity[prompt] - max(similarity[g] for g in [NULL, *GENERIC]))
                     row[f"{view_name}: prompt - mean of 3 nulls"] = similarity[prompt] - float(np.mean(
                         [similarity[n] for n in (NULL, *OTHER_NULLS.values())]))
+                nulls = torch.stack([text[n] for n in NULL_PROMPTS]).numpy()
+                row["engine: match_score(crop)"] = match_score(views[1:].numpy(), text[prompt].numpy(), nulls)
                 row["old: relative change vs null"] = relative_change_score(maps[prompt][index], maps[NULL][index],
                                                                             body[index])
                 row["directional vs null"] = directional(maps[prompt][index], maps[NULL][index], region, body[index])
