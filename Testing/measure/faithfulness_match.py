@@ -5,7 +5,8 @@ wrong one on the toy model (README). This script measures cheaper candidates on 
 and held-out images (one shape each; prompts right / wrong shape / unrelated / gibberish; the same model with
 a text tower that ignores the text must score unfaithful). ``region`` is the Otsu region of the prompt's own
 M2IB map inside the body (what the pipeline would segment). Per candidate: the AUC of right vs the rest and
-per wrong group, the threshold with the best balanced accuracy, and the degenerate tower's scores.
+per wrong group, the threshold with the best balanced accuracy, and the degenerate tower's scores. The row
+"engine: match_score(crop)" is the engine's score, computed with the engine's own functions.
 
     python Testing/measure/faithfulness_match.py --out match.csv [--work DIR] [--images 20] [--samples 3]
 """
