@@ -115,6 +115,7 @@ def test_training_writes_checkpoints_and_improves_retrieval(trained):
     assert len(history) == 6 and history[-1]["train_loss"] < history[0]["train_loss"] - 0.3
     assert {p.name for p in out.glob("*.pt")} >= {"best.pt", "last.pt", "epoch_001.pt", "epoch_006.pt"}
     assert (out / "training.png").stat().st_size > 1000 and json.loads((out / "history.json").read_text())
+    assert torch.load(out / "best.pt", weights_only=False)["epoch"] == 6, "no validation set: the newest is best"
     print(f"\nretrieval before {before['recall']}\nafter {after['recall']}\n"
           f"class accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}")
     assert after["accuracy"] >= 0.9 > before["accuracy"]
