@@ -23,8 +23,6 @@ NULL_PROMPTS = ("", "an image", "a car")
 them lands near one of the learnt concepts (the empty text at cosine 0.995 to "a dark square block"), which
 would score a right prompt naming that concept near 0; their mean leaves every right prompt well above the
 threshold (README)."""
-NULL_PROMPT = NULL_PROMPTS[0]
-"""The null prompt of the saliency-difference scores (``SCORES``, Testing/measure/faithfulness.py)."""
 UNFAITHFUL_BELOW = 0.3
 """Scores under this are flagged. Measured on the toy model (README): a text tower that ignores the text scores
 0; right prompts scored 0.6 to 1.3, wrong-shape prompts below -0.6, gibberish within +-0.15. Cosine margins

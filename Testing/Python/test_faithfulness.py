@@ -115,7 +115,7 @@ def test_each_prompt_is_scored_on_crops_around_its_own_region_in_one_embedding_c
         calls.append(views)
         return np.stack([unit(1, 0, 0) if z == 1 else unit(0, 1, 0) for z, _ in views])
 
-    disk, square, null = unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)
+    disk, null = unit(1, 0, 0), unit(0, 0, 1)
     scores = prompt_faithfulness(maps, np.arange(4), np.ones((4, 32, 32), bool), 1, [disk, disk],
                                  np.stack([null]), embed)
     assert len(calls) == 1 and [z for z, _ in calls[0]] == [1, 3]
