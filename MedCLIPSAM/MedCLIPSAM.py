@@ -98,6 +98,7 @@ class MedCLIPSAMParameterNode:
     promptMode: Annotated[str, Choice(["boxes", "box_all", "points"])] = "boxes"
     refineRounds: Annotated[int, WithinRange(0, 2)] = 2
     fastSaliency: bool = False
+    checkFaithfulness: bool = True
     showSaliency: bool = True
     saliencyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     useLocalModels: bool = False
@@ -429,7 +430,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             timings = ", ".join(f"{k} {v:.1f} s" for k, v in run.result.timings.items())
             notes = " ".join(m for m in run.result.messages if m not in run.warnings)
             self.ui.statusLabel.text = _("Done: {timings}. {messages}").format(timings=timings, messages=notes).strip()
-            if run.warnings:  # the saliency barely depends on the prompt: say so first, where it is seen
+            if run.warnings:  # the result does not look like the prompt: say so first, where it is seen
                 self.ui.statusLabel.text = _("Check the result: {warnings} {status}").format(
                     warnings=" ".join(run.warnings), status=self.ui.statusLabel.text)
                 self.ui.statusLabel.styleSheet = "color: #c05000; font-weight: bold"

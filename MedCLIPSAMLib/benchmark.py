@@ -231,7 +231,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--fast", action="store_true", help="the CPU shortcuts of --fast: --stride 4 --samples 3")
     parser.add_argument("--sam-input-size", type=int, help="SAM ViT input side in px (default: 1024)")
     parser.add_argument("--faithfulness-slices", type=int,
-                        help="null-prompt M2IB slices per prompt (default 2; 0: off)")
+                        help="prompt check's CLIP views per prompt (default 2; 0: off)")
     parser.add_argument("--clip-batch-size", type=int)
     parser.add_argument("--sam-batch-size", type=int)
     parser.add_argument("--fp32", action="store_true", help="disable bf16 autocast on CUDA")

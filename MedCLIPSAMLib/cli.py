@@ -126,8 +126,8 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the M2IB network")
     g.add_argument("--faithfulness-slices", type=int,
-                   help="prompt check: null-prompt saliency on this many of each prompt's strongest slices "
-                        "(default 2; 0: off, saves their M2IB time)")
+                   help="prompt check: does the result look like the prompt? CLIP on this many of each prompt's "
+                        "strongest slices (default 2; 0: off)")
     g.add_argument("--runtime", choices=RUNTIMES,
                    help="auto: SAM's encoder exported to OpenVINO / ONNX Runtime on a CPU, and the M2IB shortcuts "
                         "(faster; the same result within the README's tolerances); torch: PyTorch only, fp32 on a CPU")

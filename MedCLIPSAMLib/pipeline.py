@@ -18,7 +18,7 @@ import torch
 from scipy import ndimage
 
 from .errors import Cancelled, InputError, SettingError
-from .faithfulness import NULL_PROMPT, faithfulness_warning, prompt_faithfulness
+from .faithfulness import NULL_PROMPTS, faithfulness_warning, prompt_faithfulness
 from .imageio import (MIN_SIDE, Volume, as_volume, chosen_slices, image_to_gray, normalize_intensity, read_volume,
                       resolve_axis)
 from .keyslices import end_midpoints, interpolate_between, key_slices
@@ -30,6 +30,7 @@ from .prompts import (Box, Component, ComponentRule, SlicePrompts, keep_largest_
                       normalize_saliency, otsu_mask, physical_floor, prompts_per_slice, select_by_rule)
 from .saliency import M2IB, M2IBConfig, clip_inputs, maps_to_slices
 from .result import SegmentationResult
+from .result_match import embed_views
 from .settings import Settings, check_device
 
 BODY_INTENSITY = 25
@@ -99,7 +100,8 @@ class Target:
     components: list[Component]
     prompts: list[SlicePrompts]
     faithfulness: float | None = None
-    """How much the map differs from the null prompt's (faithfulness.py); None: not checked."""
+    """How much more the result region looks like the prompt than like null prompts (faithfulness.py); None: not
+    checked."""
 
     @property
     def coarse(self) -> np.ndarray:
@@ -293,7 +295,7 @@ class Pipeline:
             messages += self.clip.truncation_notes([s for g in groups for s in g])
             texts = [self._text(g) for g in groups]
             saliency = self._saliency(slices, active, texts, runner, rule)
-            faithfulness = self._faithfulness(slices, active, saliency, runner)
+            faithfulness = self._faithfulness(slices, active, saliency, texts, runner)
         else:
             saliency = self._given_saliency(given, len(groups), volume.array.shape, axis, active, runner, rule)
             faithfulness = [None] * len(groups)  # given maps: no text to check
@@ -401,27 +403,25 @@ class Pipeline:
                                    lambda part: _with_oom_retry(batch, part, self.settings.clip_batch_size), runner, rule)
 
     def _faithfulness(self, slices: np.ndarray, active: np.ndarray, maps: list[np.ndarray],
-                      runner: _Runner) -> list[float | None]:
-        """Each prompt's map against the null prompt's on its strongest computed slices (faithfulness.py)."""
+                      texts: list[torch.Tensor], runner: _Runner) -> list[float | None]:
+        """Does the crop around each prompt's result region, on its strongest computed slices, look more like the
+        prompt than like the null prompts? A few CLIP image forwards (faithfulness.py, result_match.py)."""
         count = self.settings.faithfulness_slices
         if not count or not active.size:
             return [None] * len(maps)
         t = time.perf_counter()
-        text = self._text([NULL_PROMPT])
+        nulls = np.stack([self._text([null]).cpu().numpy() for null in NULL_PROMPTS])
 
-        def null_saliency(indices: np.ndarray) -> np.ndarray:
-            out = np.zeros((len(indices), *slices.shape[1:]), dtype=np.float32)
-            runner.begin("faithfulness", len(indices))
-
-            def batch(part: np.ndarray) -> None:
-                out[part] = self.m2ib.saliency(slices[indices[part]], text)
-                runner.step("faithfulness", len(part))
-
-            _with_oom_retry(batch, np.arange(len(indices)), self.settings.clip_batch_size)
-            return out
+        def embed(views: list) -> np.ndarray:
+            runner.begin("faithfulness", len(views))
+            runner.check()
+            embedded = embed_views(self.clip, slices, views, self.device, self.settings.clip_batch_size)
+            runner.step("faithfulness", len(views))
+            return embedded
 
         candidates = key_slices(active, self.settings.saliency_stride)  # computed, never interpolated
-        scores = prompt_faithfulness(maps, candidates, slices > BODY_INTENSITY, count, null_saliency)
+        scores = prompt_faithfulness(maps, candidates, slices > BODY_INTENSITY, count,
+                                     [text.cpu().numpy() for text in texts], nulls, embed)
         runner.timed("faithfulness", t)
         return scores
 

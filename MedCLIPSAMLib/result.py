@@ -32,8 +32,9 @@ class SegmentationResult:
     saliency_slices: int = 0
     """Slices whose maps were computed (or read, for given maps); with a stride the rest are interpolated."""
     faithfulness: dict[str, float | None] = field(default_factory=dict)
-    """Per prompt: how much its saliency differs from a null prompt's on its strongest slices, 0 (not at all)
-    to 1 (faithfulness.py); None when the check was off or had nothing to compare."""
+    """Per prompt: how much more the crop around its result looks like the prompt than like null prompts to the CLIP
+    model, a cosine margin (0: the text made no difference; faithfulness.py); None when the check was off or had
+    nothing to compare."""
 
     @property
     def names(self) -> list[str]:

@@ -131,8 +131,8 @@ class Settings:
     min_body_fraction: float = 0.01
     """Slices where fewer than this fraction of pixels are above 10% intensity (air) are skipped."""
     faithfulness_slices: int = 2
-    """Prompt faithfulness check: M2IB for a null prompt on this many of each prompt's strongest slices, scored
-    against the prompt's map (faithfulness.py; measured cost in the README); 0: off."""
+    """Prompt faithfulness check: on this many of each prompt's strongest slices, CLIP compares the crop around the
+    result region with the prompt and with null prompts (faithfulness.py; measured cost in the README); 0: off."""
 
     # --- execution ---
     device: str = "auto"

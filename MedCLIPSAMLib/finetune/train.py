@@ -185,7 +185,7 @@ def finetune(data: str | Path, out: str | Path, config: FinetuneConfig, resume: 
         score = record.get("i2t_top1", 0.0) + record.get("t2i_top1", 0.0)
         model_state = {"state_dict": model.state_dict(), "base": config.clip, "epoch": epoch + 1, "metrics": record}
         _save(model_state, out / f"epoch_{epoch + 1:03d}.pt")
-        if score > best:
+        if score > best or not val_pairs:  # no validation set: nothing to rank epochs by, the newest is best
             best = score
             _save(model_state, out / "best.pt")
         _save({**model_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -2,7 +2,7 @@
 ordered by need.
 
 Order: interrupted reviews first (a crash left them half done), then cases without a label (failed, then
-empty), then the labelled cases by lowest zero-shot score (those whose saliency barely depended on the prompt,
+empty), then the labelled cases by lowest zero-shot score (those whose result did not look like the prompt,
 faithfulness under its threshold, first), or, when a predictions folder is given, by
 highest mean nnU-Net entropy (cases it did not predict follow, by score); reviewed cases last.
 """
@@ -35,7 +35,7 @@ class QueueItem:
     review: dict[str, Any] | None
     reason: str = ""
     faithfulness: float | None = None
-    """labels.csv's faithfulness: under the threshold, the saliency barely depended on the prompt."""
+    """labels.csv's faithfulness: under the threshold, the result did not look more like the prompt than like none."""
 
     @property
     def state(self) -> str:
@@ -58,7 +58,7 @@ class QueueItem:
             return f"{self.case}: {self.status}" + (f" ({self.reason})" if self.reason else "")
         measures = [f"entropy {self.entropy:.3f} bits" if self.entropy is not None else "",
                     f"score {self.score:.3f}" if self.score is not None else "",
-                    f"faithfulness {self.faithfulness:.2g} (saliency barely depends on the prompt)"
+                    f"faithfulness {self.faithfulness:.2g} (result does not look like the prompt)"
                     if is_unfaithful(self.faithfulness) else "", self.status]
         return f"{self.case}: " + ", ".join(m for m in measures if m)
 

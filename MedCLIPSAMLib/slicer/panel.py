@@ -35,6 +35,8 @@ def run_settings(p: Any, slice_scope: tuple[int, int] | None = None) -> dict[str
                                 "refine_rounds": int(p.refineRounds), "sam_backend": str(p.samModel)}
     if p.fastSaliency:
         settings.update(FAST_SALIENCY)
+    if not p.checkFaithfulness:
+        settings["faithfulness_slices"] = 0
     if p.scope == "Slice range":
         first, last = sorted((int(p.firstSlice), int(p.lastSlice)))
         settings["axis"], settings["slice_range"] = 0, [first, last]

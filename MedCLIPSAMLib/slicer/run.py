@@ -153,8 +153,8 @@ class SegmentRun:
 
     @property
     def warnings(self) -> list[str]:
-        """Lines the panel shows as a warning once the result is applied: prompts whose saliency barely depends on
-        the prompt (faithfulness under its measured threshold)."""
+        """Lines the panel shows as a warning once the result is applied: prompts whose result does not look more
+        like the prompt than like an empty prompt (faithfulness under its measured threshold)."""
         if self.result is None:
             return []
         found = (faithfulness_warning(name, self.result.faithfulness.get(name)) for name in self.result.names)

@@ -45,7 +45,8 @@ FINAL = ("added", "empty", "low-score", "failed")
 CSV_FIELDS = ["case", "status", "reason", "score", "faithfulness", "foreground_voxels", "target_slices",
               "saliency_slices", "seconds", "prompt", "image", "settings_hash", "review"]
 """``review``: what the review queue did with the case (reviewer-edited, reviewer-approved, excluded);
-``faithfulness``: how much the saliency depended on the prompt (faithfulness.py; empty when not checked)."""
+``faithfulness``: how much more the result looked like the prompt than like none (faithfulness.py; empty: not
+checked)."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Prompt faithfulness: the scores, the key slices, the pipeline's check and its switch, and a degenerate text
-tower that must score unfaithful (the toy-model figures are measured by Testing/measure/faithfulness.py)."""
+tower that must score unfaithful (the toy-model figures are measured by Testing/measure/faithfulness_match.py;
+a right prompt scoring above a wrong one on the trained toy is tested in test_finetune.py)."""
 from __future__ import annotations
 
 import copy
@@ -9,9 +10,9 @@ import pytest
 
 from conftest import disk_image
 from degenerate import ignore_text
-from MedCLIPSAMLib.faithfulness import (UNFAITHFUL_BELOW, WARNING, correlation_score, faithfulness_warning,
-                                        format_score, otsu_overlap_score, prompt_faithfulness,
-                                        relative_change_score, strongest_slices)
+from MedCLIPSAMLib.faithfulness import (UNFAITHFUL_BELOW, WARNING, correlation_score, crop_box, faithfulness_warning,
+                                        format_score, match_score, otsu_overlap_score, prompt_faithfulness,
+                                        relative_change_score, result_region, strongest_slices)
 
 
 def test_correlation_score_is_0_for_the_same_map_at_any_scale_and_1_for_an_opposite_one():
@@ -59,25 +60,68 @@ def test_strongest_slices_are_the_candidates_where_the_map_peaks_highest_in_slic
     assert strongest_slices(raw, candidates, 0).size == 0 and strongest_slices(raw, np.array([], int), 2).size == 0
 
 
-def test_prompts_that_share_key_slices_share_their_null_maps():
-    rng = np.random.default_rng(3)
-    null_maps = rng.random((4, 8, 8))
-    first = rng.random((4, 8, 8))
-    first[2] += 5  # strongest on slice 2
-    second = null_maps.copy()  # a map identical to the null one...
-    second[2] += 5 * (null_maps[2] > 0)  # ...just as strong on slice 2, and the same shape there
-    asked = []
+def unit(*values) -> np.ndarray:
+    vector = np.asarray(values, dtype=float)
+    return vector / np.linalg.norm(vector)
 
-    def null_saliency(indices):
-        asked.append(indices.tolist())
-        return null_maps[indices]
 
-    body = np.ones((4, 8, 8), bool)
-    scores = prompt_faithfulness([first, second], np.arange(4), body, 1, null_saliency)
-    assert asked == [[2]], "one null M2IB pass for the slice both prompts chose"
-    assert scores[0] > 0.5 and scores[1] == pytest.approx(0.0, abs=1e-9)
+def test_match_score_is_the_prompts_similarity_above_the_nulls_mean():
+    disk, square, null = unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)
+    views = np.stack([unit(1, 0, 0.2), unit(1, 0.1, 0.2)])  # crops that look like a disk
+    right = match_score(views, disk, np.stack([null]))
+    wrong = match_score(views, square, np.stack([null]))
+    assert right > 0.7 and wrong < 0 and right > UNFAITHFUL_BELOW > wrong
+    expected = np.mean(views @ disk - (views @ np.stack([null, square]).T).mean(axis=1))
+    assert match_score(views, disk, np.stack([null, square])) == pytest.approx(expected)
+    assert match_score(views, null, np.stack([null, null])) == pytest.approx(0.0, abs=1e-12)  # text changes nothing
+    assert match_score(np.zeros((0, 3)), disk, np.stack([null])) == 0.0  # no view: defined, and flagged
+
+
+def test_the_crop_is_a_square_around_the_region_with_a_margin_and_none_when_empty():
+    region = np.zeros((40, 60), bool)
+    region[10:20, 30:34] = True  # 10 x 4 px: the square's side follows the longer side
+    top, bottom, left, right = crop_box(region, margin=0.25)
+    assert (top, left) == (7, 24) and bottom - top == right - left == 15  # side 9 px x 1.5
+    corner = np.zeros((40, 60), bool)
+    corner[:3, :3] = True
+    assert crop_box(corner)[0] == 0 and crop_box(corner)[2] == 0  # cut at the border
+    assert crop_box(np.zeros((40, 60), bool)) is None
+
+
+def test_a_flat_map_looks_at_the_whole_slice_and_a_slice_without_body_scores_none():
+    body = np.ones((3, 16, 16), bool)
+    flat = np.zeros((3, 16, 16))
+    assert not result_region(flat[0], body[0]).any()
+    seen = []
+
+    def embed(views):
+        seen.extend(views)
+        return np.tile(unit(1, 0, 0), (len(views), 1))
+
+    scores = prompt_faithfulness([flat], np.arange(3), body, 2, [unit(1, 0, 0)], np.stack([unit(0, 0, 1)]), embed)
+    assert seen == [(0, None), (1, None)] and scores == [pytest.approx(1.0)]
     air = np.zeros_like(body)
-    assert prompt_faithfulness([first], np.arange(4), air, 1, null_saliency) == [None]  # nothing to compare
+    assert prompt_faithfulness([flat], np.arange(3), air, 2, [unit(1, 0, 0)], np.stack([unit(0, 0, 1)]),
+                               embed) == [None]
+
+
+def test_each_prompt_is_scored_on_crops_around_its_own_region_in_one_embedding_call():
+    maps = [np.zeros((4, 32, 32)) for _ in range(2)]
+    maps[0][1, 4:10, 4:10] = 1.0  # the first prompt's region: slice 1, top left
+    maps[1][3, 20:28, 20:28] = 1.0  # the second's: slice 3, bottom right
+    calls = []
+
+    def embed(views):
+        calls.append(views)
+        return np.stack([unit(1, 0, 0) if z == 1 else unit(0, 1, 0) for z, _ in views])
+
+    disk, null = unit(1, 0, 0), unit(0, 0, 1)
+    scores = prompt_faithfulness(maps, np.arange(4), np.ones((4, 32, 32), bool), 1, [disk, disk],
+                                 np.stack([null]), embed)
+    assert len(calls) == 1 and [z for z, _ in calls[0]] == [1, 3]
+    top, bottom, left, right = calls[0][0][1]
+    assert top <= 4 and bottom >= 10 and right < 20  # the crop holds the first region only
+    assert scores[0] == pytest.approx(1.0) and scores[1] == pytest.approx(0.0)
 
 
 def test_the_warning_is_one_line_under_the_threshold_only():
@@ -100,9 +144,9 @@ def test_the_pipeline_scores_every_prompt_on_few_slices_and_the_setting_switches
     pipeline = Pipeline(fast_settings, clip=tiny_clip, sam=litemedsam)
     result = pipeline.run(volume_with_disk(), ["bright disk", "dark lesion"], lambda *a: seen.append(a))
     assert set(result.faithfulness) == {"bright disk", "dark lesion"}
-    assert all(0.0 <= v <= 1.0 for v in result.faithfulness.values())
-    null_passes = [total for stage, _, total in seen if stage == "faithfulness"]
-    assert null_passes and max(null_passes) <= 2 * fast_settings.faithfulness_slices
+    assert all(-2.0 <= v <= 2.0 for v in result.faithfulness.values())  # cosine margins
+    views = [total for stage, _, total in seen if stage == "faithfulness"]
+    assert views and max(views) <= 2 * fast_settings.faithfulness_slices  # per prompt, one view per key slice
     assert result.timings["faithfulness"] > 0
 
     seen.clear()
@@ -197,7 +241,7 @@ def test_segment_prints_the_score_per_prompt(tmp_path, tiny_clip_folder, capsys)
     import re
 
     values = [float(re.search(r"faithfulness=(\S+)", line).group(1)) for line in lines]
-    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+    assert len(values) == 2 and all(-2.0 <= v <= 2.0 for v in values)
     assert main(["segment", str(image), "-o", str(tmp_path / "off.png"), "--faithfulness-slices", "0", *common]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("label ")]
     assert len(lines) == 2 and all("faithfulness=n/a" in line for line in lines)

@@ -115,6 +115,7 @@ def test_training_writes_checkpoints_and_improves_retrieval(trained):
     assert len(history) == 6 and history[-1]["train_loss"] < history[0]["train_loss"] - 0.3
     assert {p.name for p in out.glob("*.pt")} >= {"best.pt", "last.pt", "epoch_001.pt", "epoch_006.pt"}
     assert (out / "training.png").stat().st_size > 1000 and json.loads((out / "history.json").read_text())
+    assert torch.load(out / "best.pt", weights_only=False)["epoch"] == 6, "no validation set: the newest is best"
     print(f"\nretrieval before {before['recall']}\nafter {after['recall']}\n"
           f"class accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}")
     assert after["accuracy"] >= 0.9 > before["accuracy"]
@@ -214,3 +215,29 @@ def test_pipeline_with_litemedsam_segments_the_named_disk(trained, litemedsam):
     print(f"\nDice against the disk: {np.round(scores, 3)} mean {np.mean(scores):.3f}")
     assert np.mean(scores) >= 0.5
     assert sum(score > 0.3 for score in scores) >= 8  # the named shape, not the other one, is segmented
+
+
+def test_the_faithfulness_check_scores_a_right_prompt_above_a_wrong_one(trained):
+    """Where saliency means something: on single-shape images the crop around what the saliency found looks like
+    the named shape, so the shape shown passes the check and the other shape is flagged; a text tower that
+    ignores the text is flagged for both (figures: Testing/measure/faithfulness_match.py, README)."""
+    import copy
+
+    from degenerate import ignore_text
+    from MedCLIPSAMLib.faithfulness import UNFAITHFUL_BELOW, is_unfaithful
+    from MedCLIPSAMLib.pipeline import Pipeline
+
+    _, bundle, *_ = trained
+    settings = Settings(device="cpu", bottleneck_layer=PROOF_LAYER, m2ib_samples=3)
+    deaf = copy.copy(bundle)
+    deaf.model = ignore_text(copy.deepcopy(bundle.model))
+    rng = np.random.default_rng(11)
+    for i in range(4):
+        image, _ = draw(rng, 112, disk=i % 2 == 0, square=i % 2 == 1)
+        right, wrong = (DISK, SQUARE) if i % 2 == 0 else (SQUARE, DISK)
+        located = Pipeline(settings, clip=bundle).locate(image[None], [right, wrong])
+        scores = {t.name: t.faithfulness for t in located.targets}
+        assert scores[right] > UNFAITHFUL_BELOW > scores[wrong], (i, scores)
+        if i < 2:
+            flat = [t.faithfulness for t in Pipeline(settings, clip=deaf).locate(image[None], [right, wrong]).targets]
+            assert all(is_unfaithful(v) and abs(v) < 1e-6 for v in flat), flat

@@ -61,7 +61,7 @@ def test_a_folder_becomes_a_dataset_nnunet_accepts(cohort, tmp_path, tiny_clip_f
     assert added == ["case_0", "case_1", "case_2"], rows
     for case in added:
         assert int(rows[case]["foreground_voxels"]) > 0 and 1 <= int(rows[case]["target_slices"]) <= 3
-        assert 0.0 <= float(rows[case]["faithfulness"]) <= 1.0  # the prompt check's score, a column per case
+        assert -2.0 <= float(rows[case]["faithfulness"]) <= 2.0  # the prompt check's cosine margin, a column per case
         assert read_record(dataset, case)["faithfulness"] == pytest.approx(float(rows[case]["faithfulness"]))
         label = sitk.ReadImage(str(dataset / "labelsTr" / f"{case}.nii.gz"))
         image = sitk.ReadImage(str(dataset / "imagesTr" / f"{case}_0000.nii.gz"))

@@ -14,6 +14,7 @@ def panel(**changes) -> SimpleNamespace:
     """The parameter node's defaults (MedCLIPSAMParameterNode), unset paths as Slicer stores them."""
     values = dict(scope="Whole volume", firstSlice=0, lastSlice=0, samModel="auto", device="auto", bottleneckLayer=9,
                   beta=1.0, maxComponents=1, promptMode="boxes", refineRounds=2, fastSaliency=False,
+                  checkFaithfulness=True,
                   useLocalModels=False, clipModelPath=Path(), samCheckpointPath=Path())
     values.update(changes)
     return SimpleNamespace(**values)
@@ -37,6 +38,12 @@ def test_run_settings_are_valid_engine_settings_and_follow_the_scope():
         run_settings(panel(scope="Current slice"), slice_scope=None)
     fast = settings_from_dict(run_settings(panel(fastSaliency=True)))
     assert (fast.saliency_stride, fast.m2ib_samples, fast.m2ib_steps) == (4, 3, Settings().m2ib_steps)
+
+
+def test_the_faithfulness_checkbox_switches_the_check_off_in_the_job():
+    assert "faithfulness_slices" not in run_settings(panel())  # on: the engine's default
+    off = run_settings(panel(checkFaithfulness=False))
+    assert off["faithfulness_slices"] == 0 and settings_from_dict(off).faithfulness_slices == 0
 
 
 def test_model_files_and_device_go_to_the_local_engine_not_the_job():

@@ -276,7 +276,7 @@ def test_a_real_label_rerun_with_overwrite_keeps_the_review(tmp_path, tiny_clip_
     assert labels_csv(dataset)["case1"]["review"] == "excluded"
 
 
-def test_a_case_whose_saliency_barely_depended_on_the_prompt_is_reviewed_first_of_the_labelled(dataset):
+def test_a_case_whose_result_did_not_look_like_the_prompt_is_reviewed_first_of_the_labelled(dataset):
     """labels.csv's faithfulness column is an ordering key: a case under the threshold comes before lower scores."""
     import csv
 
@@ -293,5 +293,5 @@ def test_a_case_whose_saliency_barely_depended_on_the_prompt_is_reviewed_first_o
     labelled = [case for case in ZERO_SHOT_ORDER if case not in ("e_failed", "f_lost", "d_empty")]
     assert order[:3] == ZERO_SHOT_ORDER[:3] and order[3:] == ["a_high", *[c for c in labelled if c != "a_high"]]
     described = {item.case: item.describe() for item in open_dataset(dataset).queue()}
-    assert f"faithfulness {UNFAITHFUL_BELOW / 2:.2g} (saliency barely depends on the prompt)" in described["a_high"]
+    assert f"faithfulness {UNFAITHFUL_BELOW / 2:.2g} (result does not look like the prompt)" in described["a_high"]
     assert "faithfulness" not in described["b_low"], "only a score under the threshold is worth a mention"

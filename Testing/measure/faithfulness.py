@@ -1,4 +1,5 @@
-"""Which faithfulness score and which null prompt tell a right prompt from a wrong one (README, Prompt faithfulness).
+"""The saliency-difference faithfulness candidates (README, Prompt faithfulness: the engine now uses the result-match
+score of faithfulness_match.py, which imports the toy model and held-out images from here).
 
 Where saliency means something: the toy CLIP of the fine-tuning tests (tiny ViT + tiny BERT trained
 with DHN-NCE on bright disks and dark squares, as ``Testing/Python/test_finetune.py`` does), on
