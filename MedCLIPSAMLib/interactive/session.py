@@ -259,8 +259,9 @@ class InteractionSession:
         return self._decode_clicks(index, prompt)
 
     def _local_edit(self, index: int, clicks: list[Click]) -> tuple[np.ndarray, SlicePrompt] | None:
-        """Box edit mode, one click on a slice with a mask: the click's level set of SAM's logits for the slice's
-        box (local_edit.py), so only pixels near the click change; None where that does not apply."""
+        """Box edit mode, one click on a slice with a mask: the click's level set of SAM's logits for the mask's box
+        grown by the propagation margin (local_edit.py), so only pixels near the click change; None where that does
+        not apply (then the click is a box edit)."""
         mask = self.mask[index]
         if self.click_mode != "box_edit" or len(clicks) != 1 or not mask.any():
             return None
