@@ -32,7 +32,9 @@ CLICK_MODES = ("points", "box_edit")
 """How clicks reach SAM. points: the slice's box plus every click as labelled points, plus the previous logits
 (SAM ViT's native prompt). box_edit: each click moves the slice's box (a positive click outside grows it to take
 the click in, a negative one pulls the nearest side in past it) and only the box is given (LiteMedSAM saw only
-boxes in training). Measured per backend in README, Correct a result."""
+boxes in training). In box_edit mode a single click on a slice with a mask is first tried as a local edit
+(local_edit.py: only pixels near the click change); the box edit answers the clicks where SAM sees only
+background. Measured per backend in README, Correct a result."""
 DEFAULT_CLICK_MODE = {"litemedsam": "box_edit"}
 CLICK_BOX_FRACTION = 0.1
 """A click on an empty slice with no mask near it starts from a box of this fraction of the slice's longer side."""
