@@ -41,7 +41,8 @@ def answers(sam, encoded, mask: np.ndarray, box, x: int, y: int, positive: bool)
     rows, cols = np.ogrid[:mask.shape[0], :mask.shape[1]]
     disc = (cols - x) ** 2 + (rows - y) ** 2 <= (distance + 1) ** 2
     reach = max(4, distance)
-    small_box = (max(0, x - reach), max(0, y - reach), min(mask.shape[1] - 1, x + reach), min(mask.shape[0] - 1, y + reach))
+    height, width = mask.shape
+    small_box = (max(0, x - reach), max(0, y - reach), min(width - 1, x + reach), min(height - 1, y + reach))
     small = decode(sam, encoded, box=tuple(int(v) for v in small_box)).mask
     edited = edit_box(box, (x, y, positive), mask.shape)
     boxed = decode(sam, encoded, box=edited).mask if edited else np.zeros_like(mask)
@@ -92,7 +93,8 @@ def main() -> int:
         print("+ clicks" if positive else "- clicks")
         for answer in dict.fromkeys(r["answer"] for r in rows if r["positive"] == positive):
             changes = np.array([r["dsc_change"] for r in rows if r["positive"] == positive and r["answer"] == answer])
-            print(f"  {answer:34s} mean {100 * changes.mean():+.2f}  worse {int((changes < -1e-4).sum())} of {changes.size}")
+            worse = int((changes < -1e-4).sum())
+            print(f"  {answer:34s} mean {100 * changes.mean():+.2f}  worse {worse} of {changes.size}")
     return 0
 
 
