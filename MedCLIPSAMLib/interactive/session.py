@@ -19,6 +19,7 @@ from ..imageio import Volume, as_volume, normalize_intensity, resolve_axis
 from ..prompts import Box, box_of, grow_box
 from .answer import Answer
 from .embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
+from .local_edit import LocalEditRule, level_set_edit, slice_logits
 from .propagation import DIRECTIONS, StopRule, propagate
 from .prompting import Click, decode
 
@@ -31,7 +32,9 @@ CLICK_MODES = ("points", "box_edit")
 """How clicks reach SAM. points: the slice's box plus every click as labelled points, plus the previous logits
 (SAM ViT's native prompt). box_edit: each click moves the slice's box (a positive click outside grows it to take
 the click in, a negative one pulls the nearest side in past it) and only the box is given (LiteMedSAM saw only
-boxes in training). Measured per backend in README, Correct a result."""
+boxes in training). In box_edit mode a single click on a slice with a mask is first tried as a local edit
+(local_edit.py: only pixels near the click change); the box edit answers the clicks where SAM sees only
+background. Measured per backend in README, Correct a result."""
 DEFAULT_CLICK_MODE = {"litemedsam": "box_edit"}
 CLICK_BOX_FRACTION = 0.1
 """A click on an empty slice with no mask near it starts from a box of this fraction of the slice's longer side."""
@@ -86,9 +89,9 @@ class InteractionSession:
     def __init__(self, backend: "SamBackend", volume: Volume | np.ndarray, axis: int | None = None,
                  window: str | None = None, cache: EmbeddingCache | None = None,
                  rule: StopRule = StopRule(), click_mode: str | None = None,
-                 budget_bytes: int = DEFAULT_BUDGET_BYTES):
+                 budget_bytes: int = DEFAULT_BUDGET_BYTES, local_rule: LocalEditRule = LocalEditRule()):
         volume = volume if isinstance(volume, Volume) else as_volume(volume)
-        self.backend, self.rule = backend, rule
+        self.backend, self.rule, self.local_rule = backend, rule, local_rule
         self.axis = resolve_axis(axis, volume)
         self.volume_shape = tuple(volume.array.shape)
         if cache is None:
@@ -147,15 +150,11 @@ class InteractionSession:
             clicks = [self._check_click(c) for c in clicks]
             if not clicks:
                 raise InteractionError("No click given: give at least one (x, y, positive).")
-            prompt = self._prompt_for_clicks(index, clicks[0])
-            removed = self._removed_piece(index, prompt, clicks)
-            if removed is not None:
-                mask = self.mask[index] & ~removed
-                own = mask if prompt.base is None else mask & ~prompt.base
-                prompt = SlicePrompt(box_of(own), base=prompt.base)
+            local = self._local_edit(index, clicks)
+            if local is not None:
+                mask, prompt = local
             else:
-                prompt.clicks = prompt.clicks + clicks
-                mask, prompt = self._decode_clicks(index, prompt)
+                mask, prompt = self._answer_as_prompt(index, clicks)
             changes, prompts = {index: mask}, {index: prompt}
             runs: dict[int, Run | None] = {index: None}
             for direction, after in self._follow_ups(index):
@@ -248,6 +247,39 @@ class InteractionSession:
         self._history.append(record)
         del self._history[:-MAX_HISTORY]
         return Answer(self.axis, changed, message, True)
+
+    def _answer_as_prompt(self, index: int, clicks: list[Click]) -> tuple[np.ndarray, SlicePrompt]:
+        """The slice's mask for its prompt with the clicks added (points, or box edits), or with a clicked piece
+        removed."""
+        prompt = self._prompt_for_clicks(index, clicks[0])
+        removed = self._removed_piece(index, prompt, clicks)
+        if removed is not None:
+            mask = self.mask[index] & ~removed
+            own = mask if prompt.base is None else mask & ~prompt.base
+            return mask, SlicePrompt(box_of(own), base=prompt.base)
+        prompt.clicks = prompt.clicks + clicks
+        return self._decode_clicks(index, prompt)
+
+    def _local_edit(self, index: int, clicks: list[Click]) -> tuple[np.ndarray, SlicePrompt] | None:
+        """Box edit mode, one click on a slice with a mask: the click's level set of SAM's logits for the mask's box
+        grown by the propagation margin (local_edit.py), so only pixels near the click change; None where that does
+        not apply (then the click is a box edit)."""
+        mask = self.mask[index]
+        if self.click_mode != "box_edit" or len(clicks) != 1 or not mask.any():
+            return None
+        x, y, positive = clicks[0]
+        encoded = self.cache.get(index)
+        current = self._prompts.get(index)
+        box = grow_box(box_of(mask), self.rule.margin, self.slice_shape)
+        decoded = decode(self.backend, encoded, box=box)
+        edited = level_set_edit(slice_logits(self.backend, encoded, decoded), mask, x, y, positive, self.local_rule)
+        if edited is None:
+            return None
+        if current is not None and current.box is not None:
+            prompt = SlicePrompt(current.box, list(current.clicks), current.base, current.logits, current.iou)
+        else:
+            prompt = SlicePrompt(box_of(edited)) if edited.any() else SlicePrompt(None)
+        return edited, prompt
 
     def _removed_piece(self, index: int, prompt: SlicePrompt, clicks: list[Click]) -> np.ndarray | None:
         """Box edit mode: a single negative click near the middle of a piece of the mask (at least
