@@ -140,6 +140,10 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         reference.run(warm, "brain tumor")
         onnx = [name for name, used in (("sam_encoder", pipeline.sam.runtime_encoder is not None),) if used]
         m2ib_bf16 = device.type == "cpu" and pipeline.m2ib.suffix_dtype == torch.bfloat16
+        encoder = pipeline.sam.runtime_encoder
+        cpu_runtime = "" if encoder is None else (
+            f"{'OpenVINO' if type(encoder).__name__ == 'OpenVinoModule' else 'ONNX Runtime'} "
+            f"{getattr(encoder, 'precision', 'f32')}")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         io_time = measure_io(volume, folder)
@@ -174,7 +178,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "m2ib_speedup_vs_naive": naive["m2ib_naive"] / max(per_slice["clip_features"] + per_slice["m2ib"], 1e-9),
         "pipeline_wall_seconds": wall, "pipeline_seconds_per_slice": wall / slices, "peak_memory_mb": peak,
         "faithfulness_slices": settings.faithfulness_slices, "faithfulness_seconds": t.get("faithfulness", 0.0),
-        "onnx_runtime": onnx, "m2ib_bf16_blocks": m2ib_bf16, "first_use_seconds": first_use, "first_use_messages": notes,
+        "onnx_runtime": onnx, "cpu_runtime": cpu_runtime, "m2ib_bf16_blocks": m2ib_bf16, "first_use_seconds": first_use, "first_use_messages": notes,
         "stage_seconds": stage_seconds(t, wall),
         "baseline_stage_seconds": stage_seconds(baseline.timings, baseline_wall),
         "baseline_wall_seconds": baseline_wall, "baseline_slices_with_saliency": baseline.saliency_slices,
@@ -200,7 +204,7 @@ def format_report(report: dict) -> str:
               f"peak memory {report['peak_memory_mb']:.0f} MB",
               f"prompt faithfulness check: {report['faithfulness_seconds']:.2f} s for the one prompt "
               f"(--faithfulness-slices {report['faithfulness_slices']}; 0 switches it off), included in the wall time",
-              f"stage             new s   today s  (new: ONNX Runtime for "
+              f"stage             new s   today s  (new: {report.get('cpu_runtime') or 'exported runtime'} for "
               f"{', '.join(report['onnx_runtime']) or 'nothing'}, M2IB class-token shortcut"
               f"{', M2IB blocks in bf16 (AMX)' if report.get('m2ib_bf16_blocks') else ''}; today: PyTorch fp32)"]
     new, today = report["stage_seconds"], report["baseline_stage_seconds"]
