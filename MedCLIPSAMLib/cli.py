@@ -192,7 +192,8 @@ def cpu_hint(settings: Settings, slices: int) -> str | None:
             and settings.m2ib_steps == paper.m2ib_steps)
     if not full or slices < 8 or resolve_device(settings.device).type != "cpu":
         return None
-    return (f"{slices} slices on the CPU at the paper's M2IB settings take about 10 s each on a 2-core machine; "
+    return (f"{slices} slices on the CPU at the paper's M2IB settings take several seconds each on a 2-core "
+            "machine; "
             "--fast (saliency on every 4th slice, 3 noise samples) is several times quicker (README, Speed).")
 
 
