@@ -135,18 +135,25 @@ def test_the_flow_advances_only_by_step_and_starts_no_thread(scene, volume_node,
     assert started_here == []
 
 
-def test_one_step_returns_while_a_propagation_runs_on_the_engine(scene, volume_node, segmented, engine_server):
-    """Propagating from slice 0 encodes slices 1-5 on the engine (an encoder pass each, ~1 s on this CPU); a step
-    asks once and returns: the answer is not there yet after it, and arrives on later steps."""
+def propagating(scene, volume_node, segmented, client):
+    """A correction with a box on slice 0, asked to propagate up, after one step: (correction, node, segment id,
+    the segment's array before the propagation)."""
     node, tumour, _ = segmented
-    correction = Correction(EngineClient(engine_server.url, engine_server.token), scene, volume_node, node, tumour,
-                            axis=0)
+    correction = Correction(client, scene, volume_node, node, tumour, axis=0)
     correction.wait()
     correction.box(0, (20, 8, 40, 28))
     correction.wait()
     before = segment_to_array(node, tumour, volume_node)
     correction.propagate(0, "up")
     correction.step()
+    return correction, node, tumour, before
+
+
+def test_one_step_returns_while_a_propagation_runs_on_the_engine(scene, volume_node, segmented, engine_server):
+    """Propagating from slice 0 encodes slices 1-5 on the engine (an encoder pass each, ~1 s on this CPU); a step
+    asks once and returns: the answer is not there yet after it, and arrives on later steps."""
+    correction, node, tumour, before = propagating(scene, volume_node, segmented,
+                                                   EngineClient(engine_server.url, engine_server.token))
     assert correction.state == SENDING  # the step came back before the propagation's answer
     np.testing.assert_array_equal(segment_to_array(node, tumour, volume_node), before)
     correction.wait()
@@ -159,15 +166,8 @@ def test_one_step_returns_while_a_propagation_runs_on_the_engine(scene, volume_n
 
 def test_cancel_during_a_propagation_leaves_the_segment_and_the_engine_as_they_were(scene, volume_node, segmented,
                                                                                      engine_server):
-    node, tumour, _ = segmented
     client = EngineClient(engine_server.url, engine_server.token)
-    correction = Correction(client, scene, volume_node, node, tumour, axis=0)
-    correction.wait()
-    correction.box(0, (20, 8, 40, 28))
-    correction.wait()
-    before = segment_to_array(node, tumour, volume_node)
-    correction.propagate(0, "up")
-    correction.step()
+    correction, node, tumour, before = propagating(scene, volume_node, segmented, client)
     correction.cancel()
     assert correction.state == IDLE and not correction.edits[1:]
     np.testing.assert_array_equal(segment_to_array(node, tumour, volume_node), before)
