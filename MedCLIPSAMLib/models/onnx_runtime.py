@@ -28,6 +28,7 @@ from . import onnx_cache
 from .cpu_features import amx_bf16_available
 from .openvino_runtime import BF16, F32, OpenVinoModule, openvino_available
 
+log = logging.getLogger(__name__)
 RTOL = 1e-4
 """Largest |runtime - PyTorch| allowed in fp32, as a fraction of the largest |PyTorch| output value
 (measured: LiteMedSAM encoder 1e-6 in ONNX Runtime, 6e-6 in OpenVINO)."""
@@ -110,9 +111,13 @@ CpuRuntime = "OrtModule | OpenVinoModule"
 
 
 def load_runtime(model: bytes | str, precision: str = F32) -> "OrtModule | OpenVinoModule":
-    """OpenVINO when installed (faster on the same file; README, Speed), else ONNX Runtime (fp32 only)."""
+    """OpenVINO when installed and it loads the model (faster on the same file; README, Speed), else ONNX
+    Runtime (fp32 only)."""
     if openvino_available():
-        return OpenVinoModule(model, precision=precision)
+        try:
+            return OpenVinoModule(model, precision=precision)
+        except Exception as exc:  # OpenVINO raises its own types (a platform without its plugin, an unread op)
+            log.warning("OpenVINO cannot run this model (%s: %s); ONNX Runtime runs it", type(exc).__name__, exc)
     return OrtModule(model)
 
 
