@@ -117,8 +117,8 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
     ttl = store.ttl
 
     @router.post("/sessions", status_code=201)
-    async def open_session(request: Request, wait: float | None = None) -> dict[str, Any]:
-        check_wait(wait)
+    async def open_session(request: Request, wait: str | None = None) -> dict[str, Any]:
+        seconds = check_wait(wait)
         body = await json_object(request, SESSION_FIELDS, "session")
         volume_id = str(body.get("volume", ""))
         volume = request.app.state.volumes.get(volume_id)
@@ -126,10 +126,10 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
             raise HTTPException(404, "The server does not hold that volume (never uploaded, or expired): upload it "
                                      "again, then open the session.")
         start = _start_mask(request, body, volume.array.shape)
-        if wait is not None:
+        if seconds is not None:
             call = store.calls.start(lambda: _open(volume_id, volume, body, start), threading.Lock(),
                                      withdraw=lambda opened: _close_quietly(opened["session"]))
-            return await store.calls.reply(call, wait)
+            return await store.calls.reply(call, seconds)
         from fastapi.concurrency import run_in_threadpool
 
         return await run_in_threadpool(_open, volume_id, volume, body, start)
@@ -173,20 +173,20 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
         return {**encode_answer(result), "seconds": round(time.perf_counter() - start, 4),
                 "encoded_slices": held.session.cache.encoded_count - encoded}
 
-    async def respond(session_id: str, wait: float | None, act, undoable: bool = True) -> dict[str, Any]:
+    async def respond(session_id: str, wait: str | None, act, undoable: bool = True) -> dict[str, Any]:
         """The interaction's answer; with ``wait``, within that many seconds or as a call (session_calls.py)."""
-        check_wait(wait)
+        seconds = check_wait(wait)
         held = store.get(session_id)
-        if wait is None:
+        if seconds is None:
             return await _threaded(answer, held, act)
         call = store.calls.start(lambda: _answered(held, act), held.guard,
                                  withdraw=(lambda _: held.session.undo()) if undoable else None)
-        return await store.calls.reply(call, wait)
+        return await store.calls.reply(call, seconds)
 
     @router.get("/calls/{call_id}")
-    async def call_answer(call_id: str, wait: float = 0.0) -> dict[str, Any]:
-        check_wait(wait)
-        return await store.calls.reply(store.calls.get(call_id), wait)
+    async def call_answer(call_id: str, wait: str = "0") -> dict[str, Any]:
+        seconds = check_wait(wait)
+        return await store.calls.reply(store.calls.get(call_id), seconds)
 
     @router.delete("/calls/{call_id}")
     def withdraw_call(call_id: str) -> dict[str, Any]:
@@ -194,13 +194,13 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
         return {"call": call_id, "state": "withdrawn"}
 
     @router.post("/sessions/{session_id}/box")
-    async def box(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
+    async def box(session_id: str, request: Request, wait: str | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "box", "mode"}, "box")
         return await respond(session_id, wait, lambda s: s.box(body.get("slice"), body.get("box"),
                                                                body.get("mode", "replace")))
 
     @router.post("/sessions/{session_id}/clicks")
-    async def clicks(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
+    async def clicks(session_id: str, request: Request, wait: str | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "clicks"}, "clicks")
         given = body.get("clicks")
         if not isinstance(given, list):
@@ -208,17 +208,17 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
         return await respond(session_id, wait, lambda s: s.clicks(body.get("slice"), given))
 
     @router.post("/sessions/{session_id}/propagate")
-    async def propagate(session_id: str, request: Request, wait: float | None = None) -> dict[str, Any]:
+    async def propagate(session_id: str, request: Request, wait: str | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "direction"}, "propagate")
         return await respond(session_id, wait, lambda s: s.propagate(body.get("slice"),
                                                                      body.get("direction", "both")))
 
     @router.post("/sessions/{session_id}/undo")
-    async def undo(session_id: str, wait: float | None = None) -> dict[str, Any]:
+    async def undo(session_id: str, wait: str | None = None) -> dict[str, Any]:
         return await respond(session_id, wait, lambda s: s.undo(), undoable=False)
 
     @router.post("/sessions/{session_id}/reset")
-    async def reset(session_id: str, wait: float | None = None) -> dict[str, Any]:
+    async def reset(session_id: str, wait: str | None = None) -> dict[str, Any]:
         return await respond(session_id, wait, lambda s: s.reset())
 
     @router.get("/sessions/{session_id}/mask")

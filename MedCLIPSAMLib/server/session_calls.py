@@ -52,10 +52,18 @@ class Call:
     _state: threading.Lock = field(default_factory=threading.Lock)
 
 
-def check_wait(wait: float | None) -> float | None:
-    if wait is not None and not 0 <= wait <= MAX_WAIT_S:
-        raise InputError(f"'wait' must be 0 to {MAX_WAIT_S:g} seconds (how long the request may wait), not {wait:g}.")
-    return wait
+def check_wait(wait: str | float | None) -> float | None:
+    """The ``?wait=`` seconds, or None; read here (not typed in the route) so a bad value gets the one-line 400."""
+    if wait is None:
+        return None
+    try:
+        seconds = float(wait)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 <= seconds <= MAX_WAIT_S:  # also NaN
+        raise InputError(f"'wait' must be a number of seconds from 0 to {MAX_WAIT_S:g} (how long the request may "
+                         f"wait), not '{str(wait)[:40]}'.")
+    return seconds
 
 
 class CallStore:

@@ -76,8 +76,12 @@ def test_a_bad_request_with_wait_is_the_same_one_line_4xx(client, volume_id):
     with pytest.raises(EngineError, match="Slice 9 is outside the volume") as caught:
         SessionCall(client, "POST", f"/sessions/{session}/box", {"slice": 9, "box": [1, 1, 20, 20]})
     assert caught.value.status == 400 and "\n" not in str(caught.value)
-    with pytest.raises(EngineError, match="'wait' must be 0 to 2 seconds") as caught:
-        client._request("POST", f"/sessions/{session}/undo?wait=30", b"{}", "application/json")
+    for bad in ("30", "AAA", "nan", "-1"):
+        with pytest.raises(EngineError, match="'wait' must be a number of seconds from 0 to 2") as caught:
+            client._request("POST", f"/sessions/{session}/undo?wait={bad}", b"{}", "application/json")
+        assert caught.value.status == 400 and "\n" not in str(caught.value), bad
+    with pytest.raises(EngineError, match="'wait' must be") as caught:
+        client._request("GET", "/calls/0?wait=x", None, None)
     assert caught.value.status == 400
     with pytest.raises(EngineError, match="No session") as caught:
         SessionCall(client, "POST", "/sessions/" + "0" * 24 + "/box", {"slice": 1, "box": [1, 1, 20, 20]})
