@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 
 import numpy as np
 import torch
@@ -38,8 +39,11 @@ class OpenVinoModule:
         shape = self.compiled.input(0).get_partial_shape()
         self.input_shape = tuple(int(d.get_length()) if d.is_static else -1 for d in shape)
         self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+        """One infer request is not thread-safe; a server's text job and a session may encode at once."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        outputs = [np.array(self._request.infer({0: array[i:i + 1]})[0], copy=True) for i in range(len(array))]
+        with self._lock:
+            outputs = [np.array(self._request.infer({0: array[i:i + 1]})[0], copy=True) for i in range(len(array))]
         return torch.from_numpy(np.concatenate(outputs))

@@ -256,3 +256,28 @@ def test_onnx_runtime_runs_the_file_when_openvino_cannot(cache, monkeypatch):
     runtime = export([])
     assert isinstance(runtime, OrtModule) and max_difference(runtime, SmallEncoder().eval(), example()) <= RTOL
     assert openvino_runtime.OpenVinoModule is not broken  # only the loader's view was patched
+
+
+@pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed")
+def test_one_openvino_module_serves_two_threads_at_once(cache):
+    import threading
+
+    export([])
+    (path,) = cache.glob("*.onnx")
+    runtime, module = OpenVinoModule(str(path)), SmallEncoder().eval()
+    errors, batches = [], [torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def work(batch):
+        try:
+            for _ in range(20):
+                with torch.no_grad():
+                    assert (runtime(batch) - module(batch)).abs().max() <= RTOL * module(batch).abs().max()
+        except Exception as exc:  # collected: an assertion in a thread does not fail the test by itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
