@@ -212,10 +212,8 @@ class EngineClient:
 
     def _answer(self, path: str, body: Any = None, timeout: float | None = None) -> Answer:
         data = json.dumps(body if body is not None else {}).encode()
-        reply = json.loads(self._request("POST", path, data, "application/json", timeout=timeout).decode())
-        answer = decode_answer(reply)
-        answer.seconds = reply.get("seconds")
-        return answer
+        reply = self._request("POST", path, data, "application/json", timeout=timeout)
+        return decode_answer(json.loads(reply.decode()))
 
     # --- the whole run -----------------------------------------------------------------------------
 

@@ -246,7 +246,7 @@ class Pipeline:
         return self._sam_backend
 
     def _onnx_runtime_applies(self) -> bool:
-        """ONNX Runtime for the inference-only encoders: on a CPU, where it is faster, unless turned off."""
+        """The exported SAM encoder (OpenVINO or ONNX Runtime): on a CPU, where it is faster, unless turned off."""
         return self.settings.runtime == "auto" and self.device.type == "cpu" and runtime_available()
 
     def run(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],

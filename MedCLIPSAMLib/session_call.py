@@ -60,9 +60,7 @@ class SessionCall:
 
     def answer(self) -> Answer:
         """The reply as an interaction's answer (what changed), with the engine's own seconds."""
-        answer = decode_answer(self.reply)
-        answer.seconds = self.reply.get("seconds")
-        return answer
+        return decode_answer(self.reply)
 
     def withdraw(self) -> None:
         """Stop waiting for it; the engine takes its effect back (undoes it, or closes the session it opened).

@@ -21,15 +21,14 @@ class Answer:
     message: str = ""
     can_undo: bool = False
     seconds: float | None = None
-    """Engine-side time of the interaction (filled in by the client from the server's answer)."""
+    """Engine-side time of the interaction (the server adds it to the answer it sends)."""
 
 
 def encode_answer(answer: Answer) -> dict[str, Any]:
     shapes = {tuple(mask.shape) for mask in answer.slices.values()}
     return {"axis": int(answer.axis), "message": answer.message, "can_undo": bool(answer.can_undo),
             "slice_shape": list(shapes.pop()) if shapes else None,
-            "slices": {str(index): base64.b64encode(np.packbits(np.asarray(mask, bool).ravel())).decode()
-                       for index, mask in sorted(answer.slices.items())}}
+            "slices": {str(index): encode_mask(mask) for index, mask in sorted(answer.slices.items())}}
 
 
 def decode_answer(body: dict[str, Any]) -> Answer:
@@ -37,7 +36,8 @@ def decode_answer(body: dict[str, Any]) -> Answer:
     count = int(np.prod(shape))
     slices = {int(index): np.unpackbits(np.frombuffer(base64.b64decode(bits), np.uint8), count=count)
               .reshape(shape).astype(bool) for index, bits in body.get("slices", {}).items()}
-    return Answer(int(body["axis"]), slices, str(body.get("message", "")), bool(body.get("can_undo")))
+    return Answer(int(body["axis"]), slices, str(body.get("message", "")), bool(body.get("can_undo")),
+                  body.get("seconds"))
 
 
 def encode_mask(mask: np.ndarray) -> str:

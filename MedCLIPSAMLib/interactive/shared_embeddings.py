@@ -3,8 +3,8 @@
 Encoding is most of SAM's cost (LiteMedSAM ~1.3 s a slice on a 2-core CPU, a decoder pass ~20 ms).
 A text run and a session encode the same slices when their embeddings are interchangeable: same
 volume content (its sha256), axis and intensity window (the same uint8 slices), and the same SAM:
-backend, checkpoint, input size, device, runtime of its image encoder (PyTorch or ONNX Runtime) and
-precision. ``EmbeddingKey`` holds all of these, so a run with another runtime or precision encodes
+backend, checkpoint, input size, device, runtime of its image encoder (PyTorch, OpenVINO or ONNX Runtime)
+and precision. ``EmbeddingKey`` holds all of these, so a run with another runtime or precision encodes
 its own. Zoomed crops ride inside each encoded slice, keyed by their region (``EncodedSlice.crops``).
 
 One ``EmbeddingStore`` per server process keeps one ``EmbeddingCache`` per key within one memory
@@ -38,7 +38,7 @@ class EmbeddingKey:
     image_size: int
     device: str
     runtime: str
-    """'torch', or the class of the runtime running the image encoder (models.onnx_runtime.OrtModule)."""
+    """'torch', or the class and precision of the runtime running the image encoder ('OpenVinoModule-f32')."""
     precision: str
     """'bf16' when the run asked for bfloat16, else 'fp32'."""
 

@@ -110,7 +110,7 @@ def max_difference(runtime: Callable[[torch.Tensor], torch.Tensor], module: torc
 CpuRuntime = "OrtModule | OpenVinoModule"
 
 
-def load_runtime(model: bytes | str, precision: str = F32) -> "OrtModule | OpenVinoModule":
+def load_runtime(model: bytes | str, precision: str = F32) -> CpuRuntime:
     """OpenVINO when installed and it loads the model (faster on the same file; README, Speed), else ONNX
     Runtime (fp32 only)."""
     if openvino_available():

@@ -256,7 +256,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     def status(job: Job) -> dict[str, Any]:
         return {"id": job.id, "state": job.state, "position": jobs.position(job), "stage": job.stage,
                 "done": job.done, "total": job.total,
-                "finished_stages": [[stage, total] for stage, total in job.finished_stages], "error": job.error, "error_kind": job.error_kind,
+                "finished_stages": [[stage, total] for stage, total in job.finished_stages],
+                "error": job.error, "error_kind": job.error_kind,
                 "seconds": round(job.seconds, 3), "cpu_seconds": round(job.cpu_seconds, 3),
                 "faithfulness": job.summary.get("faithfulness"), "sam_slices": job.summary.get("sam_slices")}
 

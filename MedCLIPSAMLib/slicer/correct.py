@@ -32,11 +32,10 @@ from vtk.util import numpy_support
 
 from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload
 from ..errors import MedCLIPSAMError
-from ..imageio import luminance
 from ..interactive.answer import Answer, encode_mask
-from ..server import wire
 from ..session_call import POLL_TIMEOUT_S, SessionCall
 from .mrml import segment_to_array, spacing_kji, volume_view
+from .run import begin_upload, next_packed, packing_steps
 
 PACKING, UPLOADING, OPENING = "preparing the volume", "uploading", "opening the session"
 IDLE, SENDING, WAITING_FOR_RUN, UNDOING = "idle", "sending", "waiting for the text run", "undoing"
@@ -151,9 +150,7 @@ class Correction:
 
     def __post_init__(self) -> None:
         """Read the segment now (main thread); the volume is packed, uploaded and the session opened by ``step``."""
-        array = volume_view(self.volume_node)
-        self._packing = wire.encode_volume_steps(luminance(array) if array.ndim == 4 else array,
-                                                 spacing_kji(self.volume_node))
+        self._packing = packing_steps(volume_view(self.volume_node), spacing_kji(self.volume_node))
         self._start_mask = segment_to_array(self.segmentation_node, self.segment_id, self.volume_node) > 0
 
     @property
@@ -259,18 +256,14 @@ class Correction:
 
     def _pack(self) -> None:
         """The upload bytes, one 16 MB chunk per step; then the upload begins (nothing sent if the engine has it)."""
-        try:
-            next(self._packing)
+        upload = next_packed(self._packing)
+        if upload is None:
             return
-        except StopIteration as done:
-            payload, volume_id = done.value
-        self._packing, self._upload = None, Upload(payload, volume_id)
-        self.client.handshake()
-        self._sending = self.client.start_upload(self._upload, self.part_bytes)
+        self._packing, self._upload = None, upload
+        self._sending = begin_upload(self.client, upload, self.part_bytes, POLL_TIMEOUT_S)
         if self._sending is None:
             self._open()
         else:
-            self._sending.commit_wait = POLL_TIMEOUT_S  # a large volume is hashed a while: asked again next tick
             self.state = UPLOADING
 
     def _open(self) -> None:

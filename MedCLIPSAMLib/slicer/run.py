@@ -49,6 +49,34 @@ def input_array(volume_node):
     return array
 
 
+def packing_steps(array: np.ndarray, spacing: Sequence[float]):
+    """The upload of a (k, j, i) volume (RGB as its luminance) one 16 MB chunk per ``next``, so a CT is packed
+    over several timer ticks; the generator's return value is the ``Upload``."""
+    payload, volume_id = yield from wire.encode_volume_steps(luminance(array) if array.ndim == 4 else array, spacing)
+    return Upload(payload, volume_id)
+
+
+def next_packed(packing) -> Upload | None:
+    """One step of ``packing_steps``: None while it packs, the ``Upload`` once it is done."""
+    try:
+        next(packing)
+    except StopIteration as done:
+        return done.value
+    return None
+
+
+def begin_upload(client: EngineClient, upload: Upload, part_bytes: int, commit_wait: float,
+                 compress: bool | None = None) -> PartUpload | None:
+    """The handshake (a server of another protocol: one line naming both versions, nothing sent), then the
+    upload in parts (None: the server holds the volume already); a server still hashing a large volume when
+    the commit has waited ``commit_wait`` is asked again on the next tick."""
+    client.handshake()
+    sending = client.start_upload(upload, part_bytes, compress)
+    if sending is not None:
+        sending.commit_wait = commit_wait
+    return sending
+
+
 def read_input(volume_node) -> Upload:
     """The volume's voxels (k, j, i) and spacing, ready to upload."""
     return Upload.of(input_array(volume_node), spacing_kji(volume_node))
@@ -219,22 +247,17 @@ class SegmentRun:
     def _pack(self) -> None:
         """The upload bytes and their sha256, one 16 MB chunk per step; then the upload begins."""
         if self._packing is None:
-            array = luminance(self.array) if self.array.ndim == 4 else self.array
-            self._packing = wire.encode_volume_steps(array, self.spacing)
-        try:
-            next(self._packing)
+            self._packing = packing_steps(self.array, self.spacing)
+        upload = next_packed(self._packing)
+        if upload is None:
             return
-        except StopIteration as done:
-            payload, volume_id = done.value
-        self.upload, self.array, self._packing = Upload(payload, volume_id), None, None
+        self.upload, self.array, self._packing = upload, None, None
         self.volume_id = self.upload.id
         self.client = EngineClient(self.engine.url, self.engine.token, timeout=self.timeout)
-        self.client.handshake()  # a server of another protocol: one line naming both versions, nothing sent
-        self.sending = self.client.start_upload(self.upload, self.part_bytes, self.compress)
+        self.sending = begin_upload(self.client, self.upload, self.part_bytes, STATUS_WAIT_S, self.compress)
         if self.sending is None:  # the server holds this volume already
             self._submit()
         else:
-            self.sending.commit_wait = STATUS_WAIT_S  # the server hashes a CT for a while: ask again next tick
             self.state, self.progress = UPLOADING, upload_progress(0, self.sending.total)
 
     def _send_part(self) -> None:
