@@ -489,7 +489,7 @@ class ResultDownload:
     def result(self, raw_saliency: bool = False, rebuild_labels: bool = True) -> SegmentationResult:
         """The decoded result, once ``finished`` (the received bytes are released)."""
         payload, self.received = self.received, bytearray()
-        return wire.decode_result(bytes(payload), raw_saliency, rebuild_labels)
+        return wire.decode_result(payload, raw_saliency, rebuild_labels)
 
 
 def _range_total(content_range: str | None) -> int | None:

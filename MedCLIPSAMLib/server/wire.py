@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import InputError, MedCLIPSAMError
 from ..result import SegmentationResult
+from . import npy_steps
 
 READY_LINE = "MedCLIP-SAM engine listening on"
 """``medclipsam serve`` prints this and its URL once it accepts connections; a parent process reads it."""
@@ -175,7 +176,7 @@ def faithfulness_record(result: SegmentationResult) -> dict[str, float | None]:
             for name in result.names}
 
 
-def decode_result(payload: bytes, raw_saliency: bool = False, rebuild_labels: bool = True) -> SegmentationResult:
+def decode_result(payload: bytes | bytearray, raw_saliency: bool = False, rebuild_labels: bool = True) -> SegmentationResult:
     """The result; ``raw_saliency``: 8-bit saliency stays uint8 0..255 (no float copy: what an overlay needs).
 
     A result sent without its label map gets one rebuilt from the masks (the earlier prompt wins), or,
@@ -188,25 +189,26 @@ def decode_result(payload: bytes, raw_saliency: bool = False, rebuild_labels: bo
             return done.value
 
 
-def decode_result_steps(payload: bytes | bytearray, raw_saliency: bool = False, rebuild_labels: bool = True):
-    """``decode_result`` one array at a time: a generator that yields between arrays and returns the result."""
-    archive = np.load(io.BytesIO(payload), allow_pickle=False)
-    with archive:
-        meta = json.loads(archive["meta"].tobytes().decode())
+def decode_result_steps(payload: bytes | bytearray, raw_saliency: bool = False, rebuild_labels: bool = True,
+                        step_bytes: int = npy_steps.STEP_BYTES):
+    """``decode_result`` in bounded steps: a generator that yields after every ``step_bytes`` of arrays written
+    and returns the result (Slicer decodes on its GUI thread, one step per timer tick). ``payload`` is read in
+    place, not copied."""
+    with zipfile.ZipFile(npy_steps.BufferReader(payload)) as archive:
+        meta = json.loads((yield from npy_steps.read_array_steps(archive, "meta", step_bytes)).tobytes().decode())
         shape = tuple(meta["shape"])
         size = int(np.prod(shape))
         levels = SALIENCY_BITS[meta.get("saliency_bits", 16)][1]
         masks, saliency = {}, {}
-        yield
         for index, name in enumerate(meta["names"]):
-            masks[name] = np.unpackbits(archive[f"mask{index}"], count=size).reshape(shape).view(bool)
-            yield
+            packed = yield from npy_steps.read_array_steps(archive, f"mask{index}", step_bytes)
+            masks[name] = (yield from npy_steps.unpack_bits_steps(packed, size, step_bytes)).reshape(shape)
             if meta["saliency"]:
-                values = archive[f"saliency{index}"]
+                values = yield from npy_steps.read_array_steps(archive, f"saliency{index}", step_bytes)
                 saliency[name] = values if raw_saliency and values.dtype == np.uint8 else (
-                    values.astype(np.float32) / levels)
-                yield
-        labels = archive["labels"] if meta.get("labels", True) else None
+                    yield from npy_steps.scale_steps(values, levels, step_bytes))
+        labels = (yield from npy_steps.read_array_steps(archive, "labels", step_bytes)) if meta.get("labels", True) \
+            else None
     if labels is None and not rebuild_labels:
         labels = np.zeros((0,) * len(shape), np.uint8)
     elif labels is None:
