@@ -457,34 +457,40 @@ class ResultDownload:
     def __init__(self, client: EngineClient, job_id: str, target_seconds: float = 0.15):
         self.client, self.job_id, self.target_seconds = client, job_id, target_seconds
         self.received = bytearray()
+        """The result's bytes: allocated whole at the first answer, then each part copied into its place."""
+        self.done = 0
         self.total: int | None = None
         self.part_bytes = self.FIRST_PART
         self.longest_step_s = 0.0
 
     @property
     def finished(self) -> bool:
-        return self.total is not None and len(self.received) >= self.total
+        return self.total is not None and self.done >= self.total
 
     def receive_next(self) -> tuple[int, int]:
         """Read the next part; returns (bytes received, total; 0 until the first answer)."""
         if self.finished:
-            return len(self.received), self.total
+            return self.done, self.total
         start = time.perf_counter()
-        first = len(self.received)
+        first = self.done
         headers: dict[str, str] = {}
         part = self.client._request("GET", f"/jobs/{self.job_id}/result", headers={
             "Range": f"bytes={first}-{first + self.part_bytes - 1}"}, answer_headers=headers)
         total = _range_total(headers.get("content-range"))
         if total is None:  # a server that ignores Range sent the whole result
             self.received, self.total = bytearray(part), len(part)
+            self.done = len(part)
         else:
-            self.received += part
+            if self.total is None:  # one allocation, not a buffer regrown (and copied) part after part
+                self.received = bytearray(total)
             self.total = total
+            memoryview(self.received)[first:first + len(part)] = part  # a part longer than announced: ValueError
+            self.done = first + len(part)
         seconds = time.perf_counter() - start
         self.longest_step_s = max(self.longest_step_s, seconds)
         speed = len(part) / max(seconds, 1e-4)
         self.part_bytes = int(min(max(speed * self.target_seconds, self.SMALLEST_PART), self.LARGEST_PART))
-        return len(self.received), self.total
+        return self.done, self.total
 
     def result(self, raw_saliency: bool = False, rebuild_labels: bool = True) -> SegmentationResult:
         """The decoded result, once ``finished`` (the received bytes are released)."""

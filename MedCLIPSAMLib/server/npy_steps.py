@@ -14,8 +14,8 @@ from typing import Generator
 
 import numpy as np
 
-STEP_BYTES = 16_000_000
-"""Bytes written per step: ~10-40 ms of copying or unpacking on a laptop core."""
+STEP_BYTES = 8_000_000
+"""Bytes written per step: 5-20 ms of copying or unpacking on a laptop core, up to ~0.1 s when fresh memory is slow."""
 
 
 class BufferReader(io.RawIOBase):
