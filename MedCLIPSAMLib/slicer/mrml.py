@@ -509,7 +509,11 @@ def segment_to_array(segmentation_node, segment_id: str, reference) -> np.ndarra
             raise RuntimeError(f"Slicer could not export segment '{segment_id}'.")
         return (array_from_volume(labelmap) > 0).astype(np.uint8)
     finally:
+        display = labelmap.GetDisplayNode()
+        color = display.GetColorNode() if display is not None else None  # the export made it for this node
         remove_node(scene, labelmap)
+        if color is not None and scene.IsNodePresent(color):
+            scene.RemoveNode(color)
 
 
 def lps_geometry(volume_node) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:

@@ -61,6 +61,11 @@ def test_mask_reads_back_voxel_identical_through_slicer_export(scene, volume_nod
     segmentation_node = scene.GetNodeByID(record.segmentation_node_id)
     (segment_id,) = record.segment_ids
     np.testing.assert_array_equal(segment_to_array(segmentation_node, segment_id, volume_node), mask)
+    nodes_before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}  # after the first export:
+    segment_to_array(segmentation_node, segment_id, volume_node)  # it may add the subject hierarchy singleton
+    segment_to_array(segmentation_node, segment_id, volume_node)
+    nodes_after = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    assert nodes_after == nodes_before, nodes_after ^ nodes_before  # no labelmap, display or colour table left
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     assert segment.GetName() == "brain tumor"
     style = segment_style("brain tumor")
