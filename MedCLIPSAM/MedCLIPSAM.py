@@ -130,7 +130,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._correction = None
         self._correctTimer = None
         self._correctMarkups = {}
-        self._pendingClicks = []
+        self._pendingInteractions = None  # MedCLIPSAMLib.slicer.correct_markups.PendingInteractions, made on first use
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -493,8 +493,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return 0, 0
         return view_slice(self._parameterNode.inputVolume, sliceNode.GetSliceToRAS())
 
-    def _ensureCorrection(self):
-        """The session for the selected segment (opened on first use, and again when the target changed)."""
+    def _ensureCorrection(self, restart: bool = False):
+        """The session for the selected segment (opened on first use, again when the target changed, and with
+        ``restart`` from the segment as it is now)."""
         from MedCLIPSAMLib.client import EngineClient
         from MedCLIPSAMLib.slicer.correct import Correction
 
@@ -508,11 +509,11 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentId = self._selectedSegmentId(segmentationNode)
         axis = self._activeView()[0]
         current = self._correction
-        if current is not None and current.state != "closed" and (
+        if not restart and current is not None and current.state != "closed" and (
                 current.volume_node, current.segmentation_node, current.segment_id,
                 current.axis) == (p.inputVolume, segmentationNode, segmentId, axis):
             return current
-        self.onCorrectDone()
+        self._closeCorrection()
         engine = self._engine()
         if engine is None:
             raise ValueError(_("The engine is not available."))
@@ -549,6 +550,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     persistent=True)
 
     def _place(self, key: str, className: str, color, persistent: bool) -> None:
+        from MedCLIPSAMLib.slicer.correct_markups import start_placing
+
         try:
             self._ensureCorrection()
         except Exception as exc:
@@ -557,30 +560,28 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._markups(key, className, color)
         if key == "box":
             node.RemoveAllControlPoints()
-        markupsLogic = slicer.modules.markups.logic()
-        markupsLogic.SetActiveList(node)
-        markupsLogic.StartPlaceMode(persistent)
+        start_placing(slicer.modules.markups.logic(), node, persistent)
         self.ui.correctStatusLabel.text = (_("Drag a box around the target in a slice view.") if key == "box" else
                                            _("Click in a slice view; Esc or the arrow tool ends clicking."))
 
+    def _pending(self):
+        from MedCLIPSAMLib.slicer.correct_markups import PendingInteractions
+
+        if self._pendingInteractions is None:
+            self._pendingInteractions = PendingInteractions()
+        return self._pendingInteractions
+
     def _onMarkupPlaced(self, node, event) -> None:
-        from MedCLIPSAMLib.slicer.correct import point_prompt, roi_prompt
+        from MedCLIPSAMLib.slicer.correct_markups import markup_interaction
 
         correction = self._correction
         key = next((k for k, n in self._correctMarkups.items() if n is node), None)
         if correction is None or key is None:
             return
-        if key == "box":
-            index, box = roi_prompt(correction.volume_node, correction.axis, node)
-            self._pendingClicks.append(("box", index, box))
-        else:
-            count = node.GetNumberOfControlPoints()
-            if count == 0:
-                return
-            index, x, y = point_prompt(correction.volume_node, correction.axis,
-                                       node.GetNthControlPointPositionWorld(count - 1))
-            self._pendingClicks.append(("click", index, (x, y, key == "+")))
-        self._onCorrectTick()
+        interaction = markup_interaction(correction.volume_node, correction.axis, key, node)
+        if interaction is not None:  # None: a box's first corner
+            self._pending().add(*interaction)
+            self._onCorrectTick()
 
     def onPropagate(self, direction: str) -> None:
         try:
@@ -589,56 +590,50 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.correctStatusLabel.text = str(exc)
             return
         index = self._activeView()[1]
-        self._pendingClicks.append(("propagate", index, direction))
+        self._pending().add("propagate", index, direction)
         self._onCorrectTick()
 
     def onCorrectUndo(self) -> None:
         if self._correction is None:
             return
         try:
-            self._correction.undo()
-            self.ui.correctStatusLabel.text = _("The last correction was undone.")
+            self._correction.undo()  # its message says so
         except Exception as exc:
             self.ui.correctStatusLabel.text = str(exc)
         self._updateCorrectButtons()
 
     def onCorrectDone(self) -> None:
+        from MedCLIPSAMLib.slicer.correct_markups import stop_placing
+
         if self._correctTimer is not None:
             self._correctTimer.stop()
-        self._pendingClicks = []
-        if self._correction is not None:
-            self._correction.close()
-            self._correction = None
+        self._pending().clear()
+        self._closeCorrection()
+        stop_placing(slicer.mrmlScene)
         for node in self._correctMarkups.values():
             self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onMarkupPlaced)
             if slicer.mrmlScene.IsNodePresent(node):
                 slicer.mrmlScene.RemoveNode(node)
         self._correctMarkups = {}
 
+    def _closeCorrection(self) -> None:
+        if self._correction is not None:
+            self._correction.close()
+            self._correction = None
+
     def _onCorrectTick(self) -> None:
         """Apply a finished answer (never while a text run writes), then send the next queued interaction."""
         correction = self._correction
         if correction is None:
             return
-        correction.step()
-        if correction.error:
-            self.ui.correctStatusLabel.text = correction.error
-            self._pendingClicks = []
-        elif correction.busy:
-            self.ui.correctStatusLabel.text = _("Correcting ({state})...").format(state=correction.state)
-        else:
-            self.ui.correctStatusLabel.text = correction.message
-            if self._pendingClicks:
-                kind, index, value = self._pendingClicks.pop(0)
-                try:
-                    if kind == "box":
-                        correction.box(index, value)
-                    elif kind == "click":
-                        correction.clicks(index, [value])
-                    else:
-                        correction.propagate(index, value)
-                except Exception as exc:
-                    self.ui.correctStatusLabel.text = str(exc)
+        try:
+            shown = self._pending().tick(correction, lambda: self._ensureCorrection(restart=True))
+        except Exception as exc:  # e.g. the engine went away while restarting: say it, keep Slicer running
+            shown = ("error", str(exc))
+        if shown is not None:
+            kind, text = shown
+            self.ui.correctStatusLabel.text = (_("Correcting ({state})...").format(state=text) if kind == "busy"
+                                               else text)
         self._updateCorrectButtons()
 
     def _updateCorrectButtons(self) -> None:
@@ -661,7 +656,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         segmentId = self._selectedSegmentId(segmentationNode)
         try:
-            imagePath, _ = self.logic.addToTrainingSet(p, segmentationNode, segmentId)
+            imagePath, _labelPath = self.logic.addToTrainingSet(p, segmentationNode, segmentId)
             self.ui.statusLabel.text = _("Added {name} to the training set.").format(name=imagePath.name)
         except Exception as exc:
             slicer.util.errorDisplay(str(exc))
@@ -962,7 +957,10 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         5.10; 5.10.0 has only ``slicer.util.pip_install``, which blocks), else None."""
         import inspect
 
-        packaging = getattr(slicer, "packaging", None)
+        try:  # a submodule Slicer does not import itself (Base/Python/slicer/__init__.py on main)
+            import slicer.packaging as packaging
+        except ImportError:  # Slicer 5.10.0 has no slicer.packaging
+            return None
         install = getattr(packaging, "pip_install", None)
         if install is None:
             return None
@@ -1113,7 +1111,7 @@ class MedCLIPSAMTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Creating a synthetic volume")
         yy, xx = np.mgrid[:48, :64]
         disk = ((yy - 24) ** 2 + (xx - 30) ** 2 <= 81).astype(np.int16)
-        array = np.stack([disk * 800 + 50 for _ in range(5)])
+        array = np.stack([disk * 800 + 50 for _slice in range(5)])
         volumeNode = slicer.util.addVolumeFromArray(array, name="synthetic")
         volumeNode.SetSpacing(0.7, 0.8, 2.5)
 

@@ -207,8 +207,8 @@ class EngineClient:
         """Every non-empty slice of the session's current mask."""
         return decode_answer(self._json("GET", f"/sessions/{session}/mask"))
 
-    def close_session(self, session: str) -> dict[str, Any]:
-        return self._json("DELETE", f"/sessions/{session}")
+    def close_session(self, session: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._json("DELETE", f"/sessions/{session}", timeout=timeout)
 
     def _answer(self, path: str, body: Any = None, timeout: float | None = None) -> Answer:
         data = json.dumps(body if body is not None else {}).encode()
@@ -290,9 +290,9 @@ class EngineClient:
 
     # --- HTTP --------------------------------------------------------------------------------------
 
-    def _json(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    def _json(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        answer = self._request(method, path, data, "application/json" if data is not None else None)
+        answer = self._request(method, path, data, "application/json" if data is not None else None, timeout=timeout)
         return json.loads(answer.decode())
 
     def _request(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None,

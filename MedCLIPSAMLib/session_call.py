@@ -19,6 +19,11 @@ WAIT_S = 0.1
 server) comes back in the first round trip, and a tick never waits longer than this plus the round trip."""
 POLL_TIMEOUT_S = WAIT_S + 0.15
 """A poll not answered by then is a missed poll (a busy engine answers late), asked again on the next tick."""
+SEND_TIMEOUT_S = 5.0
+"""How long sending a request may take before it fails (plus a second per MB of body, for a slow link): the server
+answers within WAIT_S, so only an engine that is gone or hangs makes a tick wait this long, not the client's 30 s."""
+CLOSE_TIMEOUT_S = 2.0
+"""Withdrawing a call or closing a session (Done, scene close): a gone engine holds nothing, so give up soon."""
 
 
 class SessionCall:
@@ -31,8 +36,9 @@ class SessionCall:
         self.withdrawn = False
         self._silent_since = 0.0
         data = json.dumps(body if body is not None else {}).encode()
-        # The server answers within WAIT_S by design; the client's timeout only bounds a server that hangs.
-        self._take(json.loads(client._request(method, f"{path}?wait={WAIT_S}", data, "application/json").decode()))
+        # The server answers within WAIT_S by design; the timeout only bounds a server that is gone or hangs.
+        self._take(json.loads(client._request(method, f"{path}?wait={WAIT_S}", data, "application/json",
+                                              timeout=SEND_TIMEOUT_S + len(data) / 1e6).decode()))
 
     @property
     def finished(self) -> bool:
@@ -72,7 +78,7 @@ class SessionCall:
         if self.call is None:
             return
         try:
-            self.client._request("DELETE", f"/calls/{self.call}")
+            self.client._request("DELETE", f"/calls/{self.call}", timeout=CLOSE_TIMEOUT_S)
         except EngineError:
             pass  # the server is gone, or forgot the call after its ttl: nothing of it is kept either way
 

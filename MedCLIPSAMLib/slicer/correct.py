@@ -33,8 +33,8 @@ from vtk.util import numpy_support
 from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload
 from ..errors import MedCLIPSAMError
 from ..interactive.answer import Answer, encode_mask
-from ..session_call import POLL_TIMEOUT_S, SessionCall
-from .mrml import segment_to_array, spacing_kji, volume_view
+from ..session_call import CLOSE_TIMEOUT_S, POLL_TIMEOUT_S, SessionCall
+from .mrml import labelmap_stamp, segment_digest, segment_to_array, spacing_kji, volume_view
 from .run import begin_upload, next_packed, packing_steps
 
 PACKING, UPLOADING, OPENING = "preparing the volume", "uploading", "opening the session"
@@ -53,7 +53,8 @@ def ras_to_kji(volume_node, ras) -> np.ndarray:
     """A world (RAS) point as continuous (k, j, i) voxel coordinates of the volume."""
     ras_to_ijk = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
-    ijk = ras_to_ijk.MultiplyPoint([float(v) for v in ras[:3]] + [1.0])[:3]
+    ijk = ras_to_ijk.MultiplyPoint([float(ras[0]), float(ras[1]), float(ras[2]), 1.0])[:3]  # ras may be a vtkVector3d:
+    # it indexes but does not slice
     return np.array(ijk[::-1])
 
 
@@ -70,9 +71,10 @@ def point_prompt(volume_node, axis: int, ras) -> tuple[int, int, int]:
     return int(round(kji[axis])), int(round(x)), int(round(y))
 
 
-def roi_prompt(volume_node, axis: int, roi_node) -> tuple[int, tuple[int, int, int, int]]:
+def roi_prompt(volume_node, axis: int, roi_node) -> tuple[int, tuple[int, int, int, int]] | None:
     """(slice index, box x0, y0, x1, y1) of a markups ROI: its corners' extent in the slice plane, on the slice
-    through its centre."""
+    through its centre. None while the box has no extent in the plane: a ROI drawn in a slice view is
+    "defined" from its first corner on (Slicer fires PointPositionDefinedEvent then), a box only at the second."""
     bounds = [0.0] * 6
     roi_node.GetRASBounds(bounds)
     corners = np.array([ras_to_kji(volume_node, (x, y, z)) for x in bounds[0:2] for y in bounds[2:4]
@@ -80,6 +82,8 @@ def roi_prompt(volume_node, axis: int, roi_node) -> tuple[int, tuple[int, int, i
     center = ras_to_kji(volume_node, [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2,
                                       (bounds[4] + bounds[5]) / 2])
     xs, ys = zip(*(_in_plane(c, axis) for c in corners))
+    if np.isclose(min(xs), max(xs)) or np.isclose(min(ys), max(ys)):
+        return None
     box = (int(np.floor(min(xs) + 0.5)), int(np.floor(min(ys) + 0.5)), int(np.floor(max(xs) + 0.5)),
            int(np.floor(max(ys) + 0.5)))
     return int(round(center[axis])), box
@@ -147,11 +151,32 @@ class Correction:
     _answer: Answer | None = None
     _sending: PartUpload | None = None
     _upload: Upload | None = None
+    _written: tuple[int, str] = (0, "")
+    """(labelmap stamp, segment digest) after this correction last wrote the segment (or read it at the start)."""
 
     def __post_init__(self) -> None:
         """Read the segment now (main thread); the volume is packed, uploaded and the session opened by ``step``."""
         self._packing = packing_steps(volume_view(self.volume_node), spacing_kji(self.volume_node))
         self._start_mask = segment_to_array(self.segmentation_node, self.segment_id, self.volume_node) > 0
+        self._remember_segment()
+
+    def _remember_segment(self) -> None:
+        self._written = (labelmap_stamp(self.segmentation_node.GetSegmentation(), self.segment_id),
+                         segment_digest(self.segmentation_node, self.segment_id))
+
+    def edited_outside(self) -> bool:
+        """Whether the segment changed since this correction last wrote it (a Segment Editor paint or erase): then
+        the engine's copy is stale and the slices an undo would put back are not what the user sees."""
+        if not self.scene.IsNodePresent(self.segmentation_node):
+            return False
+        stamp = labelmap_stamp(self.segmentation_node.GetSegmentation(), self.segment_id)
+        if stamp == self._written[0]:
+            return False
+        digest = segment_digest(self.segmentation_node, self.segment_id)
+        if digest != self._written[1]:
+            return True
+        self._written = (stamp, digest)  # another segment of the same layer was edited: this one is unchanged
+        return False
 
     @property
     def busy(self) -> bool:
@@ -173,9 +198,14 @@ class Correction:
             raise MedCLIPSAMError("Wait for the correction being computed before undoing.")
         if not self.edits:
             raise MedCLIPSAMError("Nothing to undo among this session's corrections.")
+        if self.edited_outside():
+            raise MedCLIPSAMError("The segment was edited outside the correction since its last change, so Undo "
+                                  "correction would lose that edit; use the Segment Editor's Undo instead.")
         edit = self.edits.pop()
         write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, edit.slices_before)
+        self._remember_segment()
         self._request(UNDOING, "undo")
+        self.message = "The last correction was undone."
 
     def cancel(self) -> None:
         """Withdraw what is in flight; the segment stays as it was and the engine's session follows it.
@@ -201,7 +231,7 @@ class Correction:
         self.cancel()
         if self.session is not None:
             try:
-                self.client.close_session(self.session)
+                self.client.close_session(self.session, timeout=CLOSE_TIMEOUT_S)
             except EngineError:
                 pass  # the server is gone or the session expired: nothing is held either way
             self.session = None
@@ -289,9 +319,16 @@ class Correction:
                     self._answer, self.state = None, IDLE
                     self.error = "The segmentation or its volume left the scene; nothing was changed."
                     return
+            if self.edited_outside():  # computed on the segment as it was: writing it would undo the user's edit
+                self._answer = None
+                self._request(UNDOING, "undo")
+                self.error = ("The segment was edited while the correction was computed, so the correction was not "
+                              "applied; the next one starts from your edit.")
+                return
             before = read_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis,
                                  answer.slices)
             write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, answer.slices)
+            self._remember_segment()
             self.edits.append(SliceEdit(before, answer.slices))
         self.message = answer.message or f"{len(answer.slices)} slice(s) changed"
         self._answer, self.state, self.error = None, IDLE, ""

@@ -119,7 +119,7 @@ def unique_segment_name(segmentation, name: str) -> str:
 LABELMAP = "Binary labelmap"
 
 
-def _labelmap_stamp(segmentation, segment_id: str) -> int:
+def labelmap_stamp(segmentation, segment_id: str) -> int:
     """The modification time of the segment's binary labelmap (0: none); any paint or erase raises it,
     and so does an edit of another segment that shares its layer."""
     segment = segmentation.GetSegment(segment_id)
@@ -228,7 +228,7 @@ class RunRecord:
         """Remember the state of the run's segments once the run is applied (edits after this block undo)."""
         node = self.scene.GetNodeByID(self.segmentation_node_id)
         if node is not None:
-            self.stamps = {sid: _labelmap_stamp(node.GetSegmentation(), sid) for sid in self.segment_ids}
+            self.stamps = {sid: labelmap_stamp(node.GetSegmentation(), sid) for sid in self.segment_ids}
 
     def undo_blocker(self) -> str | None:
         """Why undo would lose work (None: it can run)."""
@@ -240,7 +240,7 @@ class RunRecord:
         segmentation = node.GetSegmentation()
         for segment_id, stamp in self.stamps.items():
             segment = segmentation.GetSegment(segment_id)
-            if segment is None or _labelmap_stamp(segmentation, segment_id) == stamp:
+            if segment is None or labelmap_stamp(segmentation, segment_id) == stamp:
                 continue  # gone (the user deleted it), or its layer untouched since the run
             if segment_digest(node, segment_id) != self.digests.get(segment_id):
                 return (f"Segment '{segment.GetName()}' was edited after the run, so Undo would lose that edit; "

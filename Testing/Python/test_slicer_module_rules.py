@@ -68,3 +68,37 @@ def test_the_self_test_skips_where_the_engines_packages_are_missing():
     assert "find_spec" in source and "skipped" in source and source.index("return") < source.index("setUp")
     modules = next(n for n in test.body if isinstance(n, ast.Assign) and n.targets[0].id == "ENGINE_MODULES")
     assert "torch" in ast.literal_eval(modules.value)
+
+
+def names_bound_in(function) -> set[str]:
+    """Names a function binds itself (assignments, loop and with targets, except-as, imports), not in nested scopes."""
+    bound: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return bound
+
+
+def test_no_function_binds_the_translation_function_name():
+    """``a, _ = f()`` makes ``_`` local to the whole function: every ``_("...")`` in it, before or after, then
+    fails (UnboundLocalError, or calling what was unpacked)."""
+    shadowing = [(node.name, node.lineno) for node in ast.walk(TREE)
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "_" in names_bound_in(node)]
+    assert not shadowing, f"functions that bind '_' (the translation function): {shadowing}"
+
+
+def test_slicer_packaging_is_imported_not_looked_up():
+    """``slicer.packaging`` is a submodule Slicer's package does not import itself (main), so
+    ``getattr(slicer, "packaging", None)`` is None there and Slicer's own installer is never used."""
+    source = MODULE.read_text()
+    assert 'getattr(slicer, "packaging"' not in source
+    imports = [node for node in ast.walk(TREE) if isinstance(node, ast.Import)
+               and any(alias.name == "slicer.packaging" for alias in node.names)]
+    guarded = [node for node in ast.walk(TREE) if isinstance(node, ast.Try)
+               and any(isinstance(h.type, ast.Name) and h.type.id == "ImportError" for h in node.handlers)
+               and any(inner in imports for inner in node.body)]
+    assert imports and len(guarded) == len(imports)  # inside try/except ImportError: 5.10.0 has no slicer.packaging
