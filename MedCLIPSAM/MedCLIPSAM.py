@@ -663,13 +663,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _selectedSegmentId(segmentationNode) -> str:
-        """The segment selected in the Segment Editor, else the last segment."""
-        editorNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentEditorNode")
-        selected = editorNode.GetSelectedSegmentID() if editorNode else ""
-        segmentation = segmentationNode.GetSegmentation()
-        if selected and segmentation.GetSegment(selected):
-            return selected
-        return segmentation.GetNthSegmentID(segmentation.GetNumberOfSegments() - 1)
+        from MedCLIPSAMLib.slicer.mrml import selected_segment_id
+
+        return selected_segment_id(slicer.mrmlScene, segmentationNode)
 
     def onLoadPrediction(self) -> None:
         p = self._parameterNode

@@ -34,7 +34,7 @@ from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload
 from ..errors import MedCLIPSAMError
 from ..interactive.answer import Answer, encode_mask
 from ..session_call import CLOSE_TIMEOUT_S, POLL_TIMEOUT_S, SessionCall
-from .mrml import labelmap_stamp, segment_digest, segment_to_array, spacing_kji, volume_view
+from .mrml import LABELMAP, labelmap_stamp, segment_digest, segment_to_array, spacing_kji, volume_view
 from .run import begin_upload, next_packed, packing_steps
 
 PACKING, UPLOADING, OPENING = "preparing the volume", "uploading", "opening the session"
@@ -87,6 +87,34 @@ def roi_prompt(volume_node, axis: int, roi_node) -> tuple[int, tuple[int, int, i
     box = (int(np.floor(min(xs) + 0.5)), int(np.floor(min(ys) + 0.5)), int(np.floor(max(xs) + 0.5)),
            int(np.floor(max(ys) + 0.5)))
     return int(round(center[axis])), box
+
+
+def grid_problem(segmentation_node, segment_id: str, volume_node) -> str | None:
+    """Why corrections cannot write this segment on the volume's voxel grid (None: they can).
+
+    ``write_slices`` writes on the volume's grid; a segment on another one (an oversampled segmentation, one
+    made for another volume) would be resampled onto it, losing detail and anything outside the volume. Parent
+    transforms are not applied to markups or slices, so a transformed node would be edited in the wrong place."""
+    for node in (volume_node, segmentation_node):
+        if node.GetParentTransformNode() is not None:
+            return (f"'{node.GetName()}' is under a transform; harden the transform (Data module) before "
+                    "correcting.")
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    layer = segment.GetRepresentation(LABELMAP) if segment is not None else None
+    if layer is None or not layer.GetNumberOfPoints():
+        return None  # empty: it takes the volume's grid when first written
+    layer_matrix, volume_matrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    layer.GetImageToWorldMatrix(layer_matrix)
+    volume_node.GetIJKToRASMatrix(volume_matrix)
+    to_layer, to_volume = (np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+                           for m in (layer_matrix, volume_matrix))
+    offset = np.linalg.solve(to_volume[:3, :3], to_layer[:3, 3] - to_volume[:3, 3])  # layer origin in voxels
+    if not (np.allclose(to_layer[:3, :3], to_volume[:3, :3], rtol=1e-4, atol=1e-6)
+            and np.allclose(offset, np.round(offset), atol=1e-3)):
+        return (f"Segment '{segment.GetName()}' lies on another voxel grid than '{volume_node.GetName()}' (another "
+                "spacing, orientation or an oversampled segmentation); correct a segmentation made on this volume, "
+                "e.g. one that Segment created.")
+    return None
 
 
 def write_slices(segmentation_node, segment_id: str, reference, axis: int, slices: dict[int, np.ndarray]) -> None:
@@ -156,6 +184,9 @@ class Correction:
 
     def __post_init__(self) -> None:
         """Read the segment now (main thread); the volume is packed, uploaded and the session opened by ``step``."""
+        problem = grid_problem(self.segmentation_node, self.segment_id, self.volume_node)
+        if problem:
+            raise MedCLIPSAMError(problem)
         self._packing = packing_steps(volume_view(self.volume_node), spacing_kji(self.volume_node))
         self._start_mask = segment_to_array(self.segmentation_node, self.segment_id, self.volume_node) > 0
         self._remember_segment()

@@ -496,6 +496,21 @@ def _show_levels(node, values: np.ndarray) -> None:
     display.ApplyThresholdOn()
 
 
+def selected_segment_id(scene, segmentation_node) -> str:
+    """The segment selected in the Segment Editor when it edits this segmentation, else the last segment.
+
+    The Segment Editor module keeps its state in the singleton "SegmentEditor" node (SegmentEditor.py,
+    Slicer 5.10.0); another editor node (e.g. a module's own embedded editor) or a selection in another
+    segmentation with a segment of the same ID does not count."""
+    editor = scene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+    segmentation = segmentation_node.GetSegmentation()
+    if editor is not None and editor.GetSegmentationNode() is segmentation_node:
+        selected = editor.GetSelectedSegmentID()
+        if selected and segmentation.GetSegment(selected) is not None:
+            return selected
+    return segmentation.GetNthSegmentID(segmentation.GetNumberOfSegments() - 1)
+
+
 def segment_to_array(segmentation_node, segment_id: str, reference) -> np.ndarray:
     """A segment as a (k, j, i) 0/1 array on the reference grid, via Slicer's own export."""
     slicer = _slicer()

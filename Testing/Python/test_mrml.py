@@ -171,3 +171,26 @@ def test_edited_segment_goes_to_the_training_set_and_prediction_comes_back(scene
     overlay = scene.GetNodeByID(loaded.created_node_ids[0])
     assert overlay.GetName() == "nnU-Net lesion uncertainty"
     assert array_from_volume(overlay).max() == pytest.approx(0.25)
+
+
+def test_the_selected_segment_is_the_segment_editors_choice_in_this_segmentation_only(scene, volume_node):
+    from MedCLIPSAMLib.slicer.mrml import selected_segment_id
+
+    mask = np.zeros((6, 40, 56), np.uint8)
+    mask[2, 10:20, 10:20] = 1
+    first = scene.GetNodeByID(apply_result(scene, volume_node, {"a": mask, "b": mask}).segmentation_node_id)
+    other = scene.GetNodeByID(apply_result(scene, volume_node, {"c": mask}).segmentation_node_id)
+    a_id, b_id = (first.GetSegmentation().GetNthSegmentID(i) for i in range(2))
+    assert selected_segment_id(scene, first) == b_id  # no editor yet: the last segment
+    scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())  # as Slicer's Segmentations module does at start-up
+    embedded = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")  # another module's editor: not the user's
+    embedded.SetAndObserveSegmentationNode(first)
+    embedded.SetSelectedSegmentID(a_id)
+    assert selected_segment_id(scene, first) == b_id
+    editor = slicer.vtkMRMLSegmentEditorNode()
+    editor.SetSingletonTag("SegmentEditor")
+    editor = scene.AddNode(editor)
+    editor.SetAndObserveSegmentationNode(first)
+    editor.SetSelectedSegmentID(a_id)
+    assert selected_segment_id(scene, first) == a_id
+    assert selected_segment_id(scene, other) == other.GetSegmentation().GetNthSegmentID(0)  # it edits another one

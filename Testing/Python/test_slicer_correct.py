@@ -10,7 +10,7 @@ from test_mrml import scene, segmentation_converters, volume_node  # noqa: E402,
 from MedCLIPSAMLib.client import EngineClient  # noqa: E402
 from MedCLIPSAMLib.errors import MedCLIPSAMError  # noqa: E402
 from MedCLIPSAMLib.slicer.correct import (IDLE, SENDING, WAITING_FOR_RUN, Correction, point_prompt,  # noqa: E402
-                                          roi_prompt)
+                                          roi_prompt, write_slices)
 from MedCLIPSAMLib.slicer.mrml import apply_result, segment_to_array  # noqa: E402
 
 
@@ -178,3 +178,34 @@ def test_cancel_during_a_propagation_leaves_the_segment_and_the_engine_as_they_w
     after = segment_to_array(node, tumour, volume_node)
     assert np.flatnonzero((after != before).any(axis=(1, 2))).tolist() == [3]
     correction.close()
+
+
+def test_a_segment_on_another_grid_or_under_a_transform_is_refused_before_anything_is_sent(scene, volume_node,
+                                                                                          segmented):
+    from MedCLIPSAMLib.slicer.correct import grid_problem
+
+    node, tumour, _other = segmented
+    assert grid_problem(node, tumour, volume_node) is None
+    finer = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "finer")  # same place, half the voxel size
+    finer.SetAndObserveImageData(volume_node.GetImageData())
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(matrix)
+    finer.SetIJKToRASDirectionMatrix(matrix)
+    finer.SetOrigin(volume_node.GetOrigin())
+    finer.SetSpacing(*(s / 2 for s in volume_node.GetSpacing()))
+    mask = np.zeros((6, 40, 56), np.uint8)
+    mask[2, 10:20, 10:20] = 1
+    oversampled = scene.GetNodeByID(apply_result(scene, finer, {"fine": mask}).segmentation_node_id)
+    fine_id = oversampled.GetSegmentation().GetNthSegmentID(0)
+    client = EngineClient("http://127.0.0.1:9", "unused-token-0123456789")  # nothing may be sent
+    with pytest.raises(MedCLIPSAMError, match="lies on another voxel grid"):
+        Correction(client, scene, volume_node, oversampled, fine_id, axis=0)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    volume_node.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(MedCLIPSAMError, match="'patient' is under a transform; harden"):
+        Correction(client, scene, volume_node, node, tumour, axis=0)
+    volume_node.SetAndObserveTransformNodeID(None)
+    shifted = np.zeros((6, 40, 56), np.uint8)  # a layer cropped to its content is still on the volume's grid
+    shifted[4, 30:33, 40:44] = 1
+    write_slices(node, tumour, volume_node, 0, {4: shifted[4]})
+    assert grid_problem(node, tumour, volume_node) is None
