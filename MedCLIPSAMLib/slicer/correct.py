@@ -28,14 +28,14 @@ from typing import Any, Callable
 
 import numpy as np
 import vtk
-from vtk.util import numpy_support
 
 from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload
 from ..errors import MedCLIPSAMError
 from ..interactive.answer import Answer, encode_mask
 from ..session_call import CLOSE_TIMEOUT_S, POLL_TIMEOUT_S, SessionCall
-from .mrml import LABELMAP, labelmap_stamp, segment_digest, segment_to_array, spacing_kji, volume_view
+from .mrml import labelmap_stamp, segment_digest, spacing_kji, volume_view
 from .run import begin_upload, next_packed, packing_steps
+from .segment_slices import grid_problem, read_slices, segment_array, write_slices
 
 PACKING, UPLOADING, OPENING = "preparing the volume", "uploading", "opening the session"
 IDLE, SENDING, WAITING_FOR_RUN, UNDOING = "idle", "sending", "waiting for the text run", "undoing"
@@ -89,64 +89,6 @@ def roi_prompt(volume_node, axis: int, roi_node) -> tuple[int, tuple[int, int, i
     return int(round(center[axis])), box
 
 
-def grid_problem(segmentation_node, segment_id: str, volume_node) -> str | None:
-    """Why corrections cannot write this segment on the volume's voxel grid (None: they can).
-
-    ``write_slices`` writes on the volume's grid; a segment on another one (an oversampled segmentation, one
-    made for another volume) would be resampled onto it, losing detail and anything outside the volume. Parent
-    transforms are not applied to markups or slices, so a transformed node would be edited in the wrong place."""
-    for node in (volume_node, segmentation_node):
-        if node.GetParentTransformNode() is not None:
-            return (f"'{node.GetName()}' is under a transform; harden the transform (Data module) before "
-                    "correcting.")
-    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-    layer = segment.GetRepresentation(LABELMAP) if segment is not None else None
-    if layer is None or not layer.GetNumberOfPoints():
-        return None  # empty: it takes the volume's grid when first written
-    layer_matrix, volume_matrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-    layer.GetImageToWorldMatrix(layer_matrix)
-    volume_node.GetIJKToRASMatrix(volume_matrix)
-    to_layer, to_volume = (np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-                           for m in (layer_matrix, volume_matrix))
-    offset = np.linalg.solve(to_volume[:3, :3], to_layer[:3, 3] - to_volume[:3, 3])  # layer origin in voxels
-    if not (np.allclose(to_layer[:3, :3], to_volume[:3, :3], rtol=1e-4, atol=1e-6)
-            and np.allclose(offset, np.round(offset), atol=1e-3)):
-        return (f"Segment '{segment.GetName()}' lies on another voxel grid than '{volume_node.GetName()}' (another "
-                "spacing, orientation or an oversampled segmentation); correct a segmentation made on this volume, "
-                "e.g. one that Segment created.")
-    return None
-
-
-def write_slices(segmentation_node, segment_id: str, reference, axis: int, slices: dict[int, np.ndarray]) -> None:
-    """Replace the segment's content on each given slice, and nothing outside those slices.
-
-    The whole segment is written back with the slices changed: segments share one labelmap layer, and
-    ``SetBinaryLabelmapToSegment``'s replace mode clears a shared segment before writing (Slicer 5.10,
-    vtkSegmentationModifier::AppendLabelmapToSegment), so a one-slice modifier would erase the rest.
-    """
-    slicer = _slicer()
-    whole = segment_to_array(segmentation_node, segment_id, reference)
-    moved = np.moveaxis(whole, axis, 0)  # a view: writing a slice writes into ``whole``
-    for index, mask in slices.items():
-        moved[index] = np.asarray(mask, dtype=np.uint8)
-    ijk_to_ras = vtk.vtkMatrix4x4()
-    reference.GetIJKToRASMatrix(ijk_to_ras)
-    image = slicer.vtkOrientedImageData()
-    image.SetExtent(0, whole.shape[2] - 1, 0, whole.shape[1] - 1, 0, whole.shape[0] - 1)
-    image.SetImageToWorldMatrix(ijk_to_ras)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(whole, np.uint8).ravel(),
-                                                               deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
-    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
-        raise MedCLIPSAMError(f"Slicer could not write slice(s) {sorted(slices)} of the segment.")
-
-
-def read_slices(segmentation_node, segment_id: str, reference, axis: int, indices) -> dict[int, np.ndarray]:
-    whole = segment_to_array(segmentation_node, segment_id, reference) > 0
-    moved = np.moveaxis(whole, axis, 0)
-    return {int(z): moved[z].copy() for z in indices}
-
-
 @dataclass
 class SliceEdit:
     """One applied interaction: the slices it rewrote, before and after (one undo step)."""
@@ -188,7 +130,7 @@ class Correction:
         if problem:
             raise MedCLIPSAMError(problem)
         self._packing = packing_steps(volume_view(self.volume_node), spacing_kji(self.volume_node))
-        self._start_mask = segment_to_array(self.segmentation_node, self.segment_id, self.volume_node) > 0
+        self._start_mask = segment_array(self.segmentation_node, self.segment_id, self.volume_node)
         self._remember_segment()
 
     def _remember_segment(self) -> None:

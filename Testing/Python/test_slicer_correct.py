@@ -10,7 +10,8 @@ from test_mrml import scene, segmentation_converters, volume_node  # noqa: E402,
 from MedCLIPSAMLib.client import EngineClient  # noqa: E402
 from MedCLIPSAMLib.errors import MedCLIPSAMError  # noqa: E402
 from MedCLIPSAMLib.slicer.correct import (IDLE, SENDING, WAITING_FOR_RUN, Correction, point_prompt,  # noqa: E402
-                                          roi_prompt, write_slices)
+                                          roi_prompt)
+from MedCLIPSAMLib.slicer.segment_slices import write_slices  # noqa: E402
 from MedCLIPSAMLib.slicer.mrml import apply_result, segment_to_array  # noqa: E402
 
 
@@ -182,7 +183,7 @@ def test_cancel_during_a_propagation_leaves_the_segment_and_the_engine_as_they_w
 
 def test_a_segment_on_another_grid_or_under_a_transform_is_refused_before_anything_is_sent(scene, volume_node,
                                                                                           segmented):
-    from MedCLIPSAMLib.slicer.correct import grid_problem
+    from MedCLIPSAMLib.slicer.segment_slices import grid_problem
 
     node, tumour, _other = segmented
     assert grid_problem(node, tumour, volume_node) is None

@@ -10,7 +10,8 @@ from test_mrml import scene, segmentation_converters, volume_node  # noqa: E402,
 from test_slicer_correct import kji_to_ras, segmented  # noqa: E402,F401
 from MedCLIPSAMLib.client import EngineClient  # noqa: E402
 from MedCLIPSAMLib.errors import MedCLIPSAMError  # noqa: E402
-from MedCLIPSAMLib.slicer.correct import IDLE, Correction, write_slices  # noqa: E402
+from MedCLIPSAMLib.slicer.correct import IDLE, Correction  # noqa: E402
+from MedCLIPSAMLib.slicer.segment_slices import write_slices  # noqa: E402
 from MedCLIPSAMLib.slicer.correct_markups import (BOX, MINUS, PLUS, PendingInteractions,  # noqa: E402
                                                   control_point_ras, markup_interaction, start_placing, stop_placing)
 from MedCLIPSAMLib.slicer.mrml import segment_to_array  # noqa: E402

@@ -9,9 +9,10 @@ Printed per run: the longest step per state (s) and the longest of all; for comp
 run, the old way (whole result with labels and 16-bit saliency read and applied in one tick); the
 import of a lung-sized segment alone; then the same run through a loopback proxy throttled to
 --mbps (a remote engine on a slow link), whose longest step should stay under one poll (0.25 s);
-and (--rss-runs) the engine's resident memory after 1 and after N runs.
+(--rss-runs) the engine's resident memory after 1 and after N runs; and (--corrections) box corrections of a
+lung-sized segment as the Correct section's timer drives them.
 
-    PYTHONPATH=. python Testing/measure/slicer_gui_steps.py [--mbps 5] [--rss-runs 10]
+    PYTHONPATH=. python Testing/measure/slicer_gui_steps.py [--mbps 5] [--rss-runs 10] [--corrections 4]
 """
 from __future__ import annotations
 
@@ -159,12 +160,58 @@ def engine_pid(engine) -> int:
     return engine.process.pid
 
 
+def correction_steps(engine, scene, node, lungs, interactions: int) -> None:
+    """Corrections on the CT as the panel's timer drives them: the longest ``Correction.step()`` (its answer is
+    applied inside a step: two whole-volume exports and a whole-segment write) and the longest edit check."""
+    from MedCLIPSAMLib.client import EngineClient
+    from MedCLIPSAMLib.slicer.correct import Correction
+    from MedCLIPSAMLib.slicer.mrml import apply_result
+
+    while not engine.ready():  # started by an earlier part of the script, or just now
+        time.sleep(0.2)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[20:280] = lungs  # a lung-sized segment to correct (19 M voxels)
+    record = apply_result(scene, node, {"lungs": mask})
+    segmentation = scene.GetNodeByID(record.segmentation_node_id)
+    start = time.perf_counter()
+    correction = Correction(EngineClient(engine.url, engine.token, timeout=120), scene, node, segmentation,
+                            record.segment_ids[0], axis=0)
+    opened_s = time.perf_counter() - start
+    ticks = []
+    while correction.busy:
+        started, cpu = time.perf_counter(), time.thread_time()
+        correction.step()
+        ticks.append((time.perf_counter() - started, time.thread_time() - cpu))
+        time.sleep(0.01)
+    print(f"correction opened on a lung-sized segment: constructor {opened_s:.3f} s, longest step while opening "
+          f"{max(t[0] for t in ticks):.3f} s wall / {max(t[1] for t in ticks):.3f} s CPU", flush=True)
+    z, y, x = SHAPE
+    longest = longest_cpu = check = 0.0
+    for index in range(interactions):
+        correction.box(150, (int(x * 0.28), int(y * 0.43), int(x * 0.38), int(y * 0.54)) if index % 2 == 0
+                       else (int(x * 0.26), int(y * 0.41), int(x * 0.40), int(y * 0.56)))
+        while correction.busy:
+            started, cpu = time.perf_counter(), time.thread_time()
+            correction.step()
+            longest = max(longest, time.perf_counter() - started)
+            longest_cpu = max(longest_cpu, time.thread_time() - cpu)
+            time.sleep(0.01)
+        started = time.perf_counter()
+        correction.edited_outside()
+        check = max(check, time.perf_counter() - started)
+    print(f"{interactions} box corrections: longest step {longest:.3f} s wall / {longest_cpu:.3f} s GUI-thread CPU "
+          f"(applying an answer), edit check {check:.3f} s; errors: {correction.error or 'none'}", flush=True)
+    correction.close()
+    record.undo(force=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip-model", help="CLIP folder (default: a tiny random CLIP made for this run)")
     parser.add_argument("--mbps", type=float, default=5.0, help="throttled link speed in MB/s (0: skip)")
     parser.add_argument("--rss-runs", type=int, default=10, help="runs for the memory check (0: skip)")
     parser.add_argument("--ttl", type=float, default=300.0, help="the local engine's --ttl")
+    parser.add_argument("--corrections", type=int, default=4, help="box corrections on a lung-sized segment (0: skip)")
     args = parser.parse_args()
 
     from MedCLIPSAMLib.slicer.engine_process import LocalEngine, RemoteEngine
@@ -229,6 +276,9 @@ def main() -> int:
         print(f"lung-sized segment ({int(mask.sum()) / 1e6:.0f} M voxels) imported: longest step {longest:.3f} s wall, "
               f"{longest_cpu:.3f} s GUI-thread CPU", flush=True)
         applier.record.undo()
+
+        if args.corrections:
+            correction_steps(engine, scene, node, lungs, args.corrections)
 
         if args.mbps:
             host, port = engine.url.rsplit("/", 1)[1].split(":")
