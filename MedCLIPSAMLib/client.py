@@ -139,10 +139,14 @@ class EngineClient:
         return PartUpload(self, upload, begun["upload"], int(part_bytes), compress)
 
     def _check_limit(self, upload: Upload) -> None:
-        limit = self.info().get("max_upload_bytes")
-        if limit is not None and len(upload.payload) > limit:
-            raise EngineError(f"The volume ({len(upload.payload) / 1e6:.0f} MB) is over the server's upload limit of "
-                              f"{limit / 1e6:.0f} MB; crop it or start the server with a larger --max-upload-mb.", 413)
+        info = self.info()
+        size = len(upload.payload)
+        for key, what, option in (("max_upload_bytes", "upload limit", "--max-upload-mb"),
+                                  ("max_stored_bytes", "memory for volumes", "--max-stored-mb")):
+            limit = info.get(key)  # absent from servers that predate it
+            if limit is not None and size > limit:
+                raise EngineError(f"The volume ({size / 1e6:.0f} MB) is over the server's {what} of "
+                                  f"{limit / 1e6:.0f} MB; crop it or start the server with a larger {option}.", 413)
 
     def submit(self, volume_id: str, prompts: Sequence[Any], settings: dict[str, Any] | None = None,
                presets: bool = True, saliency: bool = True, labels: bool = True,

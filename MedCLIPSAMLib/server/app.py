@@ -154,7 +154,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     @app.get("/info")
     def info() -> dict[str, Any]:
         return {**engine.info(), **protocol_info(), "queue": jobs.counts(), "volumes": len(volumes),
-                "max_upload_bytes": limits.max_upload_bytes}
+                "max_upload_bytes": limits.max_upload_bytes, "max_stored_bytes": limits.max_stored_bytes}
 
     @app.head("/volumes/{volume_id}", response_class=Response,
               responses={200: {"description": "The server holds that volume"},
@@ -188,6 +188,10 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
                 raise InputError(f"'{name}' must be a whole number of bytes, at least 1.")
         if size > limits.max_upload_bytes:
             raise UploadError(too_big(size), 413)
+        if size > limits.max_stored_bytes:  # it could never be kept: say so before any part is sent
+            raise UploadError(f"The volume ({size / 1e6:.0f} MB) is larger than this server keeps in memory "
+                              f"({limits.max_stored_bytes / 1e6:.0f} MB); crop it or start the server with a larger "
+                              "--max-stored-mb.", 413)
         upload = partial.begin(volume_id, size, part_size)
         return {"upload": upload.id, "parts": upload.parts, "part_size": part_size, "expires_s": limits.ttl_seconds}
 

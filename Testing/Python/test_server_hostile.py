@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MedCLIPSAMLib.client import EngineClient, Upload
+from MedCLIPSAMLib.client import EngineClient, EngineError, Upload
 from MedCLIPSAMLib.server import wire
 from conftest import ENGINE_MAX_UPLOAD as MAX_UPLOAD, ENGINE_TOKEN as TOKEN
 
@@ -190,6 +190,33 @@ def test_a_volume_larger_than_the_store_is_refused_with_413(engine_server):
     with pytest.raises(wire.TooLarge, match="needs 0 MB in the server's memory, over its store") as refused:
         store.put("a", volume)
     assert refused.value.status == 413 and len(store) == 0
+
+
+def test_a_volume_the_store_could_never_keep_is_refused_before_any_part_is_sent(tiny_clip_folder):
+    """A store smaller than the upload limit (--max-stored-mb below --max-upload-mb): /info says so, the client
+    refuses before uploading and the server answers 413 at begin, not after every part arrived."""
+    from conftest import LiveServer
+    from MedCLIPSAMLib.server.app import Limits, create_app
+    from MedCLIPSAMLib.server.engine import Engine, EngineConfig
+
+    live = LiveServer(create_app(Engine(EngineConfig(clip_model=str(tiny_clip_folder), device="cpu")), TOKEN,
+                                 Limits(max_upload_bytes=5_000_000, max_stored_bytes=1_000_000)))
+    try:
+        client = EngineClient(live.url, TOKEN)
+        assert client.info()["max_stored_bytes"] == 1_000_000
+        fits = Upload.of(np.zeros((4, 256, 256), np.int16))  # 0.5 MB of payload: kept
+        small_enough = client.start_upload(fits)
+        assert small_enough is not None
+        small_enough.cancel()
+        too_big = Upload.of(np.zeros((4, 512, 512), np.int16))  # 2 MB: under the upload limit, over the store
+        with pytest.raises(EngineError, match="over the server's memory for volumes of 1 MB.*--max-stored-mb") as no:
+            client.start_upload(too_big)
+        assert no.value.status == 413
+        code, answer, _headers = send(live, "POST", "/uploads", json.dumps(
+            {"volume": too_big.id, "size": len(too_big.payload), "part_size": 500_000}).encode())
+        assert code == 413 and "larger than this server keeps in memory" in answer["detail"]
+    finally:
+        live.stop()
 
 
 def test_expiry_runs_on_a_timer_without_requests():
