@@ -113,8 +113,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     embeddings = EmbeddingStore()  # SAM slice embeddings shared by text runs and sessions on a volume
     sessions = SessionStore(limits.ttl_seconds, embeddings=embeddings)
 
-    def authorised(request: Request) -> None:
-        check_token(request, token)
+    async def authorised(request: Request) -> None:  # async: see check_token
+        await check_token(request, token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -129,8 +129,8 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
     app = FastAPI(title="MedCLIP-SAM engine", dependencies=[Depends(authorised), Depends(check_client_protocol)],
                   docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
-    app.state.jobs, app.state.volumes, app.state.uploads = jobs, volumes, partial
-    app.add_middleware(BodyLimit, json_bytes=limits.max_json_bytes, upload_bytes=limits.max_upload_bytes)
+    app.state.jobs, app.state.volumes, app.state.uploads, app.state.sessions = jobs, volumes, partial, sessions
+    app.add_middleware(BodyLimit, json_bytes=limits.max_json_bytes, upload_bytes=limits.max_upload_bytes, token=token)
     install_handlers(app)
 
     @app.exception_handler(MedCLIPSAMError)
@@ -207,7 +207,7 @@ def create_app(engine: Engine, token: str, limits: Limits | None = None, allow_s
         body = await read_body(request, length, lambda size: (
             f"Part {index} is {size} bytes; this part of the upload has only {length}."))
         data = await run_in_threadpool(decode_part, body, encoding, length)
-        upload = partial.put_part(upload_id, int(index), data)
+        upload = await run_in_threadpool(partial.put_part, upload_id, int(index), data)  # may hash the whole file
         return {"upload": upload.id, "received": upload.received_parts, "parts": upload.parts}
 
     @app.post("/uploads/{upload_id}/commit", status_code=201)

@@ -42,28 +42,47 @@ def token_matches(header: str, token: str) -> bool:
     return hmac.compare_digest(scheme.lower().encode() + b" " + given.strip().encode(), b"bearer " + token.encode())
 
 
-def check_token(request: Request, token: str) -> None:
+async def check_token(request: Request, token: str) -> None:
+    """Async: a plain function would take a thread-pool worker for every request (FastAPI runs sync
+    dependencies there), so requests stuck in the pool would hold up the token check of all others."""
     if not token_matches(request.headers.get("authorization", ""), token):
         raise HTTPException(401, TOKEN_HINT, headers={"WWW-Authenticate": "Bearer"})
 
 
-class BodyLimit:
-    """ASGI middleware: a request body larger than its route's limit is answered 413 before the app sees it.
+def session_body_limit(upload_bytes: int, json_bytes: int) -> int:
+    """The largest body opening a session may send: the JSON fields and the start mask, base64 of one bit per
+    voxel of the largest volume the server takes (at least one byte a voxel: upload_bytes / 8 * 4 / 3)."""
+    return upload_bytes // 6 + json_bytes
 
-    Non-upload bodies (JSON, at most ``json_bytes``) are read here and handed on whole; upload bodies pass
-    through, refused here only on a declared Content-Length over ``upload_bytes``.
+
+MAX_LARGE_BODY_ITEMS = 10_000
+"""A body over the JSON limit (a session's start mask) may hold this many commas, colons or brackets: its bulk
+must be the mask's one string; millions of tiny items would cost gigabytes once parsed."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request without the token is answered 401 before any of its body is read, and a body
+    larger than its route's limit is answered 413 before the app sees it.
+
+    Non-upload bodies (JSON, at most ``json_bytes``; opening a session, ``session_body_limit``) are read here
+    and handed on whole; upload bodies pass through, refused here only on a declared Content-Length over
+    ``upload_bytes``.
     """
 
-    def __init__(self, app, json_bytes: int, upload_bytes: int):
-        self.app, self.json_bytes, self.upload_bytes = app, json_bytes, upload_bytes
+    def __init__(self, app, json_bytes: int, upload_bytes: int, token: str):
+        self.app, self.json_bytes, self.upload_bytes, self.token = app, json_bytes, upload_bytes, token
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if not token_matches(headers.get(b"authorization", b"").decode("latin-1"), self.token):
+            return await _answer(scope, send, 401, TOKEN_HINT, {"WWW-Authenticate": "Bearer"})
         upload = scope["method"] == "PUT" and UPLOAD_ROUTES.fullmatch(scope["path"]) is not None
         opens_session = scope["method"] == "POST" and scope["path"] == "/sessions"  # may carry a whole mask
-        limit = self.upload_bytes if upload or opens_session else self.json_bytes
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        limit = (self.upload_bytes if upload else session_body_limit(self.upload_bytes, self.json_bytes)
+                 if opens_session else self.json_bytes)
+        declared = headers.get(b"content-length", b"")
         if declared and (not declared.isdigit() or len(declared) > 18):
             return await _answer(scope, send, 400, "The Content-Length header is not a whole number of bytes.")
         if declared and int(declared) > limit:
@@ -79,6 +98,9 @@ class BodyLimit:
             more = message.get("more_body", False)
             if len(body) > limit:
                 return await _answer(scope, send, 413, too_large(len(body), limit, upload))
+        if len(body) > self.json_bytes and sum(body.count(c) for c in b",:[{") > MAX_LARGE_BODY_ITEMS:
+            return await _answer(scope, send, 413, f"A request body over {self.json_bytes} bytes may only carry a "
+                                                   "session's mask as one string, not many JSON items.")
         whole = bytes(body)
         sent = False
 
@@ -99,8 +121,8 @@ def too_large(size: int, limit: int, upload: bool) -> str:
     return f"The request body ({size} bytes) is over this server's limit of {limit} bytes for requests."
 
 
-async def _answer(scope, send, status: int, detail: str) -> None:
-    response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+async def _answer(scope, send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close", **(headers or {})})
     await response(scope, _no_body, send)
 
 
@@ -111,13 +133,23 @@ async def _no_body():
 async def json_object(request: Request, allowed: set[str], what: str) -> dict[str, Any]:
     """The request's JSON object with only ``allowed`` fields; anything else is a one-line InputError (400)."""
     fields = ", ".join(repr(name) for name in sorted(allowed))
-    body = parse_json(await request.body(), what, fields)  # the body is within its limit already (BodyLimit)
+    raw = await request.body()  # within its limit already (BodyLimit)
+    if len(raw) > PARSE_ON_LOOP_BYTES:  # a session's start mask: parsing it must not hold up every other request
+        from fastapi.concurrency import run_in_threadpool
+
+        body = await run_in_threadpool(parse_json, raw, what, fields)
+    else:
+        body = parse_json(raw, what, fields)
     if not isinstance(body, dict):
         raise InputError(f"The {what} request must be a JSON object with {fields}.")
     unknown = set(body) - allowed
     if unknown:
         raise InputError(f"Unknown {what} field(s): {', '.join(sorted(unknown))}; use {fields}.")
     return body
+
+
+PARSE_ON_LOOP_BYTES = 64_000
+"""JSON bodies up to this size are parsed on the event loop (well under a millisecond); larger ones in a thread."""
 
 
 def parse_json(body: bytes, what: str, fields: str) -> Any:

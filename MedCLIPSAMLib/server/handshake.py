@@ -17,8 +17,9 @@ from ..protocol import PRE_HANDSHAKE_PROTOCOL, PROTOCOL_HEADER, VERSION_HEADER, 
 MISMATCH_STATUS = 426
 
 
-def check_client_protocol(request: Request) -> None:
-    """FastAPI dependency: every request's protocol header against what this server answers."""
+async def check_client_protocol(request: Request) -> None:
+    """FastAPI dependency: every request's protocol header against what this server answers (async, so it takes
+    no thread-pool worker: see guards.check_token)."""
     given = request.headers.get(PROTOCOL_HEADER)
     protocol = parse_protocol(given)
     version = request.headers.get(VERSION_HEADER, "unknown")[:40]

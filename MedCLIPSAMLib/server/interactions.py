@@ -163,10 +163,6 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
                 "slice_shape": list(session.slice_shape), "sam_backend": sam.name, "click_mode": session.click_mode,
                 "expires_s": ttl, "cached_slices": cached}
 
-    def answer(held: Held, act) -> dict[str, Any]:
-        with held.guard:
-            return _answered(held, act)
-
     def _answered(held: Held, act) -> dict[str, Any]:
         start, encoded = time.perf_counter(), held.session.cache.encoded_count
         result: Answer = act(held.session)
@@ -177,10 +173,10 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
         """The interaction's answer; with ``wait``, within that many seconds or as a call (session_calls.py)."""
         seconds = check_wait(wait)
         held = store.get(session_id)
-        if seconds is None:
-            return await _threaded(answer, held, act)
+        # without ?wait too: a call has its own thread, so a request queued behind a long propagation holds no
+        # thread-pool worker (40 of them waiting on a session's lock stalled every route of the server)
         call = store.calls.start(lambda: _answered(held, act), held.guard,
-                                 withdraw=(lambda _: held.session.undo()) if undoable else None)
+                                 withdraw=(lambda _: held.session.undo()) if undoable and seconds is not None else None)
         return await store.calls.reply(call, seconds)
 
     @router.get("/calls/{call_id}")
@@ -236,12 +232,6 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
 
     router.sessions = store  # for /info-style checks and tests
     return router
-
-
-async def _threaded(function, *args):
-    from fastapi.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(function, *args)
 
 
 def _start_mask(request: Request, body: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import os
 import signal
 import socket
@@ -54,8 +53,13 @@ def is_loopback(host: str) -> bool:
 
 
 def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, made before the models load (a taken port is said at once).
+
+    IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for sockets whose ``proto`` says
+    TCP, and without it each keep-alive answer waited 40 ms (uvicorn writes headers and body apart; Nagle held
+    the body until the client's delayed ACK)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -109,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..settings import BIOMEDCLIP_HUB_ID
     from .app import Limits, create_app
+    from .connections import GuardedH11Protocol, raise_file_limit
     from .engine import Engine, EngineConfig
     from .jobs import JobQueue
 
@@ -135,7 +140,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     jobs = JobQueue(ttl=args.ttl, worker_thread=False)
     app = create_app(engine, token, limits, allow_shutdown=bool(args.parent_pid), jobs=jobs)
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False))
+    raise_file_limit()
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False, http=GuardedH11Protocol))
     app.state.request_shutdown = lambda: setattr(server, "should_exit", True)
 
     def serve_http() -> None:

@@ -36,6 +36,10 @@ log = logging.getLogger("medclipsam.server")
 MAX_WAIT_S = 2.0
 """The longest a request handler waits for its work: a client wanting an answer at once asks 0.1 s."""
 READ_GRACE_S = 60.0
+MAX_PENDING_PER_SESSION = 8
+"""Calls waiting or running on one session; more is a client flooding it (each call is a thread): 429."""
+MAX_PENDING = 64
+"""Calls waiting or running on the whole server."""
 
 
 @dataclass
@@ -76,15 +80,24 @@ class CallStore:
 
     def start(self, work: Callable[[], Any], guard: threading.Lock,
               withdraw: Callable[[Any], None] | None = None) -> Call:
+        """Run ``work`` on a thread of its own, after the calls before it on the same ``guard``; 429 when that
+        session or the server already has too many calls waiting or running."""
         call = Call(secrets.token_hex(12), guard, withdraw)
         with self._lock:
+            pending = [c for c in self._calls.values() if not c.future.done()]
+            if sum(c.guard is guard for c in pending) >= MAX_PENDING_PER_SESSION or len(pending) >= MAX_PENDING:
+                where = "server" if len(pending) >= MAX_PENDING else "session"
+                raise HTTPException(429, f"Too many requests waiting on this {where} (at most "
+                                         f"{MAX_PENDING_PER_SESSION} a session, {MAX_PENDING} in all); wait for their "
+                                         "answers before sending more.")
             self._calls[call.id] = call
         threading.Thread(target=self._run, args=(call, work), name="medclipsam-session-call", daemon=True).start()
         return call
 
-    async def reply(self, call: Call, wait: float) -> Any:
-        """The work's answer if it ends within ``wait`` seconds (its error raised as it was), else a 202."""
-        if not call.future.done() and wait > 0:
+    async def reply(self, call: Call, wait: float | None) -> Any:
+        """The work's answer if it ends within ``wait`` seconds (its error raised as it was), else a 202;
+        ``wait`` None: whenever it ends (a client that asked without ``?wait``), holding no thread meanwhile."""
+        if not call.future.done() and (wait is None or wait > 0):
             await asyncio.wait({asyncio.wrap_future(call.future)}, timeout=wait)
         if not call.future.done():
             call.touched = time.monotonic()
@@ -135,6 +148,11 @@ class CallStore:
     @staticmethod
     def _run(call: Call, work: Callable[[], Any]) -> None:
         with call.guard:
+            with call._state:
+                skipped = call.withdrawn  # withdrawn while it waited for the calls before it: nothing to undo
+            if skipped:
+                call.future.set_exception(HTTPException(409, "This call was withdrawn before it ran."))
+                return
             try:
                 result = work()
             except BaseException as exc:  # the client reads it as the synchronous request would have answered it
