@@ -1,7 +1,7 @@
 """`medclipsam serve` as a real process: memory measured from outside, Schemathesis, the token rule, SIGTERM.
 
-One server (tiny random CLIP, LiteMedSAM, ttl 3 s, a 250 MB store) serves the tests in file order;
-the last one stops it with SIGTERM. Memory is the server's VmRSS (Linux).
+One server (tiny random CLIP, LiteMedSAM, ttl 3 s, a 250 MB store) serves the tests in file order, the last
+one stops it with SIGTERM; a second one, with a 4 GB store, takes the declared 2 GB upload. Memory is the server's VmRSS (Linux).
 """
 from __future__ import annotations
 
@@ -49,13 +49,11 @@ def start_serve(args: list[str], tmp: Path, env: dict | None = None) -> subproce
                             stderr=log, text=True, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture(scope="module")
-def served(tiny_clip_folder, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
+def run_serve(tiny_clip_folder, tmp: Path, *options: str):
+    """A ``medclipsam serve`` child with the test token; yields it once it prints its URL, kills it after."""
     (tmp / "token").write_text(TOKEN)
     process = start_serve(["--port", "0", "--clip-model", str(tiny_clip_folder), "--sam", "litemedsam",
-                           "--device", "cpu", "--ttl", str(TTL), "--max-stored-mb", "250",
-                           "--token-file", str(tmp / "token")], tmp)
+                           "--device", "cpu", "--ttl", str(TTL), *options, "--token-file", str(tmp / "token")], tmp)
     url = None
     deadline = time.monotonic() + 240
     while url is None:
@@ -68,6 +66,17 @@ def served(tiny_clip_folder, tmp_path_factory):
     if process.poll() is None:
         process.kill()
     process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_clip_folder, tmp_path_factory):
+    yield from run_serve(tiny_clip_folder, tmp_path_factory.mktemp("serve"), "--max-stored-mb", "250")
+
+
+@pytest.fixture(scope="module")
+def roomy(tiny_clip_folder, tmp_path_factory):
+    """A server that can keep a 2 GB volume (a smaller store refuses one at begin-upload already)."""
+    yield from run_serve(tiny_clip_folder, tmp_path_factory.mktemp("serve_roomy"), "--max-stored-mb", "4000")
 
 
 def settle(served: Served, seconds: float = 1.0) -> int:
@@ -105,16 +114,17 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, tmp_
     assert served.process.poll() is None, "the server survived the fuzzing"
 
 
-def test_beginning_a_declared_2_gb_upload_raises_rss_less_than_50_mb(served):
-    before = settle(served)
-    upload = "ab" * 32
-    code, answer, _ = send(served, "POST", "/uploads", json.dumps(
-        {"volume": upload, "size": 2_000_000_000, "part_size": 8_000_000}).encode(), token=f"Bearer {TOKEN}")
+def test_beginning_a_declared_2_gb_upload_raises_rss_less_than_50_mb(served, roomy):
+    request = json.dumps({"volume": "ab" * 32, "size": 2_000_000_000, "part_size": 8_000_000}).encode()
+    code, answer, _ = send(served, "POST", "/uploads", request, token=f"Bearer {TOKEN}")
+    assert code == 413 and "--max-stored-mb" in answer["detail"]  # its 250 MB store could never keep it
+    before = settle(roomy)
+    code, answer, _ = send(roomy, "POST", "/uploads", request, token=f"Bearer {TOKEN}")
     assert code == 201, answer
-    grown = settle(served) - before
+    grown = settle(roomy) - before
     print(f"begin 2 GB upload: RSS +{grown / 1e6:.1f} MB")
     assert grown < 50e6
-    send(served, "DELETE", f"/uploads/{answer['upload']}", token=f"Bearer {TOKEN}")
+    send(roomy, "DELETE", f"/uploads/{answer['upload']}", token=f"Bearer {TOKEN}")
 
 
 def test_a_300_kb_npz_expanding_past_the_limit_gets_413_and_rss_grows_less_than_50_mb(served):
