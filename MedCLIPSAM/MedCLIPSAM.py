@@ -574,9 +574,13 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onMarkupPlaced(self, node, event) -> None:
         from MedCLIPSAMLib.slicer.correct_markups import markup_interaction
 
-        correction = self._correction
         key = next((k for k, n in self._correctMarkups.items() if n is node), None)
-        if correction is None or key is None:
+        if self._correction is None or key is None:
+            return
+        try:  # placed in a view of another orientation: the session follows that view (a new one on its axis)
+            correction = self._ensureCorrection()
+        except Exception as exc:
+            self.ui.correctStatusLabel.text = str(exc)
             return
         interaction = markup_interaction(correction.volume_node, correction.axis, key, node)
         if interaction is not None:  # None: a box's first corner
