@@ -513,6 +513,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 current.volume_node, current.segmentation_node, current.segment_id,
                 current.axis) == (p.inputVolume, segmentationNode, segmentId, axis):
             return current
+        if not restart:  # another segment, volume or axis: what was queued was placed for the old one
+            self._pending().clear()
         self._closeCorrection()
         engine = self._engine()
         if engine is None:
