@@ -418,7 +418,7 @@ class InteractionSession:
         shaped = isinstance(click, (list, tuple)) and len(click) == 3 and isinstance(click[2], (bool, np.bool_))
         x, y = (_pixel(click[0]), _pixel(click[1])) if shaped else (None, None)
         if x is None or y is None:
-            raise InteractionError(f"A click is x, y (numbers in slice pixels) and true (add) or false (remove), "
+            raise InteractionError(f"A click is x, y and true (add) or false (remove), with x, y in slice pixels, "
                                    f"not {_shown(click)}.")
         if not (0 <= x < width and 0 <= y < height):
             raise InteractionError(f"The click ({x}, {y}) is off the slice ({width} x {height} pixels); click on "
