@@ -101,7 +101,7 @@ class InteractionSession:
         self.cache = cache
         self.click_mode = click_mode or DEFAULT_CLICK_MODE.get(backend.name, "points")
         if self.click_mode not in CLICK_MODES:
-            raise InteractionError(f"Unknown click mode '{self.click_mode}'; choose {' or '.join(CLICK_MODES)}.")
+            raise InteractionError(f"Unknown click mode {_shown(self.click_mode)}; choose {' or '.join(CLICK_MODES)}.")
         self.mask = np.zeros(cache.slices.shape, dtype=bool)
         """(slices, rows, cols) along the session's axis."""
         self._prompts: dict[int, SlicePrompt] = {}

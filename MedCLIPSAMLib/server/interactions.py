@@ -37,6 +37,7 @@ from fastapi import APIRouter, HTTPException, Request
 from ..errors import InputError, ModelError
 from ..interactive.answer import Answer, encode_answer
 from ..interactive.request_values import MAX_CLICKS, MAX_COORDINATE, shown as _shown
+from ..settings import CT_WINDOWS
 from .engine import Engine
 from ..interactive.shared_embeddings import EmbeddingStore, embedding_key
 from .guards import json_object
@@ -56,7 +57,7 @@ BODIES = {
     "open_session": {"type": "object", "additionalProperties": False, "required": ["volume"], "properties": {
         "volume": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "axis": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2}, {"type": "null"}]},
-        "window": {"type": ["string", "null"]}, "sam_backend": {"type": ["string", "null"]},
+        "window": {"anyOf": [{"enum": list(CT_WINDOWS)}, {"type": "null"}]}, "sam_backend": {"type": ["string", "null"]},
         "click_mode": {"anyOf": [{"enum": ["points", "box_edit"]}, {"type": "null"}]},
         "job": {"type": ["string", "null"]}, "target": {"type": ["string", "null"]},
         "mask": {"type": ["string", "null"], "description": "The volume's mask, bit-packed, base64"}}},
@@ -201,6 +202,8 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
 
         backend_name = resolve_backend(_text(body, "sam_backend") or "auto", engine.device)
         window = _text(body, "window")
+        if window is not None and window not in CT_WINDOWS:
+            raise InputError(f"Unknown CT window {_shown(window)}; choose {', '.join(CT_WINDOWS)} or null.")
         axis = body.get("axis")
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int) or not 0 <= axis <= 2):
             raise InputError(f"'axis' must be 0, 1, 2 or null, not {_shown(axis)}.")

@@ -98,10 +98,12 @@ def test_bad_session_values_are_one_line_400s_and_change_nothing(engine_server, 
     ({"window": ["brain"]}, "'window' must be text, not ['brain']"),
     ({"job": {"id": 1}}, "'job' must be text"),
     ({"mask": [1, 0]}, "'mask' must be text"),
+    ({"window": "w" * 100_000}, "Unknown CT window 'wwwww"),
+    ({"click_mode": "c" * 100_000}, "Unknown click mode 'ccccc"),
 ])
 def test_bad_session_openings_are_one_line_400s(engine_server, volume_id, body, message):
     code, answer = post(engine_server, "/sessions", {"volume": volume_id, **body})
-    assert code == 400 and message in one_line(answer), answer
+    assert code == 400 and message in one_line(answer) and len(answer["detail"]) < 200, answer
 
 
 def test_a_target_that_is_not_text_is_a_400_and_the_job_result_stays(engine_server, client, volume_id, done_job):
