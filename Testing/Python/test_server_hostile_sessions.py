@@ -242,3 +242,43 @@ def test_every_session_route_documents_its_json_body_and_codes(engine_server):
     assert clicks["properties"]["clicks"]["maxItems"] == MAX_CLICKS
     for path in ("/sessions/{session_id}/undo", "/sessions/{session_id}/reset"):
         assert {"202", "400", "404"} <= set(paths[path]["post"]["responses"])
+
+
+ODD_VALUES = [None, True, -1, 0.5, 2 ** 64, -(10 ** 400), 1e308, "", "\u00b2", "x" * 5000, [], [1], [None] * 4,
+              [[1, 2, True]] * 3, {}, {"a": 1}, [[2 ** 64, 2 ** 64, True]], [1e308, -1e308, 1e308, 1e308]]
+
+
+@pytest.mark.parametrize("route, fields, good", [
+    ("box", ("slice", "box", "mode"), {"slice": 1, "box": [50, 20, 90, 60], "mode": "replace"}),
+    ("clicks", ("slice", "clicks"), {"slice": 1, "clicks": [[70, 40, True]]}),
+    ("propagate", ("slice", "direction"), {"slice": 1, "direction": "both"}),
+])
+def test_any_odd_value_in_any_session_field_is_a_4xx_never_a_500(engine_server, client, volume_id, route, fields,
+                                                                  good):
+    """Each field of each interaction, in turn, takes every odd JSON value (the others stay valid): the answer is
+    a one-line 4xx or a 200, never a 5xx, and the server keeps answering."""
+    session = client.open_session(volume_id, axis=0)["session"]
+    try:
+        client.session_box(session, 1, box_of(disk_mask()))
+        for name in fields:
+            for value in ODD_VALUES:
+                code, answer = post(engine_server, f"/sessions/{session}/{route}", {**good, name: value})
+                assert code < 500, (name, value, answer)
+                if code >= 400:
+                    assert len(one_line(answer)) < 300, (name, answer)
+    finally:
+        client.close_session(session)
+
+
+def test_any_odd_value_in_any_opening_field_is_a_4xx_never_a_500(engine_server, client, volume_id, done_job):
+    for name in ("volume", "axis", "window", "sam_backend", "click_mode", "job", "target", "mask"):
+        for value in ODD_VALUES:
+            body = {"volume": volume_id, "axis": 0, name: value}
+            if name == "target":
+                body["job"] = done_job
+            code, answer = post(engine_server, "/sessions", body)
+            assert code < 500, (name, value, answer)
+            if code == 201:
+                client.close_session(answer["session"])
+            else:
+                assert code >= 400 and len(one_line(answer)) < 300, (name, answer)
