@@ -57,7 +57,8 @@ BODIES = {
     "open_session": {"type": "object", "additionalProperties": False, "required": ["volume"], "properties": {
         "volume": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "axis": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2}, {"type": "null"}]},
-        "window": {"anyOf": [{"enum": list(CT_WINDOWS)}, {"type": "null"}]}, "sam_backend": {"type": ["string", "null"]},
+        "window": {"anyOf": [{"enum": list(CT_WINDOWS)}, {"type": "null"}]},
+        "sam_backend": {"type": ["string", "null"]},
         "click_mode": {"anyOf": [{"enum": ["points", "box_edit"]}, {"type": "null"}]},
         "job": {"type": ["string", "null"]}, "target": {"type": ["string", "null"]},
         "mask": {"type": ["string", "null"], "description": "The volume's mask, bit-packed, base64"}}},
@@ -75,11 +76,12 @@ PENDING = {202: {"description": "Not done within ?wait=S: poll GET /calls/{call}
 NO_SESSION = {404: {"description": "No such session (never opened, closed or expired)"}}
 
 
-def documented(name: str | None) -> dict[str, Any]:
-    """``openapi_extra`` and ``responses`` of a session route: its JSON body (if any) and the codes it answers."""
+def documented(name: str | None, responses: dict[int, dict] | None = None) -> dict[str, Any]:
+    """``openapi_extra`` and ``responses`` of a session route: its JSON body (if any) and the codes it answers (the
+    app adds those every route shares: guards.document_responses)."""
     extra = {} if name is None else {"openapi_extra": {"requestBody": {"required": True, "content": {
         "application/json": {"schema": BODIES[name]}}}}}
-    return {**extra, "responses": {**PENDING, **NO_SESSION}}
+    return {**extra, "responses": {**PENDING, **(NO_SESSION if responses is None else responses)}}
 
 
 @dataclass
@@ -152,10 +154,10 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
     router = APIRouter()
     ttl = store.ttl
 
-    @router.post("/sessions", status_code=201, openapi_extra=documented("open_session")["openapi_extra"],
-                 responses={**PENDING, 404: {"description": "The server does not hold that volume, or no such job"},
-                            409: {"description": "The job is not done"},
-                            410: {"description": "The job's result was already fetched: send the mask"}})
+    @router.post("/sessions", status_code=201, **documented("open_session", {
+        404: {"description": "The server does not hold that volume, or no such job"},
+        409: {"description": "The job is not done"},
+        410: {"description": "The job's result was already fetched: send the mask"}}))
     async def open_session(request: Request, wait: str | None = None) -> dict[str, Any]:
         seconds = check_wait(wait)
         body = await json_object(request, SESSION_FIELDS, "session")
