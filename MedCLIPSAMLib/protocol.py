@@ -7,6 +7,8 @@ working against a newer server until that floor is raised.
 """
 from __future__ import annotations
 
+import re
+
 from . import __version__
 
 PROTOCOL_VERSION = 1
@@ -17,6 +19,7 @@ MIN_SERVER_PROTOCOL = 1
 """The oldest server protocol this client can use."""
 PROTOCOL_HEADER = "X-MedCLIPSAM-Protocol"
 VERSION_HEADER = "X-MedCLIPSAM-Version"
+PROTOCOL_NUMBER = re.compile(r"[0-9]{1,9}")
 PRE_HANDSHAKE_PROTOCOL = 1
 """A client or server that names no protocol predates the handshake: it speaks protocol 1."""
 
@@ -27,10 +30,13 @@ UPDATE_CLIENT = ("update this client (the MedCLIP-SAM Slicer extension in the Ex
 
 
 def parse_protocol(text: str | None) -> int | None:
-    """A protocol header's value as a whole number; None when it is absent, -1 when it is not a number."""
+    """A protocol header's value as a whole number; None when it is absent, -1 when it is not a number.
+
+    Only ASCII digits, at most 9 of them (str.isdigit also takes '\u00b2' and other scripts' digits, which int()
+    refuses or reads, and int() refuses thousands of digits)."""
     if text is None or not text.strip():
         return None
-    return int(text) if text.strip().isdigit() else -1
+    return int(text.strip()) if PROTOCOL_NUMBER.fullmatch(text.strip()) else -1
 
 
 def client_mismatch(client_protocol: int, client_version: str, server_protocol: int = PROTOCOL_VERSION,

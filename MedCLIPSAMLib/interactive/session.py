@@ -22,6 +22,7 @@ from .embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
 from .local_edit import LocalEditRule, level_set_edit, slice_logits
 from .propagation import DIRECTIONS, StopRule, propagate
 from .prompting import Click, decode
+from .request_values import MAX_CLICKS, MAX_COORDINATE, pixel as _pixel, shown as _shown
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +101,7 @@ class InteractionSession:
         self.cache = cache
         self.click_mode = click_mode or DEFAULT_CLICK_MODE.get(backend.name, "points")
         if self.click_mode not in CLICK_MODES:
-            raise InteractionError(f"Unknown click mode '{self.click_mode}'; choose {' or '.join(CLICK_MODES)}.")
+            raise InteractionError(f"Unknown click mode {_shown(self.click_mode)}; choose {' or '.join(CLICK_MODES)}.")
         self.mask = np.zeros(cache.slices.shape, dtype=bool)
         """(slices, rows, cols) along the session's axis."""
         self._prompts: dict[int, SlicePrompt] = {}
@@ -130,8 +131,8 @@ class InteractionSession:
         with self._lock:
             index = self._check_slice(index)
             box = self._check_box(box)
-            if mode not in ("replace", "add"):
-                raise InteractionError(f"Box mode '{mode}' is unknown; use 'replace' or 'add'.")
+            if not isinstance(mode, str) or mode not in ("replace", "add"):
+                raise InteractionError(f"Box mode {_shown(mode)} is unknown; use 'replace' or 'add'.")
             base = self.mask[index].copy() if mode == "add" else None
             prompt = SlicePrompt(box=box, base=base)
             decoded = decode(self.backend, self.cache.get(index), box=box)
@@ -147,6 +148,8 @@ class InteractionSession:
     def clicks(self, index: int, clicks: Sequence[Sequence]) -> Answer:
         with self._lock:
             index = self._check_slice(index)
+            if len(clicks) > MAX_CLICKS:
+                raise InteractionError(f"{len(clicks)} clicks in one request; send at most {MAX_CLICKS}.")
             clicks = [self._check_click(c) for c in clicks]
             if not clicks:
                 raise InteractionError("No click given: give at least one (x, y, positive).")
@@ -175,8 +178,8 @@ class InteractionSession:
         target ended; the slices it reaches are replaced, the ones beyond kept."""
         with self._lock:
             index = self._check_slice(index)
-            if direction not in DIRECTIONS:
-                raise InteractionError(f"Direction '{direction}' is unknown; use up, down or both.")
+            if not isinstance(direction, str) or direction not in DIRECTIONS:
+                raise InteractionError(f"Direction {_shown(direction)} is unknown; use 'up', 'down' or 'both'.")
             if not self.mask[index].any():
                 raise InteractionError(f"Slice {index} has no mask to propagate; draw a box on it first.")
             changes: dict[int, np.ndarray] = {}
@@ -257,7 +260,7 @@ class InteractionSession:
             mask = self.mask[index] & ~removed
             own = mask if prompt.base is None else mask & ~prompt.base
             return mask, SlicePrompt(box_of(own), base=prompt.base)
-        prompt.clicks = prompt.clicks + clicks
+        prompt.clicks = (prompt.clicks + clicks)[-MAX_CLICKS:]  # the latest ones: what the user means now
         return self._decode_clicks(index, prompt)
 
     def _local_edit(self, index: int, clicks: list[Click]) -> tuple[np.ndarray, SlicePrompt] | None:
@@ -389,19 +392,19 @@ class InteractionSession:
 
     def _check_slice(self, index) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise InteractionError(f"The slice index must be a whole number, not {index!r:.40}.")
+            raise InteractionError(f"The slice index must be a whole number, not {_shown(index)}.")
         if not 0 <= index < self.slice_count:
-            raise InteractionError(f"Slice {index} is outside the volume: axis {self.axis} has slices 0-"
+            raise InteractionError(f"Slice {_shown(index)} is outside the volume: axis {self.axis} has slices 0-"
                                    f"{self.slice_count - 1}.")
         return int(index)
 
     def _check_box(self, box) -> Box:
         height, width = self.slice_shape
-        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
-                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
-                for v in box):
-            raise InteractionError(f"A box is four numbers x0, y0, x1, y1 in slice pixels, not {box!r:.60}.")
-        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        values = [_pixel(v) for v in box] if isinstance(box, (list, tuple)) and len(box) == 4 else None
+        if values is None or None in values:
+            raise InteractionError(f"A box is four numbers x0, y0, x1, y1 in slice pixels (each within "
+                                   f"\u00b1{MAX_COORDINATE:,}), not {_shown(box)}.")
+        x0, y0, x1, y1 = values
         if x1 < x0 or y1 < y0 or (x1 - x0 + 1) * (y1 - y0 + 1) < 4:
             raise InteractionError(f"The box {[x0, y0, x1, y1]} is empty or under 2x2 pixels: drag a larger box "
                                    "(x0 <= x1, y0 <= y1).")
@@ -412,11 +415,11 @@ class InteractionSession:
 
     def _check_click(self, click) -> Click:
         height, width = self.slice_shape
-        if not isinstance(click, (list, tuple)) or len(click) != 3 or not isinstance(click[2], (bool, np.bool_)) \
-                or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                           and np.isfinite(v) for v in click[:2]):
-            raise InteractionError(f"A click is x, y and true (add) or false (remove), not {click!r:.60}.")
-        x, y = int(round(float(click[0]))), int(round(float(click[1])))
+        shaped = isinstance(click, (list, tuple)) and len(click) == 3 and isinstance(click[2], (bool, np.bool_))
+        x, y = (_pixel(click[0]), _pixel(click[1])) if shaped else (None, None)
+        if x is None or y is None:
+            raise InteractionError(f"A click is x, y and true (add) or false (remove), with x, y in slice pixels, "
+                                   f"not {_shown(click)}.")
         if not (0 <= x < width and 0 <= y < height):
             raise InteractionError(f"The click ({x}, {y}) is off the slice ({width} x {height} pixels); click on "
                                    "the image.")

@@ -8,7 +8,8 @@ and precision. ``EmbeddingKey`` holds all of these, so a run with another runtim
 its own. Zoomed crops ride inside each encoded slice, keyed by their region (``EncodedSlice.crops``).
 
 One ``EmbeddingStore`` per server process keeps one ``EmbeddingCache`` per key within one memory
-budget (a cache over it trims its least recently used slices, then the least recently used other
+budget, which counts each cache's uint8 slices (a copy of the volume per axis and window) with its
+embeddings (a cache over it trims its least recently used slices, then the least recently used other
 caches are dropped), and drops a volume's caches once the server no longer holds the volume. A cache
 encodes under its lock: an interaction needing a slice waits while a text run encodes a batch of the
 same volume's slices (never while it runs saliency or decodes).
@@ -56,7 +57,8 @@ class SharedCache(EmbeddingCache):
 
     def __init__(self, store: "EmbeddingStore", backend: "SamBackend", slices: np.ndarray):
         # A caller's request is one batch: the pipeline sizes its batches for its device (and halves them on OOM).
-        super().__init__(backend, slices, store.budget_bytes, batch_size=max(1, len(slices)))
+        super().__init__(backend, slices, max(0, store.budget_bytes - int(slices.nbytes)),  # its slices count too
+                         batch_size=max(1, len(slices)))
         self.store = store
 
     def _trim(self, keep: set[int]) -> None:
@@ -76,10 +78,13 @@ class EmbeddingStore:
         """The cache for ``key``, made on first use from ``slices()`` (the uint8 slices, axis first)."""
         with self._lock:
             found = self._caches.get(key)
-            if found is None:
+            made = found is None
+            if made:
                 found = self._caches[key] = SharedCache(self, backend, np.ascontiguousarray(slices()))
             self._caches.move_to_end(key)
-            return found
+        if made:
+            self.trim(found)  # its slices count in the budget: older caches may have to go
+        return found
 
     def trim(self, growing: SharedCache) -> None:
         """Drop the least recently used other caches while all of them hold more than the budget (a cache busy
@@ -110,6 +115,13 @@ class EmbeddingStore:
             cache.clear()
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held: every cache's uint8 slices and embeddings (what the budget bounds)."""
+        with self._lock:
+            caches = list(self._caches.values())
+        return sum(_size(cache) for cache in caches)
+
+    @property
     def cached_slices(self) -> int:
         with self._lock:
             caches = list(self._caches.values())
@@ -121,8 +133,15 @@ class EmbeddingStore:
 
 
 def _size(cache: EmbeddingCache) -> int:
-    """Bytes a cache holds, read without its lock (another cache's trim must never wait on one that encodes)."""
-    return sum(encoded_bytes(e) for e in list(cache._items.values()))
+    """Bytes a cache holds, its uint8 slices (a copy of the volume per axis and window) included; read without its
+    lock (another cache's trim must never wait on one that encodes)."""
+    return slices_bytes(cache) + sum(encoded_bytes(e) for e in list(cache._items.values()))
+
+
+def slices_bytes(cache: EmbeddingCache) -> int:
+    """Bytes of the cache's slices, counted even where they are a view of a uint8 volume (the store cannot tell
+    a view of the volume from a copy only the cache holds; counting both keeps the bound)."""
+    return int(cache.slices.nbytes)
 
 
 class RunEmbeddings:

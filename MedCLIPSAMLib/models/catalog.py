@@ -95,6 +95,13 @@ def offline_help(entry: CatalogEntry) -> str:
             f"Set MEDCLIPSAM_CACHE to use another cache folder.")
 
 
+def server_detail(entry: CatalogEntry) -> str:
+    """The one-line form of a missing model for an HTTP answer: no server paths, no URL list (the server's log and
+    command line keep ``offline_help``)."""
+    return (f"{entry.title} is not on this server and could not be downloaded; whoever runs the server must first put "
+            "its weights into the server's model cache.")
+
+
 def download_file(url: str, destination: Path, sha256: str | None = None,
                   progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                   timeout: float = 30.0) -> Path:
@@ -143,7 +150,9 @@ def ensure_model(key: str, progress: ProgressCallback | None = None,
         try:
             download_file(item.url, target, item.sha256, progress, cancel)
         except ModelError as exc:
-            raise ModelError(f"{entry.title} is not available offline and could not be downloaded: {exc}\n"
-                             f"{offline_help(entry)}") from None
+            error = ModelError(f"{entry.title} is not available offline and could not be downloaded: {exc}\n"
+                               f"{offline_help(entry)}")
+            error.server_detail = server_detail(entry)
+            raise error from None
     return folder
 

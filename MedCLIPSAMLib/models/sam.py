@@ -19,7 +19,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..errors import ModelError
 from ..prompts import Box, Point
 from .box_prompting import BoxRules, segment_box
-from .catalog import ProgressCallback, ensure_model, load_catalog
+from .catalog import ProgressCallback, ensure_model, is_cached, load_catalog
 from .interrupt import interrupt_of
 from .sam_attention import use_sdpa
 from .sam_types import EncodedSlice, Region
@@ -250,9 +250,33 @@ def load_sam(name: str, checkpoint: str | None, device: str, bf16: bool = False,
     name = resolve_backend(name, torch_device)
     key = (name, checkpoint, str(torch_device), bf16, input_size)
     if key not in _LOADED:
-        _LOADED.clear()  # keep one SAM in memory: they are large
-        _LOADED[key] = _build_backend(name, checkpoint, torch_device, bf16, progress, cancel, input_size)
+        built = _build_backend(name, checkpoint, torch_device, bf16, progress, cancel, input_size)
+        _LOADED.clear()  # keep one SAM in memory (they are large); only once the new one exists, so a failed
+        _LOADED[key] = built  # load (no weights, no network) leaves the one text jobs use in place
     return _LOADED[key]
+
+
+def loaded_backends() -> list[str]:
+    """Names of the SAM backends this process holds loaded."""
+    return list(dict.fromkeys(key[0] for key in _LOADED))
+
+
+def weights_at_hand(name: str, checkpoint: str | None) -> bool:
+    """Whether ``name`` can be built without a download: LiteMedSAM's weights ship in its package; a SAM ViT's are
+    the given checkpoint file or the model cache's complete copy."""
+    if name == "litemedsam":
+        return True
+    if name not in SAM_VIT_KEYS:
+        return False
+    if checkpoint is not None:
+        return Path(checkpoint).expanduser().is_file()
+    return is_cached(load_catalog()[name])
+
+
+def backends_at_hand(checkpoint: str | None) -> list[str]:
+    """The SAM backends usable now without a download: loaded, or with their weights on disk."""
+    loaded = loaded_backends()
+    return [name for name in ("litemedsam", *SAM_VIT_KEYS) if name in loaded or weights_at_hand(name, checkpoint)]
 
 
 def _build_backend(name: str, checkpoint: str | None, torch_device: torch.device, bf16: bool,

@@ -24,6 +24,7 @@ POSTs answers within S seconds, at once when done, else as a call to poll (Slice
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -33,17 +34,54 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..interactive.answer import Answer, encode_answer
+from ..interactive.request_values import MAX_CLICKS, MAX_COORDINATE, shown as _shown
+from ..settings import CT_WINDOWS
 from .engine import Engine
 from ..interactive.shared_embeddings import EmbeddingStore, embedding_key
 from .guards import json_object
 from .session_calls import CallStore, check_wait
 from .store import drop_idle
 
+log = logging.getLogger("medclipsam.server")
+
 MAX_SESSIONS = 16
 """Open sessions per server; the least recently used closes first (each may hold up to a cache budget)."""
 SESSION_FIELDS = {"volume", "axis", "window", "sam_backend", "click_mode", "job", "target", "mask"}
+
+
+NUMBER = {"type": "number", "minimum": -MAX_COORDINATE, "maximum": MAX_COORDINATE}
+SLICE = {"type": "integer", "minimum": 0, "description": "Slice index along the session's axis"}
+BODIES = {
+    "open_session": {"type": "object", "additionalProperties": False, "required": ["volume"], "properties": {
+        "volume": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "axis": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2}, {"type": "null"}]},
+        "window": {"anyOf": [{"enum": list(CT_WINDOWS)}, {"type": "null"}]},
+        "sam_backend": {"type": ["string", "null"]},
+        "click_mode": {"anyOf": [{"enum": ["points", "box_edit"]}, {"type": "null"}]},
+        "job": {"type": ["string", "null"]}, "target": {"type": ["string", "null"]},
+        "mask": {"type": ["string", "null"], "description": "The volume's mask, bit-packed, base64"}}},
+    "box": {"type": "object", "additionalProperties": False, "required": ["slice", "box"], "properties": {
+        "slice": SLICE, "box": {"type": "array", "items": NUMBER, "minItems": 4, "maxItems": 4},
+        "mode": {"enum": ["replace", "add"]}}},
+    "clicks": {"type": "object", "additionalProperties": False, "required": ["slice", "clicks"], "properties": {
+        "slice": SLICE, "clicks": {"type": "array", "minItems": 1, "maxItems": MAX_CLICKS, "items": {
+            "type": "array", "minItems": 3, "maxItems": 3, "prefixItems": [NUMBER, NUMBER, {"type": "boolean"}]}}}},
+    "propagate": {"type": "object", "additionalProperties": False, "required": ["slice"], "properties": {
+        "slice": SLICE, "direction": {"enum": ["up", "down", "both"]}}},
+}
+"""What the session routes take; what a schema cannot say (the slice exists, the box lies on it) is answered 400."""
+PENDING = {202: {"description": "Not done within ?wait=S: poll GET /calls/{call} (the answer names it)"}}
+NO_SESSION = {404: {"description": "No such session (never opened, closed or expired)"}}
+
+
+def documented(name: str | None, responses: dict[int, dict] | None = None) -> dict[str, Any]:
+    """``openapi_extra`` and ``responses`` of a session route: its JSON body (if any) and the codes it answers (the
+    app adds those every route shares: guards.document_responses)."""
+    extra = {} if name is None else {"openapi_extra": {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": BODIES[name]}}}}}
+    return {**extra, "responses": {**PENDING, **(NO_SESSION if responses is None else responses)}}
 
 
 @dataclass
@@ -116,7 +154,10 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
     router = APIRouter()
     ttl = store.ttl
 
-    @router.post("/sessions", status_code=201)
+    @router.post("/sessions", status_code=201, **documented("open_session", {
+        404: {"description": "The server does not hold that volume, or no such job"},
+        409: {"description": "The job is not done"},
+        410: {"description": "The job's result was already fetched: send the mask"}}))
     async def open_session(request: Request, wait: str | None = None) -> dict[str, Any]:
         seconds = check_wait(wait)
         body = await json_object(request, SESSION_FIELDS, "session")
@@ -134,6 +175,22 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
 
         return await run_in_threadpool(_open, volume_id, volume, body, start)
 
+    def _session_sam(name: str):
+        """The SAM a session asks for, only if the server has it loaded or its weights on disk: a session request never
+        starts a download, and a failed load leaves the model text jobs use loaded (models/sam.py)."""
+        from ..models.sam import backends_at_hand
+
+        at_hand = backends_at_hand(engine.config.sam_checkpoint)
+        if name not in at_hand:
+            raise InputError(f"SAM backend {_shown(name)} is not loaded on this server and its weights are not on its "
+                             f"disk (a session never downloads a model); use {' or '.join(at_hand)}.")
+        try:
+            return engine.session_sam(name)
+        except ModelError as exc:
+            log.warning("a session's SAM %s did not load: %s", name, exc)
+            detail = getattr(exc, "server_detail", None) or "its weights are missing or do not fit that model"
+            raise InputError(f"SAM backend {_shown(name)} cannot be loaded on this server: {detail}") from None
+
     def _close_quietly(session_id: str) -> None:
         try:
             store.close(session_id)
@@ -147,11 +204,13 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
 
         backend_name = resolve_backend(_text(body, "sam_backend") or "auto", engine.device)
         window = _text(body, "window")
+        if window is not None and window not in CT_WINDOWS:
+            raise InputError(f"Unknown CT window {_shown(window)}; choose {', '.join(CT_WINDOWS)} or null.")
         axis = body.get("axis")
-        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
-            raise InputError(f"'axis' must be 0, 1, 2 or null, not {axis!r:.40}.")
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int) or not 0 <= axis <= 2):
+            raise InputError(f"'axis' must be 0, 1, 2 or null, not {_shown(axis)}.")
         axis = resolve_axis(axis, volume)
-        sam, settings = engine.session_sam(backend_name)
+        sam, settings = _session_sam(backend_name)
         key = embedding_key(volume_id, axis, window, sam, settings.sam_checkpoint, settings.bf16)
         cache = store.embeddings.cache(key, sam, lambda: np.moveaxis(normalize_intensity(volume.array, window), axis, 0))
         cached = len(cache)
@@ -189,42 +248,43 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
         store.calls.withdraw(call_id)
         return {"call": call_id, "state": "withdrawn"}
 
-    @router.post("/sessions/{session_id}/box")
+    @router.post("/sessions/{session_id}/box", **documented("box"))
     async def box(session_id: str, request: Request, wait: str | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "box", "mode"}, "box")
         return await respond(session_id, wait, lambda s: s.box(body.get("slice"), body.get("box"),
                                                                body.get("mode", "replace")))
 
-    @router.post("/sessions/{session_id}/clicks")
+    @router.post("/sessions/{session_id}/clicks", **documented("clicks"))
     async def clicks(session_id: str, request: Request, wait: str | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "clicks"}, "clicks")
         given = body.get("clicks")
-        if not isinstance(given, list):
-            raise InputError("'clicks' must be a list of [x, y, true|false].")
+        if not isinstance(given, list) or not 1 <= len(given) <= MAX_CLICKS:
+            raise InputError(f"'clicks' must be a list of 1 to {MAX_CLICKS} clicks [x, y, true|false]"
+                             f"{f', not {len(given)}' if isinstance(given, list) else ''}.")
         return await respond(session_id, wait, lambda s: s.clicks(body.get("slice"), given))
 
-    @router.post("/sessions/{session_id}/propagate")
+    @router.post("/sessions/{session_id}/propagate", **documented("propagate"))
     async def propagate(session_id: str, request: Request, wait: str | None = None) -> dict[str, Any]:
         body = await json_object(request, {"slice", "direction"}, "propagate")
         return await respond(session_id, wait, lambda s: s.propagate(body.get("slice"),
                                                                      body.get("direction", "both")))
 
-    @router.post("/sessions/{session_id}/undo")
+    @router.post("/sessions/{session_id}/undo", **documented(None))
     async def undo(session_id: str, wait: str | None = None) -> dict[str, Any]:
         return await respond(session_id, wait, lambda s: s.undo(), undoable=False)
 
-    @router.post("/sessions/{session_id}/reset")
+    @router.post("/sessions/{session_id}/reset", **documented(None))
     async def reset(session_id: str, wait: str | None = None) -> dict[str, Any]:
         return await respond(session_id, wait, lambda s: s.reset())
 
-    @router.get("/sessions/{session_id}/mask")
+    @router.get("/sessions/{session_id}/mask", responses=NO_SESSION)
     def mask(session_id: str) -> dict[str, Any]:
         session = store.get(session_id).session
         filled = np.flatnonzero(session.mask.any(axis=(1, 2)))
         return encode_answer(Answer(session.axis, {int(z): session.mask[z] for z in filled}, "",
                                     bool(session._history)))
 
-    @router.delete("/sessions/{session_id}")
+    @router.delete("/sessions/{session_id}", responses=NO_SESSION)
     def close(session_id: str) -> dict[str, Any]:
         store.close(session_id)
         return {"session": session_id, "state": "closed", "open_sessions": len(store),
@@ -236,7 +296,7 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
 
 def _start_mask(request: Request, body: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray | None:
     """The mask a session starts from: a finished text job's on the same volume, or one the client sent."""
-    job_id, given = body.get("job"), body.get("mask")
+    job_id, given = _text(body, "job"), _text(body, "mask")
     if job_id is not None and given is not None:
         raise InputError("Give 'job' or 'mask' to start from, not both.")
     if given is not None:
@@ -248,17 +308,17 @@ def _start_mask(request: Request, body: dict[str, Any], shape: tuple[int, ...]) 
     from . import wire
     from .jobs import DONE
 
-    job = request.app.state.jobs.get(str(job_id))
+    job = request.app.state.jobs.get(job_id)
     if job is None or job.state != DONE:
         raise HTTPException(404 if job is None else 409,
-                            f"Job '{job_id!s:.40}' has no result to start from (unknown, expired or not done).")
+                            f"Job '{job_id:.40}' has no result to start from (unknown, expired or not done).")
     if job.result is None:
-        raise HTTPException(410, f"Job '{job_id!s:.40}' result was already fetched (the server frees it then); "
+        raise HTTPException(410, f"Job '{job_id:.40}' result was already fetched (the server frees it then); "
                                  "send the mask instead.")
     result = wire.decode_result(job.result)
-    target = body.get("target") or result.names[0]
+    target = _text(body, "target") or result.names[0]
     if target not in result.masks:
-        raise InputError(f"Job '{job_id}' has no target '{target!s:.60}'; it has {', '.join(result.names)}.")
+        raise InputError(f"Job '{job_id:.40}' has no target '{target:.60}'; it has {', '.join(result.names)}.")
     if result.masks[target].shape != tuple(shape):
         raise InputError("That job ran on another volume; start the session on the job's volume.")
     return result.masks[target]
@@ -267,5 +327,5 @@ def _start_mask(request: Request, body: dict[str, Any], shape: tuple[int, ...]) 
 def _text(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
-        raise InputError(f"'{name}' must be text, not {value!r:.40}.")
+        raise InputError(f"'{name}' must be text, not {_shown(value, 40)}.")
     return value

@@ -15,13 +15,14 @@ from ..errors import InputError
 from .jobs import DONE, Job, JobQueue
 from .wire import SALIENCY_BITS
 
-RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+RANGE = re.compile(r"bytes=([0-9]{1,18})-([0-9]{0,18})")
+"""ASCII digits, never more than fit in 63 bits (int() refuses thousands of digits)."""
 
 
 def saliency_bits(body: dict[str, Any]) -> int:
     """The job request's saliency precision (16 unless the client asks for 8)."""
     bits = body.get("saliency_bits", 16)
-    if isinstance(bits, bool) or bits not in SALIENCY_BITS:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SALIENCY_BITS:
         raise InputError(f"'saliency_bits' must be 8 or 16 (got {bits!r:.40}).")
     return bits
 
