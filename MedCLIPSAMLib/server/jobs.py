@@ -186,8 +186,8 @@ class JobQueue:
                 outcome = (CANCELLED, None, "Cancelled.", "Cancelled") if job.cancel.is_set() else (DONE, result, "", "")
             except Cancelled as exc:
                 outcome = (CANCELLED, None, str(exc) or "Cancelled.", "Cancelled")
-            except MedCLIPSAMError as exc:
-                outcome = (FAILED, None, str(exc), type(exc).__name__)
+            except MedCLIPSAMError as exc:  # a missing model's one-line form for clients (no server paths)
+                outcome = (FAILED, None, getattr(exc, "server_detail", None) or str(exc), type(exc).__name__)
             except Exception as exc:  # a bug: keep serving, tell the client, log the traceback here
                 log.exception("job %s failed", job.id)
                 outcome = (FAILED, None, f"Internal engine error ({type(exc).__name__}: {exc}); see the server log.",
