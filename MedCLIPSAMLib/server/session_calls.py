@@ -98,7 +98,11 @@ class CallStore:
         """The work's answer if it ends within ``wait`` seconds (its error raised as it was), else a 202;
         ``wait`` None: whenever it ends (a client that asked without ``?wait``), holding no thread meanwhile."""
         if not call.future.done() and (wait is None or wait > 0):
-            await asyncio.wait({asyncio.wrap_future(call.future)}, timeout=wait)
+            waited = asyncio.wrap_future(call.future)
+            # the error is raised below from the call's own future; reading it here too keeps asyncio from logging
+            # "exception was never retrieved" for this wrapper, now or when the call ends after the wait
+            waited.add_done_callback(lambda done: done.cancelled() or done.exception())
+            await asyncio.wait({waited}, timeout=wait)
         if not call.future.done():
             call.touched = time.monotonic()
             return JSONResponse({"call": call.id, "pending": True}, status_code=202)
