@@ -21,27 +21,13 @@ from MedCLIPSAMLib.interactive.shared_embeddings import EmbeddingKey, EmbeddingS
 from MedCLIPSAMLib.models import sam as sam_module
 from MedCLIPSAMLib.prompts import box_of
 from MedCLIPSAMLib.protocol import PROTOCOL_HEADER, parse_protocol
-from conftest import ENGINE_TOKEN as TOKEN, LiveServer, disk_image, disk_mask
+from conftest import ENGINE_TOKEN as TOKEN, LiveServer, disk_mask
 from test_server_hostile import one_line, send
 
 QUICK = {"m2ib_steps": 2, "m2ib_samples": 2, "refine_rounds": 1}
 
 
-def disk_stack() -> np.ndarray:
-    blank = np.full((96, 128), 40, np.uint8)
-    return np.stack([blank, disk_image(), blank])
-
-
-@pytest.fixture(scope="module")
-def client(engine_server) -> EngineClient:
-    return EngineClient(engine_server.url, TOKEN)
-
-
-@pytest.fixture(scope="module")
-def volume_id(client) -> str:
-    upload = Upload.of(disk_stack(), (5.0, 1.0, 1.0))
-    client.upload(upload)
-    return upload.id
+from test_server_interactions import client, disk_stack, volume_id  # noqa: E402,F401  (shared fixtures)
 
 
 @pytest.fixture(scope="module")
