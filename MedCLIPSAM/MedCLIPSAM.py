@@ -901,9 +901,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onSegmentButton()
             return
         tail = "\n".join(log.strip().splitlines()[-6:])
+        details = {"detailedText": tail} if tail else {}  # messageBox sets each keyword on the box: never None
         slicer.util.errorDisplay(_("Installing the packages failed (exit code {code}). Check the internet connection "
-                                   "and try again, or choose Run on: Server.").format(code=returnCode),
-                                 detailedText=tail or None)
+                                   "and try again, or choose Run on: Server.").format(code=returnCode), **details)
 
 
 class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
