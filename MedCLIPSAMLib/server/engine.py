@@ -58,7 +58,22 @@ class Engine:
         settings = self.config.base_settings()
         if presets and len(groups) == 1:
             settings, _ = apply_preset(settings, groups[0][0], explicit=values)
-        return settings_from_dict(values, base=settings, hidden=SERVER_FIELDS)
+        settings = settings_from_dict(values, base=settings, hidden=SERVER_FIELDS)
+        self.check_sam_at_hand(settings.sam_backend, "a job")
+        return settings
+
+    def check_sam_at_hand(self, sam_backend: str, who: str) -> str:
+        """The backend's name, if this server has it loaded or its weights on disk; else an InputError (400): a
+        client never makes the server download a model or swap out the one it preloaded for everyone."""
+        from ..models.sam import backends_at_hand, resolve_backend
+
+        name = resolve_backend(sam_backend or "auto", self.device)
+        at_hand = backends_at_hand(self.config.sam_checkpoint)
+        if name not in at_hand:
+            raise InputError(f"SAM backend '{name:.20}' is not loaded on this server and its weights are not on its "
+                             f"disk ({who} never downloads a model); use {' or '.join(at_hand)}, or download it on the "
+                             "server first (medclipsam models --download).")
+        return name
 
     def run(self, volume: Volume, prompts: Sequence[Any], settings: Settings,
             progress: Callable[[str, int, int], None], cancel: threading.Event, embeddings: Callable | None = None):

@@ -178,12 +178,7 @@ def interaction_router(engine: Engine, store: SessionStore) -> APIRouter:
     def _session_sam(name: str):
         """The SAM a session asks for, only if the server has it loaded or its weights on disk: a session request never
         starts a download, and a failed load leaves the model text jobs use loaded (models/sam.py)."""
-        from ..models.sam import backends_at_hand
-
-        at_hand = backends_at_hand(engine.config.sam_checkpoint)
-        if name not in at_hand:
-            raise InputError(f"SAM backend {_shown(name)} is not loaded on this server and its weights are not on its "
-                             f"disk (a session never downloads a model); use {' or '.join(at_hand)}.")
+        engine.check_sam_at_hand(name, "a session")
         try:
             return engine.session_sam(name)
         except ModelError as exc:

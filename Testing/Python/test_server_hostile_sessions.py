@@ -140,6 +140,17 @@ def test_a_session_cannot_evict_the_loaded_sam_nor_start_a_download(engine_serve
     client.close_session(opened["session"])
 
 
+def test_a_job_cannot_make_the_server_download_a_sam_or_swap_its_model(engine_server, client, volume_id):
+    if sam_module.weights_at_hand("vit_b", None):
+        pytest.skip("vit_b weights are in this machine's model cache")
+    loaded = dict(sam_module._LOADED)
+    code, answer = post(engine_server, "/jobs", {"volume": volume_id, "prompts": ["disk"],
+                                                 "settings": {"sam_backend": "vit_b"}})
+    detail = one_line(answer)
+    assert code == 400 and "SAM backend 'vit_b' is not loaded on this server" in detail, detail
+    assert "(a job never downloads a model); use litemedsam" in detail and sam_module._LOADED == loaded
+
+
 def test_a_sam_that_fails_to_load_leaves_the_loaded_one_and_answers_one_line_without_paths(tiny_clip_folder,
                                                                                            tmp_path, engine_server):
     from MedCLIPSAMLib.server.app import Limits, create_app
