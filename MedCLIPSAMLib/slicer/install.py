@@ -219,7 +219,7 @@ class InstallProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(5)
+                self.process.wait(1)  # Slicer's main thread waits here: pip stops on SIGTERM at once
             except subprocess.TimeoutExpired:
                 self.process.kill()
         if self.returncode is None:
