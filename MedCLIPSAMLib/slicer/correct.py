@@ -53,8 +53,8 @@ def ras_to_kji(volume_node, ras) -> np.ndarray:
     """A world (RAS) point as continuous (k, j, i) voxel coordinates of the volume."""
     ras_to_ijk = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
-    ijk = ras_to_ijk.MultiplyPoint([float(ras[0]), float(ras[1]), float(ras[2]), 1.0])[:3]  # ras may be a vtkVector3d:
-    # it indexes but does not slice
+    # ras may be a vtkVector3d (what a markups getter returns), which indexes but does not slice
+    ijk = ras_to_ijk.MultiplyPoint([float(ras[0]), float(ras[1]), float(ras[2]), 1.0])[:3]
     return np.array(ijk[::-1])
 
 
