@@ -26,7 +26,7 @@ from . import __version__
 from .errors import Cancelled, InputError, MedCLIPSAMError, ModelError
 from .interactive.answer import Answer, decode_answer, encode_mask
 from .protocol import MIN_SERVER_PROTOCOL, PROTOCOL_HEADER, PROTOCOL_VERSION, VERSION_HEADER, server_mismatch
-from .server import wire
+from . import wire
 from .result import SegmentationResult
 
 FINISHED = ("done", "failed", "cancelled")

@@ -169,7 +169,7 @@ def load_prompts(prompt: str | None, prompt_json: str | None, prompt_file: str |
             raise InputError(f"Prompt table '{prompt_json}' must be a JSON object of case name -> prompt text.")
         return lambda case: table.get(case, prompt) or _missing(case)
     if prompt_file:
-        from .cli import prompt_sentences
+        from .setting_options import prompt_sentences
         sentences = prompt_sentences(prompt_file)
         return lambda case: sentences
     return lambda case: prompt
@@ -395,7 +395,7 @@ def case_nsd(volume: Volume, prediction: np.ndarray, truth: np.ndarray, conventi
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_setting_options
+    from .setting_options import add_setting_options
     from .options import at_least, number
 
     parser = sub.add_parser("evaluate", help="DSC/NSD over a folder of image/mask pairs")
@@ -437,7 +437,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import sys
 
-    from .cli import TqdmProgress, settings_from_args
+    from .setting_options import TqdmProgress, settings_from_args
     from .pipeline import resolve_device
 
     for option, folder in (("data", args.data), ("--predictions", args.predictions)):

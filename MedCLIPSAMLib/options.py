@@ -43,7 +43,7 @@ def number(low: float = -math.inf, high: float = math.inf, low_open: bool = Fals
 
 def read_token(token_file: str | None) -> tuple[str, bool]:
     """(token, chosen by the user): --token-file, else $MEDCLIPSAM_TOKEN, else a fresh random one."""
-    from .server.wire import TOKEN_ENV  # here, so the command line starts without numpy
+    from .wire import TOKEN_ENV  # here, so the command line starts without numpy
 
     if token_file:
         path = Path(token_file)

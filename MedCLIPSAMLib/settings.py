@@ -209,8 +209,8 @@ class Settings:
         check_device(self.device)
 
     def box_rules(self):
-        """The SAM-stage rules (models.box_prompting.BoxRules) these settings choose."""
-        from .models.box_prompting import BoxRules
+        """The SAM-stage rules (``box_rules.BoxRules``) these settings choose."""
+        from .box_rules import BoxRules
 
         return BoxRules(refine_rounds=self.refine_rounds, refine_margin=self.refine_margin,
                         refine_keep_better=self.refine_keep_better, refine_min_shrink=self.refine_min_shrink,

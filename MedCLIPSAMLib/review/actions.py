@@ -27,7 +27,7 @@ from ..metrics import dice
 from ..outputs import STAGING_FOLDER, replacing, write_image, write_text
 from ..weak.export import case_paths, read_dataset_json, same_geometry, write_dataset_json
 from .queue import ReviewDataset, open_dataset
-from .state import (ACCEPTED, ACCEPTING, EXCLUDED, EXCLUDING, excluded_paths, history_folder,
+from ..review_state import (ACCEPTED, ACCEPTING, EXCLUDED, EXCLUDING, excluded_paths, history_folder,
                     pseudo_path, read_states, review_column, set_state)
 
 

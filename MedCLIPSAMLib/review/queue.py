@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..faithfulness import is_unfaithful
 from ..inputs import read_text
 from ..weak.export import case_paths, read_dataset_json
-from .state import DONE, EXCLUDED, INTERRUPTED, excluded_paths, read_states, review_column
+from ..review_state import DONE, EXCLUDED, INTERRUPTED, excluded_paths, read_states, review_column
 
 NO_LABEL = ("failed", "empty")
 SOURCES = ("zero-shot score", "nnU-Net entropy")

@@ -17,7 +17,7 @@ from ..metrics import dice
 from ..outputs import add_output_option, add_overwrite_option, check_output, check_outside, write_json
 from ..weak.export import case_paths, read_dataset_json
 from .queue import open_dataset
-from .state import ACCEPTED, EXCLUDED, INTERRUPTED, pseudo_path
+from ..review_state import ACCEPTED, EXCLUDED, INTERRUPTED, pseudo_path
 
 STATES = ("pending", ACCEPTED, EXCLUDED, "interrupted")
 

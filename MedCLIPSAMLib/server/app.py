@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse
 from ..errors import InputError, MedCLIPSAMError
 from ..imageio import as_volume
 from ..interactive.shared_embeddings import EmbeddingStore, RunEmbeddings
-from . import wire
+from .. import wire
 from .engine import Engine
 from .interactions import SessionStore, interaction_router
 from .guards import BodyLimit, check_token, document_responses, install_handlers, json_object

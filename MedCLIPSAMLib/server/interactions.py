@@ -300,7 +300,7 @@ def _start_mask(request: Request, body: dict[str, Any], shape: tuple[int, ...]) 
         return decode_mask(given, shape)
     if job_id is None:
         return None
-    from . import wire
+    from .. import wire
     from .jobs import DONE
 
     job = request.app.state.jobs.get(job_id)

@@ -13,7 +13,7 @@ from fastapi import HTTPException, Response
 
 from ..errors import InputError
 from .jobs import DONE, Job, JobQueue
-from .wire import SALIENCY_BITS
+from ..wire import SALIENCY_BITS
 
 RANGE = re.compile(r"bytes=([0-9]{1,18})-([0-9]{0,18})")
 """ASCII digits, never more than fit in 63 bits (int() refuses thousands of digits)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError, MedCLIPSAMError
 from ..options import read_token
-from .wire import READY_LINE, TOKEN_ENV
+from ..wire import READY_LINE, TOKEN_ENV
 
 MIN_TOKEN_LENGTH = 16
 SHUTDOWN_REASON = "server shutting down"

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..imageio import Volume
-from .wire import TooLarge
+from ..wire import TooLarge
 
 
 @dataclass

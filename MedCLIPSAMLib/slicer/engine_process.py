@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from ..client import EngineClient
 from ..errors import MedCLIPSAMError
-from ..server.wire import READY_LINE, TOKEN_ENV
+from ..wire import READY_LINE, TOKEN_ENV
 from ..server.startup import last_loading
 
 ENGINE_PARENT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, ResultDo
 from ..errors import MedCLIPSAMError
 from ..faithfulness import faithfulness_warning
 from ..imageio import luminance
-from ..server import wire
+from .. import wire
 from .engine_process import RemoteEngine
 from .mrml import (ResultApplier, RunRecord, array_from_volume, combined_overlay, saliency_as_uint8, spacing_kji,
                    volume_view)

@@ -192,7 +192,7 @@ def case_paths(dataset: Path, case_id: str) -> tuple[Path, Path]:
 
 def decide(case: LabelCase, job: LabelJob) -> str | None:
     """Why this case is not (re)done now, or None to do it."""
-    from ..review.state import left_alone_note
+    from ..review_state import left_alone_note
 
     dataset = Path(job.dataset)
     reviewed = left_alone_note(dataset, case.case_id)
@@ -353,7 +353,7 @@ def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
     Cases the review queue excluded are kept outside labelsTr, so dataset.json never counts them.
     Returns the summary, or None while cases of other parts are still missing.
     """
-    from ..review.state import EXCLUDED, read_states, review_column
+    from ..review_state import EXCLUDED, read_states, review_column
     from .export import write_dataset_json
 
     dataset = Path(job.dataset)
@@ -383,7 +383,7 @@ def finalize(cases: list[LabelCase], job: LabelJob) -> dict[str, Any] | None:
 # --- command line -------------------------------------------------------------------------------------------------
 
 def register_cli(sub) -> None:
-    from ..cli import add_setting_options
+    from ..setting_options import add_setting_options
     from ..options import at_least, number
     from .export import channel_name_option, dataset_id_option, dataset_name_option
 
@@ -415,7 +415,7 @@ def register_cli(sub) -> None:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from ..cli import SETTING_OPTIONS, TqdmProgress
+    from ..setting_options import SETTING_OPTIONS, TqdmProgress
     from ..settings import FAST_SALIENCY
     from .export import dataset_dir
 

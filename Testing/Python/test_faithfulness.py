@@ -197,7 +197,7 @@ def test_a_text_tower_that_ignores_the_text_scores_unfaithful_and_warns(text_ign
 
 def test_the_score_travels_in_the_result_bytes():
     from MedCLIPSAMLib.result import SegmentationResult
-    from MedCLIPSAMLib.server import wire
+    from MedCLIPSAMLib import wire
 
     masks = {"a": np.zeros((1, 4, 4), bool), "b": np.ones((1, 4, 4), bool)}
     result = SegmentationResult(np.zeros((1, 4, 4), np.uint8), masks, {n: np.zeros((1, 4, 4)) for n in masks},

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from MedCLIPSAMLib.result import SegmentationResult
-from MedCLIPSAMLib.server import npy_steps, wire
+from MedCLIPSAMLib import npy_steps, wire
 
 
 def drain(steps):

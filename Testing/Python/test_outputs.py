@@ -223,7 +223,7 @@ def no_work(monkeypatch):
     """Any model load or long computation fails the test: the refusal must come before it."""
     from MedCLIPSAMLib import benchmark
     from MedCLIPSAMLib.models import clip, sam
-    from MedCLIPSAMLib.server import benchmark as server_benchmark
+    from MedCLIPSAMLib.server_benchmarks import benchmark as server_benchmark
     from MedCLIPSAMLib.weak import train
 
     def forbidden(*args, **kwargs):

@@ -11,7 +11,7 @@ from MedCLIPSAMLib.errors import InputError
 from MedCLIPSAMLib.metrics import dice
 from MedCLIPSAMLib.review.actions import accept_case, exclude_case, undo_exclude
 from MedCLIPSAMLib.review.queue import next_case, open_dataset, upcoming
-from MedCLIPSAMLib.review.state import excluded_paths, pseudo_path, read_states
+from MedCLIPSAMLib.review_state import excluded_paths, pseudo_path, read_states
 from review_cases import SHAPE, labels_csv, make_dataset, num_training, pseudo_label, read_label
 
 ZERO_SHOT_ORDER = ["e_failed", "f_lost", "d_empty", "g_lowscore", "b_low", "c_mid", "a_high"]

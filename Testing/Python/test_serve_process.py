@@ -21,7 +21,7 @@ import pytest
 
 from MedCLIPSAMLib.client import EngineClient, Upload
 from MedCLIPSAMLib.errors import Cancelled
-from MedCLIPSAMLib.server import wire
+from MedCLIPSAMLib import wire
 from MedCLIPSAMLib.server.serve import READY_LINE
 from MedCLIPSAMLib.settings import WHOLE_NUMBER_RANGES
 from test_server_hostile import send

@@ -153,7 +153,7 @@ def raw(server, method: str, path: str, body: bytes | None = None, token: str = 
 
 def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_running(server, client):
     garbage = b"not a volume at all"
-    from MedCLIPSAMLib.server.wire import volume_id
+    from MedCLIPSAMLib.wire import volume_id
 
     code, detail = raw(server, "PUT", f"/volumes/{volume_id(garbage)}", garbage)
     assert code == 400 and "not a MedCLIP-SAM volume" in detail
@@ -314,7 +314,7 @@ def test_an_engine_that_cannot_start_reports_its_own_error_line(tmp_path):
 
 
 def test_server_benchmark_reports_overhead_and_sends_no_volume_for_a_second_prompt():
-    from MedCLIPSAMLib.server.benchmark import format_report, run_server_benchmark
+    from MedCLIPSAMLib.server_benchmarks.benchmark import format_report, run_server_benchmark
 
     report = run_server_benchmark("tiny", "cpu", "litemedsam", {"slice_range": [10, 11], "m2ib_steps": 1,
                                                                  "m2ib_samples": 1, "refine_rounds": 0}, repeats=2)

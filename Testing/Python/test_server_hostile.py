@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from MedCLIPSAMLib.client import EngineClient, EngineError, Upload
-from MedCLIPSAMLib.server import wire
+from MedCLIPSAMLib import wire
 from conftest import ENGINE_MAX_UPLOAD as MAX_UPLOAD, ENGINE_TOKEN as TOKEN
 
 

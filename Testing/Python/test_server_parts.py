@@ -7,7 +7,7 @@ import pytest
 
 from MedCLIPSAMLib.errors import InputError
 from MedCLIPSAMLib.imageio import as_volume
-from MedCLIPSAMLib.server import wire
+from MedCLIPSAMLib import wire
 from MedCLIPSAMLib.server.jobs import CANCELLED, DONE, FAILED, JobQueue
 from MedCLIPSAMLib.server.store import VolumeStore
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from MedCLIPSAMLib.client import EngineClient, EngineError, Upload
-from MedCLIPSAMLib.server import wire
+from MedCLIPSAMLib import wire
 from MedCLIPSAMLib.server.results import byte_range
 from conftest import ENGINE_TOKEN as TOKEN
 

@@ -9,7 +9,7 @@ vtk = pytest.importorskip("vtk")
 from MedCLIPSAMLib.errors import InputError  # noqa: E402
 from MedCLIPSAMLib.slicer.mrml import array_from_volume, segment_style, segment_to_array  # noqa: E402
 from MedCLIPSAMLib.slicer.review import NO_SALIENCY_NOTE, ReviewSession, show_case  # noqa: E402
-from MedCLIPSAMLib.review.state import pseudo_path, read_states  # noqa: E402
+from MedCLIPSAMLib.review_state import pseudo_path, read_states  # noqa: E402
 from test_mrml import scene, segmentation_converters  # noqa: E402,F401  (the MRML tests' fixtures)
 from review_cases import make_dataset, num_training, pseudo_label, read_label  # noqa: E402
 

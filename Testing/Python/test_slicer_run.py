@@ -31,7 +31,7 @@ def drive(run: SegmentRun, timeout: float = 120.0, interval: float = 0.05) -> li
 
 def test_read_input_keeps_voxels_and_spacing_in_kji_order(volume_node):
     upload = read_input(volume_node)
-    from MedCLIPSAMLib.server.wire import decode_volume
+    from MedCLIPSAMLib.wire import decode_volume
 
     array, spacing = decode_volume(upload.payload)
     assert array.shape == (6, 40, 56) and spacing == pytest.approx((3.0, 0.9, 0.6))

@@ -13,9 +13,9 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from ..inputs import read_json
-from ..outputs import write_json
+from .errors import InputError
+from .inputs import read_json
+from .outputs import write_json
 
 STATE_FILE = "medclipsam_review.json"
 REVIEW_FOLDER = "medclipsam_review"

@@ -19,8 +19,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import InputError, MedCLIPSAMError
-from ..result import SegmentationResult
+from .errors import InputError, MedCLIPSAMError
+from .result import SegmentationResult
 from . import npy_steps
 
 READY_LINE = "MedCLIP-SAM engine listening on"
