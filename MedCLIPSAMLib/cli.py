@@ -79,7 +79,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             from .pipeline import Pipeline
 
             pipeline = Pipeline(settings, progress=progress)
-            pipeline.sam, pipeline.clip  # models found (or downloaded) and readable before any time estimate
+            pipeline.check_model_files()  # every model file there (or downloaded) before any slow step
+            pipeline.clip, pipeline.sam  # readable before any time estimate; SAM's encoder export comes last
             hint = cpu_hint(settings, len(chosen))
             if hint and not args.quiet:
                 print(f"note: {hint}", file=sys.stderr)

@@ -23,9 +23,9 @@ from .imageio import (MIN_SIDE, Volume, as_volume, chosen_slices, image_to_gray,
                       resolve_axis)
 from .keyslices import end_midpoints, interpolate_between, key_slices
 from .models.catalog import ProgressCallback
-from .models.clip import ClipBundle, cached_clip
+from .models.clip import ClipBundle, cached_clip, clip_files
 from .models.onnx_runtime import EncoderRuntime, runtime_available
-from .models.sam import SamBackend, load_sam, resolve_backend
+from .models.sam import SamBackend, load_sam, resolve_backend, sam_files
 from .prompts import (Box, Component, ComponentRule, SlicePrompts, keep_largest_components, keep_overlapping,
                       normalize_saliency, otsu_mask, physical_floor, prompts_per_slice, select_by_rule)
 from .saliency import M2IB, M2IBConfig, clip_inputs, maps_to_slices
@@ -233,6 +233,16 @@ class Pipeline:
             self._m2ib = M2IB(self.clip, M2IBConfig.from_settings(s), self.device, bf16=s.bf16, compile=s.compile,
                               class_token_only=s.runtime != "torch", bf16_on_amx=s.bf16 and s.runtime != "torch")
         return self._m2ib
+
+    def check_model_files(self) -> None:
+        """Every model file this run needs (CLIP's folder or checkpoint, the SAM ViT checkpoint) on disk, downloads
+        included, before anything slow (loading, the SAM encoder's export): a missing file is one error line now.
+        Models already given or loaded are not looked for again."""
+        if self._clip is None:
+            clip_files(self._clip_source, *self._load_callbacks)
+        if self._sam_backend is None:
+            s = self.settings
+            sam_files(s.sam_backend, s.sam_checkpoint, str(self.device), *self._load_callbacks)
 
     @property
     def sam(self) -> SamBackend:

@@ -159,8 +159,9 @@ def _apply_weights(model: torch.nn.Module, state: dict, source: str) -> None:
                          f"{(missing + result.unexpected_keys)[:3]}).")
 
 
-def load_clip_folder(folder: Path) -> ClipBundle:
-    """Load a local folder in the hub layout (see module docstring)."""
+def clip_folder_files(folder: Path) -> tuple[dict, dict, Path]:
+    """(config, model config with a local text tower, weights file) of a folder in the hub layout, or the
+    one-line error naming the file that is missing: file checks only, nothing is loaded."""
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise ModelError(f"'{folder}' is not an open_clip model folder: {CONFIG_NAME} is missing.")
@@ -169,6 +170,12 @@ def load_clip_folder(folder: Path) -> ClipBundle:
     weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
     if weights is None:
         raise ModelError(f"'{folder}' holds no weights file (one of {', '.join(WEIGHT_NAMES)}).")
+    return config, model_cfg, weights
+
+
+def load_clip_folder(folder: Path) -> ClipBundle:
+    """Load a local folder in the hub layout (see module docstring)."""
+    config, model_cfg, weights = clip_folder_files(folder)
     model = build_clip(model_cfg)
     _apply_weights(model, _load_state_dict(weights), str(weights))
     return make_bundle(model, model_cfg, config.get("preprocess_cfg", {}), str(folder))
@@ -221,16 +228,25 @@ def cached_clip(source: str, progress: ProgressCallback | None = None,
     return _LOADED[source]
 
 
-def load_clip(source: str, progress: ProgressCallback | None = None,
-              cancel: threading.Event | None = None) -> ClipBundle:
-    """Load BiomedCLIP or a compatible model from a hub id, a local folder or a checkpoint file."""
+def clip_files(source: str, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> Path:
+    """The folder or checkpoint file ``source`` names, its files checked (a hub id's downloaded first), without
+    loading anything: a run checks this before any slow step, so a missing file costs seconds, not an export."""
     source = str(source)
     path = Path(source).expanduser()
     if source.startswith("hf-hub:"):
-        return load_clip_folder(_hub_folder(source, progress, cancel))
+        path = _hub_folder(source, progress, cancel)
     if path.is_dir():
-        return load_clip_folder(path)
+        clip_folder_files(path)
+        return path
     if path.is_file():
-        return load_clip_checkpoint(path)
+        return path
     raise InputError(f"CLIP model '{source}' not found: give a hub id (hf-hub:...), a model folder "
                      "or a checkpoint file.")
+
+
+def load_clip(source: str, progress: ProgressCallback | None = None,
+              cancel: threading.Event | None = None) -> ClipBundle:
+    """Load BiomedCLIP or a compatible model from a hub id, a local folder or a checkpoint file."""
+    path = clip_files(source, progress, cancel)
+    return load_clip_folder(path) if path.is_dir() else load_clip_checkpoint(path)

