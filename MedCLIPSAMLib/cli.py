@@ -50,7 +50,7 @@ def cpu_hint(settings: Settings, slices: int) -> str | None:
         return None
     return (f"{slices} slices on the CPU at the paper's M2IB settings take several seconds each on a 2-core "
             "machine; "
-            "--fast (saliency on every 4th slice, 3 noise samples) is several times quicker (README, Speed).")
+            "--fast (saliency on every 4th slice, 3 noise samples) is several times quicker (docs/benchmarks.md).")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """What a segmentation run produces, shared by the engine and its torch-free client.
 
-The pipeline builds it; the server sends its fields (``server.wire``) and the client rebuilds the
+The pipeline builds it; the server sends its fields (``wire``) and the client rebuilds the
 same class, so code written against a local run works unchanged against a server.
 """
 from __future__ import annotations

@@ -120,13 +120,14 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
                         "strongest slices (default 2; 0: off)")
     g.add_argument("--runtime", choices=RUNTIMES,
                    help="auto: SAM's encoder exported to OpenVINO / ONNX Runtime on a CPU, and the M2IB shortcuts "
-                        "(faster; the same result within the README's tolerances); torch: PyTorch only, fp32 on a CPU")
+                        "(faster; the same result within the tolerances in docs/benchmarks.md); torch: PyTorch only, "
+                        "fp32 on a CPU")
     g.add_argument("--sam-encoder-bf16", action="store_const", const=True,
                    help="on a CPU with AMX: LiteMedSAM's encoder in bfloat16 (2.4x faster encoder; Dice moved "
-                        "by up to 0.7 points, README)")
+                        "by up to 0.7 points, docs/benchmarks.md)")
     g.add_argument("--fp32", dest="bf16", action="store_const", const=False,
                    help="no bfloat16 anywhere (GPUs, and CPUs with AMX, use it by default: faster, maps within "
-                        "the README's tolerances)")
+                        "the tolerances in docs/benchmarks.md)")
     g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
 
 
