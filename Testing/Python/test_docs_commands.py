@@ -86,8 +86,8 @@ def test_a_bad_command_fails_with_its_file_and_line(tmp_path, line, message):
 
 
 def test_the_readme_test_command_is_what_ci_runs_and_ci_builds_the_docs():
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    readme = (ROOT / "README.md").read_text().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     test_line = 'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest -ra'
     assert test_line in readme and test_line in ci
     assert any(line.startswith(".venv/bin/mkdocs build --strict") for line in ci[ci.index(test_line) + 1:])
@@ -99,11 +99,11 @@ def test_the_site_builds_strictly_with_the_generated_cli_reference(tmp_path):
     import sys
 
     mkdocs = Path(sys.executable).with_name("mkdocs")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1", "PYTHONIOENCODING": "utf-8"}
     done = subprocess.run([str(mkdocs), "build", "--strict", "-q", "-d", str(tmp_path / "site")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    reference = (tmp_path / "site" / "cli" / "index.html").read_text()
+    reference = (tmp_path / "site" / "cli" / "index.html").read_text(encoding="utf-8")
     parser_commands = build_parser()._subparsers._group_actions[0].choices
     assert all(f'id="{name}"' in reference for name in parser_commands)  # every subcommand has its section
     assert "--saliency-out" in reference and "--simulate-interactions" in reference

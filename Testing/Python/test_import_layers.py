@@ -14,9 +14,9 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
 def lint_imports(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(cwd)}  # this checkout's package, not an installed copy
+    env = {**os.environ, "PYTHONPATH": str(cwd), "PYTHONIOENCODING": "utf-8"}  # this checkout's package
     return subprocess.run([str(LINT_IMPORTS), "--no-cache", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          encoding="utf-8", errors="replace", timeout=600)
 
 
 def test_every_import_of_the_engine_points_down_its_layers():
