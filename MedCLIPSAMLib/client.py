@@ -31,7 +31,7 @@ from .result import SegmentationResult
 
 FINISHED = ("done", "failed", "cancelled")
 PART_BYTES = 2_000_000
-"""Default part of a stepwise upload: about 20 ms on gigabit Ethernet, 0.1 s at 20 MB/s (README: measured)."""
+"""Default part of a stepwise upload: about 20 ms on gigabit Ethernet, 0.1 s at 20 MB/s (docs/server.md: measured)."""
 DEFLATE_LEVEL = 1
 """zlib's fastest level: 1.6-2.3x smaller int16 volumes at ~50 MB/s; higher levels gain <3 % at 2-5x the time."""
 USEFUL_RATIO = 1.25

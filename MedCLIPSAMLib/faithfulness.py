@@ -8,7 +8,7 @@ the mean similarity to the nulls). A text tower that ignores the text scores 0 (
 embedding); a prompt naming something other than what was found scores below 0.
 
 The score, the null prompts and the threshold were chosen by measurement on the DHN-NCE-trained toy model
-(``Testing/measure/faithfulness_match.py``; figures in the README, "Prompt faithfulness"); the saliency-
+(``Testing/measure/faithfulness_match.py``; figures in docs/faithfulness.md); the saliency-
 difference scores kept below (``SCORES``) were measured first and did not separate right from wrong prompts.
 Numpy only: Slicer's torch-free glue reads the threshold and the warning from here.
 """
@@ -22,10 +22,10 @@ NULL_PROMPTS = ("", "an image", "a car")
 """The empty text, a generic caption and an unrelated object, averaged: on the toy model any single one of
 them lands near one of the learnt concepts (the empty text at cosine 0.995 to "a dark square block"), which
 would score a right prompt naming that concept near 0; their mean leaves every right prompt well above the
-threshold (README)."""
+threshold (docs/faithfulness.md)."""
 UNFAITHFUL_BELOW = 0.01
 """Scores under this are flagged: the result looks no more like the prompt than like the null prompts (a sign,
-so it means the same for any CLIP model's cosine scale). Measured on the toy model (README): a text tower that
+so it means the same for any CLIP model's cosine scale). Measured on the toy model (docs/faithfulness.md): a text tower that
 ignores the text scores 0, right prompts 0.6 to 1.3, wrong-shape prompts below -0.6 (all flagged), gibberish
 within +-0.15 (45 % flagged). A cut at 0.13-0.6 flagged all gibberish there too, but in the toy's cosine units:
 BiomedCLIP's margins are a few hundredths, where such a cut would flag right prompts (not measured here)."""
@@ -78,7 +78,7 @@ def relative_change_score(prompt_maps: np.ndarray, null_maps: np.ndarray, body: 
 
 SCORES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]] = {
     "relative_change": relative_change_score, "correlation": correlation_score, "otsu_overlap": otsu_overlap_score}
-"""The saliency-difference candidates measured first (README: none separated right from wrong prompts); the
+"""The saliency-difference candidates measured first (docs/faithfulness.md: none separated right from wrong prompts); the
 engine uses ``match_score``."""
 
 

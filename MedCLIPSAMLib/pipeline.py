@@ -352,7 +352,7 @@ class Pipeline:
         """Boxes instead of points for LiteMedSAM, which was trained with box prompts only.
 
         Measured with ``evaluate --oracle-saliency`` on the lung X-rays: LiteMedSAM DSC 24.8 % with
-        points, 78.3 % with boxes (README, Results).
+        points, 78.3 % with boxes (docs/results.md).
         """
         mode = self.settings.prompt_mode
         backend = (self._sam_backend.name if self._sam_backend is not None

@@ -8,7 +8,7 @@ keep the image embedding close to the text (cosine) while passing little informa
 Blocks 0..L never see the bottleneck, so their output is computed once per image
 (``prefix_tokens``) and only blocks L+1.. run in the 10 optimisation steps, for many
 images at once. On a CPU with AMX those blocks run from a bfloat16 copy (``bf16_on_amx``): half
-the time, maps correlating with fp32's to 1 - 2e-6 (README, Speed). ``naive_saliency`` is the straightforward formulation (whole network
+the time, maps correlating with fp32's to 1 - 2e-6 (docs/benchmarks.md). ``naive_saliency`` is the straightforward formulation (whole network
 every step, one image at a time), kept as the reference the fast path is tested against.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .models.interrupt import interrupt_of
 
 def _bf16_copy(block: torch.nn.Module) -> torch.nn.Module:
     """A bfloat16 copy of a ViT block, its attention as plain matrix products: in bf16 on AMX they measured
-    13 % faster than the fused kernel's backward (in fp32 the same; README, Speed)."""
+    13 % faster than the fused kernel's backward (in fp32 the same; docs/benchmarks.md)."""
     copied = copy.deepcopy(block).to(torch.bfloat16)
     if hasattr(copied, "attn") and hasattr(copied.attn, "fused_attn"):
         copied.attn.fused_attn = False  # timm's switch between F.scaled_dot_product_attention and the math

@@ -41,7 +41,7 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 
 
 FAST_SALIENCY = {"saliency_stride": 4, "m2ib_samples": 3}
-"""The CPU shortcuts that measured cheap (README, Speed): M2IB on every 4th slice plus the target's
+"""The CPU shortcuts that measured cheap (docs/benchmarks.md): M2IB on every 4th slice plus the target's
 ends, 3 noise samples instead of 10 (10 steps kept: fewer steps measured costly)."""
 
 
@@ -53,7 +53,7 @@ WHOLE_NUMBER_RANGES: dict[str, tuple[int, int]] = {
 """Allowed ranges of the whole-number settings, one rule for the command line (an option error) and the
 server (400): each upper end is several times what a run needs (paper: 10 steps, 10 samples; defaults:
 batch 16 and 1-4), so a request cannot make one M2IB step or SAM batch run for minutes or fill the
-device's memory (a job is cancelled between steps and model layers: server/README)."""
+device's memory (a job is cancelled between steps and model layers: docs/server.md)."""
 MAX_SLICE_INDEX = 99_999
 """Slice ranges beyond any real volume are refused, not clipped."""
 
@@ -127,12 +127,12 @@ class Settings:
     """CT window preset name (CT_WINDOWS); None: robust percentiles."""
     saliency_stride: int = 1
     """CPU shortcut: M2IB on every k-th slice and, found by bisection, where the target starts and ends; maps
-    interpolated in between (1: every slice; measured cost in the README)."""
+    interpolated in between (1: every slice; measured cost in docs/benchmarks.md)."""
     min_body_fraction: float = 0.01
     """Slices where fewer than this fraction of pixels are above 10% intensity (air) are skipped."""
     faithfulness_slices: int = 2
     """Prompt faithfulness check: on this many of each prompt's strongest slices, CLIP compares the crop around the
-    result region with the prompt and with null prompts (faithfulness.py; measured cost in the README); 0: off."""
+    result region with the prompt and with null prompts (faithfulness.py; measured cost in docs/benchmarks.md); 0: off."""
 
     # --- execution ---
     device: str = "auto"
@@ -142,14 +142,14 @@ class Settings:
     ``runtime`` is auto (half the time there; slower on CPUs without AMX, so never used on them)."""
     sam_encoder_bf16: bool = False
     """On a CPU with AMX and OpenVINO, LiteMedSAM's exported encoder in bfloat16: 2.4x faster than its fp32
-    there, but the oracle-saliency Dice moved by up to 0.7 points (lungs; README, Speed), so it is opt-in."""
+    there, but the oracle-saliency Dice moved by up to 0.7 points (lungs; docs/benchmarks.md), so it is opt-in."""
     compile: bool = False
     """torch.compile the M2IB inner network (pays a one-off compile time per shape)."""
     runtime: str = "auto"
     """auto: the fastest exact path: on a CPU, SAM's image encoder in ONNX Runtime (exported at first use,
     checked against PyTorch), M2IB's last block for the class token only, and with ``bf16`` on a CPU with AMX
     M2IB's optimised blocks in bfloat16; torch: plain PyTorch in fp32 as before (the benchmark's baseline).
-    The same result within the README's measured tolerances (Speed)."""
+    The same result within the measured tolerances of docs/benchmarks.md."""
     clip_batch_size: int = 16
     sam_batch_size: int | None = None
     """Slices per SAM encoder call; None: 1 on a CPU, where batches measured slower per slice

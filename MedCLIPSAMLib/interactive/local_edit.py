@@ -6,7 +6,7 @@ prompt is decoded once more and its logits read as SAM's ranking of how much eac
 positive click adds the pixels connected to it that SAM ranks at least as high as the click (less
 ``delta``), a negative click removes those it ranks as low (plus ``delta``), both only within
 ``reach`` times the click's distance to the mask's border (plus ``pad`` px). Nothing outside that disc
-changes. Measured on the dev set (README, Correct a result).
+changes. Measured on the dev set (docs/correction.md).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ slice's mask, grown by a margin, until a stop rule says the target has ended.
 
 On thick slices the stop rule is what decides the result: a box-prompted SAM finds *something* in
 every box, so without a rule a 7-slice tumour grows into 20 slices. The defaults are measured on
-the dev set's brain1 volume (README, Correct a result).
+the dev set's brain1 volume (docs/correction.md).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class StopRule:
     min_contrast: float = 0.3
     """The mask no longer stands out: the mean intensity inside it minus that of a ring around it fell under this
     fraction of the same contrast on the start slice (0: never). On brain1 the tumour keeps 0.4-1.2 of the start
-    slice's contrast, the slices past it 0.0-0.1 (README, Correct a result)."""
+    slice's contrast, the slices past it 0.0-0.1 (docs/correction.md)."""
     ring_px: int = 3
     """Width of the ring the contrast compares the mask with."""
     min_start_contrast: float = 5.0

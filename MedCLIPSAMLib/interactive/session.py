@@ -35,7 +35,7 @@ CLICK_MODES = ("points", "box_edit")
 the click in, a negative one pulls the nearest side in past it) and only the box is given (LiteMedSAM saw only
 boxes in training). In box_edit mode a single click on a slice with a mask is first tried as a local edit
 (local_edit.py: only pixels near the click change); the box edit answers the clicks where SAM sees only
-background. Measured per backend in README, Correct a result."""
+background. Measured per backend in docs/correction.md."""
 DEFAULT_CLICK_MODE = {"litemedsam": "box_edit"}
 CLICK_BOX_FRACTION = 0.1
 """A click on an empty slice with no mask near it starts from a box of this fraction of the slice's longer side."""

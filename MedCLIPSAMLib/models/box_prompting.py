@@ -2,7 +2,7 @@
 and splitting a box that holds two separate targets.
 
 Kept apart from the backends (``sam.py``) because these are method choices, each measured on oracle
-boxes (README, Results) and the same for LiteMedSAM and the SAM ViT models.
+boxes (docs/results.md) and the same for LiteMedSAM and the SAM ViT models.
 """
 from __future__ import annotations
 

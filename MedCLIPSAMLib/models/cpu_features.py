@@ -1,6 +1,6 @@
 """Does this CPU run bfloat16 matrix products natively (Intel AMX)?
 
-Measured here (README, Speed): M2IB's optimisation in bf16 takes half the CPU time of fp32 on a
+Measured here (docs/benchmarks.md): M2IB's optimisation in bf16 takes half the CPU time of fp32 on a
 CPU with AMX, 1.4x *more* with AVX512-BF16 alone (no AMX) and 30x more on an AVX2-only CPU, where
 oneDNN emulates bf16. So bf16 on a CPU is used only where AMX is present, and never elsewhere.
 """

@@ -2,7 +2,7 @@
 
 On this 2-core CPU the exported encoder runs about 2x faster than PyTorch in ONNX Runtime (its many
 small window-attention ops cost PyTorch more in overhead than in arithmetic) and faster again in
-OpenVINO, which runs the same file (``openvino_runtime``; README, Speed). Each encoder is exported
+OpenVINO, which runs the same file (``openvino_runtime``; docs/benchmarks.md). Each encoder is exported
 at first use into the model cache (``onnx_cache``: atomic writes, a damaged file rebuilt) and checked
 against PyTorch on an example input before it is used: the largest difference must stay within
 ``RTOL`` of the largest output value (``BF16_RTOL`` for OpenVINO's bfloat16 on a CPU with AMX).
@@ -34,7 +34,7 @@ RTOL = 1e-4
 (measured: LiteMedSAM encoder 1e-6 in ONNX Runtime, 6e-6 in OpenVINO)."""
 BF16_RTOL = 0.1
 """The same in bfloat16 (OpenVINO on a CPU with AMX, opt-in: ``sam_encoder_bf16``; measured: LiteMedSAM
-encoder 0.056, oracle-saliency Dice within 0.7 points of fp32 on the dev set, README)."""
+encoder 0.056, oracle-saliency Dice within 0.7 points of fp32 on the dev set, docs/benchmarks.md)."""
 Notify = Callable[[str], None]
 """Receives one line for the user (an export started, a broken one rebuilt, a fallback to PyTorch)."""
 Progress = Callable[[str, int, int], None]
@@ -52,7 +52,7 @@ class OrtModule:
     """An exported module run by ONNX Runtime, called like the PyTorch module it replaces (tensor in and out).
 
     Exports take one image (TinyViT's code fixes the batch size when traced), so a batch runs image by
-    image: on a CPU that is as fast per image (LiteMedSAM's encoder measured faster singly, README).
+    image: on a CPU that is as fast per image (LiteMedSAM's encoder measured faster singly, docs/benchmarks.md).
     """
 
     def __init__(self, model: bytes | str, threads: int | None = None):
@@ -111,7 +111,7 @@ CpuRuntime = "OrtModule | OpenVinoModule"
 
 
 def load_runtime(model: bytes | str, precision: str = F32) -> CpuRuntime:
-    """OpenVINO when installed and it loads the model (faster on the same file; README, Speed), else ONNX
+    """OpenVINO when installed and it loads the model (faster on the same file; docs/benchmarks.md), else ONNX
     Runtime (fp32 only)."""
     if openvino_available():
         try:

@@ -1,6 +1,6 @@
 """An exported encoder run by OpenVINO on a CPU: faster than ONNX Runtime on the same ONNX file.
 
-Measured on this 2-core Xeon (README, Speed), LiteMedSAM's image encoder per image (CPU seconds, one
+Measured on this 2-core Xeon (docs/benchmarks.md), LiteMedSAM's image encoder per image (CPU seconds, one
 thread): ONNX Runtime 1.15, OpenVINO fp32 0.85 (same output to 3e-6), OpenVINO bf16 0.35 on a CPU
 with AMX. OpenVINO reads the ONNX file that ``onnx_runtime`` exports and caches and compiles it in
 about a second per process (its own compiled-model cache is not used: with it, a bf16 model compiled

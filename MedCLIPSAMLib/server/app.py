@@ -55,7 +55,7 @@ log = logging.getLogger("medclipsam.server")
 
 @dataclass
 class Limits:
-    """What one server holds at most; ``medclipsam serve`` options set them (README, On a GPU server)."""
+    """What one server holds at most; ``medclipsam serve`` options set them (docs/server.md)."""
 
     max_upload_bytes: int = 2_000_000_000
     """One volume's upload (``--max-upload-mb``), also its size once the .npz is unpacked."""
