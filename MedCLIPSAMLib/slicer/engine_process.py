@@ -11,9 +11,7 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +20,7 @@ from ..client import EngineClient
 from ..errors import MedCLIPSAMError
 from ..server.wire import READY_LINE, TOKEN_ENV
 from ..server.startup import last_loading
+from .process_tree import TreeStopper, group_popen_options
 
 ENGINE_PARENT = Path(__file__).resolve().parents[2]
 """The folder holding the MedCLIPSAMLib package, put on the child's PYTHONPATH."""
@@ -49,13 +48,11 @@ class LocalEngine:
         env["PYTHONUNBUFFERED"] = "1"
         command = [self.python, "-m", "MedCLIPSAMLib.server", "--host", "127.0.0.1", "--port", "0",
                    "--parent-pid", str(os.getpid()), *self.args]
-        windows = sys.platform == "win32"
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if windows else 0
         with open(self.log_path, "wb") as log:
             # Own process group: Slicer's PythonSlicer is a launcher that does not pass signals on to the Python
-            # it starts, so stopping means stopping the whole group (taskkill /T on Windows).
+            # it starts, so stopping means stopping the whole group (taskkill /T on Windows); no console window.
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, creationflags=flags, start_new_session=not windows)
+                                            env=env, **group_popen_options())
 
     def ready(self) -> bool:
         """True once the server accepts connections (it printed its address)."""
@@ -103,25 +100,10 @@ class LocalEngine:
 
     @staticmethod
     def _kill_tree(process: subprocess.Popen, wait: float) -> None:
-        if sys.platform == "win32":
-            if process.poll() is None:
-                subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True)
-            return
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)  # the group outlives a launcher that already exited
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                process.poll()  # reap the launcher
-                try:
-                    os.killpg(process.pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.1)
+        """SIGTERM to the whole group, SIGKILL after ``wait`` s, at most ``2 * wait`` s in all."""
+        stopper = TreeStopper(process, grace=wait)
+        stopper.begin()
+        stopper.wait(2 * wait)
 
     def _log(self) -> str:
         try:
