@@ -18,7 +18,16 @@ import vtk
 from ..errors import InputError
 from ..review import actions
 from ..review.queue import QueueItem, ReviewDataset, open_dataset, upcoming
-from .mrml import _image_data, apply_result, remove_node, segment_to_array
+from .mrml import _image_data, _slicer, apply_result, labelmap_stamp, remove_node, segment_digest, segment_to_array
+
+SEGMENT_EDITOR_SINGLETON = "SegmentEditor"
+"""The Segment Editor module's own editor node (SegmentEditor.py, Slicer 5.10.0 and main: ``GetSingletonNode``)."""
+ACCEPT, DISCARD, CANCEL = "accept", "discard", "cancel"
+"""The answers to "this case has edits that are not accepted" (``leave_edited_case``)."""
+
+
+class UnsavedEditsError(InputError):
+    """Leaving a case whose label was edited but not accepted would lose the edit."""
 
 NO_SALIENCY_NOTE = ("No overlay: 'medclipsam label' keeps no saliency maps; open the dataset with the "
                     "'nnunet-predict' folder to see nnU-Net's entropy map.")
@@ -85,6 +94,9 @@ class LoadedCase:
     center_ras: tuple[float, float, float]
     note: str = ""
     node_ids: list[str] = field(default_factory=list)
+    saved: tuple[int, str] = (0, "")
+    """(labelmap stamp, segment digest) of the label as last loaded or accepted: what ``has_unsaved_edits``
+    compares with."""
 
 
 class ReviewSession:
@@ -103,15 +115,18 @@ class ReviewSession:
     def queue(self) -> list[QueueItem]:
         return self.dataset.queue()
 
-    def next_case(self) -> LoadedCase | None:
+    def next_case(self, discard_edits: bool = False) -> LoadedCase | None:
         """Load the next case still to review after the current one (None: all are reviewed).
 
         A case that cannot be loaded (its image is gone) is passed over and named in the loaded case's note,
-        so one broken case never blocks the queue; it stays listed, to exclude or fix."""
+        so one broken case never blocks the queue; it stays listed, to exclude or fix. Raises
+        ``UnsavedEditsError`` (nothing changes) while the current case has edits that are not accepted, unless
+        ``discard_edits``."""
+        self.check_leaving(discard_edits)
         problems = []
         for item in upcoming(self.queue(), self.current.case if self.current else None, self.order):
             try:
-                loaded = self.load(item.case)
+                loaded = self.load(item.case, discard_edits=True)
             except InputError as exc:
                 problems.append(str(exc).splitlines()[0])
                 continue
@@ -121,8 +136,12 @@ class ReviewSession:
             raise InputError(problems[0])
         return None
 
-    def load(self, case: str) -> LoadedCase:
-        """Replace the case on screen by ``case``; the scene gains nodes only for this one case."""
+    def load(self, case: str, discard_edits: bool = False) -> LoadedCase:
+        """Replace the case on screen by ``case``; the scene gains nodes only for this one case.
+
+        Raises ``UnsavedEditsError`` (nothing changes) while the current case has edits that are not accepted,
+        unless ``discard_edits``."""
+        self.check_leaving(discard_edits)
         data = self.dataset
         reference = actions.read_case_image(data.image_path(case))
         self.unload()
@@ -151,7 +170,41 @@ class ReviewSession:
         overlay_id = record.created_node_ids[0] if record.created_node_ids else None
         self.current = LoadedCase(case, volume.GetID(), record.segmentation_node_id, record.segment_ids[0],
                                   overlay_id, target_center(volume, mask, overlay), note, created)
+        self.current.saved = self._label_state() or (0, "")
         return self.current
+
+    def _label_state(self) -> tuple[int, str] | None:
+        """(stamp, digest) of the current case's segment as it is now (None: its node or segment is gone)."""
+        loaded = self.current
+        node = self.scene.GetNodeByID(loaded.segmentation_node_id) if loaded is not None else None
+        if node is None or node.GetSegmentation().GetSegment(loaded.segment_id) is None:
+            return None
+        return labelmap_stamp(node.GetSegmentation(), loaded.segment_id), segment_digest(node, loaded.segment_id)
+
+    def has_unsaved_edits(self) -> bool:
+        """Whether the current case's label was edited (Segment Editor, a correction) since it was loaded or
+        accepted. The cheap labelmap stamp is read first; only when it moved is the segment's digest compared (an
+        edit of another segment of the same layer moves the stamp but leaves this segment as it was)."""
+        loaded = self.current
+        if loaded is None:
+            return False
+        node = self.scene.GetNodeByID(loaded.segmentation_node_id)
+        if node is None or node.GetSegmentation().GetSegment(loaded.segment_id) is None:
+            return False  # removed by the user: nothing left to keep (Accept would refuse it)
+        stamp = labelmap_stamp(node.GetSegmentation(), loaded.segment_id)
+        if stamp == loaded.saved[0]:
+            return False
+        digest = segment_digest(node, loaded.segment_id)
+        if digest != loaded.saved[1]:
+            return True
+        loaded.saved = (stamp, digest)
+        return False
+
+    def check_leaving(self, discard_edits: bool = False) -> None:
+        """Refuse to leave a case with edits that are not accepted (``UnsavedEditsError``), unless discarding."""
+        if not discard_edits and self.has_unsaved_edits():
+            raise UnsavedEditsError(f"Case '{self.current.case}' has edits that were not accepted: Accept them, or "
+                                    "discard them, before opening another case.")
 
     def _entropy(self, case: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
         if self.dataset.predictions is None:
@@ -197,7 +250,11 @@ class ReviewSession:
 
     def accept(self) -> dict:
         loaded = self._loaded()
-        return actions.accept_case(self.dataset, loaded.case, self.edited_label())
+        state = self._label_state()
+        entry = actions.accept_case(self.dataset, loaded.case, self.edited_label())
+        if state is not None:
+            loaded.saved = state  # what is on screen is what the dataset holds now
+        return entry
 
     def exclude(self, case: str | None = None) -> dict:
         return actions.exclude_case(self.dataset, case or self._loaded().case)
@@ -217,11 +274,35 @@ def _remove_id(scene, node_id: str) -> None:
         remove_node(scene, node)
 
 
+def leave_edited_case(session: ReviewSession, answer: str) -> bool:
+    """Apply the user's answer to "this case has edits that are not accepted": ``ACCEPT`` writes them (raises
+    as ``accept`` does, and then the case stays), ``DISCARD`` lets them go, ``CANCEL`` stays. True: go on."""
+    if answer == ACCEPT:
+        session.accept()
+        return True
+    return answer == DISCARD
+
+
+def segment_editor_node(scene):
+    """The Segment Editor module's node, made with its singleton tag when the module has not made it yet (the
+    module then takes it up: SegmentEditor.py looks it up with ``GetSingletonNode`` first)."""
+    editor = scene.GetSingletonNode(SEGMENT_EDITOR_SINGLETON, "vtkMRMLSegmentEditorNode")
+    if editor is None:
+        node_class = getattr(_slicer(), "vtkMRMLSegmentEditorNode", None)
+        if node_class is None:  # the Segmentations module is not loaded: nothing to set up
+            return None
+        editor = node_class()
+        editor.SetSingletonTag(SEGMENT_EDITOR_SINGLETON)
+        editor = scene.AddNode(editor)
+    return editor
+
+
 def show_case(scene, loaded: LoadedCase, overlay_opacity: float = 0.4) -> None:
     """Image in the background, the overlay (or none) in the foreground, every slice view centred on the target,
-    and the Segment Editor set to edit the case's segment."""
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode")):
-        editor = scene.GetNthNodeByClass(index, "vtkMRMLSegmentEditorNode")
+    and the Segment Editor module set to edit the case's segment (its own node only: other modules' embedded
+    editors keep what they edit)."""
+    editor = segment_editor_node(scene)
+    if editor is not None:
         editor.SetAndObserveSegmentationNode(scene.GetNodeByID(loaded.segmentation_node_id))
         editor.SetAndObserveSourceVolumeNode(scene.GetNodeByID(loaded.volume_node_id))
         editor.SetSelectedSegmentID(loaded.segment_id)
