@@ -89,6 +89,21 @@ def roi_prompt(volume_node, axis: int, roi_node) -> tuple[int, tuple[int, int, i
     return int(round(center[axis])), box
 
 
+def show_segmentation(segmentation_node) -> None:
+    """Give the segmentation its display nodes when it has none: one made with a node selector's "Create new
+    Segmentation" has none (``qMRMLNodeComboBox::addNode`` only creates the node), and a correction written into
+    it would show in no view. A Segment run gets them from ``ImportLabelmapToSegmentationNode``."""
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+
+
+def prepare_target(segmentation_node, name: str = "correction") -> None:
+    """The segmentation a correction starts on: shown in the views, with an (empty) segment when it has none."""
+    show_segmentation(segmentation_node)
+    if segmentation_node.GetSegmentation().GetNumberOfSegments() == 0:
+        segmentation_node.GetSegmentation().AddEmptySegment("", name)
+
+
 @dataclass
 class SliceEdit:
     """One applied interaction: the slices it rewrote, before and after (one undo step)."""
@@ -123,9 +138,13 @@ class Correction:
     _upload: Upload | None = None
     _written: tuple[int, str] = (0, "")
     """(labelmap stamp, segment digest) after this correction last wrote the segment (or read it at the start)."""
+    before_write: Callable[[], None] | None = None
+    """Called right before each write of the segment (the panel saves a Segment Editor undo state there:
+    ``editor_undo``), so the editor's Ctrl+Z takes back that write alone."""
 
     def __post_init__(self) -> None:
         """Read the segment now (main thread); the volume is packed, uploaded and the session opened by ``step``."""
+        show_segmentation(self.segmentation_node)
         problem = grid_problem(self.segmentation_node, self.segment_id, self.volume_node)
         if problem:
             raise MedCLIPSAMError(problem)
@@ -175,6 +194,7 @@ class Correction:
             raise MedCLIPSAMError("The segment was edited outside the correction since its last change, so Undo "
                                   "correction would lose that edit; use the Segment Editor's Undo instead.")
         edit = self.edits.pop()
+        self._before_write()
         write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, edit.slices_before)
         self._remember_segment()
         self._request(UNDOING, "undo")
@@ -300,11 +320,16 @@ class Correction:
                 return
             before = read_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis,
                                  answer.slices)
+            self._before_write()
             write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, answer.slices)
             self._remember_segment()
             self.edits.append(SliceEdit(before, answer.slices))
         self.message = answer.message or f"{len(answer.slices)} slice(s) changed"
         self._answer, self.state, self.error = None, IDLE, ""
+
+    def _before_write(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
 
     def _send(self, action: str, body: dict[str, Any]) -> None:
         if self.busy:

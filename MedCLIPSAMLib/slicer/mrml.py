@@ -337,6 +337,18 @@ def overlay_for(scene, reference, kind: str):
     return None
 
 
+def default_input_volume(scene):
+    """The volume the panel preselects as input: the first scalar volume that is an image to segment, not a
+    labelmap (a ``vtkMRMLScalarVolumeNode`` subclass, so ``GetFirstNodeByClass`` returns it too), not one of this
+    module's saliency or uncertainty overlays, and not a node hidden from editors (None: no such volume)."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(OVERLAY_ATTRIBUTE) or node.GetHideFromEditors():
+            continue
+        return node
+    return None
+
+
 def saliency_as_uint8(values: np.ndarray) -> np.ndarray:
     """Saliency in [0, 1] (or already 0..255 as uint8) as uint8: a quarter of float32's memory in the scene."""
     if values.dtype == np.uint8:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import vtk
@@ -145,8 +145,11 @@ class SegmentRun:
     def __init__(self, engine, scene, volume_node, prompts: Sequence[Any], settings: dict[str, Any] | None = None,
                  segmentation_node=None, show_saliency: bool = True, presets: bool = True,
                  replace_segments: bool = False, timeout: float = 10.0, part_bytes: int | None = None,
-                 compress: bool | None = None):
+                 compress: bool | None = None, before_write: Callable[[], None] | None = None):
         self.engine, self.scene = engine, scene
+        self.before_write = before_write
+        """Called once right before the result is written into an existing segmentation (the panel saves a Segment
+        Editor undo state there, ``editor_undo``)."""
         self.volume_node, self.segmentation_node = volume_node, segmentation_node
         self.prompts, self.settings, self.presets = list(prompts), dict(settings or {}), presets
         self.show_saliency, self.replace_segments, self.timeout = show_saliency, replace_segments, timeout
@@ -330,6 +333,8 @@ class SegmentRun:
     def _apply_part(self) -> None:
         """One part of the scene work, only while the nodes the run was started for are still there."""
         self._check_nodes()
+        if self._applied == 0 and self.segmentation_node is not None and self.before_write is not None:
+            self.before_write()
         finished = self.applier.step()
         self._applied += 1
         self.progress = Progress("Adding the segments", self._applied, self.applier.steps)
