@@ -57,8 +57,8 @@ SCOPES = ["Whole volume", "Current slice", "Slice range"]
 POLL_MS = 250
 CORRECT_TICK_MS = 50
 CORRECT_TIMEOUT_S = 30.0
-"""How long a correction's engine may stay silent before the correction fails (its session calls wait at most
-0.25 s each and ask again next tick, MedCLIPSAMLib.session_call)."""
+"""How long a correction's engine may stay silent before the correction fails; each request waits at most 0.5 s
+(MedCLIPSAMLib.slicer.patience) and its session calls 0.25 s, asked again on the next tick."""
 """Corrections answer in ~0.1-0.2 s: the panel's timer steps the correction this often; each step is one short
 request (the engine holds it at most 0.1 s, slicer/correct.py), no thread."""
 UPLOAD_TICK_MS = 10
@@ -549,7 +549,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         backend = None if p.samModel == "auto" else p.samModel
         partBytes = REMOTE_PART_BYTES if isinstance(engine, RemoteEngine) else PART_BYTES  # one part per tick
-        self._correction = Correction(EngineClient(engine.url, engine.token, timeout=CORRECT_TIMEOUT_S),
+        from MedCLIPSAMLib.slicer.patience import REQUEST_TIMEOUT_S
+
+        client = EngineClient(engine.url, engine.token, timeout=REQUEST_TIMEOUT_S, patience=CORRECT_TIMEOUT_S)
+        self._correction = Correction(client,
                                       slicer.mrmlScene, p.inputVolume, segmentationNode, segmentId, axis=axis,
                                       text_run_busy=self.logic.isRunning, sam_backend=backend, part_bytes=partBytes,
                                       before_write=self._beforeWrite(segmentationNode))

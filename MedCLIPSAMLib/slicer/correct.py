@@ -33,6 +33,7 @@ from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload
 from ..errors import MedCLIPSAMError
 from ..interactive.answer import Answer, encode_mask
 from ..session_call import CLOSE_TIMEOUT_S, POLL_TIMEOUT_S, SessionCall
+from .patience import Patience
 from .mrml import labelmap_stamp, segment_digest, spacing_kji, volume_view
 from .run import begin_upload, next_packed, packing_steps
 from .segment_slices import grid_problem, read_slices, segment_array, write_slices
@@ -133,6 +134,7 @@ class Correction:
     longest_step_s: float = 0.0
     """The longest ``step()`` so far, in seconds (what a harness checks against the GUI budget)."""
     _call: SessionCall | None = None
+    _patience: Patience | None = None
     _answer: Answer | None = None
     _sending: PartUpload | None = None
     _upload: Upload | None = None
@@ -258,7 +260,8 @@ class Correction:
         if self.state == PACKING:
             self._pack()
         elif self.state == UPLOADING:
-            self._sending.send_next()
+            if not self._patiently(self._sending.send_next):
+                return
             if self._sending.finished:
                 self._open()
         elif self.state == OPENING:
@@ -277,13 +280,32 @@ class Correction:
             if self._call.poll():
                 self._call, self.state = None, IDLE
 
+    def _patiently(self, request) -> bool:
+        """A retry-safe request (upload start, one part): False when the engine did not answer within the client's
+        timeout (asked again on the next tick, until the client's patience is over: ``patience.Patience``)."""
+        if self._patience is None:
+            self._patience = Patience(getattr(self.client, "patience", self.client.timeout))
+        try:
+            request()
+        except EngineError as exc:
+            self._patience.retry_or_raise(exc)
+            self.message = "Waiting for the engine to answer"
+            return False
+        self._patience.answered()
+        return True
+
     def _pack(self) -> None:
         """The upload bytes, one 16 MB chunk per step; then the upload begins (nothing sent if the engine has it)."""
-        upload = next_packed(self._packing)
-        if upload is None:
+        if self._upload is None:
+            upload = next_packed(self._packing)
+            if upload is None:
+                return
+            self._packing, self._upload = None, upload
+        started = []
+        if not self._patiently(lambda: started.append(begin_upload(self.client, self._upload, self.part_bytes,
+                                                                   POLL_TIMEOUT_S))):
             return
-        self._packing, self._upload = None, upload
-        self._sending = begin_upload(self.client, upload, self.part_bytes, POLL_TIMEOUT_S)
+        self._sending = started[0]
         if self._sending is None:
             self._open()
         else:
