@@ -136,6 +136,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pendingInteractions = None  # MedCLIPSAMLib.slicer.correct_markups.PendingInteractions, made on first use
         self._resumeAfterInstall = None  # MedCLIPSAMLib.slicer.waiting.Resume: the action that asked for the install
         self._engineWait = None  # MedCLIPSAMLib.slicer.waiting.EngineWait: a correction waiting for the engine
+        self._fileJob = self._fileJobTimer = None  # MedCLIPSAMLib.slicer.file_jobs.FileJob: Accept / training set
+        self._fileJobDone = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -181,6 +183,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._engineTimer = qt.QTimer(uiWidget)
         self._engineTimer.setInterval(POLL_MS)
         self._engineTimer.connect("timeout()", self._onEngineTick)
+        self._fileJobTimer = qt.QTimer(uiWidget)
+        self._fileJobTimer.setInterval(POLL_MS)
+        self._fileJobTimer.connect("timeout()", self._onFileJobTick)
         self._followSliceViews()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -196,6 +201,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  lambda: self._engineTimer.stop() if self._engineTimer is not None else None,
                  lambda: self._install.cancel() if self._install is not None else None,  # waits <= 2 s: exit
                  lambda: self._lastSliceView.stop() if self._lastSliceView is not None else None,
+                 lambda: self._fileJobTimer.stop() if self._fileJobTimer is not None else None,
+                 lambda: self._fileJob.cancel() if self._fileJob is not None else None,
                  self.onCorrectDone,
                  lambda: self.logic.shutdown() if self.logic is not None else None,
                  lambda: self.setParameterNode(None), self.removeObservers]
@@ -702,12 +709,40 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
             slicer.util.errorDisplay(_("'{name}' has no segment to export.").format(name=segmentationNode.GetName()))
             return
+        if self._fileJob is not None:
+            self.ui.statusLabel.text = _("Still writing the previous case; wait a moment.")
+            return
         segmentId = self._selectedSegmentId(segmentationNode)
-        try:
-            imagePath, _labelPath = self.logic.addToTrainingSet(p, segmentationNode, segmentId)
-            self.ui.statusLabel.text = _("Added {name} to the training set.").format(name=imagePath.name)
+        try:  # the segment is exported here; the compressed files are written by a child process
+            job = self.logic.startAddToTrainingSet(p, segmentationNode, segmentId)
         except Exception as exc:
             slicer.util.errorDisplay(str(exc))
+            return
+        self.ui.statusLabel.text = _("Writing the case into the training set...")
+        self._startFileJob(job, lambda paths: setattr(self.ui.statusLabel, "text", _(
+            "Added {name} to the training set.").format(name=Path(paths["image"]).name)))
+
+    def _startFileJob(self, job, done) -> None:
+        """Follow a child process's file work (Accept, Add to training set) from the timer; ``done(result)``."""
+        self._fileJob, self._fileJobDone = job, done
+        self._fileJobTimer.start()
+
+    def _onFileJobTick(self) -> None:
+        job = self._fileJob
+        if job is None or not job.poll():
+            if job is None:
+                self._fileJobTimer.stop()
+            return
+        self._fileJobTimer.stop()
+        done, self._fileJob, self._fileJobDone = self._fileJobDone, None, None
+        try:
+            if job.error:
+                slicer.util.errorDisplay(job.error)
+            elif done is not None:
+                done(job.result)
+        finally:
+            self._refreshReviewQueue()
+            self._checkCanApply()
 
     @staticmethod
     def _selectedSegmentId(segmentationNode) -> str:
@@ -805,6 +840,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedCLIPSAMLib.slicer.review import ACCEPT, CANCEL, DISCARD, leave_edited_case
 
         review = self.logic.review
+        if self._fileJob is not None:  # an Accept is being written: its case counts as saved once it is done
+            self.ui.reviewStatusLabel.text = _("Still writing the accepted case; wait a moment.")
+            return False
         if review is None or not review.has_unsaved_edits():
             return True
         box = qt.QMessageBox(slicer.util.mainWindow())
@@ -838,13 +876,23 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._review(lambda: self._showReviewCase(self.logic.review.load(case, discard_edits=True)))
 
     def onAcceptCase(self) -> None:
-        def accept():
-            entry = self.logic.review.accept()
-            return _("Accepted {case}: DSC {dsc:.3f} against the pseudo-label, {changed} voxels changed. Next case "
-                     "when ready.").format(case=self.logic.review.current.case, dsc=entry["dsc"],
-                                           changed=entry["changed_voxels"])
+        """Export the edited segment (here), write it into the dataset in a child process (no frozen window)."""
+        if self._fileJob is not None:
+            self.ui.reviewStatusLabel.text = _("Still writing the previous case; wait a moment.")
+            return
+        review = self.logic.review
+        case = review.current.case if review is not None and review.current is not None else ""
 
-        self._review(accept)
+        def accepted(entry) -> None:
+            self.ui.reviewStatusLabel.text = _(
+                "Accepted {case}: DSC {dsc:.3f} against the pseudo-label, {changed} voxels changed. Next case when "
+                "ready.").format(case=case, dsc=entry["dsc"], changed=entry["changed_voxels"])
+
+        def start():
+            self._startFileJob(self.logic.startAccept(), accepted)
+            return _("Writing {case} into the dataset...").format(case=case)
+
+        self._review(start)
 
     def _reviewTarget(self):
         """The case selected in the list, else the loaded one (None: neither)."""
@@ -1169,6 +1217,24 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         caseId = next_case_id(folder, p.datasetName)
         return add_to_training_set(p.inputVolume, segmentationNode, segmentId, folder, caseId, segment.GetName(),
                                    modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
+
+    def startAccept(self):
+        """Accept the review's current case; the file work runs in a child process (``file_jobs.FileJob``)."""
+        from MedCLIPSAMLib.slicer.file_jobs import start_accept
+
+        return start_accept(self.review, self.pythonExecutable())
+
+    def startAddToTrainingSet(self, p, segmentationNode, segmentId):
+        """``addToTrainingSet`` with the compressed writing in a child process (``file_jobs.FileJob``)."""
+        from MedCLIPSAMLib.slicer.file_jobs import start_add_to_training_set
+        from MedCLIPSAMLib.slicer.panel import path_or_none
+        from MedCLIPSAMLib.weak.export import dataset_dir, next_case_id
+
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        folder = dataset_dir(Path(path_or_none(p.nnunetRawFolder)), p.datasetId, p.datasetName)
+        return start_add_to_training_set(self.pythonExecutable(), p.inputVolume, segmentationNode, segmentId, folder,
+                                         next_case_id(folder, p.datasetName), segment.GetName(),
+                                         modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
 
     def loadPrediction(self, p, beforeWrite=None):
         from MedCLIPSAMLib.slicer.mrml import load_prediction

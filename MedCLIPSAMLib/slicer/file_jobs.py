@@ -1,0 +1,122 @@
+"""Accept (review) and Add to training set without freezing Slicer: the file work runs in a child process.
+
+On a CT, reading the case image back, comparing with the pseudo-label and writing compressed NIfTI files
+took seconds, all on Slicer's main thread. Here the main thread only exports the segment and writes it
+(and, for the training set, the image) as uncompressed ``.npy`` arrays; ``file_worker`` does the rest in
+a child process in its own process group, and ``FileJob.poll()`` (called by the panel's timer) never
+blocks. Cancel stops the child (what it wrote is written atomically, or not at all).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import MedCLIPSAMError
+from .process_tree import TreeStopper, group_popen_options
+
+ENGINE_PARENT = Path(__file__).resolve().parents[2]
+
+
+class FileJob:
+    """One ``file_worker`` task in a child process; ``poll()`` is True once it ended (``result`` or ``error``)."""
+
+    def __init__(self, python: str, kind: str, task: dict[str, Any], arrays: dict[str, np.ndarray],
+                 on_done: Callable[[dict[str, Any]], Any] | None = None):
+        self.kind, self.on_done = kind, on_done
+        self.folder = Path(tempfile.mkdtemp(prefix=f"medclipsam-{kind}-"))
+        self.result: Any = None
+        self.error = ""
+        self.finished = False
+        task = dict(task, kind=kind)
+        for name, array in arrays.items():
+            path = self.folder / f"{name}.npy"
+            np.save(path, np.ascontiguousarray(array))
+            task[name] = str(path)
+        self.task_path = self.folder / "task.json"
+        self.task_path.write_text(json.dumps(task, default=str))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_PARENT), env.get("PYTHONPATH", "")) if p)
+        self.log_path = self.folder / "worker.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([python, "-m", "MedCLIPSAMLib.slicer.file_worker", str(self.task_path)],
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                            **group_popen_options())
+
+    def poll(self) -> bool:
+        if self.finished:
+            return True
+        if self.process.poll() is None:
+            return False
+        result_path = self.task_path.with_name(self.task_path.name + ".result")
+        try:
+            answer = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] if self.log_path.exists() else []
+            answer = {"error": f"The {self.kind} step stopped (exit code {self.process.returncode})"
+                               + (f": {tail[0]}" if tail else ".")}
+        self.result, self.error = answer.get("ok"), answer.get("error", "")
+        self.finished = True
+        self._cleanup()
+        if self.on_done is not None and not self.error:
+            self.on_done(self.result)
+        return True
+
+    def wait(self, timeout: float = 300.0, interval: float = 0.02) -> Any:
+        """Poll until it ended (scripts and tests; the panel's timer calls ``poll``); the result, or raises."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not self.poll():
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise MedCLIPSAMError(f"The {self.kind} step did not end within {timeout:.0f} s.")
+            time.sleep(interval)
+        if self.error:
+            raise MedCLIPSAMError(self.error)
+        return self.result
+
+    def cancel(self) -> None:
+        if not self.finished:
+            TreeStopper(self.process, 0.5).begin()
+            self.finished, self.error = True, "Cancelled."
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_accept(session, python: str) -> FileJob:
+    """Accept the review session's current case in a child process: the edited segment is exported here (main
+    thread, the one MRML step), the rest runs there; when it is done the session counts the label as saved."""
+    loaded = session._loaded()
+    state = session._label_state()
+    label = session.edited_label()
+    data = session.dataset
+
+    def done(entry: dict[str, Any]) -> None:
+        if state is not None and session.current is loaded:
+            loaded.saved = state
+
+    return FileJob(python, "accept", {"dataset": str(data.folder), "case": loaded.case,
+                                      "predictions": str(data.predictions) if data.predictions else None},
+                   {"label": label}, done)
+
+
+def start_add_to_training_set(python: str, volume_node, segmentation_node, segment_id: str, dataset_folder,
+                              case_id: str, label_name: str, modality: str = "MRI", overwrite: bool = False
+                              ) -> FileJob:
+    """``mrml.add_to_training_set`` with the compressed writing in a child process; ``result``: the two paths."""
+    from .mrml import lps_geometry, segment_to_array, volume_view
+
+    return FileJob(python, "add_case", {"folder": str(dataset_folder), "case_id": case_id, "label_name": label_name,
+                                        "modality": modality, "overwrite": overwrite,
+                                        "geometry": lps_geometry(volume_node)},
+                   {"image": volume_view(volume_node),
+                    "label": segment_to_array(segmentation_node, segment_id, volume_node)})

@@ -1,0 +1,64 @@
+"""The file work of Accept (review) and Add to training set, run in a child process (``file_jobs``).
+
+``python -m MedCLIPSAMLib.slicer.file_worker TASK.json`` reads the task, does the reading, comparing and
+compressed writing that took seconds on a CT when Slicer's main thread did it, and writes
+``TASK.json.result`` ({"ok": ...} or {"error": one line}). Arrays come as uncompressed ``.npy`` files the
+main thread wrote in a fraction of that time. Standard library, numpy and SimpleITK only (no MRML, no torch).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def accept(task: dict[str, Any]) -> dict[str, Any]:
+    """``review.actions.accept_case`` for the dataset, the case and the label array."""
+    from ..review.actions import accept_case
+    from ..review.queue import open_dataset
+
+    dataset = open_dataset(task["dataset"], task.get("predictions"))
+    return accept_case(dataset, task["case"], np.load(task["label"]))
+
+
+def add_case(task: dict[str, Any]) -> dict[str, Any]:
+    """``weak.export.add_case`` for an image and a label array on the LPS geometry the panel read from the node."""
+    import SimpleITK as sitk
+
+    from ..weak.export import add_case as add
+
+    def image(path: str):
+        result = sitk.GetImageFromArray(np.load(path))
+        spacing, origin, direction = task["geometry"]
+        result.SetSpacing(spacing)
+        result.SetOrigin(origin)
+        result.SetDirection(direction)
+        return result
+
+    paths = add(task["folder"], task["case_id"], image(task["image"]), image(task["label"]), task["label_name"],
+                task.get("modality", "MRI"), bool(task.get("overwrite", False)))
+    return {"image": str(paths[0]), "label": str(paths[1])}
+
+
+KINDS = {"accept": accept, "add_case": add_case}
+
+
+def main(argv: list[str]) -> int:
+    task_path = Path(argv[0])
+    result_path = task_path.with_name(task_path.name + ".result")
+    try:
+        task = json.loads(task_path.read_text())
+        answer: dict[str, Any] = {"ok": KINDS[task["kind"]](task)}
+    except Exception as exc:  # MedCLIPSAMError and I/O errors: one line for the panel
+        answer = {"error": (str(exc) or type(exc).__name__).splitlines()[0]}
+    partial = result_path.with_name(result_path.name + ".partial")
+    partial.write_text(json.dumps(answer, default=str))
+    partial.replace(result_path)  # the panel never reads half a result
+    return 0 if "ok" in answer else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
