@@ -330,6 +330,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onStopEngine(self) -> None:
         self.logic.cancel()
         self.logic.stopEngine()
+        self._engineTimer.start()  # reaps the stopping engine
         self.ui.statusLabel.text = _("The engine on this computer was stopped; it starts again on the next Segment.")
         self._checkCanApply()
 
@@ -370,6 +371,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel()
             if starting and self.ui.engineModeComboBox.currentText != "Server":
                 self.logic.stopEngine()  # it was still loading (or downloading) models: stop that too
+                self._engineTimer.start()  # reaps it
             self.ui.statusLabel.text = _("Cancelled; the engine stops after its current batch. Nothing was changed.")
             self._finishRun()
             return
@@ -937,6 +939,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedCLIPSAMLib.slicer.run import starting_progress
         from MedCLIPSAMLib.slicer.waiting import FAILED, STARTING
 
+        stopping = self.logic.engines.reap()  # engines being stopped in the background (SIGKILL after their grace)
         wait = self._engineWait
         if wait is not None:  # a correction waits for the engine: its progress in the Correct section
             state = wait.tick()  # READY: the correction went on (it shows its own status)
@@ -950,13 +953,14 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.correctStatusLabel.text = (wait.error.splitlines() or [""])[0]
         engine = self._startingEngine
         if engine is None and self._engineWait is None:
-            self._engineTimer.stop()
+            if not stopping:
+                self._engineTimer.stop()
             return
         if engine is None:
             return
         failure = engine.failure()
         if failure or engine.ready():
-            if self._engineWait is None:
+            if self._engineWait is None and not stopping:
                 self._engineTimer.stop()
             self._startingEngine = None
             if not self.logic.isRunning():
@@ -1074,7 +1078,7 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         from MedCLIPSAMLib.slicer.engine_process import EngineChoice
 
-        self.engines = EngineChoice(self.pythonExecutable)
+        self.engines = EngineChoice(self.pythonExecutable, background_stop=True)  # a replaced engine: no wait
         self.run = None
         self.lastRun = None
         self.review = None
@@ -1149,7 +1153,9 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         return self.engines.get(mode, localArgs, url, token)
 
     def stopEngine(self) -> None:
-        self.engines.stop()
+        """SIGTERM to the engine's process group, without waiting; ``engines.reap()`` (the panel's engine timer)
+        finishes the stop (SIGKILL after its grace period). Slicer's exit waits instead (``shutdown``)."""
+        self.engines.stop(wait=False)
 
     def isRunning(self) -> bool:
         return self.run is not None and not self.run.finished
