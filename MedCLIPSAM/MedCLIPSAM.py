@@ -184,7 +184,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._engineTimer.setInterval(POLL_MS)
         self._engineTimer.connect("timeout()", self._onEngineTick)
         self._fileJobTimer = qt.QTimer(uiWidget)
-        self._fileJobTimer.setInterval(POLL_MS)
+        self._fileJobTimer.setInterval(CORRECT_TICK_MS)  # polls a child process, or applies one part per tick
         self._fileJobTimer.connect("timeout()", self._onFileJobTick)
         self._followSliceViews()
 
@@ -222,6 +222,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.onCorrectDone()
         self.logic.cancel()
+        if self._fileJob is not None and hasattr(self._fileJob, "step"):  # a prediction being applied: never into
+            self._fileJob.cancel()                                         # the next scene's nodes (IDs are reused)
+            self._fileJob = self._fileJobDone = None
+            self._fileJobTimer.stop()
         self.logic.lastRun = None  # node IDs are reused after a scene close: undo must not touch new nodes
         if self.logic.review is not None:
             self.logic.review.forget_nodes()
@@ -725,13 +729,15 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "Added {name} to the training set.").format(name=Path(paths["image"]).name)))
 
     def _startFileJob(self, job, done) -> None:
-        """Follow a child process's file work (Accept, Add to training set) from the timer; ``done(result)``."""
+        """Follow file work in a child process (Accept, Add to training set: ``FileJob.poll``; Load prediction:
+        ``PredictionLoad.step``, which then applies the result a part per tick) from the timer; ``done(result)``."""
         self._fileJob, self._fileJobDone = job, done
         self._fileJobTimer.start()
 
     def _onFileJobTick(self) -> None:
         job = self._fileJob
-        if job is None or not job.poll():
+        advance = getattr(job, "step", None) or getattr(job, "poll", None)
+        if job is None or not advance():
             if job is None:
                 self._fileJobTimer.stop()
             return
@@ -741,7 +747,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if job.error:
                 slicer.util.errorDisplay(job.error)
             elif done is not None:
-                done(job.result)
+                done(getattr(job, "record", None) or job.result)
         finally:
             self._refreshReviewQueue()
             self._checkCanApply()
@@ -753,14 +759,23 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return selected_segment_id(slicer.mrmlScene, segmentationNode)
 
     def onLoadPrediction(self) -> None:
+        """The files are read and checked by a child process; the result is applied a part per timer tick."""
         p = self._parameterNode
+        if self._fileJob is not None:
+            self.ui.statusLabel.text = _("Still writing or reading files; wait a moment.")
+            return
         try:
-            record = self.logic.loadPrediction(p, self._beforeWrite(p.outputSegmentation))
+            load = self.logic.startLoadPrediction(p, self._beforeWrite(p.outputSegmentation))
         except Exception as exc:
             slicer.util.errorDisplay(str(exc))
             return
-        self._undoBlocked = ""
-        if record.created_node_ids:
+        self.ui.statusLabel.text = _("Reading the nnU-Net prediction...")
+        self._startFileJob(load, self._onPredictionLoaded)
+
+    def _onPredictionLoaded(self, record) -> None:
+        p = self._parameterNode
+        self.logic.lastRun, self._undoBlocked = record, ""
+        if record.created_node_ids and p is not None:
             slicer.util.setSliceViewerLayers(foreground=record.created_node_ids[0], foregroundOpacity=p.saliencyOpacity)
         self.ui.statusLabel.text = _("Loaded the nnU-Net prediction and its uncertainty map.")
         self._checkCanApply()
@@ -1241,6 +1256,17 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         return start_add_to_training_set(self.pythonExecutable(), p.inputVolume, segmentationNode, segmentId, folder,
                                          next_case_id(folder, p.datasetName), segment.GetName(),
                                          modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
+
+    def startLoadPrediction(self, p, beforeWrite=None):
+        """``loadPrediction`` without freezing: a ``file_jobs.PredictionLoad`` the panel's timer steps."""
+        from MedCLIPSAMLib.slicer.file_jobs import PredictionLoad
+        from MedCLIPSAMLib.slicer.panel import path_or_none
+
+        mask = path_or_none(p.predictionMaskPath)
+        if not (p.inputVolume and mask):
+            raise ValueError("Choose the input volume and the predicted mask file.")
+        return PredictionLoad(self.pythonExecutable(), slicer.mrmlScene, p.inputVolume, mask,
+                              path_or_none(p.predictionEntropyPath), "nnU-Net", p.outputSegmentation, beforeWrite)
 
     def loadPrediction(self, p, beforeWrite=None):
         from MedCLIPSAMLib.slicer.mrml import load_prediction

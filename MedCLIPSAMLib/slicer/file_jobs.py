@@ -28,13 +28,13 @@ class FileJob:
     """One ``file_worker`` task in a child process; ``poll()`` is True once it ended (``result`` or ``error``)."""
 
     def __init__(self, python: str, kind: str, task: dict[str, Any], arrays: dict[str, np.ndarray],
-                 on_done: Callable[[dict[str, Any]], Any] | None = None):
-        self.kind, self.on_done = kind, on_done
+                 on_done: Callable[[dict[str, Any]], Any] | None = None, keep_folder: bool = False):
+        self.kind, self.on_done, self.keep_folder = kind, on_done, keep_folder
         self.folder = Path(tempfile.mkdtemp(prefix=f"medclipsam-{kind}-"))
         self.result: Any = None
         self.error = ""
         self.finished = False
-        task = dict(task, kind=kind)
+        task = dict(task, kind=kind, out=str(self.folder))
         for name, array in arrays.items():
             path = self.folder / f"{name}.npy"
             np.save(path, np.ascontiguousarray(array))
@@ -63,7 +63,8 @@ class FileJob:
                                + (f": {tail[0]}" if tail else ".")}
         self.result, self.error = answer.get("ok"), answer.get("error", "")
         self.finished = True
-        self._cleanup()
+        if not self.keep_folder or self.error:
+            self._cleanup()
         if self.on_done is not None and not self.error:
             self.on_done(self.result)
         return True
@@ -90,6 +91,75 @@ class FileJob:
 
     def _cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PredictionLoad:
+    """``mrml.load_prediction`` without freezing Slicer: a child process reads and checks the files (seconds on a
+    CT), then ``step()`` applies the result one ``ResultApplier`` part per timer tick. All or nothing: a failure,
+    ``cancel()`` or a node removed between ticks leaves the scene as it was. ``record`` once ``finished``."""
+
+    def __init__(self, python: str, scene, reference, mask_path, entropy_path=None, name: str = "nnU-Net",
+                 segmentation_node=None, before_write: Callable[[], Any] | None = None):
+        from .mrml import lps_geometry
+
+        self.scene, self.reference, self.name = scene, reference, name
+        self.segmentation_node, self.before_write = segmentation_node, before_write
+        self.record = None
+        self.error = ""
+        self.finished = False
+        self.applier = None
+        self.job = FileJob(python, "read_prediction", {
+            "mask": str(mask_path), "entropy": str(entropy_path) if entropy_path else None,
+            "shape": list(reversed(reference.GetImageData().GetDimensions())), "geometry": lps_geometry(reference),
+            "volume_name": reference.GetName()}, {}, keep_folder=True)
+
+    def step(self) -> bool:
+        """One short piece (poll the child, or one part of the scene work); True once finished (see ``error``)."""
+        if self.finished:
+            return True
+        try:
+            self._step()
+        except Exception as exc:  # MedCLIPSAMError, ValueError: one line; the applier rolled back
+            self._end(str(exc) or type(exc).__name__)
+        return self.finished
+
+    def _step(self) -> None:
+        from .mrml import ResultApplier
+
+        if self.applier is None:
+            if not self.job.poll():
+                return
+            if self.job.error:
+                raise MedCLIPSAMError(self.job.error)
+            self._check_nodes()
+            mask = np.load(self.job.result["mask"])
+            entropy = np.load(self.job.result["entropy"]) if self.job.result["entropy"] else None
+            self.job._cleanup()
+            self.applier = ResultApplier(self.scene, self.reference, {self.name: mask}, self.segmentation_node,
+                                         entropy, False, "uncertainty",
+                                         f"{self.name} uncertainty" if entropy is not None else None)
+            return
+        self._check_nodes()
+        if self.segmentation_node is not None and self.before_write is not None and self.applier.record is None:
+            self.before_write()
+        if self.applier.step():
+            self.record = self.applier.record
+            self.finished = True
+
+    def _check_nodes(self) -> None:
+        for node, what in ((self.reference, "input volume"), (self.segmentation_node, "output segmentation")):
+            if node is not None and not self.scene.IsNodePresent(node):
+                raise MedCLIPSAMError(f"The {what} was removed while the prediction loaded; nothing was added.")
+
+    def cancel(self) -> None:
+        self._end("Cancelled.")
+
+    def _end(self, error: str) -> None:
+        if self.applier is not None:
+            self.applier.rollback()
+        self.job.cancel()
+        self.job._cleanup()
+        self.error, self.finished = error, True
 
 
 def start_accept(session, python: str) -> FileJob:

@@ -43,7 +43,29 @@ def add_case(task: dict[str, Any]) -> dict[str, Any]:
     return {"image": str(paths[0]), "label": str(paths[1])}
 
 
-KINDS = {"accept": accept, "add_case": add_case}
+def read_prediction(task: dict[str, Any]) -> dict[str, Any]:
+    """Read an nnU-Net mask (and entropy map), check each is on the volume's grid, keep them as ``.npy`` next to
+    the task (the panel reads those back in a fraction of the time, and applies them step by step)."""
+    import SimpleITK as sitk
+
+    from .grid_check import check_on_grid
+
+    out = Path(task["out"])
+    written: dict[str, Any] = {"mask": None, "entropy": None}
+    for key, what, dtype in (("mask", "Prediction", np.uint8), ("entropy", "Uncertainty map", np.float32)):
+        if not task.get(key):
+            continue
+        image = sitk.ReadImage(str(task[key]))
+        check_on_grid(image, task["shape"], task["geometry"], task["volume_name"], f"{what} '{task[key]}'")
+        values = sitk.GetArrayFromImage(image)
+        values = (values > 0).astype(dtype) if key == "mask" else values.astype(dtype)
+        path = out / f"read-{key}.npy"
+        np.save(path, values)
+        written[key] = str(path)
+    return written
+
+
+KINDS = {"accept": accept, "add_case": add_case, "read_prediction": read_prediction}
 
 
 def main(argv: list[str]) -> int:

@@ -575,21 +575,10 @@ def check_geometry(image, reference, what: str, tolerance_mm: float = 1e-3) -> N
 
     A same-sized file from another case or another orientation would otherwise be placed on
     this volume's grid without any sign that it belongs elsewhere."""
-    shape = tuple(reversed(image.GetSize()))
-    expected_shape = tuple(reversed(reference.GetImageData().GetDimensions()))
-    name = reference.GetName()
-    if shape != expected_shape:
-        raise ValueError(f"{what} has shape {shape} but volume '{name}' has {expected_shape}: it belongs to "
-                         "another volume; load the prediction made for this one.")
-    spacing, origin, direction = lps_geometry(reference)
-    checks = (("spacing", image.GetSpacing(), spacing, tolerance_mm), ("origin", image.GetOrigin(), origin,
-              tolerance_mm * max(1.0, max(abs(v) for v in origin))), ("direction", image.GetDirection(), direction, 1e-4))
-    for label, found, wanted, tolerance in checks:
-        if not np.allclose(found, wanted, rtol=0, atol=tolerance):
-            found_text = ", ".join(f"{v:.4g}" for v in found)
-            wanted_text = ", ".join(f"{v:.4g}" for v in wanted)
-            raise ValueError(f"{what} has {label} ({found_text}) but volume '{name}' has ({wanted_text}) in LPS: it "
-                             "was made for another case or orientation; load the prediction made for this volume.")
+    from .grid_check import check_on_grid
+
+    check_on_grid(image, tuple(reversed(reference.GetImageData().GetDimensions())), lps_geometry(reference),
+                  reference.GetName(), what, tolerance_mm)
 
 
 def add_to_training_set(volume_node, segmentation_node, segment_id: str, dataset_folder, case_id: str,

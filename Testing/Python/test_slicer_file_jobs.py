@@ -78,3 +78,68 @@ def test_a_cancelled_job_stops_its_child(scene, volume_node, tmp_path):
     assert job.finished and job.error == "Cancelled." and job.poll()
     job.process.wait(10)
     assert not job.folder.exists()
+
+
+def drive(load, timeout: float = 120.0) -> int:
+    """What the panel's timer does; returns the number of steps."""
+    import time
+
+    steps, deadline = 0, time.monotonic() + timeout
+    while not load.step():
+        assert time.monotonic() < deadline
+        steps += 1
+        time.sleep(0.01)
+    return steps
+
+
+def prediction_files(tmp_path, volume_node):
+    from MedCLIPSAMLib.slicer.mrml import volume_to_sitk
+
+    mask = np.zeros((6, 40, 56), np.uint8)
+    mask[1:4, 10:25, 5:30] = 1
+    entropy = np.zeros(mask.shape, np.float32)
+    entropy[2, 12:14, 6:9] = 0.75
+    sitk.WriteImage(volume_to_sitk(volume_node, mask), str(tmp_path / "mask.nii.gz"))
+    sitk.WriteImage(volume_to_sitk(volume_node, entropy), str(tmp_path / "entropy.nii.gz"))
+    return mask, tmp_path / "mask.nii.gz", tmp_path / "entropy.nii.gz"
+
+
+def test_a_prediction_read_in_a_child_process_is_applied_step_by_step_like_the_one_go_load(scene, volume_node,
+                                                                                          tmp_path):
+    from MedCLIPSAMLib.slicer.file_jobs import PredictionLoad
+    from MedCLIPSAMLib.slicer.mrml import segment_to_array
+
+    mask, mask_path, entropy_path = prediction_files(tmp_path, volume_node)
+    target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    calls = []
+    load = PredictionLoad(sys.executable, scene, volume_node, mask_path, entropy_path, "nnU-Net", target,
+                          before_write=lambda: calls.append(target.GetSegmentation().GetNumberOfSegments()))
+    assert drive(load) > 2 and not load.error, load.error
+    assert calls == [0], "the undo state is saved once, before the first write"
+    record = load.record
+    np.testing.assert_array_equal(segment_to_array(target, record.segment_ids[0], volume_node), mask)
+    overlay = scene.GetNodeByID(record.created_node_ids[0])
+    assert overlay.GetName() == "nnU-Net uncertainty" and array_from_volume(overlay).max() == pytest.approx(0.75)
+    assert not load.job.folder.exists()
+    record.undo()
+    assert target.GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_a_prediction_for_another_grid_or_a_removed_volume_adds_nothing(scene, volume_node, tmp_path):
+    from MedCLIPSAMLib.slicer.file_jobs import PredictionLoad
+
+    _, mask_path, _ = prediction_files(tmp_path, volume_node)
+    other = sitk.GetImageFromArray(np.zeros((6, 40, 57), np.uint8))
+    sitk.WriteImage(other, str(tmp_path / "other.nii.gz"))
+    nodes = scene.GetNumberOfNodes()
+    wrong = PredictionLoad(sys.executable, scene, volume_node, tmp_path / "other.nii.gz")
+    drive(wrong)
+    assert wrong.error.startswith("Prediction '") and "has shape (6, 40, 57)" in wrong.error and "\n" not in wrong.error
+    load = PredictionLoad(sys.executable, scene, volume_node, mask_path)
+    while load.applier is None and not load.finished:
+        load.step()
+    load.step()  # the segmentation node is made
+    scene.RemoveNode(volume_node)
+    drive(load)
+    assert load.error == "The input volume was removed while the prediction loaded; nothing was added."
+    assert scene.GetNumberOfNodes() == nodes - 1
