@@ -222,8 +222,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.onCorrectDone()
         self.logic.cancel()
-        if self._fileJob is not None and hasattr(self._fileJob, "step"):  # a prediction being applied: never into
-            self._fileJob.cancel()                                         # the next scene's nodes (IDs are reused)
+        if self._fileJob is not None and hasattr(self._fileJob, "step"):  # a prediction or case being placed: take
+            self._fileJob.cancel()  # back its nodes now, while they exist (their IDs are reused after the close)
             self._fileJob = self._fileJobDone = None
             self._fileJobTimer.stop()
         self.logic.lastRun = None  # node IDs are reused after a scene close: undo must not touch new nodes
@@ -725,8 +725,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(exc))
             return
         self.ui.statusLabel.text = _("Writing the case into the training set...")
-        self._startFileJob(job, lambda paths: setattr(self.ui.statusLabel, "text", _(
-            "Added {name} to the training set.").format(name=Path(paths["image"]).name)))
+        self._startFileJob(job, lambda done: setattr(self.ui.statusLabel, "text", _(
+            "Added {name} to the training set.").format(name=Path(done.result["image"]).name)))
 
     def _startFileJob(self, job, done) -> None:
         """Follow file work in a child process (Accept, Add to training set: ``FileJob.poll``; Load prediction:
@@ -747,7 +747,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if job.error:
                 slicer.util.errorDisplay(job.error)
             elif done is not None:
-                done(getattr(job, "record", None) or job.result)
+                done(job)
         finally:
             self._refreshReviewQueue()
             self._checkCanApply()
@@ -772,8 +772,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Reading the nnU-Net prediction...")
         self._startFileJob(load, self._onPredictionLoaded)
 
-    def _onPredictionLoaded(self, record) -> None:
-        p = self._parameterNode
+    def _onPredictionLoaded(self, load) -> None:
+        p, record = self._parameterNode, load.record
         self.logic.lastRun, self._undoBlocked = record, ""
         if record.created_node_ids and p is not None:
             slicer.util.setSliceViewerLayers(foreground=record.created_node_ids[0], foregroundOpacity=p.saliencyOpacity)
@@ -885,12 +885,25 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onNextCase(self) -> None:
         if self._confirmLeaveCase():
-            self._review(lambda: self._showReviewCase(self.logic.review.next_case(discard_edits=True)))
+            self._loadReviewCase(self.logic.review.upcoming_cases())
 
     def onReviewItemActivated(self, item) -> None:
         case = self._selectedReviewCase()
         if case is not None and self._confirmLeaveCase():
-            self._review(lambda: self._showReviewCase(self.logic.review.load(case, discard_edits=True)))
+            self._loadReviewCase(case)
+
+    def _loadReviewCase(self, cases) -> None:
+        """A child process reads the case's files; the timer puts it on screen a part per tick (``CaseLoad``)."""
+        if self._fileJob is not None:
+            self.ui.reviewStatusLabel.text = _("Still reading or writing files; wait a moment.")
+            return
+
+        def start():
+            self._startFileJob(self.logic.startCaseLoad(cases), lambda load: setattr(
+                self.ui.reviewStatusLabel, "text", self._showReviewCase(load.loaded)))
+            return _("Reading {case}...").format(case=cases if isinstance(cases, str) else _("the next case"))
+
+        self._review(start)
 
     def onAcceptCase(self) -> None:
         """Export the edited segment (here), write it into the dataset in a child process (no frozen window)."""
@@ -900,7 +913,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         review = self.logic.review
         case = review.current.case if review is not None and review.current is not None else ""
 
-        def accepted(entry) -> None:
+        def accepted(job) -> None:
+            entry = job.result
             self.ui.reviewStatusLabel.text = _(
                 "Accepted {case}: DSC {dsc:.3f} against the pseudo-label, {changed} voxels changed. Next case when "
                 "ready.").format(case=case, dsc=entry["dsc"], changed=entry["changed_voxels"])
@@ -1238,6 +1252,13 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         caseId = next_case_id(folder, p.datasetName)
         return add_to_training_set(p.inputVolume, segmentationNode, segmentId, folder, caseId, segment.GetName(),
                                    modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
+
+    def startCaseLoad(self, cases):
+        """Load a review case (or the first readable of ``cases``) through a child process (``file_jobs.CaseLoad``);
+        the panel asked about unaccepted edits before."""
+        from MedCLIPSAMLib.slicer.file_jobs import CaseLoad
+
+        return CaseLoad(self.review, self.pythonExecutable(), cases, discard_edits=True)
 
     def startAccept(self):
         """Accept the review's current case; the file work runs in a child process (``file_jobs.FileJob``)."""

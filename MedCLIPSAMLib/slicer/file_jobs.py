@@ -190,3 +190,92 @@ def start_add_to_training_set(python: str, volume_node, segmentation_node, segme
                                         "geometry": lps_geometry(volume_node)},
                    {"image": volume_view(volume_node),
                     "label": segment_to_array(segmentation_node, segment_id, volume_node)})
+
+
+class CaseLoad:
+    """``ReviewSession.load`` (one case) or ``next_case`` (a list of cases: the first that can be read; the others
+    are passed over and named in its note) without freezing Slicer: a child process reads the case's files
+    (``review.read_case``), then ``step()`` puts it on screen one part per timer tick
+    (``ReviewSession.place_steps``). Raises ``UnsavedEditsError`` at once, as ``load`` does, while the case on
+    screen has edits that were not accepted. ``loaded`` once ``finished`` (None: no case was left), else ``error``."""
+
+    def __init__(self, session, python: str, cases: str | list[str], discard_edits: bool = False):
+        session.check_leaving(discard_edits)
+        self.session, self.python = session, python
+        self.candidates = [cases] if isinstance(cases, str) else list(cases)
+        self.single = isinstance(cases, str)
+        self.case = ""
+        self.loaded = None
+        self.error = ""
+        self.finished = False
+        self.passed_over: list[str] = []
+        self._placing = None
+        self._created: list[str] = []
+        self.job: FileJob | None = None
+        self._read_next()
+
+    def _read_next(self) -> None:
+        if not self.candidates:
+            if self.passed_over:
+                self._end(self.passed_over[0])
+            else:
+                self.finished = True  # every case is reviewed
+            return
+        self.case = self.candidates.pop(0)
+        data = self.session.dataset
+        self.job = FileJob(self.python, "read_case", {"dataset": str(data.folder), "case": self.case, "predictions":
+                                                      str(data.predictions) if data.predictions else None},
+                           {}, keep_folder=True)
+
+    def step(self) -> bool:
+        if self.finished:
+            return True
+        try:
+            self._step()
+        except Exception as exc:  # InputError: one line; the nodes made so far were removed
+            self._end(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return self.finished
+
+    def _step(self) -> None:
+        from .review import CaseArrays
+
+        if self._placing is None:
+            if not self.job.poll():
+                return
+            if self.job.error:
+                if self.single:
+                    raise MedCLIPSAMError(self.job.error)
+                self.passed_over.append(self.job.error)
+                self._read_next()
+                return
+            found = self.job.result
+            arrays = CaseArrays(self.case, np.load(found["image"]), tuple(tuple(v) for v in found["geometry"]),
+                                np.load(found["mask"]), np.load(found["overlay"]) if found["overlay"] else None,
+                                found["note"])
+            self.job._cleanup()
+            if self.passed_over:
+                arrays.note = " ".join([f"Passed over: {p}" for p in self.passed_over] + ([arrays.note] if arrays.note
+                                                                                          else []))
+            self._placing = self.session.place_steps(arrays, self._created)
+        try:
+            next(self._placing)
+        except StopIteration:
+            self.loaded, self.finished = self.session.current, True
+
+    def cancel(self, scene_closed: bool = False) -> None:
+        """Stop; the nodes made so far are removed (not after a scene close: their IDs may be reused by then)."""
+        if self.finished:
+            return
+        if not scene_closed:
+            from .review import _remove_id
+
+            for node_id in self._created:
+                _remove_id(self.session.scene, node_id)
+        self._placing = None
+        self._end("Cancelled.")
+
+    def _end(self, error: str) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.job._cleanup()
+        self.error, self.finished = error, True

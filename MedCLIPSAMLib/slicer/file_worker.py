@@ -1,9 +1,10 @@
-"""The file work of Accept (review) and Add to training set, run in a child process (``file_jobs``).
+"""The file work of the review (load, Accept), Add to training set and Load prediction, in a child process
+(``file_jobs``).
 
 ``python -m MedCLIPSAMLib.slicer.file_worker TASK.json`` reads the task, does the reading, comparing and
 compressed writing that took seconds on a CT when Slicer's main thread did it, and writes
 ``TASK.json.result`` ({"ok": ...} or {"error": one line}). Arrays come as uncompressed ``.npy`` files the
-main thread wrote in a fraction of that time. Standard library, numpy and SimpleITK only (no MRML, no torch).
+main thread wrote in a fraction of that time. No MRML node is made here and torch is never imported.
 """
 from __future__ import annotations
 
@@ -65,7 +66,23 @@ def read_prediction(task: dict[str, Any]) -> dict[str, Any]:
     return written
 
 
-KINDS = {"accept": accept, "add_case": add_case, "read_prediction": read_prediction}
+def read_case(task: dict[str, Any]) -> dict[str, Any]:
+    """``review.read_case`` (image, label, entropy map, all checked on one grid) into ``.npy`` files."""
+    from ..review.queue import open_dataset
+    from .review import read_case as read
+
+    arrays = read(open_dataset(task["dataset"], task.get("predictions")), task["case"])
+    out = Path(task["out"])
+    written: dict[str, Any] = {"geometry": arrays.geometry, "note": arrays.note, "overlay": None}
+    for key in ("image", "mask", "overlay"):
+        values = getattr(arrays, key)
+        if values is not None:
+            np.save(out / f"read-{key}.npy", values)
+            written[key] = str(out / f"read-{key}.npy")
+    return written
+
+
+KINDS = {"accept": accept, "add_case": add_case, "read_prediction": read_prediction, "read_case": read_case}
 
 
 def main(argv: list[str]) -> int:

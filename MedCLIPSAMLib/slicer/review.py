@@ -18,7 +18,7 @@ import vtk
 from ..errors import InputError
 from ..review import actions
 from ..review.queue import QueueItem, ReviewDataset, open_dataset, upcoming
-from .mrml import _image_data, _slicer, apply_result, labelmap_stamp, remove_node, segment_digest, segment_to_array
+from .mrml import ResultApplier, _image_data, _slicer, labelmap_stamp, remove_node, segment_digest, segment_to_array
 
 SEGMENT_EDITOR_SINGLETON = "SegmentEditor"
 """The Segment Editor module's own editor node (SegmentEditor.py, Slicer 5.10.0 and main: ``GetSingletonNode``)."""
@@ -35,13 +35,19 @@ NO_SALIENCY_NOTE = ("No overlay: 'medclipsam label' keeps no saliency maps; open
 
 def ijk_to_ras_of(image: sitk.Image) -> vtk.vtkMatrix4x4:
     """Slicer's IJK-to-RAS matrix for a 3D SimpleITK image (ITK's LPS world: first two axes negated)."""
+    return ijk_to_ras_from((image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
+
+
+def ijk_to_ras_from(geometry) -> vtk.vtkMatrix4x4:
+    """The same from (spacing, origin, direction) as SimpleITK orders them for a 3D image."""
+    spacing, origin, direction = geometry
     flip = np.diag([-1.0, -1.0, 1.0])
-    direction = flip @ np.array(image.GetDirection()).reshape(3, 3)
-    origin = flip @ np.array(image.GetOrigin())
+    direction = flip @ np.array(direction).reshape(3, 3)
+    origin = flip @ np.array(origin)
     matrix = vtk.vtkMatrix4x4()
     for r in range(3):
         for c in range(3):
-            matrix.SetElement(r, c, direction[r, c] * image.GetSpacing()[c])
+            matrix.SetElement(r, c, direction[r, c] * spacing[c])
         matrix.SetElement(r, 3, origin[r])
     return matrix
 
@@ -54,9 +60,19 @@ def as_3d(image: sitk.Image) -> sitk.Image:
 def volume_from_sitk(scene, image: sitk.Image, name: str):
     """A scalar volume node holding ``image`` at the same physical place (the inverse of ``volume_to_sitk``)."""
     image = as_3d(image)
+    return volume_from_array(scene, sitk.GetArrayViewFromImage(image), geometry_of(image), name)
+
+
+def geometry_of(image: sitk.Image) -> tuple:
+    """(spacing, origin, direction) of a 3D SimpleITK image, as plain tuples (they travel as JSON too)."""
+    return tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection())
+
+
+def volume_from_array(scene, array: np.ndarray, geometry, name: str):
+    """A scalar volume node holding a (k, j, i) array on the grid (spacing, origin, direction) in LPS."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    node.SetIJKToRASMatrix(ijk_to_ras_of(image))
-    node.SetAndObserveImageData(_image_data(sitk.GetArrayFromImage(image)))
+    node.SetIJKToRASMatrix(ijk_to_ras_from(geometry))
+    node.SetAndObserveImageData(_image_data(array))
     node.CreateDefaultDisplayNodes()
     return node
 
@@ -80,6 +96,49 @@ def target_center(volume_node, mask: np.ndarray, overlay: np.ndarray | None) -> 
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     return tuple(matrix.MultiplyPoint([i, j, k, 1.0])[:3])
+
+
+@dataclass
+class CaseArrays:
+    """A case as read from its files, before any node exists (``read_case``; a child process can read it)."""
+
+    case: str
+    image: np.ndarray
+    """(k, j, i) voxels of the image (a 2D image as one slice)."""
+    geometry: tuple
+    """(spacing, origin, direction) of the 3D image in LPS, as SimpleITK orders them."""
+    mask: np.ndarray
+    overlay: np.ndarray | None
+    note: str
+
+
+def entropy_overlay(dataset: ReviewDataset, case: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+    """nnU-Net's entropy map of the case on its grid (None and why not, when there is none to show)."""
+    if dataset.predictions is None:
+        return None, NO_SALIENCY_NOTE
+    path = dataset.entropy_path(case)
+    if path is None:
+        return None, f"No entropy map of '{case}' in {dataset.predictions}."
+    values = _array_like(path, shape)
+    if values is None:
+        return None, f"The entropy map {path.name} is not on this image's grid; not shown."
+    return values.astype(np.float32), ""
+
+
+def read_case(dataset: ReviewDataset, case: str) -> CaseArrays:
+    """Read a case's image, label and entropy map and check they share one grid (no MRML: any process)."""
+    reference = as_3d(actions.read_case_image(dataset.image_path(case)))
+    image = sitk.GetArrayFromImage(reference)
+    label_path = dataset.label_path(case)
+    mask = np.zeros(image.shape, np.uint8)
+    if label_path is not None:
+        label = _array_like(label_path, image.shape)
+        if label is None:
+            raise InputError(f"Case '{case}': the label {label_path} is not on its image's grid; fix or "
+                             "exclude the case.")
+        mask = (label > 0).astype(np.uint8)
+    overlay, note = entropy_overlay(dataset, case, image.shape)
+    return CaseArrays(case, image, geometry_of(reference), mask, overlay, note)
 
 
 @dataclass
@@ -136,42 +195,51 @@ class ReviewSession:
             raise InputError(problems[0])
         return None
 
+    def upcoming_cases(self) -> list[str]:
+        """The cases ``next_case`` tries, in order (still to review, after the current one)."""
+        return [item.case for item in upcoming(self.queue(), self.current.case if self.current else None, self.order)]
+
     def load(self, case: str, discard_edits: bool = False) -> LoadedCase:
         """Replace the case on screen by ``case``; the scene gains nodes only for this one case.
 
         Raises ``UnsavedEditsError`` (nothing changes) while the current case has edits that are not accepted,
         unless ``discard_edits``."""
         self.check_leaving(discard_edits)
-        data = self.dataset
-        reference = actions.read_case_image(data.image_path(case))
+        for _ in self.place_steps(read_case(self.dataset, case)):
+            pass
+        return self.current
+
+    def place_steps(self, arrays: CaseArrays, created: list[str] | None = None):
+        """Put a read case on screen, one short part per ``next`` (the previous case's nodes go first, then the
+        image, the segmentation, its segment and the overlay); ``current`` is the case once it is exhausted. All
+        or nothing: a failing part removes the nodes made so far (their IDs are also kept in ``created``)."""
+        created = [] if created is None else created
         self.unload()
         self.order = [item.case for item in self.queue()]
-        volume = volume_from_sitk(self.scene, reference, case)
-        created = [volume.GetID()]
+        yield
         try:
-            shape = tuple(reversed(volume.GetImageData().GetDimensions()))
-            label_path = data.label_path(case)
-            mask = np.zeros(shape, np.uint8)
-            if label_path is not None:
-                label = _array_like(label_path, shape)
-                if label is None:
-                    raise InputError(f"Case '{case}': the label {label_path} is not on its image's grid; fix or "
-                                     "exclude the case.")
-                mask = (label > 0).astype(np.uint8)
-            overlay, note = self._entropy(case, shape)
-            name = data.label_name
-            record = apply_result(self.scene, volume, {name: mask}, None, {name: overlay} if overlay is not None
-                                  else None, overlay_suffix="uncertainty")
-            created += [record.segmentation_node_id, *record.created_node_ids]
-        except BaseException:
+            volume = volume_from_array(self.scene, arrays.image, arrays.geometry, arrays.case)
+            created.append(volume.GetID())
+            yield
+            name = self.dataset.label_name
+            applier = ResultApplier(self.scene, volume, {name: arrays.mask}, None, arrays.overlay, False,
+                                    "uncertainty", f"{name} uncertainty" if arrays.overlay is not None else None)
+            while not applier.step():
+                if applier.record is not None and applier.record.segmentation_node_id not in created:
+                    created.append(applier.record.segmentation_node_id)
+                yield
+            record = applier.record
+            created += [node_id for node_id in [record.segmentation_node_id, *record.created_node_ids]
+                        if node_id not in created]
+        except Exception:
             for node_id in created:
                 _remove_id(self.scene, node_id)
             raise
         overlay_id = record.created_node_ids[0] if record.created_node_ids else None
-        self.current = LoadedCase(case, volume.GetID(), record.segmentation_node_id, record.segment_ids[0],
-                                  overlay_id, target_center(volume, mask, overlay), note, created)
+        self.current = LoadedCase(arrays.case, volume.GetID(), record.segmentation_node_id, record.segment_ids[0],
+                                  overlay_id, target_center(volume, arrays.mask, arrays.overlay), arrays.note,
+                                  created)
         self.current.saved = self._label_state() or (0, "")
-        return self.current
 
     def _label_state(self) -> tuple[int, str] | None:
         """(stamp, digest) of the current case's segment as it is now (None: its node or segment is gone)."""
@@ -205,17 +273,6 @@ class ReviewSession:
         if not discard_edits and self.has_unsaved_edits():
             raise UnsavedEditsError(f"Case '{self.current.case}' has edits that were not accepted: Accept them, or "
                                     "discard them, before opening another case.")
-
-    def _entropy(self, case: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
-        if self.dataset.predictions is None:
-            return None, NO_SALIENCY_NOTE
-        path = self.dataset.entropy_path(case)
-        if path is None:
-            return None, f"No entropy map of '{case}' in {self.dataset.predictions}."
-        values = _array_like(path, shape)
-        if values is None:
-            return None, f"The entropy map {path.name} is not on this image's grid; not shown."
-        return values.astype(np.float32), ""
 
     def forget_nodes(self) -> None:
         """The scene was closed: its nodes are gone (and their IDs will be reused), so never remove by ID."""

@@ -143,3 +143,67 @@ def test_a_prediction_for_another_grid_or_a_removed_volume_adds_nothing(scene, v
     drive(load)
     assert load.error == "The input volume was removed while the prediction loaded; nothing was added."
     assert scene.GetNumberOfNodes() == nodes - 1
+
+
+def test_a_review_case_read_in_a_child_process_is_placed_step_by_step_like_the_one_go_load(scene, views, dataset):
+    from MedCLIPSAMLib.slicer.file_jobs import CaseLoad
+    from MedCLIPSAMLib.slicer.mrml import segment_to_array
+
+    predictions = dataset.parents[1] / "predictions"
+    one_go = ReviewSession.open(scene, dataset, predictions).load("a_high")
+    expected = {"center": one_go.center_ras, "note": one_go.note}
+    session = ReviewSession.open(scene, dataset, predictions)
+    load = CaseLoad(session, sys.executable, "a_high")
+    assert drive(load) > 3 and not load.error, load.error
+    loaded = load.loaded
+    assert loaded is session.current and loaded.case == "a_high"
+    assert loaded.center_ras == pytest.approx(expected["center"]) and loaded.note == expected["note"]
+    volume = scene.GetNodeByID(loaded.volume_node_id)
+    image = sitk.ReadImage(str(dataset / "imagesTr" / "a_high_0000.nii.gz"))
+    np.testing.assert_array_equal(array_from_volume(volume), sitk.GetArrayFromImage(image))
+    node = scene.GetNodeByID(loaded.segmentation_node_id)
+    np.testing.assert_array_equal(segment_to_array(node, loaded.segment_id, volume), pseudo_label(0))
+    assert scene.GetNodeByID(loaded.overlay_node_id).GetName() == "brain tumor uncertainty"
+    assert not session.has_unsaved_edits()
+    replace_segment(session, np.zeros_like(pseudo_label(0)))
+    from MedCLIPSAMLib.slicer.review import UnsavedEditsError
+
+    with pytest.raises(UnsavedEditsError):
+        CaseLoad(session, sys.executable, "b_low")
+
+
+def test_a_broken_case_or_a_cancel_leaves_the_scene_as_it_was(scene, views, dataset):
+    from MedCLIPSAMLib.slicer.file_jobs import CaseLoad
+
+    session = ReviewSession.open(scene, dataset)
+    empty = scene.GetNumberOfNodes()
+    session.load("b_low")
+    nodes = scene.GetNumberOfNodes()
+    lost = CaseLoad(session, sys.executable, "f_lost")
+    drive(lost)
+    assert lost.error.startswith("Case 'f_lost': its image is missing") and session.current.case == "b_low"
+    assert scene.GetNumberOfNodes() == nodes
+    load = CaseLoad(session, sys.executable, "c_mid")
+    while load._placing is None:
+        load.step()
+    load.step()
+    load.step()  # the previous case is gone, the new image is there
+    load.cancel()
+    assert load.error == "Cancelled." and session.current is None
+    assert scene.GetFirstNodeByName("c_mid") is None and scene.GetNumberOfNodes() == empty
+
+
+def test_next_case_in_the_background_passes_over_a_case_that_cannot_be_read(scene, views, dataset):
+    from MedCLIPSAMLib.slicer.file_jobs import CaseLoad
+
+    session = ReviewSession.open(scene, dataset)
+    session.load("e_failed")
+    expected = ReviewSession.open(slicer.vtkMRMLScene(), dataset)
+    expected.load("e_failed")
+    order = session.upcoming_cases()
+    assert order[:2] == ["f_lost", "d_empty"] and order == expected.upcoming_cases()
+    load = CaseLoad(session, sys.executable, order)
+    drive(load)
+    assert load.loaded.case == "d_empty" and load.loaded.note.startswith("Passed over: Case 'f_lost': its image is")
+    done = CaseLoad(session, sys.executable, [])
+    assert done.finished and done.loaded is None and not done.error
