@@ -1,9 +1,10 @@
 """How long Slicer's main thread waits in the review and training-set file steps on a CT-sized case (slicer-core).
 
 A 300x512x512 int16 case in a review dataset (review_cases.py layout). Timed in one run, on the same files:
-the review load (still one go: the nodes are made on the main thread), Accept in one go (the old way) against
+the review load in one go, Accept in one go (the old way) against
 Accept through a child process (``file_jobs.start_accept``: only the segment export and an .npy write on the
-main thread), Add to training set the same two ways, and Load prediction (one go).
+main thread), Add to training set and Load prediction the same two ways, and the review load through a child
+process (``CaseLoad``; the longest single timer step is what the window waits for).
 
     PYTHONPATH=. python Testing/measure/slicer_file_steps.py [--slices 300]
 """
@@ -37,7 +38,7 @@ def main() -> None:
 
     from review_cases import make_dataset
     from test_slicer_review import replace_segment
-    from MedCLIPSAMLib.slicer.file_jobs import start_accept, start_add_to_training_set
+    from MedCLIPSAMLib.slicer.file_jobs import CaseLoad, PredictionLoad, start_accept, start_add_to_training_set
     from MedCLIPSAMLib.slicer.mrml import add_to_training_set, load_prediction
     from MedCLIPSAMLib.slicer.review import ReviewSession, show_case
 
@@ -90,8 +91,29 @@ def main() -> None:
     start = time.perf_counter()
     job.wait(600)
     print(f"  the child process then took {time.perf_counter() - start:.1f} s (Slicer responsive meanwhile)")
-    timed("Load prediction with entropy (one go, main thread)", lambda: load_prediction(
+    record = timed("Load prediction with entropy in one go (before)", lambda: load_prediction(
         scene, volume, folder / "labelsTr" / "b_low.nii.gz", root / "entropy.nii.gz"))
+    record.undo()
+    stepped("Load prediction through a child process, applied a part per tick", PredictionLoad(
+        sys.executable, scene, volume, folder / "labelsTr" / "b_low.nii.gz", root / "entropy.nii.gz"))
+    session.load("c_mid", discard_edits=True)
+    stepped("Review load through a child process, placed a part per tick", CaseLoad(session, sys.executable, "b_low"))
+
+
+def stepped(label: str, job) -> None:
+    """What the panel's timer does: the longest single step is what Slicer's window waits for."""
+    longest = cpu_longest = 0.0
+    start = time.perf_counter()
+    while True:
+        tick, cpu = time.perf_counter(), time.thread_time()
+        finished = job.step()
+        longest = max(longest, time.perf_counter() - tick)
+        cpu_longest = max(cpu_longest, time.thread_time() - cpu)
+        if finished:
+            break
+        time.sleep(0.05)
+    print(f"{label}: longest main-thread step {longest:.3f} s wall, {cpu_longest:.3f} s CPU; "
+          f"{time.perf_counter() - start:.1f} s in all{' (' + job.error + ')' if job.error else ''}", flush=True)
 
 
 if __name__ == "__main__":
