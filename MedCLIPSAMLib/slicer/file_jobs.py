@@ -19,9 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import MedCLIPSAMError
+from .engine_process import ENGINE_PARENT
 from .process_tree import TreeStopper, group_popen_options
-
-ENGINE_PARENT = Path(__file__).resolve().parents[2]
 
 
 class FileJob:

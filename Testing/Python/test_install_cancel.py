@@ -15,7 +15,7 @@ import pytest
 from MedCLIPSAMLib.slicer.install import (STOP_GRACE_S, InstallProcess, Step, describe_site_packages,
                                           leftover_pip_folders, run_slicer_pip_install, write_private_constraints)
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX process groups, read from /proc")
 
 LAUNCHER = """
 import subprocess, sys, time
