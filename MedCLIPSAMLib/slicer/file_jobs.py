@@ -23,6 +23,11 @@ from .engine_process import ENGINE_PARENT
 from .process_tree import TreeStopper, group_popen_options
 
 
+def _mapped(path: str) -> np.ndarray:
+    """An array file mapped, not read: its pages are read by the one copy into VTK (a timer tick), not before."""
+    return np.load(path, mmap_mode="r")
+
+
 class FileJob:
     """One ``file_worker`` task in a child process; ``poll()`` is True once it ended (``result`` or ``error``)."""
 
@@ -131,9 +136,8 @@ class PredictionLoad:
             if self.job.error:
                 raise MedCLIPSAMError(self.job.error)
             self._check_nodes()
-            mask = np.load(self.job.result["mask"])
-            entropy = np.load(self.job.result["entropy"]) if self.job.result["entropy"] else None
-            self.job._cleanup()
+            mask = _mapped(self.job.result["mask"])
+            entropy = _mapped(self.job.result["entropy"]) if self.job.result["entropy"] else None
             self.applier = ResultApplier(self.scene, self.reference, {self.name: mask}, self.segmentation_node,
                                          entropy, False, "uncertainty",
                                          f"{self.name} uncertainty" if entropy is not None else None)
@@ -144,6 +148,8 @@ class PredictionLoad:
         if self.applier.step():
             self.record = self.applier.record
             self.finished = True
+            self.applier = None  # lets go of the mapped files before they are removed
+            self.job._cleanup()
 
     def _check_nodes(self) -> None:
         for node, what in ((self.reference, "input volume"), (self.segmentation_node, "output segmentation")):
@@ -248,10 +254,9 @@ class CaseLoad:
                 self._read_next()
                 return
             found = self.job.result
-            arrays = CaseArrays(self.case, np.load(found["image"]), tuple(tuple(v) for v in found["geometry"]),
-                                np.load(found["mask"]), np.load(found["overlay"]) if found["overlay"] else None,
+            arrays = CaseArrays(self.case, _mapped(found["image"]), tuple(tuple(v) for v in found["geometry"]),
+                                _mapped(found["mask"]), _mapped(found["overlay"]) if found["overlay"] else None,
                                 found["note"])
-            self.job._cleanup()
             if self.passed_over:
                 arrays.note = " ".join([f"Passed over: {p}" for p in self.passed_over] + ([arrays.note] if arrays.note
                                                                                           else []))
@@ -259,7 +264,8 @@ class CaseLoad:
         try:
             next(self._placing)
         except StopIteration:
-            self.loaded, self.finished = self.session.current, True
+            self.loaded, self.finished, self._placing = self.session.current, True, None
+            self.job._cleanup()
 
     def cancel(self, scene_closed: bool = False) -> None:
         """Stop; the nodes made so far are removed (not after a scene close: their IDs may be reused by then)."""
