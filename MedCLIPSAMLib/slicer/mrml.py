@@ -489,7 +489,8 @@ def combined_overlay(maps: dict[str, np.ndarray] | None) -> np.ndarray | None:
 def add_saliency_volume(scene, reference, values: np.ndarray, name: str):
     """A scalar volume on the reference grid with a heat colour map: uint8 maps span 0..255, others [0, 1]."""
     top = float(SALIENCY_LEVELS) if values.dtype == np.uint8 else 1.0
-    node = _volume_like(scene, "vtkMRMLScalarVolumeNode", values if values.dtype == np.uint8
+    # uint8 and float32 maps go in as they are (_volume_like copies them once into VTK): no second full copy
+    node = _volume_like(scene, "vtkMRMLScalarVolumeNode", values if values.dtype in (np.uint8, np.float32)
                         else values.astype(np.float32), reference, name, window=(0.0, top))
     display = node.GetDisplayNode()
     color = next((c for c in SALIENCY_COLOR_NODES if scene.GetNodeByID(c) is not None), None)
