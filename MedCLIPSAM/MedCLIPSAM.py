@@ -814,9 +814,6 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Choose the dataset folder that 'medclipsam label' wrote."))
             return
 
-        if not self._confirmLeaveCase():
-            return
-
         def openDataset():
             session = self.logic.openReview(dataset, predictions)
             settings = qt.QSettings()
@@ -824,7 +821,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             settings.setValue(REVIEW_PREDICTIONS_KEY, predictions or "")
             return session.summary()
 
-        self._review(openDataset)
+        self._leaveCaseThen(lambda: self._review(openDataset))
 
     def _refreshReviewQueue(self) -> None:
         review = self.logic.review
@@ -851,17 +848,18 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return _("{case}: edit '{label}' in the Segment Editor, then Accept (or Exclude). {note}").format(
             case=loaded.case, label=self.logic.review.dataset.label_name, note=loaded.note).strip()
 
-    def _confirmLeaveCase(self) -> bool:
+    def _leaveCaseThen(self, goOn) -> None:
         """Before the case on screen goes (Next case, a double-click, Open dataset): when its label was edited but
-        not accepted, ask Accept / Discard / Cancel. True: go on (the edit was accepted or is to be discarded)."""
-        from MedCLIPSAMLib.slicer.review import ACCEPT, CANCEL, DISCARD, leave_edited_case
-
+        not accepted, ask Accept / Discard / Cancel; ``goOn()`` runs after Discard, after the Accept was written (in
+        a child process, like the Accept button), or at once when there is nothing to lose (the edit check:
+        ``ReviewSession.has_unsaved_edits``)."""
         review = self.logic.review
         if self._fileJob is not None:  # an Accept is being written: its case counts as saved once it is done
-            self.ui.reviewStatusLabel.text = _("Still writing the accepted case; wait a moment.")
-            return False
+            self.ui.reviewStatusLabel.text = _("Still reading or writing files; wait a moment.")
+            return
         if review is None or not review.has_unsaved_edits():
-            return True
+            goOn()
+            return
         box = qt.QMessageBox(slicer.util.mainWindow())
         box.setWindowTitle(_("MedCLIP-SAM - Edited case"))
         box.setIcon(qt.QMessageBox.Warning)
@@ -874,23 +872,18 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         box.setEscapeButton(cancelButton)
         box.exec_()
         clicked = box.clickedButton()
-        answer = ACCEPT if clicked == acceptButton else DISCARD if clicked == discardButton else CANCEL
-        try:
-            return leave_edited_case(review, answer)
-        except Exception as exc:  # Accept refused (e.g. the segment was deleted): stay on the case
-            slicer.util.errorDisplay(str(exc) or type(exc).__name__)
-            return False
-        finally:
-            self._refreshReviewQueue()
+        if clicked == discardButton:
+            goOn()
+        elif clicked == acceptButton:
+            self._acceptThen(goOn)
 
     def onNextCase(self) -> None:
-        if self._confirmLeaveCase():
-            self._loadReviewCase(self.logic.review.upcoming_cases())
+        self._leaveCaseThen(lambda: self._loadReviewCase(self.logic.review.upcoming_cases()))
 
     def onReviewItemActivated(self, item) -> None:
         case = self._selectedReviewCase()
-        if case is not None and self._confirmLeaveCase():
-            self._loadReviewCase(case)
+        if case is not None:
+            self._leaveCaseThen(lambda: self._loadReviewCase(case))
 
     def _loadReviewCase(self, cases) -> None:
         """A child process reads the case's files; the timer puts it on screen a part per tick (``CaseLoad``)."""
@@ -906,7 +899,11 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._review(start)
 
     def onAcceptCase(self) -> None:
-        """Export the edited segment (here), write it into the dataset in a child process (no frozen window)."""
+        self._acceptThen(None)
+
+    def _acceptThen(self, goOn) -> None:
+        """Export the edited segment (here), write it into the dataset in a child process (no frozen window); then
+        ``goOn()`` (leaving the case), only when the Accept succeeded."""
         if self._fileJob is not None:
             self.ui.reviewStatusLabel.text = _("Still writing the previous case; wait a moment.")
             return
@@ -918,6 +915,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.reviewStatusLabel.text = _(
                 "Accepted {case}: DSC {dsc:.3f} against the pseudo-label, {changed} voxels changed. Next case when "
                 "ready.").format(case=case, dsc=entry["dsc"], changed=entry["changed_voxels"])
+            if goOn is not None:
+                goOn()
 
         def start():
             self._startFileJob(self.logic.startAccept(), accepted)
