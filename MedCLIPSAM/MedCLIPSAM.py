@@ -56,6 +56,9 @@ SAM_MODELS = ["auto", "litemedsam", "vit_b", "vit_l", "vit_h"]
 SCOPES = ["Whole volume", "Current slice", "Slice range"]
 POLL_MS = 250
 CORRECT_TICK_MS = 50
+CORRECT_TIMEOUT_S = 30.0
+"""How long a correction's engine may stay silent before the correction fails; each request waits at most 0.5 s
+(MedCLIPSAMLib.slicer.patience) and its session calls 0.25 s, asked again on the next tick."""
 """Corrections answer in ~0.1-0.2 s: the panel's timer steps the correction this often; each step is one short
 request (the engine holds it at most 0.1 s, slicer/correct.py), no thread."""
 UPLOAD_TICK_MS = 10
@@ -131,6 +134,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._correctTimer = None
         self._correctMarkups = {}
         self._pendingInteractions = None  # MedCLIPSAMLib.slicer.correct_markups.PendingInteractions, made on first use
+        self._resumeAfterInstall = None  # MedCLIPSAMLib.slicer.waiting.Resume: the action that asked for the install
+        self._engineWait = None  # MedCLIPSAMLib.slicer.waiting.EngineWait: a correction waiting for the engine
+        self._fileJob = self._fileJobTimer = None  # MedCLIPSAMLib.slicer.file_jobs.FileJob: Accept / training set
+        self._fileJobDone = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -176,6 +183,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._engineTimer = qt.QTimer(uiWidget)
         self._engineTimer.setInterval(POLL_MS)
         self._engineTimer.connect("timeout()", self._onEngineTick)
+        self._fileJobTimer = qt.QTimer(uiWidget)
+        self._fileJobTimer.setInterval(CORRECT_TICK_MS)  # polls a child process, or applies one part per tick
+        self._fileJobTimer.connect("timeout()", self._onFileJobTick)
         self._followSliceViews()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -189,8 +199,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         Each step runs even if an earlier one fails, so Slicer always quits promptly."""
         steps = [lambda: self._timer.stop() if self._timer is not None else None,
                  lambda: self._engineTimer.stop() if self._engineTimer is not None else None,
-                 lambda: self._install.cancel() if self._install is not None else None,
+                 lambda: self._install.cancel() if self._install is not None else None,  # waits <= 2 s: exit
                  lambda: self._lastSliceView.stop() if self._lastSliceView is not None else None,
+                 lambda: self._fileJobTimer.stop() if self._fileJobTimer is not None else None,
+                 lambda: self._fileJob.cancel() if self._fileJob is not None else None,
                  self.onCorrectDone,
                  lambda: self.logic.shutdown() if self.logic is not None else None,
                  lambda: self.setParameterNode(None), self.removeObservers]
@@ -210,6 +222,10 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.onCorrectDone()
         self.logic.cancel()
+        if self._fileJob is not None and hasattr(self._fileJob, "step"):  # a prediction or case being placed: take
+            self._fileJob.cancel()  # back its nodes now, while they exist (their IDs are reused after the close)
+            self._fileJob = self._fileJobDone = None
+            self._fileJobTimer.stop()
         self.logic.lastRun = None  # node IDs are reused after a scene close: undo must not touch new nodes
         if self.logic.review is not None:
             self.logic.review.forget_nodes()
@@ -224,7 +240,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            from MedCLIPSAMLib.slicer.mrml import default_input_volume
+
+            firstVolume = default_input_volume(slicer.mrmlScene)  # never a labelmap or one of our overlays
             if firstVolume:
                 self._parameterNode.inputVolume = firstVolume
         self._restoreReviewFolders()
@@ -252,7 +270,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.enabled = self.logic.lastRun is not None and not busy and not self._undoBlocked
         self.ui.undoButton.toolTip = self._undoBlocked or _(
             "Remove the segments the last run added and put back those it replaced; other segments and their "
-            "edits stay")
+            "edits stay. The Segment Editor's Undo (Ctrl+Z) also takes back each run, correction or loaded "
+            "prediction on its own, when the Segment Editor shows that segmentation")
         reviewing = self.logic.review is not None
         for button in (self.ui.nextCaseButton, self.ui.excludeCaseButton, self.ui.undoExcludeButton):
             button.enabled = reviewing
@@ -298,7 +317,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                           _("auto: an NVIDIA GPU when PyTorch sees one, else Apple's Metal (mps) on "
                                             "Apple silicon, else the CPU."))
 
-    def _engine(self):
+    def _engine(self, resume=None, what: str = ""):
+        """The engine to use, or None while its packages must be installed first: then ``resume`` (the action that
+        asked, described by ``what``) goes on once the install succeeded, and nothing else does."""
         from MedCLIPSAMLib.slicer.panel import local_engine_args
 
         if self.ui.engineModeComboBox.currentText == "Server":
@@ -306,13 +327,14 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      token=self.ui.serverTokenLineEdit.text)
         plan = self.logic.installPlan()
         if not plan.nothing_to_do:
-            self._offerInstall(plan)
+            self._offerInstall(plan, resume, what)
             return None
         return self.logic.engine("local", localArgs=local_engine_args(self._parameterNode))
 
     def onStopEngine(self) -> None:
         self.logic.cancel()
         self.logic.stopEngine()
+        self._engineTimer.start()  # reaps the stopping engine
         self.ui.statusLabel.text = _("The engine on this computer was stopped; it starts again on the next Segment.")
         self._checkCanApply()
 
@@ -353,6 +375,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel()
             if starting and self.ui.engineModeComboBox.currentText != "Server":
                 self.logic.stopEngine()  # it was still loading (or downloading) models: stop that too
+                self._engineTimer.start()  # reaps it
             self.ui.statusLabel.text = _("Cancelled; the engine stops after its current batch. Nothing was changed.")
             self._finishRun()
             return
@@ -365,10 +388,11 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from MedCLIPSAMLib.slicer.panel import run_settings
 
             settings = run_settings(p, self._currentSliceScope())
-            engine = self._engine()
+            engine = self._engine(self.onSegmentButton, _("Segment"))
             if engine is None:
                 return
-            self.logic.start(engine, p.inputVolume, [prompt], settings, p.outputSegmentation, p.showSaliency)
+            self.logic.start(engine, p.inputVolume, [prompt], settings, p.outputSegmentation, p.showSaliency,
+                             beforeWrite=self._beforeWrite(p.outputSegmentation))
         except Exception as exc:  # MedCLIPSAMError / ValueError: a message for the user
             slicer.util.errorDisplay(str(exc) or type(exc).__name__)
             return
@@ -456,8 +480,18 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if composite.GetForegroundVolumeID() in overlays:
                 composite.SetForegroundOpacity(value)
 
+    def _beforeWrite(self, segmentationNode):
+        """What runs and corrections call right before they write ``segmentationNode``: an undo state in the
+        Segment Editor when it shows that segmentation, so its Ctrl+Z takes back that write alone."""
+        from MedCLIPSAMLib.slicer.editor_undo import before_write_hook
+
+        return before_write_hook(self.logic.segmentEditorWidgets, segmentationNode)
+
     def onUndoButton(self) -> None:
         """Undo the last run, unless one of its segments was edited since (then say why and disable Undo)."""
+        record = self.logic.lastRun
+        if record is not None:
+            self._beforeWrite(slicer.mrmlScene.GetNodeByID(record.segmentation_node_id))()
         blocker = self.logic.undoLastRun()
         if blocker:
             self._undoBlocked = blocker
@@ -493,19 +527,19 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return 0, 0
         return view_slice(self._parameterNode.inputVolume, sliceNode.GetSliceToRAS())
 
-    def _ensureCorrection(self, restart: bool = False):
+    def _ensureCorrection(self, restart: bool = False, resume=None):
         """The session for the selected segment (opened on first use, again when the target changed, and with
-        ``restart`` from the segment as it is now)."""
+        ``restart`` from the segment as it is now). None while the engine's packages are being installed or the
+        local engine is starting: ``resume`` (the Correct action that asked) goes on when it is ready."""
         from MedCLIPSAMLib.client import EngineClient
-        from MedCLIPSAMLib.slicer.correct import Correction
+        from MedCLIPSAMLib.slicer.correct import Correction, prepare_target
 
         p = self._parameterNode
         segmentationNode = p.outputSegmentation if p else None
         if not (p and p.inputVolume and segmentationNode):
             raise ValueError(_("Choose the input volume and the output segmentation (run Segment first, or pick "
                                "one)."))
-        if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
-            segmentationNode.GetSegmentation().AddEmptySegment("", "correction")
+        prepare_target(segmentationNode)  # display nodes (a selector-made segmentation has none) and a segment
         segmentId = self._selectedSegmentId(segmentationNode)
         axis = self._activeView()[0]
         current = self._correction
@@ -516,20 +550,25 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not restart:  # another segment, volume or axis: what was queued was placed for the old one
             self._pending().clear()
         self._closeCorrection()
-        engine = self._engine()
+        engine = self._engine(resume, _("the correction"))
         if engine is None:
-            raise ValueError(_("The engine is not available."))
+            return None  # the install dialog is up; ``resume`` goes on after it
         if not engine.ready():
-            raise ValueError(_("The engine is starting (loading models); try again in a moment."))
+            self._waitForEngine(engine, resume)
+            return None
         from MedCLIPSAMLib.client import PART_BYTES
         from MedCLIPSAMLib.slicer.engine_process import RemoteEngine
         from MedCLIPSAMLib.slicer.run import REMOTE_PART_BYTES
 
         backend = None if p.samModel == "auto" else p.samModel
         partBytes = REMOTE_PART_BYTES if isinstance(engine, RemoteEngine) else PART_BYTES  # one part per tick
-        self._correction = Correction(EngineClient(engine.url, engine.token, timeout=30.0), slicer.mrmlScene,
-                                      p.inputVolume, segmentationNode, segmentId, axis=axis,
-                                      text_run_busy=self.logic.isRunning, sam_backend=backend, part_bytes=partBytes)
+        from MedCLIPSAMLib.slicer.patience import REQUEST_TIMEOUT_S
+
+        client = EngineClient(engine.url, engine.token, timeout=REQUEST_TIMEOUT_S, patience=CORRECT_TIMEOUT_S)
+        self._correction = Correction(client,
+                                      slicer.mrmlScene, p.inputVolume, segmentationNode, segmentId, axis=axis,
+                                      text_run_busy=self.logic.isRunning, sam_backend=backend, part_bytes=partBytes,
+                                      before_write=self._beforeWrite(segmentationNode))
         self._correctTimer.start()
         return self._correction
 
@@ -555,7 +594,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedCLIPSAMLib.slicer.correct_markups import start_placing
 
         try:
-            self._ensureCorrection()
+            if self._ensureCorrection(resume=lambda: self._place(key, className, color, persistent)) is None:
+                return
         except Exception as exc:
             self.ui.correctStatusLabel.text = str(exc)
             return
@@ -584,6 +624,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             self.ui.correctStatusLabel.text = str(exc)
             return
+        if correction is None:
+            return
         interaction = markup_interaction(correction.volume_node, correction.axis, key, node)
         if interaction is not None:  # None: a box's first corner
             self._pending().add(*interaction)
@@ -591,7 +633,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPropagate(self, direction: str) -> None:
         try:
-            correction = self._ensureCorrection()
+            if self._ensureCorrection(resume=lambda: self.onPropagate(direction)) is None:
+                return
         except Exception as exc:
             self.ui.correctStatusLabel.text = str(exc)
             return
@@ -608,9 +651,21 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.correctStatusLabel.text = str(exc)
         self._updateCorrectButtons()
 
+    def _waitForEngine(self, engine, then) -> None:
+        """The local engine is still starting: ``then`` goes on once it is ready; the Correct section shows the
+        engine's progress meanwhile (``_onEngineTick``)."""
+        from MedCLIPSAMLib.slicer.waiting import EngineWait
+
+        self._engineWait = EngineWait(engine, then or (lambda: None))
+        self.ui.correctStatusLabel.text = _("Waiting for the engine to start...")
+        self._engineTimer.start()
+
     def onCorrectDone(self) -> None:
         from MedCLIPSAMLib.slicer.correct_markups import stop_placing
 
+        if self._engineWait is not None:
+            self._engineWait.cancel()
+            self._engineWait = None
         if self._correctTimer is not None:
             self._correctTimer.stop()
         self._pending().clear()
@@ -660,12 +715,42 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
             slicer.util.errorDisplay(_("'{name}' has no segment to export.").format(name=segmentationNode.GetName()))
             return
+        if self._fileJob is not None:
+            self.ui.statusLabel.text = _("Still writing the previous case; wait a moment.")
+            return
         segmentId = self._selectedSegmentId(segmentationNode)
-        try:
-            imagePath, _labelPath = self.logic.addToTrainingSet(p, segmentationNode, segmentId)
-            self.ui.statusLabel.text = _("Added {name} to the training set.").format(name=imagePath.name)
+        try:  # the segment is exported here; the compressed files are written by a child process
+            job = self.logic.startAddToTrainingSet(p, segmentationNode, segmentId)
         except Exception as exc:
             slicer.util.errorDisplay(str(exc))
+            return
+        self.ui.statusLabel.text = _("Writing the case into the training set...")
+        self._startFileJob(job, lambda done: setattr(self.ui.statusLabel, "text", _(
+            "Added {name} to the training set.").format(name=Path(done.result["image"]).name)))
+
+    def _startFileJob(self, job, done) -> None:
+        """Follow file work in a child process (Accept, Add to training set: ``FileJob.poll``; Load prediction:
+        ``PredictionLoad.step``, which then applies the result a part per tick) from the timer; ``done(result)``."""
+        self._fileJob, self._fileJobDone = job, done
+        self._fileJobTimer.start()
+
+    def _onFileJobTick(self) -> None:
+        job = self._fileJob
+        advance = getattr(job, "step", None) or getattr(job, "poll", None)
+        if job is None or not advance():
+            if job is None:
+                self._fileJobTimer.stop()
+            return
+        self._fileJobTimer.stop()
+        done, self._fileJob, self._fileJobDone = self._fileJobDone, None, None
+        try:
+            if job.error:
+                slicer.util.errorDisplay(job.error)
+            elif done is not None:
+                done(job)
+        finally:
+            self._refreshReviewQueue()
+            self._checkCanApply()
 
     @staticmethod
     def _selectedSegmentId(segmentationNode) -> str:
@@ -674,14 +759,23 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return selected_segment_id(slicer.mrmlScene, segmentationNode)
 
     def onLoadPrediction(self) -> None:
+        """The files are read and checked by a child process; the result is applied a part per timer tick."""
         p = self._parameterNode
+        if self._fileJob is not None:
+            self.ui.statusLabel.text = _("Still writing or reading files; wait a moment.")
+            return
         try:
-            record = self.logic.loadPrediction(p)
+            load = self.logic.startLoadPrediction(p, self._beforeWrite(p.outputSegmentation))
         except Exception as exc:
             slicer.util.errorDisplay(str(exc))
             return
-        self._undoBlocked = ""
-        if record.created_node_ids:
+        self.ui.statusLabel.text = _("Reading the nnU-Net prediction...")
+        self._startFileJob(load, self._onPredictionLoaded)
+
+    def _onPredictionLoaded(self, load) -> None:
+        p, record = self._parameterNode, load.record
+        self.logic.lastRun, self._undoBlocked = record, ""
+        if record.created_node_ids and p is not None:
             slicer.util.setSliceViewerLayers(foreground=record.created_node_ids[0], foregroundOpacity=p.saliencyOpacity)
         self.ui.statusLabel.text = _("Loaded the nnU-Net prediction and its uncertainty map.")
         self._checkCanApply()
@@ -727,7 +821,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             settings.setValue(REVIEW_PREDICTIONS_KEY, predictions or "")
             return session.summary()
 
-        self._review(openDataset)
+        self._leaveCaseThen(lambda: self._review(openDataset))
 
     def _refreshReviewQueue(self) -> None:
         review = self.logic.review
@@ -754,22 +848,81 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return _("{case}: edit '{label}' in the Segment Editor, then Accept (or Exclude). {note}").format(
             case=loaded.case, label=self.logic.review.dataset.label_name, note=loaded.note).strip()
 
+    def _leaveCaseThen(self, goOn) -> None:
+        """Before the case on screen goes (Next case, a double-click, Open dataset): when its label was edited but
+        not accepted, ask Accept / Discard / Cancel; ``goOn()`` runs after Discard, after the Accept was written (in
+        a child process, like the Accept button), or at once when there is nothing to lose (the edit check:
+        ``ReviewSession.has_unsaved_edits``)."""
+        review = self.logic.review
+        if self._fileJob is not None:  # an Accept is being written: its case counts as saved once it is done
+            self.ui.reviewStatusLabel.text = _("Still reading or writing files; wait a moment.")
+            return
+        if review is None or not review.has_unsaved_edits():
+            goOn()
+            return
+        box = qt.QMessageBox(slicer.util.mainWindow())
+        box.setWindowTitle(_("MedCLIP-SAM - Edited case"))
+        box.setIcon(qt.QMessageBox.Warning)
+        box.setText(_("The label of {case} was edited but not accepted.").format(case=review.current.case))
+        box.setInformativeText(_("Accept the edited label into the dataset, discard the edits, or stay on this case?"))
+        acceptButton = box.addButton(_("Accept"), qt.QMessageBox.AcceptRole)
+        discardButton = box.addButton(_("Discard"), qt.QMessageBox.DestructiveRole)
+        cancelButton = box.addButton(_("Cancel"), qt.QMessageBox.RejectRole)
+        box.setDefaultButton(acceptButton)
+        box.setEscapeButton(cancelButton)
+        box.exec_()
+        clicked = box.clickedButton()
+        if clicked == discardButton:
+            goOn()
+        elif clicked == acceptButton:
+            self._acceptThen(goOn)
+
     def onNextCase(self) -> None:
-        self._review(lambda: self._showReviewCase(self.logic.review.next_case()))
+        self._leaveCaseThen(lambda: self._loadReviewCase(self.logic.review.upcoming_cases()))
 
     def onReviewItemActivated(self, item) -> None:
         case = self._selectedReviewCase()
         if case is not None:
-            self._review(lambda: self._showReviewCase(self.logic.review.load(case)))
+            self._leaveCaseThen(lambda: self._loadReviewCase(case))
+
+    def _loadReviewCase(self, cases) -> None:
+        """A child process reads the case's files; the timer puts it on screen a part per tick (``CaseLoad``)."""
+        if self._fileJob is not None:
+            self.ui.reviewStatusLabel.text = _("Still reading or writing files; wait a moment.")
+            return
+
+        def start():
+            self._startFileJob(self.logic.startCaseLoad(cases), lambda load: setattr(
+                self.ui.reviewStatusLabel, "text", self._showReviewCase(load.loaded)))
+            return _("Reading {case}...").format(case=cases if isinstance(cases, str) else _("the next case"))
+
+        self._review(start)
 
     def onAcceptCase(self) -> None:
-        def accept():
-            entry = self.logic.review.accept()
-            return _("Accepted {case}: DSC {dsc:.3f} against the pseudo-label, {changed} voxels changed. Next case "
-                     "when ready.").format(case=self.logic.review.current.case, dsc=entry["dsc"],
-                                           changed=entry["changed_voxels"])
+        self._acceptThen(None)
 
-        self._review(accept)
+    def _acceptThen(self, goOn) -> None:
+        """Export the edited segment (here), write it into the dataset in a child process (no frozen window); then
+        ``goOn()`` (leaving the case), only when the Accept succeeded."""
+        if self._fileJob is not None:
+            self.ui.reviewStatusLabel.text = _("Still writing the previous case; wait a moment.")
+            return
+        review = self.logic.review
+        case = review.current.case if review is not None and review.current is not None else ""
+
+        def accepted(job) -> None:
+            entry = job.result
+            self.ui.reviewStatusLabel.text = _(
+                "Accepted {case}: DSC {dsc:.3f} against the pseudo-label, {changed} voxels changed. Next case when "
+                "ready.").format(case=case, dsc=entry["dsc"], changed=entry["changed_voxels"])
+            if goOn is not None:
+                goOn()
+
+        def start():
+            self._startFileJob(self.logic.startAccept(), accepted)
+            return _("Writing {case} into the dataset...").format(case=case)
+
+        self._review(start)
 
     def _reviewTarget(self):
         """The case selected in the list, else the loaded one (None: neither)."""
@@ -800,7 +953,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("A server loads its own models when it starts; nothing to download here.")
             return
         try:
-            engine = self._engine()
+            engine = self._engine(self.onDownloadModels, _("Download models now"))
         except Exception as exc:
             slicer.util.errorDisplay(str(exc) or type(exc).__name__)
             return
@@ -809,19 +962,40 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._engineTimer.start()
 
     def _onEngineTick(self) -> None:
-        """While the engine starts on its own (Download models now): its download or newest log line."""
+        """While the engine starts on its own (Download models now, or a correction waiting for it): its download or
+        newest log line."""
         from MedCLIPSAMLib.slicer.run import starting_progress
+        from MedCLIPSAMLib.slicer.waiting import FAILED, STARTING
 
+        stopping = self.logic.engines.reap()  # engines being stopped in the background (SIGKILL after their grace)
+        wait = self._engineWait
+        if wait is not None:  # a correction waits for the engine: its progress in the Correct section
+            state = wait.tick()  # READY: the correction went on (it shows its own status)
+            if state == STARTING:
+                self.ui.correctStatusLabel.text = _("Waiting for the engine: {progress}").format(
+                    progress=wait.progress.text)
+            else:
+                if self._engineWait is wait:  # (what it ran may have begun another wait)
+                    self._engineWait = None
+                if state == FAILED:
+                    self.ui.correctStatusLabel.text = (wait.error.splitlines() or [""])[0]
         engine = self._startingEngine
-        failure = engine.failure() if engine is not None else None
-        if engine is None or failure or engine.ready():
-            self._engineTimer.stop()
+        if engine is None and self._engineWait is None:
+            if not stopping:
+                self._engineTimer.stop()
+            return
+        if engine is None:
+            return
+        failure = engine.failure()
+        if failure or engine.ready():
+            if self._engineWait is None and not stopping:
+                self._engineTimer.stop()
             self._startingEngine = None
             if not self.logic.isRunning():
                 self.ui.progressBar.hide()
             if failure:
                 slicer.util.errorDisplay(failure)
-            elif engine is not None:
+            else:
                 self.ui.statusLabel.text = _("The models are loaded; the engine on this computer is ready.")
             return
         if self.logic.isRunning():
@@ -835,10 +1009,14 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- installing the engine's packages: child processes of Slicer's Python, never in Slicer's process --------
 
-    def _offerInstall(self, plan) -> None:
-        """List what would be installed (sizes, what stays), then install with a progress dialog on consent."""
+    def _offerInstall(self, plan, resume=None, what: str = "") -> None:
+        """List what would be installed (sizes, what stays), then install with a progress dialog on consent; once
+        it succeeded only ``resume`` (the action that asked for it) goes on."""
+        from MedCLIPSAMLib.slicer.waiting import Resume
+
         if self._install is not None:
-            self.ui.statusLabel.text = _("The installation is still running.")
+            self.ui.statusLabel.text = (_("The installation is being stopped; wait a moment.") if self._install.stopping
+                                        else _("The installation is still running."))
             return
         if not slicer.util.confirmOkCancelDisplay(_(
                 "The MedCLIP-SAM engine on this computer needs Python packages that Slicer does not have yet:\n\n"
@@ -846,6 +1024,8 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "Run on: Server to use an engine that has them.)").format(plan=plan.describe())):
             self.ui.statusLabel.text = _("Nothing was installed.")
             return
+        self._resumeAfterInstall = Resume()
+        self._resumeAfterInstall.ask(resume, what)
         self._install = self.logic.startInstall(plan)
         dialog = qt.QProgressDialog(_("Preparing the installation..."), _("Cancel"), 0, 0, slicer.util.mainWindow())
         dialog.setWindowTitle(_("MedCLIP-SAM - Installing Python packages"))
@@ -868,9 +1048,13 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onInstallFinished()
 
     def _onInstallCancel(self) -> None:
-        if self._install is not None:
-            self._install.cancel()
-            self._onInstallFinished()
+        """Ask pip's whole process group to stop and return at once; the install timer sees it gone (SIGKILL after
+        1 s), then the panel says what site-packages holds."""
+        if self._install is not None and not self._install.finished:
+            self._install.cancel(wait=0)
+            self.ui.statusLabel.text = _("Stopping the installation...")
+            if self._install.finished:
+                self._onInstallFinished()
 
     def _onInstallFinished(self) -> None:
         install, self._install = self._install, None
@@ -882,28 +1066,37 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         install.cleanup()
         packaging = self.logic.packagingPipInstall()
         if install.succeeded and packaging is not None and self.logic.pendingRequirements:
-            # Slicer after 5.10: its own non-blocking pip dialog, with our requester name and constraints
+            # Slicer after 5.10 (main): its status-bar install (busy cursor, pip's lines in the status bar, no
+            # dialog, no Cancel), with our requester name and pins
+            self.ui.statusLabel.text = _("Slicer is installing the remaining packages (see the status bar)...")
             self.logic.installWithSlicerPackaging(packaging, self._onPackagingDone)
             return
         if install.succeeded:
             self._afterInstall(0, "")
         elif install.cancelled:
-            self.ui.statusLabel.text = _("Installation cancelled; what pip had finished stays installed.")
+            self._resumeAfterInstall = None
+            self.ui.statusLabel.text = _("Installation cancelled.") + " " + install.site_packages_report()
         else:
-            self._afterInstall(install.returncode, install.log())
+            self._afterInstall(install.returncode, install.log() + "\n" + install.site_packages_report())
 
-    def _onPackagingDone(self, returnCode: int) -> None:
-        self._afterInstall(returnCode, "")
+    def _onPackagingDone(self, returnCode: int, message: str = "") -> None:
+        self._afterInstall(returnCode, "", message)
 
-    def _afterInstall(self, returnCode: int, log: str) -> None:
+    def _afterInstall(self, returnCode: int, log: str, message: str = "") -> None:
+        resume, self._resumeAfterInstall = self._resumeAfterInstall, None
         if returnCode == 0 and self.logic.installPlan().nothing_to_do:
-            self.ui.statusLabel.text = _("The packages are installed; segmenting now.")
-            self.onSegmentButton()
+            action = resume.finish(True) if resume is not None else None
+            if action is None:
+                self.ui.statusLabel.text = _("The packages are installed.")
+                return
+            self.ui.statusLabel.text = _("The packages are installed; going on with {what}.").format(what=resume.what)
+            action()
             return
-        tail = "\n".join(log.strip().splitlines()[-6:])
+        tail = "\n".join(log.strip().splitlines()[-8:])
         details = {"detailedText": tail} if tail else {}  # messageBox sets each keyword on the box: never None
-        slicer.util.errorDisplay(_("Installing the packages failed (exit code {code}). Check the internet connection "
-                                   "and try again, or choose Run on: Server.").format(code=returnCode), **details)
+        slicer.util.errorDisplay(message or _("Installing the packages failed (exit code {code}). Check the internet "
+                                              "connection and try again, or choose Run on: Server.").format(
+                                                  code=returnCode), **details)
 
 
 class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
@@ -913,7 +1106,7 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         from MedCLIPSAMLib.slicer.engine_process import EngineChoice
 
-        self.engines = EngineChoice(self.pythonExecutable)
+        self.engines = EngineChoice(self.pythonExecutable, background_stop=True)  # a replaced engine: no wait
         self.run = None
         self.lastRun = None
         self.review = None
@@ -972,18 +1165,15 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
             return None
 
     def installWithSlicerPackaging(self, pipInstall, completed) -> None:
-        """The pip step through Slicer's own non-blocking installer (its dialog names us), with our private pins."""
-        from MedCLIPSAMLib.slicer.install import current_constraints
+        """The pip step through Slicer's own installer in its status-bar mode (``blocking=False,
+        show_progress=True``: busy cursor and pip's lines in the status bar, no dialog), with our private pins;
+        ``completed(returnCode, message)`` comes exactly once, also when Slicer refuses because another install
+        runs (RuntimeError) and in testing mode, where it blocks and never calls back (``run_slicer_pip_install``)."""
+        from MedCLIPSAMLib.slicer.install import current_constraints, run_slicer_pip_install
 
         constraints = current_constraints()
         requirements, self.pendingRequirements = self.pendingRequirements, []
-
-        def done(returnCode: int) -> None:
-            constraints.unlink(missing_ok=True)
-            completed(returnCode)
-
-        pipInstall(requirements, constraints=constraints, blocking=False, show_progress=True,
-                   requester="MedCLIP-SAM", completedCallback=done)
+        run_slicer_pip_install(pipInstall, requirements, constraints, bool(slicer.app.testingEnabled()), completed)
 
     # --- engine and runs -----------------------------------------------------------------------------------
 
@@ -991,20 +1181,33 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         return self.engines.get(mode, localArgs, url, token)
 
     def stopEngine(self) -> None:
-        self.engines.stop()
+        """SIGTERM to the engine's process group, without waiting; ``engines.reap()`` (the panel's engine timer)
+        finishes the stop (SIGKILL after its grace period). Slicer's exit waits instead (``shutdown``)."""
+        self.engines.stop(wait=False)
 
     def isRunning(self) -> bool:
         return self.run is not None and not self.run.finished
 
-    def start(self, engine, volumeNode, prompts, settings, segmentationNode=None, showSaliency=True):
-        """A new run (the previous one, if any, is cancelled and can never apply its result)."""
+    def start(self, engine, volumeNode, prompts, settings, segmentationNode=None, showSaliency=True, beforeWrite=None):
+        """A new run (the previous one, if any, is cancelled and can never apply its result); ``beforeWrite`` is
+        called right before the result goes into an existing segmentation (Segment Editor undo state)."""
         from MedCLIPSAMLib.slicer.run import SegmentRun
 
         if volumeNode is None:
             raise ValueError("Select an input volume first.")
         self.cancel()
-        self.run = SegmentRun(engine, slicer.mrmlScene, volumeNode, prompts, settings, segmentationNode, showSaliency)
+        self.run = SegmentRun(engine, slicer.mrmlScene, volumeNode, prompts, settings, segmentationNode, showSaliency,
+                              before_write=beforeWrite)
         return self.run
+
+    @staticmethod
+    def segmentEditorWidgets() -> list:
+        """The Segment Editor module's editor widget (``qMRMLSegmentEditorWidget``), once that module's panel was
+        created (Slicer sets ``slicer.modules.SegmentEditorWidget`` then, 5.10.0 and main); else none. Other
+        modules' embedded editors keep their own undo states and are not reachable from here."""
+        widget = getattr(slicer.modules, "SegmentEditorWidget", None)
+        editor = getattr(widget, "editor", None)
+        return [editor] if editor is not None else []
 
     def cancel(self) -> None:
         if self.run is not None:
@@ -1049,13 +1252,51 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         return add_to_training_set(p.inputVolume, segmentationNode, segmentId, folder, caseId, segment.GetName(),
                                    modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
 
-    def loadPrediction(self, p):
+    def startCaseLoad(self, cases):
+        """Load a review case (or the first readable of ``cases``) through a child process (``file_jobs.CaseLoad``);
+        the panel asked about unaccepted edits before."""
+        from MedCLIPSAMLib.slicer.file_jobs import CaseLoad
+
+        return CaseLoad(self.review, self.pythonExecutable(), cases, discard_edits=True)
+
+    def startAccept(self):
+        """Accept the review's current case; the file work runs in a child process (``file_jobs.FileJob``)."""
+        from MedCLIPSAMLib.slicer.file_jobs import start_accept
+
+        return start_accept(self.review, self.pythonExecutable())
+
+    def startAddToTrainingSet(self, p, segmentationNode, segmentId):
+        """``addToTrainingSet`` with the compressed writing in a child process (``file_jobs.FileJob``)."""
+        from MedCLIPSAMLib.slicer.file_jobs import start_add_to_training_set
+        from MedCLIPSAMLib.slicer.panel import path_or_none
+        from MedCLIPSAMLib.weak.export import dataset_dir, next_case_id
+
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        folder = dataset_dir(Path(path_or_none(p.nnunetRawFolder)), p.datasetId, p.datasetName)
+        return start_add_to_training_set(self.pythonExecutable(), p.inputVolume, segmentationNode, segmentId, folder,
+                                         next_case_id(folder, p.datasetName), segment.GetName(),
+                                         modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
+
+    def startLoadPrediction(self, p, beforeWrite=None):
+        """``loadPrediction`` without freezing: a ``file_jobs.PredictionLoad`` the panel's timer steps."""
+        from MedCLIPSAMLib.slicer.file_jobs import PredictionLoad
+        from MedCLIPSAMLib.slicer.panel import path_or_none
+
+        mask = path_or_none(p.predictionMaskPath)
+        if not (p.inputVolume and mask):
+            raise ValueError("Choose the input volume and the predicted mask file.")
+        return PredictionLoad(self.pythonExecutable(), slicer.mrmlScene, p.inputVolume, mask,
+                              path_or_none(p.predictionEntropyPath), "nnU-Net", p.outputSegmentation, beforeWrite)
+
+    def loadPrediction(self, p, beforeWrite=None):
         from MedCLIPSAMLib.slicer.mrml import load_prediction
         from MedCLIPSAMLib.slicer.panel import path_or_none
 
         mask = path_or_none(p.predictionMaskPath)
         if not (p.inputVolume and mask):
             raise ValueError("Choose the input volume and the predicted mask file.")
+        if beforeWrite is not None and p.outputSegmentation is not None:
+            beforeWrite()
         self.lastRun = load_prediction(slicer.mrmlScene, p.inputVolume, mask, path_or_none(p.predictionEntropyPath),
                                        "nnU-Net", p.outputSegmentation)
         return self.lastRun

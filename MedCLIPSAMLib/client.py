@@ -78,10 +78,13 @@ class EngineClient:
     version = __version__
     min_server_protocol = MIN_SERVER_PROTOCOL
 
-    def __init__(self, url: str, token: str, timeout: float = 30.0):
+    def __init__(self, url: str, token: str, timeout: float = 30.0, patience: float | None = None):
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.patience = timeout if patience is None else patience
+        """How long the engine may stay silent over repeated polls (``SessionCall``) before that is an error; a
+        caller with short request timeouts (Slicer's main thread) sets it longer than ``timeout``."""
         self.server_info: dict[str, Any] | None = None
         """The server's ``/info`` once ``handshake`` accepted it."""
         self.bytes_sent = 0

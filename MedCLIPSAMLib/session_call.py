@@ -48,7 +48,7 @@ class SessionCall:
         """Ask once (at most POLL_TIMEOUT_S) whether the engine has answered; True once ``reply`` holds it.
 
         An error the engine answered (a 4xx naming a bad slice, a closed session) is raised as the
-        ``EngineError`` a blocking request raises; silence longer than the client's timeout too."""
+        ``EngineError`` a blocking request raises; silence longer than the client's patience too."""
         if self.finished or self.withdrawn:
             return self.finished
         try:
@@ -57,7 +57,7 @@ class SessionCall:
             if exc.status:
                 raise
             self._silent_since = self._silent_since or time.monotonic()
-            if time.monotonic() - self._silent_since > self.client.timeout:
+            if time.monotonic() - self._silent_since > getattr(self.client, "patience", self.client.timeout):
                 raise
             return False
         self._silent_since = 0.0

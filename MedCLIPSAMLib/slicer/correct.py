@@ -33,6 +33,7 @@ from ..client import PART_BYTES, EngineClient, EngineError, PartUpload, Upload
 from ..errors import MedCLIPSAMError
 from ..interactive.answer import Answer, encode_mask
 from ..session_call import CLOSE_TIMEOUT_S, POLL_TIMEOUT_S, SessionCall
+from .patience import Patience
 from .mrml import labelmap_stamp, segment_digest, spacing_kji, volume_view
 from .run import begin_upload, next_packed, packing_steps
 from .segment_slices import grid_problem, read_slices, segment_array, write_slices
@@ -89,6 +90,21 @@ def roi_prompt(volume_node, axis: int, roi_node) -> tuple[int, tuple[int, int, i
     return int(round(center[axis])), box
 
 
+def show_segmentation(segmentation_node) -> None:
+    """Give the segmentation its display nodes when it has none: one made with a node selector's "Create new
+    Segmentation" has none (``qMRMLNodeComboBox::addNode`` only creates the node), and a correction written into
+    it would show in no view. A Segment run gets them from ``ImportLabelmapToSegmentationNode``."""
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+
+
+def prepare_target(segmentation_node, name: str = "correction") -> None:
+    """The segmentation a correction starts on: shown in the views, with an (empty) segment when it has none."""
+    show_segmentation(segmentation_node)
+    if segmentation_node.GetSegmentation().GetNumberOfSegments() == 0:
+        segmentation_node.GetSegmentation().AddEmptySegment("", name)
+
+
 @dataclass
 class SliceEdit:
     """One applied interaction: the slices it rewrote, before and after (one undo step)."""
@@ -118,14 +134,19 @@ class Correction:
     longest_step_s: float = 0.0
     """The longest ``step()`` so far, in seconds (what a harness checks against the GUI budget)."""
     _call: SessionCall | None = None
+    _patience: Patience | None = None
     _answer: Answer | None = None
     _sending: PartUpload | None = None
     _upload: Upload | None = None
     _written: tuple[int, str] = (0, "")
     """(labelmap stamp, segment digest) after this correction last wrote the segment (or read it at the start)."""
+    before_write: Callable[[], None] | None = None
+    """Called right before each write of the segment (the panel saves a Segment Editor undo state there:
+    ``editor_undo``), so the editor's Ctrl+Z takes back that write alone."""
 
     def __post_init__(self) -> None:
         """Read the segment now (main thread); the volume is packed, uploaded and the session opened by ``step``."""
+        show_segmentation(self.segmentation_node)
         problem = grid_problem(self.segmentation_node, self.segment_id, self.volume_node)
         if problem:
             raise MedCLIPSAMError(problem)
@@ -175,6 +196,7 @@ class Correction:
             raise MedCLIPSAMError("The segment was edited outside the correction since its last change, so Undo "
                                   "correction would lose that edit; use the Segment Editor's Undo instead.")
         edit = self.edits.pop()
+        self._before_write()
         write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, edit.slices_before)
         self._remember_segment()
         self._request(UNDOING, "undo")
@@ -238,7 +260,8 @@ class Correction:
         if self.state == PACKING:
             self._pack()
         elif self.state == UPLOADING:
-            self._sending.send_next()
+            if not self._patiently(self._sending.send_next):
+                return
             if self._sending.finished:
                 self._open()
         elif self.state == OPENING:
@@ -257,13 +280,32 @@ class Correction:
             if self._call.poll():
                 self._call, self.state = None, IDLE
 
+    def _patiently(self, request) -> bool:
+        """A retry-safe request (upload start, one part): False when the engine did not answer within the client's
+        timeout (asked again on the next tick, until the client's patience is over: ``patience.Patience``)."""
+        if self._patience is None:
+            self._patience = Patience(getattr(self.client, "patience", self.client.timeout))
+        try:
+            request()
+        except EngineError as exc:
+            self._patience.retry_or_raise(exc)
+            self.message = "Waiting for the engine to answer"
+            return False
+        self._patience.answered()
+        return True
+
     def _pack(self) -> None:
         """The upload bytes, one 16 MB chunk per step; then the upload begins (nothing sent if the engine has it)."""
-        upload = next_packed(self._packing)
-        if upload is None:
+        if self._upload is None:
+            upload = next_packed(self._packing)
+            if upload is None:
+                return
+            self._packing, self._upload = None, upload
+        started = []
+        if not self._patiently(lambda: started.append(begin_upload(self.client, self._upload, self.part_bytes,
+                                                                   POLL_TIMEOUT_S))):
             return
-        self._packing, self._upload = None, upload
-        self._sending = begin_upload(self.client, upload, self.part_bytes, POLL_TIMEOUT_S)
+        self._sending = started[0]
         if self._sending is None:
             self._open()
         else:
@@ -300,11 +342,16 @@ class Correction:
                 return
             before = read_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis,
                                  answer.slices)
+            self._before_write()
             write_slices(self.segmentation_node, self.segment_id, self.volume_node, self.axis, answer.slices)
             self._remember_segment()
             self.edits.append(SliceEdit(before, answer.slices))
         self.message = answer.message or f"{len(answer.slices)} slice(s) changed"
         self._answer, self.state, self.error = None, IDLE, ""
+
+    def _before_write(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
 
     def _send(self, action: str, body: dict[str, Any]) -> None:
         if self.busy:

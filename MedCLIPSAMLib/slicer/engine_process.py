@@ -11,9 +11,7 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +20,7 @@ from ..client import EngineClient
 from ..errors import MedCLIPSAMError
 from ..wire import READY_LINE, TOKEN_ENV
 from ..server.startup import last_loading
+from .process_tree import TreeStopper, group_alive, group_popen_options
 
 ENGINE_PARENT = Path(__file__).resolve().parents[2]
 """The folder holding the MedCLIPSAMLib package, put on the child's PYTHONPATH."""
@@ -29,7 +28,9 @@ URL_PATTERN = re.compile(re.escape(READY_LINE) + r" (http://[^\s/]+)")
 STOP_WAIT_S = 0.5
 """How long stopping waits for the engine at each step (after asking it to exit, after SIGTERM): Slicer's main thread
 does it (changing the device or SAM model, Stop the engine), and a killed engine loses nothing (it keeps no state
-that matters), so at most ~2 s of frozen window instead of 11 s."""
+that matters), so at most ~2 s of frozen window instead of 11 s. ``stop_soon`` waits for nothing at all."""
+STOP_GRACE_S = 3.0
+"""``stop_soon``: how long the engine gets to end its jobs on SIGTERM before SIGKILL (polled, nobody waits)."""
 
 
 class LocalEngine:
@@ -49,13 +50,11 @@ class LocalEngine:
         env["PYTHONUNBUFFERED"] = "1"
         command = [self.python, "-m", "MedCLIPSAMLib.server", "--host", "127.0.0.1", "--port", "0",
                    "--parent-pid", str(os.getpid()), *self.args]
-        windows = sys.platform == "win32"
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if windows else 0
         with open(self.log_path, "wb") as log:
             # Own process group: Slicer's PythonSlicer is a launcher that does not pass signals on to the Python
-            # it starts, so stopping means stopping the whole group (taskkill /T on Windows).
+            # it starts, so stopping means stopping the whole group (taskkill /T on Windows); no console window.
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, creationflags=flags, start_new_session=not windows)
+                                            env=env, **group_popen_options())
 
     def ready(self) -> bool:
         """True once the server accepts connections (it printed its address)."""
@@ -101,27 +100,22 @@ class LocalEngine:
             self._kill_tree(process, wait)
         self.url = None
 
+    def stop_soon(self) -> TreeStopper | None:
+        """Stop without waiting (Slicer's main thread): SIGTERM to the whole group now (the server ends its jobs as
+        on /shutdown), SIGKILL after ``STOP_GRACE_S`` when the returned stopper is polled; None: nothing ran."""
+        process, self.url = self.process, None
+        if process is None or not group_alive(process):
+            return None
+        stopper = TreeStopper(process, STOP_GRACE_S)
+        stopper.begin()
+        return stopper
+
     @staticmethod
     def _kill_tree(process: subprocess.Popen, wait: float) -> None:
-        if sys.platform == "win32":
-            if process.poll() is None:
-                subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True)
-            return
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)  # the group outlives a launcher that already exited
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                process.poll()  # reap the launcher
-                try:
-                    os.killpg(process.pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.1)
+        """SIGTERM to the whole group, SIGKILL after ``wait`` s, at most ``2 * wait`` s in all."""
+        stopper = TreeStopper(process, grace=wait)
+        stopper.begin()
+        stopper.wait(2 * wait)
 
     def _log(self) -> str:
         try:
@@ -153,9 +147,13 @@ class EngineChoice:
     ``python``: the interpreter path, or a function returning it (asked only when a local engine starts,
     so a Slicer without its launcher can still use a remote server)."""
 
-    def __init__(self, python: str | Callable[[], str], log_folder: str | os.PathLike | None = None):
+    def __init__(self, python: str | Callable[[], str], log_folder: str | os.PathLike | None = None,
+                 background_stop: bool = False):
         self.python, self.log_folder = python, log_folder
         self.local: LocalEngine | None = None
+        self.background_stop = background_stop
+        """Stop a replaced engine without waiting (``LocalEngine.stop_soon``); ``reap()`` finishes the stops."""
+        self.stopping: list[TreeStopper] = []
 
     def get(self, mode: str, local_args: Sequence[str] = (), url: str = "", token: str = ""):
         """``mode``: "local" (start or reuse the child process) or "remote" (``url`` + ``token``)."""
@@ -169,15 +167,31 @@ class EngineChoice:
             if not token.strip():
                 raise InputError("Enter the server's token (printed by 'medclipsam serve', or its --token-file).")
             return RemoteEngine(url.strip().rstrip("/"), token.strip())
+        self.reap()
         if self.local is not None and (list(local_args) != self.local.args or self.local.failure() is not None):
-            self.stop()
+            self.stop(wait=not self.background_stop)
         if self.local is None:
             python = self.python() if callable(self.python) else self.python
             self.local = LocalEngine(python, local_args, self.log_folder)
             self.local.start()
         return self.local
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop the local engine: waiting (at most ~2 s; Slicer's exit) or not (``reap`` polls it)."""
         if self.local is not None:
-            self.local.stop()
+            if wait:
+                self.local.stop()
+            else:
+                stopper = self.local.stop_soon()
+                if stopper is not None:
+                    self.stopping.append(stopper)
             self.local = None
+        if wait:
+            for stopper in self.stopping:
+                stopper.wait(STOP_GRACE_S + 1)
+            self.stopping = []
+
+    def reap(self) -> bool:
+        """Poll engines being stopped (SIGKILL once their grace is over); True while one still runs."""
+        self.stopping = [stopper for stopper in self.stopping if not stopper.poll()]
+        return bool(self.stopping)

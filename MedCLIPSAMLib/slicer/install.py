@@ -19,13 +19,15 @@ import platform
 import re
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ..dependencies import REQUIREMENTS
 from ..resources import resource_path
+from .process_tree import TreeStopper, group_popen_options
 
 ALWAYS_PROTECTED = ("torch", "torchvision", "requests")
 """Pinned whenever installed, even when a requirement would like another version."""
@@ -150,8 +152,9 @@ def install_steps(python: str, plan: InstallPlan, constraints: Callable[[], Path
         ltt, *torch = TORCH_STEP
         steps.append(Step("Installing light-the-torch", lambda: [python, "-m", "pip", "install", ltt,
                                                                 "-c", str(constraints())]))
+        # ``ltt install`` takes pip's options (it runs pip with its own index choice): the same pins as every step
         steps.append(Step("Installing PyTorch (light-the-torch picks the build for this computer)",
-                          lambda: [python, "-m", "light_the_torch", "install", *torch]))
+                          lambda: [python, "-m", "light_the_torch", "install", *torch, "-c", str(constraints())]))
     if plan.requirements:
         steps.append(Step(f"Installing {len(plan.requirements)} packages and their dependencies",
                           lambda: [python, "-m", "pip", "install", *plan.requirements, "-c", str(constraints())]))
@@ -164,8 +167,15 @@ def current_constraints() -> Path:
     return write_private_constraints(f"{n}=={v}" for n, v in sorted(installed_distributions().items()))
 
 
+STOP_GRACE_S = 1.0
+"""After SIGTERM, how long pip's process group gets before SIGKILL (pip stops on SIGTERM at once)."""
+
+
 class InstallProcess:
-    """Runs install steps one after another as child processes; ``poll()`` never blocks (a Qt timer calls it)."""
+    """Runs install steps one after another as child processes; ``poll()`` never blocks (a Qt timer calls it).
+
+    Each step runs in a process group of its own, so ``cancel`` stops the launcher *and* the Python and pip it
+    started (PythonSlicer passes no signal on); the install is ``finished`` only once none of them runs."""
 
     def __init__(self, steps: list[Step], env: dict[str, str] | None = None):
         self.steps, self.env = list(steps), env
@@ -176,10 +186,18 @@ class InstallProcess:
         self.returncode: int | None = None
         self.cancelled = False
         self._files: list[Path] = []
+        self._stopper: TreeStopper | None = None
+        self.before = installed_distributions()
+        """What this Python had when the install began (``site_packages_report`` compares with it)."""
 
     @property
     def finished(self) -> bool:
         return self.returncode is not None
+
+    @property
+    def stopping(self) -> bool:
+        """Cancelled, and pip's processes are still being stopped (``poll`` goes on until they are gone)."""
+        return self.cancelled and not self.finished
 
     @property
     def succeeded(self) -> bool:
@@ -192,6 +210,10 @@ class InstallProcess:
     def poll(self) -> str:
         """Start the next step when the current one is done; returns the newest output line."""
         if self.finished:
+            return self.last_line()
+        if self._stopper is not None:
+            if self._stopper.poll():
+                self._stopped()
             return self.last_line()
         if self.process is not None:
             code = self.process.poll()
@@ -210,25 +232,40 @@ class InstallProcess:
             log.write(f"$ {' '.join(argv)}\n".encode())
             log.flush()
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self.env)
+                                            env=self.env, **group_popen_options())
         return self.last_line()
 
-    def cancel(self) -> None:
-        """Stop the running step (pip leaves what it finished installed; nothing of Slicer's is replaced)."""
+    def cancel(self, wait: float = 2 * STOP_GRACE_S) -> None:
+        """Stop the running step's whole process group (pip leaves what it finished installed; nothing of Slicer's
+        is replaced, everything is pinned). Waits at most ``wait`` s; with ``wait=0`` it returns at once and
+        ``poll()`` finishes the stop (SIGKILL after ``STOP_GRACE_S``), so Slicer's main thread never waits."""
+        if self.finished:
+            return
         self.cancelled = True
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(1)  # Slicer's main thread waits here: pip stops on SIGTERM at once
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        if self.returncode is None:
-            self.returncode = -1
+        if self.process is None:
+            self._stopped()
+            return
+        if self._stopper is None:
+            self._stopper = TreeStopper(self.process, STOP_GRACE_S)
+            self._stopper.begin()
+        if wait > 0:
+            self._stopper.wait(wait)
+        if self._stopper.poll():
+            self._stopped()
+
+    def _stopped(self) -> None:
+        self.returncode = -1
         self.cleanup()
 
     def cleanup(self) -> None:
         for path in self._files:
             path.unlink(missing_ok=True)
+
+    def site_packages_report(self) -> str:
+        """After a cancel or a failure: what pip left in Slicer's Python (one short paragraph for the panel)."""
+        return describe_site_packages(self.before, installed_distributions(), leftover_pip_folders(),
+                                      still_running=self.process is not None and self._stopper is not None
+                                      and not self._stopper.poll())
 
     def log(self) -> str:
         try:
@@ -239,3 +276,83 @@ class InstallProcess:
     def last_line(self) -> str:
         lines = [line.strip() for line in self.log().splitlines() if line.strip()]
         return lines[-1] if lines else ""
+
+
+def site_packages_folders() -> list[Path]:
+    """Where pip installs in this Python (pure and platform-specific packages; the same folder on most systems)."""
+    paths = sysconfig.get_paths()
+    return sorted({Path(paths[key]) for key in ("purelib", "platlib") if key in paths})
+
+
+def leftover_pip_folders(folders: Iterable[Path] | None = None) -> list[str]:
+    """Folders pip leaves behind when stopped mid-way: it moves a package it replaces to ``~name`` first."""
+    found = []
+    for folder in site_packages_folders() if folders is None else folders:
+        try:
+            found += sorted(entry.name for entry in folder.iterdir() if entry.name.startswith("~"))
+        except OSError:
+            continue
+    return found
+
+
+def describe_site_packages(before: dict[str, str], after: dict[str, str], leftovers: list[str],
+                           still_running: bool = False) -> str:
+    """What changed between two ``installed_distributions`` snapshots, in words."""
+    added = sorted(name for name in after if name not in before)
+    changed = sorted(f"{name} {before[name]} -> {after[name]}" for name in after
+                     if name in before and before[name] != after[name])
+    removed = sorted(name for name in before if name not in after)
+    lines = []
+    if still_running:
+        lines.append("pip is still stopping; do not start another install until it has.")
+    if added:
+        lines.append(f"pip had installed {len(added)} package(s) before it stopped ({', '.join(added[:8])}"
+                     + (", ..." if len(added) > 8 else "") + "); they stay, and the next install reuses them.")
+    else:
+        lines.append("pip had not installed anything yet.")
+    if changed or removed:
+        lines.append("Changed: " + ", ".join(changed + [f"{name} removed" for name in removed])
+                     + ". Run the install again to complete it.")
+    else:
+        lines.append("No package Slicer already had was changed.")
+    if leftovers:
+        lines.append(f"pip left unfinished folders in site-packages ({', '.join(leftovers[:5])}); the next install "
+                     "replaces them.")
+    return " ".join(lines)
+
+
+def run_slicer_pip_install(pip_install: Callable[..., Any], requirements: list[str], constraints: Path,
+                           testing: bool, completed: Callable[[int, str], None], requester: str = "MedCLIP-SAM"
+                           ) -> None:
+    """The pip step through Slicer's ``slicer.packaging.pip_install`` (Slicer's main branch, after 5.10), as it
+    behaves there (Base/Python/slicer/packaging.py on main):
+
+    - ``blocking=False, show_progress=True`` is its status-bar mode: a busy cursor and pip's lines in the status
+      bar, no dialog and no Cancel; ``completedCallback(returnCode)`` is called when pip ends;
+    - it raises ``RuntimeError`` at once when another non-blocking install runs (or off the main thread);
+    - in testing mode (and in PythonSlicer) it blocks, raises ``CalledProcessError`` on failure and never calls
+      the callback.
+
+    ``completed(returnCode, message)`` is called exactly once in every case, and ``constraints`` (our private pin
+    file) is deleted before it."""
+    done = []
+
+    def finish(code: int, message: str = "") -> None:
+        if done:
+            return
+        done.append(code)
+        constraints.unlink(missing_ok=True)
+        completed(int(code), message)
+
+    try:
+        pip_install(requirements, constraints=constraints, blocking=False, show_progress=True, requester=requester,
+                    completedCallback=finish)
+    except RuntimeError as exc:
+        finish(-1, f"Slicer is installing other Python packages right now ({exc}); try again when it is done.")
+        return
+    except subprocess.CalledProcessError as exc:  # the blocking path (testing mode) failed
+        finish(exc.returncode or 1, "")
+        return
+    if testing:  # the blocking path returned: pip succeeded, and no callback will come
+        finish(0)
+

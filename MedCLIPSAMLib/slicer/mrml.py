@@ -337,6 +337,18 @@ def overlay_for(scene, reference, kind: str):
     return None
 
 
+def default_input_volume(scene):
+    """The volume the panel preselects as input: the first scalar volume that is an image to segment, not a
+    labelmap (a ``vtkMRMLScalarVolumeNode`` subclass, so ``GetFirstNodeByClass`` returns it too), not one of this
+    module's saliency or uncertainty overlays, and not a node hidden from editors (None: no such volume)."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(OVERLAY_ATTRIBUTE) or node.GetHideFromEditors():
+            continue
+        return node
+    return None
+
+
 def saliency_as_uint8(values: np.ndarray) -> np.ndarray:
     """Saliency in [0, 1] (or already 0..255 as uint8) as uint8: a quarter of float32's memory in the scene."""
     if values.dtype == np.uint8:
@@ -477,7 +489,8 @@ def combined_overlay(maps: dict[str, np.ndarray] | None) -> np.ndarray | None:
 def add_saliency_volume(scene, reference, values: np.ndarray, name: str):
     """A scalar volume on the reference grid with a heat colour map: uint8 maps span 0..255, others [0, 1]."""
     top = float(SALIENCY_LEVELS) if values.dtype == np.uint8 else 1.0
-    node = _volume_like(scene, "vtkMRMLScalarVolumeNode", values if values.dtype == np.uint8
+    # uint8 and float32 maps go in as they are (_volume_like copies them once into VTK): no second full copy
+    node = _volume_like(scene, "vtkMRMLScalarVolumeNode", values if values.dtype in (np.uint8, np.float32)
                         else values.astype(np.float32), reference, name, window=(0.0, top))
     display = node.GetDisplayNode()
     color = next((c for c in SALIENCY_COLOR_NODES if scene.GetNodeByID(c) is not None), None)
@@ -563,21 +576,10 @@ def check_geometry(image, reference, what: str, tolerance_mm: float = 1e-3) -> N
 
     A same-sized file from another case or another orientation would otherwise be placed on
     this volume's grid without any sign that it belongs elsewhere."""
-    shape = tuple(reversed(image.GetSize()))
-    expected_shape = tuple(reversed(reference.GetImageData().GetDimensions()))
-    name = reference.GetName()
-    if shape != expected_shape:
-        raise ValueError(f"{what} has shape {shape} but volume '{name}' has {expected_shape}: it belongs to "
-                         "another volume; load the prediction made for this one.")
-    spacing, origin, direction = lps_geometry(reference)
-    checks = (("spacing", image.GetSpacing(), spacing, tolerance_mm), ("origin", image.GetOrigin(), origin,
-              tolerance_mm * max(1.0, max(abs(v) for v in origin))), ("direction", image.GetDirection(), direction, 1e-4))
-    for label, found, wanted, tolerance in checks:
-        if not np.allclose(found, wanted, rtol=0, atol=tolerance):
-            found_text = ", ".join(f"{v:.4g}" for v in found)
-            wanted_text = ", ".join(f"{v:.4g}" for v in wanted)
-            raise ValueError(f"{what} has {label} ({found_text}) but volume '{name}' has ({wanted_text}) in LPS: it "
-                             "was made for another case or orientation; load the prediction made for this volume.")
+    from .grid_check import check_on_grid
+
+    check_on_grid(image, tuple(reversed(reference.GetImageData().GetDimensions())), lps_geometry(reference),
+                  reference.GetName(), what, tolerance_mm)
 
 
 def add_to_training_set(volume_node, segmentation_node, segment_id: str, dataset_folder, case_id: str,

@@ -18,7 +18,16 @@ import vtk
 from ..errors import InputError
 from ..review import actions
 from ..review.queue import QueueItem, ReviewDataset, open_dataset, upcoming
-from .mrml import _image_data, apply_result, remove_node, segment_to_array
+from .mrml import ResultApplier, _image_data, _slicer, labelmap_stamp, remove_node, segment_digest, segment_to_array
+
+SEGMENT_EDITOR_SINGLETON = "SegmentEditor"
+"""The Segment Editor module's own editor node (SegmentEditor.py, Slicer 5.10.0 and main: ``GetSingletonNode``)."""
+ACCEPT, DISCARD, CANCEL = "accept", "discard", "cancel"
+"""The answers to "this case has edits that are not accepted" (``leave_edited_case``)."""
+
+
+class UnsavedEditsError(InputError):
+    """Leaving a case whose label was edited but not accepted would lose the edit."""
 
 NO_SALIENCY_NOTE = ("No overlay: 'medclipsam label' keeps no saliency maps; open the dataset with the "
                     "'nnunet-predict' folder to see nnU-Net's entropy map.")
@@ -26,13 +35,19 @@ NO_SALIENCY_NOTE = ("No overlay: 'medclipsam label' keeps no saliency maps; open
 
 def ijk_to_ras_of(image: sitk.Image) -> vtk.vtkMatrix4x4:
     """Slicer's IJK-to-RAS matrix for a 3D SimpleITK image (ITK's LPS world: first two axes negated)."""
+    return ijk_to_ras_from((image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
+
+
+def ijk_to_ras_from(geometry) -> vtk.vtkMatrix4x4:
+    """The same from (spacing, origin, direction) as SimpleITK orders them for a 3D image."""
+    spacing, origin, direction = geometry
     flip = np.diag([-1.0, -1.0, 1.0])
-    direction = flip @ np.array(image.GetDirection()).reshape(3, 3)
-    origin = flip @ np.array(image.GetOrigin())
+    direction = flip @ np.array(direction).reshape(3, 3)
+    origin = flip @ np.array(origin)
     matrix = vtk.vtkMatrix4x4()
     for r in range(3):
         for c in range(3):
-            matrix.SetElement(r, c, direction[r, c] * image.GetSpacing()[c])
+            matrix.SetElement(r, c, direction[r, c] * spacing[c])
         matrix.SetElement(r, 3, origin[r])
     return matrix
 
@@ -45,9 +60,19 @@ def as_3d(image: sitk.Image) -> sitk.Image:
 def volume_from_sitk(scene, image: sitk.Image, name: str):
     """A scalar volume node holding ``image`` at the same physical place (the inverse of ``volume_to_sitk``)."""
     image = as_3d(image)
+    return volume_from_array(scene, sitk.GetArrayViewFromImage(image), geometry_of(image), name)
+
+
+def geometry_of(image: sitk.Image) -> tuple:
+    """(spacing, origin, direction) of a 3D SimpleITK image, as plain tuples (they travel as JSON too)."""
+    return tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection())
+
+
+def volume_from_array(scene, array: np.ndarray, geometry, name: str):
+    """A scalar volume node holding a (k, j, i) array on the grid (spacing, origin, direction) in LPS."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    node.SetIJKToRASMatrix(ijk_to_ras_of(image))
-    node.SetAndObserveImageData(_image_data(sitk.GetArrayFromImage(image)))
+    node.SetIJKToRASMatrix(ijk_to_ras_from(geometry))
+    node.SetAndObserveImageData(_image_data(array))
     node.CreateDefaultDisplayNodes()
     return node
 
@@ -74,6 +99,49 @@ def target_center(volume_node, mask: np.ndarray, overlay: np.ndarray | None) -> 
 
 
 @dataclass
+class CaseArrays:
+    """A case as read from its files, before any node exists (``read_case``; a child process can read it)."""
+
+    case: str
+    image: np.ndarray
+    """(k, j, i) voxels of the image (a 2D image as one slice)."""
+    geometry: tuple
+    """(spacing, origin, direction) of the 3D image in LPS, as SimpleITK orders them."""
+    mask: np.ndarray
+    overlay: np.ndarray | None
+    note: str
+
+
+def entropy_overlay(dataset: ReviewDataset, case: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+    """nnU-Net's entropy map of the case on its grid (None and why not, when there is none to show)."""
+    if dataset.predictions is None:
+        return None, NO_SALIENCY_NOTE
+    path = dataset.entropy_path(case)
+    if path is None:
+        return None, f"No entropy map of '{case}' in {dataset.predictions}."
+    values = _array_like(path, shape)
+    if values is None:
+        return None, f"The entropy map {path.name} is not on this image's grid; not shown."
+    return values.astype(np.float32), ""
+
+
+def read_case(dataset: ReviewDataset, case: str) -> CaseArrays:
+    """Read a case's image, label and entropy map and check they share one grid (no MRML: any process)."""
+    reference = as_3d(actions.read_case_image(dataset.image_path(case)))
+    image = sitk.GetArrayFromImage(reference)
+    label_path = dataset.label_path(case)
+    mask = np.zeros(image.shape, np.uint8)
+    if label_path is not None:
+        label = _array_like(label_path, image.shape)
+        if label is None:
+            raise InputError(f"Case '{case}': the label {label_path} is not on its image's grid; fix or "
+                             "exclude the case.")
+        mask = (label > 0).astype(np.uint8)
+    overlay, note = entropy_overlay(dataset, case, image.shape)
+    return CaseArrays(case, image, geometry_of(reference), mask, overlay, note)
+
+
+@dataclass
 class LoadedCase:
     """The nodes of the case on screen."""
 
@@ -85,6 +153,9 @@ class LoadedCase:
     center_ras: tuple[float, float, float]
     note: str = ""
     node_ids: list[str] = field(default_factory=list)
+    saved: tuple[int, str] = (0, "")
+    """(labelmap stamp, segment digest) of the label as last loaded or accepted: what ``has_unsaved_edits``
+    compares with."""
 
 
 class ReviewSession:
@@ -103,15 +174,18 @@ class ReviewSession:
     def queue(self) -> list[QueueItem]:
         return self.dataset.queue()
 
-    def next_case(self) -> LoadedCase | None:
+    def next_case(self, discard_edits: bool = False) -> LoadedCase | None:
         """Load the next case still to review after the current one (None: all are reviewed).
 
         A case that cannot be loaded (its image is gone) is passed over and named in the loaded case's note,
-        so one broken case never blocks the queue; it stays listed, to exclude or fix."""
+        so one broken case never blocks the queue; it stays listed, to exclude or fix. Raises
+        ``UnsavedEditsError`` (nothing changes) while the current case has edits that are not accepted, unless
+        ``discard_edits``."""
+        self.check_leaving(discard_edits)
         problems = []
         for item in upcoming(self.queue(), self.current.case if self.current else None, self.order):
             try:
-                loaded = self.load(item.case)
+                loaded = self.load(item.case, discard_edits=True)
             except InputError as exc:
                 problems.append(str(exc).splitlines()[0])
                 continue
@@ -121,48 +195,84 @@ class ReviewSession:
             raise InputError(problems[0])
         return None
 
-    def load(self, case: str) -> LoadedCase:
-        """Replace the case on screen by ``case``; the scene gains nodes only for this one case."""
-        data = self.dataset
-        reference = actions.read_case_image(data.image_path(case))
+    def upcoming_cases(self) -> list[str]:
+        """The cases ``next_case`` tries, in order (still to review, after the current one)."""
+        return [item.case for item in upcoming(self.queue(), self.current.case if self.current else None, self.order)]
+
+    def load(self, case: str, discard_edits: bool = False) -> LoadedCase:
+        """Replace the case on screen by ``case``; the scene gains nodes only for this one case.
+
+        Raises ``UnsavedEditsError`` (nothing changes) while the current case has edits that are not accepted,
+        unless ``discard_edits``."""
+        self.check_leaving(discard_edits)
+        for _ in self.place_steps(read_case(self.dataset, case)):
+            pass
+        return self.current
+
+    def place_steps(self, arrays: CaseArrays, created: list[str] | None = None):
+        """Put a read case on screen, one short part per ``next`` (the previous case's nodes go first, then the
+        image, the segmentation, its segment and the overlay); ``current`` is the case once it is exhausted. All
+        or nothing: a failing part removes the nodes made so far (their IDs are also kept in ``created``)."""
+        created = [] if created is None else created
         self.unload()
         self.order = [item.case for item in self.queue()]
-        volume = volume_from_sitk(self.scene, reference, case)
-        created = [volume.GetID()]
+        yield
         try:
-            shape = tuple(reversed(volume.GetImageData().GetDimensions()))
-            label_path = data.label_path(case)
-            mask = np.zeros(shape, np.uint8)
-            if label_path is not None:
-                label = _array_like(label_path, shape)
-                if label is None:
-                    raise InputError(f"Case '{case}': the label {label_path} is not on its image's grid; fix or "
-                                     "exclude the case.")
-                mask = (label > 0).astype(np.uint8)
-            overlay, note = self._entropy(case, shape)
-            name = data.label_name
-            record = apply_result(self.scene, volume, {name: mask}, None, {name: overlay} if overlay is not None
-                                  else None, overlay_suffix="uncertainty")
-            created += [record.segmentation_node_id, *record.created_node_ids]
-        except BaseException:
+            volume = volume_from_array(self.scene, arrays.image, arrays.geometry, arrays.case)
+            created.append(volume.GetID())
+            yield
+            name = self.dataset.label_name
+            applier = ResultApplier(self.scene, volume, {name: arrays.mask}, None, arrays.overlay, False,
+                                    "uncertainty", f"{name} uncertainty" if arrays.overlay is not None else None)
+            while not applier.step():
+                if applier.record is not None and applier.record.segmentation_node_id not in created:
+                    created.append(applier.record.segmentation_node_id)
+                yield
+            record = applier.record
+            created += [node_id for node_id in [record.segmentation_node_id, *record.created_node_ids]
+                        if node_id not in created]
+        except Exception:
             for node_id in created:
                 _remove_id(self.scene, node_id)
             raise
         overlay_id = record.created_node_ids[0] if record.created_node_ids else None
-        self.current = LoadedCase(case, volume.GetID(), record.segmentation_node_id, record.segment_ids[0],
-                                  overlay_id, target_center(volume, mask, overlay), note, created)
-        return self.current
+        self.current = LoadedCase(arrays.case, volume.GetID(), record.segmentation_node_id, record.segment_ids[0],
+                                  overlay_id, target_center(volume, arrays.mask, arrays.overlay), arrays.note,
+                                  created)
+        self.current.saved = self._label_state() or (0, "")
 
-    def _entropy(self, case: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
-        if self.dataset.predictions is None:
-            return None, NO_SALIENCY_NOTE
-        path = self.dataset.entropy_path(case)
-        if path is None:
-            return None, f"No entropy map of '{case}' in {self.dataset.predictions}."
-        values = _array_like(path, shape)
-        if values is None:
-            return None, f"The entropy map {path.name} is not on this image's grid; not shown."
-        return values.astype(np.float32), ""
+    def _label_state(self) -> tuple[int, str] | None:
+        """(stamp, digest) of the current case's segment as it is now (None: its node or segment is gone)."""
+        loaded = self.current
+        node = self.scene.GetNodeByID(loaded.segmentation_node_id) if loaded is not None else None
+        if node is None or node.GetSegmentation().GetSegment(loaded.segment_id) is None:
+            return None
+        return labelmap_stamp(node.GetSegmentation(), loaded.segment_id), segment_digest(node, loaded.segment_id)
+
+    def has_unsaved_edits(self) -> bool:
+        """Whether the current case's label was edited (Segment Editor, a correction) since it was loaded or
+        accepted. The cheap labelmap stamp is read first; only when it moved is the segment's digest compared (an
+        edit of another segment of the same layer moves the stamp but leaves this segment as it was)."""
+        loaded = self.current
+        if loaded is None:
+            return False
+        node = self.scene.GetNodeByID(loaded.segmentation_node_id)
+        if node is None or node.GetSegmentation().GetSegment(loaded.segment_id) is None:
+            return False  # removed by the user: nothing left to keep (Accept would refuse it)
+        stamp = labelmap_stamp(node.GetSegmentation(), loaded.segment_id)
+        if stamp == loaded.saved[0]:
+            return False
+        digest = segment_digest(node, loaded.segment_id)
+        if digest != loaded.saved[1]:
+            return True
+        loaded.saved = (stamp, digest)
+        return False
+
+    def check_leaving(self, discard_edits: bool = False) -> None:
+        """Refuse to leave a case with edits that are not accepted (``UnsavedEditsError``), unless discarding."""
+        if not discard_edits and self.has_unsaved_edits():
+            raise UnsavedEditsError(f"Case '{self.current.case}' has edits that were not accepted: Accept them, or "
+                                    "discard them, before opening another case.")
 
     def forget_nodes(self) -> None:
         """The scene was closed: its nodes are gone (and their IDs will be reused), so never remove by ID."""
@@ -197,7 +307,11 @@ class ReviewSession:
 
     def accept(self) -> dict:
         loaded = self._loaded()
-        return actions.accept_case(self.dataset, loaded.case, self.edited_label())
+        state = self._label_state()
+        entry = actions.accept_case(self.dataset, loaded.case, self.edited_label())
+        if state is not None:
+            loaded.saved = state  # what is on screen is what the dataset holds now
+        return entry
 
     def exclude(self, case: str | None = None) -> dict:
         return actions.exclude_case(self.dataset, case or self._loaded().case)
@@ -217,11 +331,35 @@ def _remove_id(scene, node_id: str) -> None:
         remove_node(scene, node)
 
 
+def leave_edited_case(session: ReviewSession, answer: str) -> bool:
+    """Apply the user's answer to "this case has edits that are not accepted": ``ACCEPT`` writes them (raises
+    as ``accept`` does, and then the case stays), ``DISCARD`` lets them go, ``CANCEL`` stays. True: go on."""
+    if answer == ACCEPT:
+        session.accept()
+        return True
+    return answer == DISCARD
+
+
+def segment_editor_node(scene):
+    """The Segment Editor module's node, made with its singleton tag when the module has not made it yet (the
+    module then takes it up: SegmentEditor.py looks it up with ``GetSingletonNode`` first)."""
+    editor = scene.GetSingletonNode(SEGMENT_EDITOR_SINGLETON, "vtkMRMLSegmentEditorNode")
+    if editor is None:
+        node_class = getattr(_slicer(), "vtkMRMLSegmentEditorNode", None)
+        if node_class is None:  # the Segmentations module is not loaded: nothing to set up
+            return None
+        editor = node_class()
+        editor.SetSingletonTag(SEGMENT_EDITOR_SINGLETON)
+        editor = scene.AddNode(editor)
+    return editor
+
+
 def show_case(scene, loaded: LoadedCase, overlay_opacity: float = 0.4) -> None:
     """Image in the background, the overlay (or none) in the foreground, every slice view centred on the target,
-    and the Segment Editor set to edit the case's segment."""
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode")):
-        editor = scene.GetNthNodeByClass(index, "vtkMRMLSegmentEditorNode")
+    and the Segment Editor module set to edit the case's segment (its own node only: other modules' embedded
+    editors keep what they edit)."""
+    editor = segment_editor_node(scene)
+    if editor is not None:
         editor.SetAndObserveSegmentationNode(scene.GetNodeByID(loaded.segmentation_node_id))
         editor.SetAndObserveSourceVolumeNode(scene.GetNodeByID(loaded.volume_node_id))
         editor.SetSelectedSegmentID(loaded.segment_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import vtk
@@ -23,6 +23,7 @@ from ..faithfulness import faithfulness_warning
 from ..imageio import luminance
 from .. import wire
 from .engine_process import RemoteEngine
+from .patience import REQUEST_TIMEOUT_S, SUBMIT_TIMEOUT_S, Patience
 from .mrml import (ResultApplier, RunRecord, array_from_volume, combined_overlay, saliency_as_uint8, spacing_kji,
                    volume_view)
 
@@ -145,8 +146,11 @@ class SegmentRun:
     def __init__(self, engine, scene, volume_node, prompts: Sequence[Any], settings: dict[str, Any] | None = None,
                  segmentation_node=None, show_saliency: bool = True, presets: bool = True,
                  replace_segments: bool = False, timeout: float = 10.0, part_bytes: int | None = None,
-                 compress: bool | None = None):
+                 compress: bool | None = None, before_write: Callable[[], None] | None = None):
         self.engine, self.scene = engine, scene
+        self.before_write = before_write
+        """Called once right before the result is written into an existing segmentation (the panel saves a Segment
+        Editor undo state there, ``editor_undo``)."""
         self.volume_node, self.segmentation_node = volume_node, segmentation_node
         self.prompts, self.settings, self.presets = list(prompts), dict(settings or {}), presets
         self.show_saliency, self.replace_segments, self.timeout = show_saliency, replace_segments, timeout
@@ -158,6 +162,9 @@ class SegmentRun:
         remote = isinstance(engine, RemoteEngine)
         self.part_bytes = part_bytes or (REMOTE_PART_BYTES if remote else PART_BYTES)
         self.compress = compress
+        self.patience = Patience(timeout)
+        """``timeout`` is how long the engine may stay silent in a row; each request waits at most
+        ``REQUEST_TIMEOUT_S`` and the retry-safe ones are asked again on the next tick (``patience``)."""
         self.sending: PartUpload | None = None
         self.receiving: ResultDownload | None = None
         self._packing = self._decoding = None  # generators of the chunked encode / decode
@@ -245,30 +252,52 @@ class SegmentRun:
         self.progress = starting_progress(self.engine)
 
     def _pack(self) -> None:
-        """The upload bytes and their sha256, one 16 MB chunk per step; then the upload begins."""
-        if self._packing is None:
-            self._packing = packing_steps(self.array, self.spacing)
-        upload = next_packed(self._packing)
-        if upload is None:
+        """The upload bytes and their sha256, one 16 MB chunk per step; then the upload begins (asked again on the
+        next tick while the engine does not answer in time)."""
+        if self.upload is None:
+            if self._packing is None:
+                self._packing = packing_steps(self.array, self.spacing)
+            upload = next_packed(self._packing)
+            if upload is None:
+                return
+            self.upload, self.array, self._packing = upload, None, None
+            self.volume_id = self.upload.id
+            self.client = EngineClient(self.engine.url, self.engine.token, timeout=REQUEST_TIMEOUT_S)
+        if not self._patiently(lambda: setattr(self, "sending", begin_upload(
+                self.client, self.upload, self.part_bytes, STATUS_WAIT_S, self.compress))):
             return
-        self.upload, self.array, self._packing = upload, None, None
-        self.volume_id = self.upload.id
-        self.client = EngineClient(self.engine.url, self.engine.token, timeout=self.timeout)
-        self.sending = begin_upload(self.client, self.upload, self.part_bytes, STATUS_WAIT_S, self.compress)
         if self.sending is None:  # the server holds this volume already
             self._submit()
         else:
             self.state, self.progress = UPLOADING, upload_progress(0, self.sending.total)
 
+    def _patiently(self, request) -> bool:
+        """Run a retry-safe request; False when the engine did not answer in time (asked again next tick)."""
+        try:
+            request()
+        except EngineError as exc:
+            self.patience.retry_or_raise(exc)
+            self.progress = Progress("Waiting for the engine to answer")
+            return False
+        self.patience.answered()
+        return True
+
     def _send_part(self) -> None:
-        done, total = self.sending.send_next()
+        answer = []
+        if not self._patiently(lambda: answer.append(self.sending.send_next())):
+            return
+        done, total = answer[0]
         self.progress = upload_progress(done, total)
         if self.sending.finished:
             self._submit()
 
     def _submit(self) -> None:
-        job = self.client.submit(self.upload.id, self.prompts, self.settings, self.presets, self.show_saliency,
-                                 labels=False, saliency_bits=8)
+        self.client.timeout = SUBMIT_TIMEOUT_S  # never sent twice (see patience.SUBMIT_TIMEOUT_S)
+        try:
+            job = self.client.submit(self.upload.id, self.prompts, self.settings, self.presets, self.show_saliency,
+                                     labels=False, saliency_bits=8)
+        finally:
+            self.client.timeout = REQUEST_TIMEOUT_S
         self.upload = None  # the server has the volume: Slicer's copy of it goes
         if self.sending is not None:
             self.sending.upload = None
@@ -301,7 +330,10 @@ class SegmentRun:
             raise job_error(job, remote=isinstance(self.engine, RemoteEngine))
 
     def _receive_part(self) -> None:
-        done, total = self.receiving.receive_next()
+        answer = []
+        if not self._patiently(lambda: answer.append(self.receiving.receive_next())):
+            return
+        done, total = answer[0]
         total_mb = max(1, round(total / 1e6))
         self.progress = Progress("Receiving the result", min(round(done / 1e6), total_mb), total_mb, "MB")
         if self.receiving.finished:
@@ -330,6 +362,8 @@ class SegmentRun:
     def _apply_part(self) -> None:
         """One part of the scene work, only while the nodes the run was started for are still there."""
         self._check_nodes()
+        if self._applied == 0 and self.segmentation_node is not None and self.before_write is not None:
+            self.before_write()
         finished = self.applier.step()
         self._applied += 1
         self.progress = Progress("Adding the segments", self._applied, self.applier.steps)

@@ -45,3 +45,30 @@ def test_a_remote_engine_needs_a_url_and_a_token():
         choice.get("remote", url="gpu:8765", token="abc")
     with pytest.raises(InputError, match="token"):
         choice.get("remote", url="http://gpu:8765", token=" ")
+
+
+def test_replacing_or_stopping_the_engine_in_the_background_never_waits(tiny_clip_folder, tmp_path):
+    """What the panel does (a device or SAM change, Stop the engine): the old engine gets SIGTERM and is polled, so
+    Slicer's main thread does not wait for it; it is gone within its grace period."""
+    from MedCLIPSAMLib.slicer.engine_process import STOP_GRACE_S
+
+    choice = EngineChoice(lambda: sys.executable, tmp_path, background_stop=True)
+    args = ["--clip-model", str(tiny_clip_folder), "--sam", "litemedsam", "--device", "cpu"]
+    try:
+        first = choice.get("local", args)
+        wait_ready(first)
+        start = time.monotonic()
+        second = choice.get("local", args + ["--ttl", "60"])
+        assert time.monotonic() - start < 0.5 and second is not first
+        deadline = time.monotonic() + STOP_GRACE_S + 5
+        while choice.reap():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert not first.running() and first.url is None
+        wait_ready(second)
+        start = time.monotonic()
+        choice.stop(wait=False)
+        assert time.monotonic() - start < 0.5 and choice.local is None and choice.stopping
+    finally:
+        choice.stop()
+    assert not choice.stopping and not second.running()

@@ -64,10 +64,11 @@ def test_steps_run_light_the_torch_then_pip_with_pins_written_when_each_step_sta
     assert [s.label.split()[1] for s in steps] == ["light-the-torch", "PyTorch", str(len(REQUIREMENTS))]
     assert written == [], "nothing is written before a step starts"
     torch_argv = steps[1].argv()
-    assert torch_argv == ["/opt/Slicer/bin/PythonSlicer", "-m", "light_the_torch", "install", "torch", "torchvision"]
+    assert torch_argv[:6] == ["/opt/Slicer/bin/PythonSlicer", "-m", "light_the_torch", "install", "torch", "torchvision"]
+    assert torch_argv[6] == "-c" and torch_argv[7].endswith(".txt"), "PyTorch's dependencies obey the pins too"
     pip_argv = steps[2].argv()
     assert pip_argv[:4] == ["/opt/Slicer/bin/PythonSlicer", "-m", "pip", "install"]
-    assert pip_argv[-2] == "-c" and pip_argv[-1].endswith(".txt") and written == [0]
+    assert pip_argv[-2] == "-c" and pip_argv[-1].endswith(".txt") and written == [0, 1]
 
 
 def wait(process: InstallProcess, timeout: float = 60) -> None:

@@ -8,7 +8,8 @@ vtk = pytest.importorskip("vtk")
 
 from MedCLIPSAMLib.errors import InputError  # noqa: E402
 from MedCLIPSAMLib.slicer.mrml import array_from_volume, segment_style, segment_to_array  # noqa: E402
-from MedCLIPSAMLib.slicer.review import NO_SALIENCY_NOTE, ReviewSession, show_case  # noqa: E402
+from MedCLIPSAMLib.slicer.review import (ACCEPT, CANCEL, DISCARD, NO_SALIENCY_NOTE, ReviewSession,  # noqa: E402
+                                         UnsavedEditsError, leave_edited_case, show_case)
 from MedCLIPSAMLib.review_state import pseudo_path, read_states  # noqa: E402
 from test_mrml import scene, segmentation_converters  # noqa: E402,F401  (the MRML tests' fixtures)
 from review_cases import make_dataset, num_training, pseudo_label, read_label  # noqa: E402
@@ -18,7 +19,9 @@ from review_cases import make_dataset, num_training, pseudo_label, read_label  #
 def views(scene):
     """The scene of the MRML tests plus the three slice views' nodes and a Segment Editor node, as in Slicer."""
     scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())  # the Segmentations module registers it in Slicer
-    scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor = slicer.vtkMRMLSegmentEditorNode()
+    editor.SetSingletonTag("SegmentEditor")  # the Segment Editor module's own node (SegmentEditor.py)
+    scene.AddNode(editor)
     for name in ("Red", "Yellow", "Green"):
         scene.AddNewNodeByClass("vtkMRMLSliceNode").SetLayoutName(name)
         scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode").SetLayoutName(name)
@@ -84,7 +87,7 @@ def test_a_case_loads_as_image_editable_segment_and_entropy_overlay_on_the_file_
         assert composite.GetForegroundOpacity() == pytest.approx(0.3)
         slice_to_ras = scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").GetSliceToRAS()
         assert [slice_to_ras.GetElement(r, 3) for r in range(3)] == pytest.approx(loaded.center_ras)
-    editor = scene.GetFirstNodeByClass("vtkMRMLSegmentEditorNode")
+    editor = scene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
     assert editor.GetSegmentationNode().GetID() == loaded.segmentation_node_id
     assert editor.GetSourceVolumeNode().GetID() == loaded.volume_node_id
     assert editor.GetSelectedSegmentID() == loaded.segment_id
@@ -172,3 +175,68 @@ def test_a_2d_case_round_trips_as_a_one_slice_volume(scene, views, tmp_path):
     assert written.GetDimension() == 2 and written.GetSpacing() == stored.GetSpacing() == pytest.approx((0.5, 0.7))
     assert written.GetOrigin() == stored.GetOrigin() == (3.0, 4.0)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), mask[0])
+
+
+def test_leaving_an_edited_case_is_refused_until_the_edit_is_accepted_or_discarded(scene, views, dataset):
+    session = ReviewSession.open(scene, dataset)
+    loaded = session.load("b_low")
+    assert not session.has_unsaved_edits()
+    edited = pseudo_label(1)
+    edited[2, 3:9, 4:10] = 1
+    replace_segment(session, edited)
+    assert session.has_unsaved_edits()
+    nodes = scene.GetNumberOfNodes()
+    for leave in (lambda: session.next_case(), lambda: session.load("c_mid")):
+        with pytest.raises(UnsavedEditsError, match="Case 'b_low' has edits that were not accepted"):
+            leave()
+        assert session.current is loaded and scene.GetNumberOfNodes() == nodes, "nothing changed"
+    assert not leave_edited_case(session, CANCEL) and session.has_unsaved_edits()
+    assert leave_edited_case(session, ACCEPT) and not session.has_unsaved_edits()
+    np.testing.assert_array_equal(read_label(dataset, "b_low"), edited)
+    assert session.next_case().case == "c_mid", "after Accept, leaving is free"
+
+
+def test_discarding_leaves_the_case_and_the_dataset_as_they_were(scene, views, dataset):
+    session = ReviewSession.open(scene, dataset)
+    session.load("b_low")
+    edited = pseudo_label(1)
+    edited[:] = 0
+    replace_segment(session, edited)
+    assert leave_edited_case(session, DISCARD)
+    assert session.load("c_mid", discard_edits=True).case == "c_mid"
+    np.testing.assert_array_equal(read_label(dataset, "b_low"), pseudo_label(1))
+    assert "b_low" not in read_states(dataset)
+
+
+def test_an_unchanged_rewrite_or_another_segments_edit_is_not_an_edit(scene, views, dataset):
+    session = ReviewSession.open(scene, dataset)
+    loaded = session.load("b_low")
+    replace_segment(session, pseudo_label(1))  # the stamp moves, the voxels stay
+    assert not session.has_unsaved_edits()
+    segmentation = scene.GetNodeByID(loaded.segmentation_node_id).GetSegmentation()
+    other = segmentation.AddEmptySegment("", "other")
+    assert not session.has_unsaved_edits()
+    segmentation.RemoveSegment(loaded.segment_id)  # deleted: nothing left to keep
+    assert not session.has_unsaved_edits() and other
+
+
+def test_show_case_sets_only_the_segment_editor_modules_node(scene, views, dataset):
+    own = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")  # another module's embedded editor
+    theirs = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    own.SetAndObserveSegmentationNode(theirs)
+    session = ReviewSession.open(scene, dataset)
+    show_case(scene, session.load("b_low"))
+    assert own.GetSegmentationNode() is theirs
+    editor = scene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+    assert editor.GetSegmentationNode().GetID() == session.current.segmentation_node_id
+
+
+def test_show_case_makes_the_segment_editor_node_when_the_module_has_not(scene, dataset):
+    scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())
+    session = ReviewSession.open(scene, dataset)
+    loaded = session.load("b_low")
+    show_case(scene, loaded)
+    editor = scene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+    assert editor is not None and editor.GetSelectedSegmentID() == loaded.segment_id
+    show_case(scene, loaded)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode") == 1
