@@ -135,7 +135,11 @@ class _Runner:
     def __init__(self, progress: ProgressCallback | None, cancel: threading.Event | None):
         self.progress, self.cancel = progress, cancel
         self.timings: dict[str, float] = {}
+        self.cpu_timings: dict[str, float] = {}
+        self.slices: dict[str, int] = {}
+        """Slices each stage touched (``touched``)."""
         self._counts: dict[str, list[int]] = {}
+        self._cpu_at: dict[float, float] = {}
 
     def check(self) -> None:
         """Raise Cancelled once the run's cancel event is set (called between batches, steps and layers)."""
@@ -160,8 +164,20 @@ class _Runner:
         self._counts[stage] = [done + count, total]
         self.report(stage, done + count, total)
 
+    def start(self) -> float:
+        """A stage's start (wall seconds, passed to ``timed``); the process CPU time is noted with it."""
+        now = time.perf_counter()
+        self._cpu_at[now] = time.process_time()
+        return now
+
     def timed(self, stage: str, start: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+        cpu = self._cpu_at.pop(start, None)
+        if cpu is not None:
+            self.cpu_timings[stage] = self.cpu_timings.get(stage, 0.0) + time.process_time() - cpu
+
+    def touched(self, stage: str, count: int) -> None:
+        self.slices[stage] = self.slices.get(stage, 0) + int(count)
 
 
 def _with_oom_retry(fn: Callable[[np.ndarray], None], indices: np.ndarray, batch_size: int) -> int:
@@ -231,7 +247,7 @@ class Pipeline:
         if self._m2ib is None:
             s = self.settings
             self._m2ib = M2IB(self.clip, M2IBConfig.from_settings(s), self.device, bf16=s.bf16, compile=s.compile,
-                              class_token_only=s.runtime != "torch", bf16_on_amx=s.bf16 and s.runtime != "torch")
+                              class_token_only=s.runtime != "torch", cpu_bf16=s.bf16 and s.runtime != "torch")
         return self._m2ib
 
     @property
@@ -263,11 +279,11 @@ class Pipeline:
         self.sam  # load (or download) SAM now: a bad checkpoint must fail before minutes of saliency
         located = self._locate(volume, prompts, runner, saliency)
         masks = self._sam(located.slices, [t.prompts for t in located.targets], runner, located.axis)
-        t = time.perf_counter()
+        t = runner.start()
         result = self._assemble(located, masks)
         runner.timed("cleanup", t)
         runner.timings["total"] = time.perf_counter() - start
-        result.timings = runner.timings
+        result.timings, result.cpu_timings, result.stage_slices = runner.timings, runner.cpu_timings, runner.slices
         return result
 
     def locate(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
@@ -303,7 +319,7 @@ class Pipeline:
         if computed < active.size:
             messages.append(f"Saliency computed on {computed} of {active.size} slices (stride {s.saliency_stride}); "
                             "the others were interpolated between them.")
-        t = time.perf_counter()
+        t = runner.start()
         valid = np.zeros(slices.shape[0], dtype=bool)
         valid[active] = True
         valid3d = np.broadcast_to(valid[:, None, None], slices.shape)
@@ -387,11 +403,11 @@ class Pipeline:
         maps = [np.zeros(slices.shape, dtype=np.float32) for _ in texts]
 
         def batch(part: np.ndarray) -> None:
-            t = time.perf_counter()
+            t = runner.start()
             images, pad = clip_inputs(slices[part], self.clip, self.device)
             tokens = self.m2ib.prefix_tokens(images)
             runner.timed("clip_features", t)
-            t = time.perf_counter()
+            t = runner.start()
             for target, text in zip(maps, texts):
                 grid = self.m2ib.saliency_from_prefix(tokens, text)
                 target[part] = maps_to_slices(grid, pad, self.clip.image_size)
@@ -409,7 +425,7 @@ class Pipeline:
         count = self.settings.faithfulness_slices
         if not count or not active.size:
             return [None] * len(maps)
-        t = time.perf_counter()
+        t = runner.start()
         nulls = np.stack([self._text([null]).cpu().numpy() for null in NULL_PROMPTS])
 
         def embed(views: list) -> np.ndarray:
@@ -456,10 +472,10 @@ class Pipeline:
             shared = self.embeddings(self.sam, axis, self.settings.window, slices)
 
         def batch(part: np.ndarray) -> None:
-            t = time.perf_counter()
+            t = runner.start()
             encoded = shared.get_many(part.tolist()) if shared is not None else self.sam.encode(slices[part])
             runner.timed("sam_encoder", t)
-            t = time.perf_counter()
+            t = runner.start()
             for z, enc in zip(part, encoded):
                 for target, slice_prompts in zip(masks, prompts):
                     p = slice_prompts[z]

@@ -7,8 +7,9 @@ keep the image embedding close to the text (cosine) while passing little informa
 
 Blocks 0..L never see the bottleneck, so their output is computed once per image
 (``prefix_tokens``) and only blocks L+1.. run in the 10 optimisation steps, for many
-images at once. On a CPU with AMX those blocks run from a bfloat16 copy (``bf16_on_amx``): half
-the time, maps correlating with fp32's to 1 - 2e-6 (README, Speed). ``naive_saliency`` is the straightforward formulation (whole network
+images at once. On a CPU that multiplies bf16 natively (AMX or AVX512-BF16) those blocks run from a
+bfloat16 copy (``cpu_bf16``): 0.4-0.5x the CPU time, maps correlating with fp32's to 1 - 3e-6
+(docs/cpu-speed.md). ``naive_saliency`` is the straightforward formulation (whole network
 every step, one image at a time), kept as the reference the fast path is tested against.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .models.class_token import class_token_only_applies, last_block_class_token
 from .models.clip import ClipBundle
-from .models.cpu_features import amx_bf16_available
+from .models.cpu_features import native_bf16_available
 from .models.interrupt import interrupt_of
 
 
@@ -110,9 +111,10 @@ class M2IB:
     """Batched M2IB over a frozen CLIP model."""
 
     def __init__(self, bundle: ClipBundle, config: M2IBConfig, device: torch.device, bf16: bool = False,
-                 compile: bool = False, class_token_only: bool = True, bf16_on_amx: bool = False):
+                 compile: bool = False, class_token_only: bool = True, cpu_bf16: bool = False):
         """``class_token_only``: the last block for the class token alone (exact; models.class_token).
-        ``bf16_on_amx``: on a CPU with AMX, blocks L+1.. from a bfloat16 copy (ignored elsewhere)."""
+        ``cpu_bf16``: on a CPU with native bf16 products (AMX, AVX512-BF16), blocks L+1.. from a bfloat16 copy
+        (ignored on other CPUs, where bf16 is emulated and slower, and on GPUs)."""
         depth = len(bundle.blocks)
         if not 0 <= config.layer < depth - 1:
             raise InputError(f"Bottleneck layer {config.layer} is out of range: this model has {depth} vision "
@@ -126,7 +128,7 @@ class M2IB:
         bundle.model.to(device)
         self.suffix_dtype = torch.float32
         self.suffix_blocks = list(self.trunk.blocks[config.layer + 1:])
-        if bf16_on_amx and device.type == "cpu" and amx_bf16_available():
+        if cpu_bf16 and device.type == "cpu" and native_bf16_available():
             self.suffix_dtype = torch.bfloat16  # a copy: the CLIP features and other users keep fp32
             self.suffix_blocks = [_bf16_copy(block) for block in self.suffix_blocks]
         if compile:

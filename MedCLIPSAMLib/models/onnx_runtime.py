@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from . import onnx_cache
-from .cpu_features import amx_bf16_available
+from .cpu_features import native_bf16_available
+from .cpu_paths import ONNX_SAM_BACKENDS
 from .openvino_runtime import BF16, F32, OpenVinoModule, openvino_available
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ encoder 0.056, oracle-saliency Dice within 0.7 points of fp32 on the dev set, RE
 Notify = Callable[[str], None]
 """Receives one line for the user (an export started, a broken one rebuilt, a fallback to PyTorch)."""
 Progress = Callable[[str, int, int], None]
-ONNX_SAM_BACKENDS = ("litemedsam",)
-"""Measured and tested. SAM ViT exports would be 0.4-2.5 GB (ViT-H beyond protobuf's 2 GB): not measured, PyTorch."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,8 +121,9 @@ def load_runtime(model: bytes | str, precision: str = F32) -> CpuRuntime:
 
 
 def cpu_precision(bf16: bool) -> str:
-    """bf16 only where it is fast (AMX) and a runtime computes it (OpenVINO); fp32 everywhere else."""
-    return BF16 if bf16 and amx_bf16_available() and openvino_available() else F32
+    """bf16 only where the CPU multiplies it natively (AMX, AVX512-BF16) and a runtime computes it (OpenVINO);
+    fp32 everywhere else."""
+    return BF16 if bf16 and native_bf16_available() and openvino_available() else F32
 
 
 def onnx_module(kind: str, title: str, module: torch.nn.Module, example: torch.Tensor, details: dict,
