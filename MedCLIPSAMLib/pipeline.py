@@ -7,6 +7,7 @@ SAM only on slices with prompts (batched encoder, embeddings freed per batch) ->
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -178,6 +179,51 @@ class _Runner:
 
     def touched(self, stage: str, count: int) -> None:
         self.slices[stage] = self.slices.get(stage, 0) + int(count)
+
+
+class SameSlices:
+    """Slices equal to one seen earlier in this run (same uint8 pixels): the models give them the same result,
+    so it is computed once and copied (duplicated slices of a resampled thick-slice scan, repeated frames)."""
+
+    def __init__(self, slices: np.ndarray):
+        self._keys = [hashlib.blake2b(np.ascontiguousarray(one).tobytes(), digest_size=16).digest() for one in slices]
+        self._last = {key: z for z, key in enumerate(self._keys)}
+        self._first: dict[bytes, int] = {}
+        self._source: dict[int, int] = {}
+
+    def unseen(self, part: np.ndarray) -> np.ndarray:
+        """The slices of ``part`` to compute: the first of each distinct content; the rest are noted as copies."""
+        fresh = []
+        for z in part.tolist():
+            source = self._first.setdefault(self._keys[z], z)
+            if source == z:
+                fresh.append(z)
+            else:
+                self._source[z] = source
+        return np.array(fresh, dtype=int)
+
+    def source(self, z: int) -> int:
+        """The earliest computed slice equal to ``z`` (``z`` itself when it is the first)."""
+        return self._source.get(z, z)
+
+    def has_copies_after(self, z: int, last: int) -> bool:
+        """Whether a slice after ``last`` has ``z``'s pixels (and may still copy its result)."""
+        return self._last[self._keys[z]] > last
+
+    def copies(self, part: np.ndarray) -> list[tuple[int, int]]:
+        """(slice, the earlier equal slice it copies) for the copies in ``part``."""
+        return [(z, self._source[z]) for z in part.tolist() if z in self._source]
+
+
+def _fill_flat(maps: list[np.ndarray], flat: list[set[int]], done: set[int]) -> None:
+    """Maps of slices found flat (NaN from M2IB) take their map's lowest computed value: they show nothing, and the
+    volume-wide min-max normalisation stays what the other slices give it."""
+    for target, skipped in zip(maps, flat):
+        if not skipped:
+            continue
+        shown = [z for z in done if z not in skipped]
+        floor = float(min(target[z].min() for z in shown)) if shown else 0.0
+        target[sorted(skipped)] = floor
 
 
 def _with_oom_retry(fn: Callable[[np.ndarray], None], indices: np.ndarray, batch_size: int) -> int:
@@ -401,17 +447,34 @@ class Pipeline:
                   runner: _Runner, rule: ComponentRule) -> list[np.ndarray]:
         """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt."""
         maps = [np.zeros(slices.shape, dtype=np.float32) for _ in texts]
+        same = SameSlices(slices)
+        flat: list[set[int]] = [set() for _ in texts]
+        done: set[int] = set()
 
         def batch(part: np.ndarray) -> None:
-            t = runner.start()
-            images, pad = clip_inputs(slices[part], self.clip, self.device)
-            tokens = self.m2ib.prefix_tokens(images)
-            runner.timed("clip_features", t)
-            t = runner.start()
-            for target, text in zip(maps, texts):
-                grid = self.m2ib.saliency_from_prefix(tokens, text)
-                target[part] = maps_to_slices(grid, pad, self.clip.image_size)
-            runner.timed("m2ib", t)
+            fresh = same.unseen(part)  # a slice equal to one already computed takes its maps (below)
+            if fresh.size:
+                t = runner.start()
+                images, pad = clip_inputs(slices[fresh], self.clip, self.device)
+                tokens = self.m2ib.prefix_tokens(images)
+                runner.timed("clip_features", t)
+                runner.touched("clip_features", len(fresh))
+                t = runner.start()
+                for target, text, skipped in zip(maps, texts, flat):
+                    grid = self.m2ib.saliency_from_prefix(tokens, text)
+                    target[fresh] = maps_to_slices(grid, pad, self.clip.image_size)
+                    skipped.update(int(z) for z in fresh[np.isnan(target[fresh]).reshape(len(fresh), -1).any(axis=1)])
+                    runner.touched("m2ib", len(fresh) - self.m2ib.last_flat)
+                    runner.touched("m2ib_flat_skipped", self.m2ib.last_flat)
+                runner.timed("m2ib", t)
+            for z, source in same.copies(part):
+                for target, skipped in zip(maps, flat):
+                    target[z] = target[source]
+                    if source in skipped:
+                        skipped.add(int(z))
+                runner.touched("saliency_reused", 1)
+            done.update(int(z) for z in part)
+            _fill_flat(maps, flat, done)
             runner.step("saliency", len(part))
 
         with self.m2ib.interrupt.checking(runner.check):
@@ -471,9 +534,18 @@ class Pipeline:
         if self.embeddings is not None and axis is not None and needed.size:
             shared = self.embeddings(self.sam, axis, self.settings.window, slices)
 
+        same, kept = SameSlices(slices), {}
+
         def batch(part: np.ndarray) -> None:
             t = runner.start()
-            encoded = shared.get_many(part.tolist()) if shared is not None else self.sam.encode(slices[part])
+            if shared is not None:
+                encoded = shared.get_many(part.tolist())
+            else:  # a slice equal to an earlier one (same pixels) reuses its embedding
+                fresh = same.unseen(part)
+                kept.update(zip(fresh.tolist(), self.sam.encode(slices[fresh]) if fresh.size else []))
+                encoded = [kept[same.source(z)] for z in part.tolist()]
+                runner.touched("sam_encoder", len(fresh))
+                runner.touched("sam_encoder_reused", len(part) - len(fresh))
             runner.timed("sam_encoder", t)
             t = runner.start()
             for z, enc in zip(part, encoded):
@@ -482,7 +554,11 @@ class Pipeline:
                     if p:
                         target[z] = self.sam.segment(enc, boxes=p.boxes or None, points=p.points or None,
                                                      rules=rules)
+                        runner.touched("sam_decoder", 1)
             runner.timed("sam_decoder", t)
+            for z in part.tolist():  # free embeddings no later slice can reuse (only copies of earlier ones)
+                if same.source(z) == z and not same.has_copies_after(z, part[-1]):
+                    kept.pop(z, None)
             runner.step("sam", len(part))
 
         with self.sam.interrupt.checking(runner.check):

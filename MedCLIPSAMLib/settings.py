@@ -130,6 +130,10 @@ class Settings:
     interpolated in between (1: every slice; measured cost in the README)."""
     min_body_fraction: float = 0.01
     """Slices where fewer than this fraction of pixels are above 10% intensity (air) are skipped."""
+    flat_saliency_cv: float = 0.0
+    """CPU shortcut: a slice whose M2IB map, after 2 of its steps, varies less than this (std / mean over its
+    tokens) stops there and counts as showing nothing (the volume's lowest saliency); 0: off. Measured cost in
+    docs/cpu-speed.md."""
     faithfulness_slices: int = 2
     """Prompt faithfulness check: on this many of each prompt's strongest slices, CLIP compares the crop around the
     result region with the prompt and with null prompts (faithfulness.py; measured cost in the README); 0: off."""
@@ -181,7 +185,8 @@ class Settings:
                                f"{self.faithfulness_slices}).")
         fractions = {"component_ratio": self.component_ratio, "zoom_below": self.zoom_below,
                      "split_fraction": self.split_fraction, "min_body_fraction": self.min_body_fraction,
-                     "min_component_fraction": self.min_component_fraction}
+                     "min_component_fraction": self.min_component_fraction,
+                     "flat_saliency_cv": self.flat_saliency_cv}
         for name, value in fractions.items():
             if not 0 <= value <= 1:
                 raise SettingError(name, f"{{name}} must be between 0 and 1 (got {value}).")
