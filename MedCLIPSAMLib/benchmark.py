@@ -59,6 +59,8 @@ def build_models(sam_name: str, device: torch.device, size: str, folder: Path, s
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def measure_io(volume: np.ndarray, folder: Path) -> float:

@@ -45,19 +45,29 @@ def auto_device(cuda: bool, mps: bool) -> str:
     return "cuda" if cuda else "mps" if mps else "cpu"
 
 
+def mps_problem() -> str | None:
+    """Why this torch cannot run on Apple's Metal (None: it can). MPS is in torch's macOS arm64 builds only, and
+    needs macOS 12.3 or later on Apple silicon."""
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_built():
+        return "this torch was built without it (MPS is in torch for Apple silicon Macs only)"
+    if not mps.is_available():
+        return "torch has it, but this Mac cannot run it (it needs Apple silicon and macOS 12.3 or later)"
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a device setting; one this machine lacks is refused here, not deep in torch."""
     check_device(name)
     if name == "auto":
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device(auto_device(torch.cuda.is_available(), bool(mps and mps.is_available())))
+        return torch.device(auto_device(torch.cuda.is_available(), mps_problem() is None))
     device = torch.device(name)
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         found = torch.cuda.device_count()
         raise SettingError("device", f"{{name}} '{name}' needs a CUDA GPU, and this machine has "
                            f"{found or 'none'}{' (numbered from 0)' if found else ''}; use cpu.", "Device")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SettingError("device", f"{{name}} '{name}' needs Apple's Metal, which is not available; use cpu.",
+    if device.type == "mps" and mps_problem() is not None:
+        raise SettingError("device", f"{{name}} '{name}' needs Apple's Metal (MPS): {mps_problem()}; use cpu or auto.",
                            "Device")
     return device
 
