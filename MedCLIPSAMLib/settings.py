@@ -142,11 +142,13 @@ class Settings:
     device: str = "auto"
     """auto: CUDA when available, else CPU."""
     bf16: bool = True
-    """bfloat16 autocast on CUDA; on a CPU with Intel AMX, M2IB's optimised blocks from a bfloat16 copy when
-    ``runtime`` is auto (half the time there; slower on CPUs without AMX, so never used on them)."""
+    """bfloat16 autocast on CUDA; on a CPU that multiplies bf16 in hardware (AMX or AVX512-BF16), M2IB's optimised
+    blocks from a bfloat16 copy when ``runtime`` is auto (0.4-0.5x the CPU time there; never where bf16 would be
+    emulated, e.g. AVX2-only laptops: models/cpu_paths.py, docs/cpu-speed.md)."""
     sam_encoder_bf16: bool = False
-    """On a CPU with AMX and OpenVINO, LiteMedSAM's exported encoder in bfloat16: 2.4x faster than its fp32
-    there, but the oracle-saliency Dice moved by up to 0.7 points (lungs; README, Speed), so it is opt-in."""
+    """On a CPU with native bf16 (AMX, AVX512-BF16) and OpenVINO, LiteMedSAM's exported encoder in bfloat16: 2.4x
+    faster than its fp32 with AMX, 1.8x with AVX512-BF16, but the oracle-saliency Dice moved by up to 0.7 points
+    (lungs; README, Speed) and final masks by up to 0.08 DSC (docs/cpu-speed.md), so it is opt-in."""
     compile: bool = False
     """torch.compile the M2IB inner network (pays a one-off compile time per shape)."""
     runtime: str = "auto"

@@ -4,11 +4,14 @@ One table, so the pipeline and the benchmark's report say the same thing. Each c
 fastest on that class of CPU with the masks' agreement with fp32 kept (docs/cpu-speed.md):
 
 - M2IB's optimised blocks: bf16 where the CPU multiplies bf16 natively (AMX, AVX512-BF16), else fp32;
-- CLIP features (blocks 0..L, once per slice): PyTorch fp32 (bf16 moved the maps more than M2IB's bf16 and
-  gained little: this stage is ~10 % of a run; int8 dynamic quantisation likewise, see the docs);
+- CLIP features (blocks 0..L, once per slice): PyTorch fp32. Measured on the Zen 5: bf16 1.6x and int8 (torch.ao
+  dynamic) 6x faster on this stage alone, but it is ~8 % of a run, and int8 moved the final masks to DSC 0.992
+  of fp32's on the dev cases (under M2IB bf16's 0.9993), so neither is worth its error;
 - the SAM image encoder: exported, in OpenVINO fp32 (bf16 opt-in with ``sam_encoder_bf16``, and only with
-  native bf16), else ONNX Runtime fp32, else PyTorch;
-- the SAM decoder: PyTorch fp32 (a few ms per prompt; what it costs is mostly refinement rounds).
+  native bf16: final-mask DSC down to 0.92), else ONNX Runtime fp32, else PyTorch; int8 (ONNX Runtime dynamic
+  quantisation) measured slower and ~100 % off, so never;
+- the SAM decoder: PyTorch fp32 (~0.16 s per slice with its refinement rounds and zoom crops; not exported to
+  another runtime: not measured).
 
 ``runtime`` torch is today's reference path: PyTorch fp32 everywhere.
 """
@@ -69,6 +72,6 @@ def plan_cpu_paths(features: CpuFeatures, *, runtime: str = "auto", bf16: bool =
         encoder = StagePath(OPENVINO, precision, why)
     else:
         encoder = StagePath(ONNXRUNTIME, fp32, "OpenVINO not installed")
-    return {"clip_features": StagePath(TORCH, fp32, "once per slice; bf16/int8 measured not worth their error"),
+    return {"clip_features": StagePath(TORCH, fp32, "~8 % of a run; bf16/int8 measured not worth their error"),
             "m2ib": m2ib, "sam_encoder": encoder,
-            "sam_decoder": StagePath(TORCH, fp32, "small; refinement rounds dominate")}
+            "sam_decoder": StagePath(TORCH, fp32, "not exported to another runtime (not measured)")}
