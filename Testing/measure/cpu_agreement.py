@@ -4,8 +4,7 @@ Not a test (slow; run by hand)::
 
     PYTHONPATH=$PWD python Testing/measure/cpu_agreement.py [DATA]
 
- BiomedCLIP's
-architecture with random weights (its weights cannot be downloaded here), LiteMedSAM with its real weights,
+BiomedCLIP's architecture with random weights (its weights cannot be downloaded here), LiteMedSAM with its real weights,
 ``--fast`` settings. The first row is the reference: ``runtime`` torch, PyTorch fp32 everywhere.
 """
 from __future__ import annotations
