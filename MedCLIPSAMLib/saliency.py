@@ -41,6 +41,13 @@ def flat_maps(kl: torch.Tensor, prefix: int, threshold: float) -> torch.Tensor:
     return variation < threshold
 
 
+def _bottleneck(alpha: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bottleneck's mean and spread for tokens ``x``, and its per-element KL to N(0, 1): (B, 1, T, D) each."""
+    lam = torch.sigmoid(alpha)
+    mu, std = lam * x, 1.0 - lam
+    return mu, std, 0.5 * (mu ** 2 + std ** 2 - 1.0) - torch.log(std)
+
+
 def _keep_rows(optimizer: torch.optim.Adam, alpha: torch.Tensor, keep: torch.Tensor):
     """``alpha``'s rows ``keep`` as a new parameter with an Adam carrying their state on: the kept images'
     updates are exactly those they would have had in the full batch (Adam is elementwise)."""
@@ -79,7 +86,7 @@ class M2IBConfig:
         """The M2IB part of a pipeline ``Settings``."""
         return cls(layer=settings.bottleneck_layer, beta=settings.beta, steps=settings.m2ib_steps,
                    lr=settings.m2ib_lr, samples=settings.m2ib_samples, seed=settings.seed,
-                   flat_cv=getattr(settings, "flat_saliency_cv", 0.0))
+                   flat_cv=settings.flat_saliency_cv)
 
 
 @dataclass
@@ -213,10 +220,8 @@ class M2IB:
         with torch.enable_grad():
             for step in range(cfg.steps):
                 self.interrupt()
-                lam = torch.sigmoid(alpha)
-                mu, std = lam * x, 1.0 - lam
-                kl = 0.5 * (mu ** 2 + std ** 2 - 1.0) - torch.log(std)  # (B, 1, T, D)
-                if step == PROBE_STEPS and cfg.flat_cv > 0 and step < cfg.steps:
+                mu, std, kl = _bottleneck(alpha, x)
+                if step == PROBE_STEPS and cfg.flat_cv > 0:
                     flat = flat_maps(kl, prefix, cfg.flat_cv)
                     if flat.any():
                         self.last_flat = int(flat.sum())
@@ -226,9 +231,7 @@ class M2IB:
                         keep = ~flat
                         optimizer, alpha = _keep_rows(optimizer, alpha, keep)
                         x, rows = x[keep], rows[keep]
-                        lam = torch.sigmoid(alpha)
-                        mu, std = lam * x, 1.0 - lam
-                        kl = 0.5 * (mu ** 2 + std ** 2 - 1.0) - torch.log(std)
+                        mu, std, kl = _bottleneck(alpha, x)
                 z = mu + std * self._noise((cfg.samples, count, dim), generator)  # (B, S, T, D)
                 embedding = self._suffix_embedding(z.reshape(len(rows) * cfg.samples, count, dim))
                 cosine = (embedding @ text).view(len(rows), cfg.samples)
