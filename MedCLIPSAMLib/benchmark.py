@@ -4,7 +4,8 @@ Weights do not change the cost, so BiomedCLIP's architecture (ViT-B/16 + a PubMe
 BERT) and SAM ViT-B/L/H are built with random weights (no download); LiteMedSAM uses its
 real weights. The pipeline runs on a synthetic volume twice in the same process: the default
 path (``runtime`` auto: the exported SAM encoder in OpenVINO or ONNX Runtime on a CPU, M2IB's
-class-token shortcut, M2IB's blocks in bf16 on a CPU with AMX) and today's reference path (``runtime`` torch), so ``speedup_vs_baseline`` is a ratio from one
+class-token shortcut, M2IB's blocks in bf16 on a CPU with AMX or AVX512-BF16) and today's reference path
+(``runtime`` torch), so ``speedup_vs_baseline`` is a ratio from one
 run, and the two label maps are compared. On a CPU the report names the CPU's features (``cpu_features``) and the
 runtime and precision each stage took on both paths (``cpu_paths``), with process CPU seconds beside wall seconds
 per stage (less disturbed on a shared machine) and the slices each stage touched. A naive baseline (whole network every M2IB step,

@@ -5,7 +5,7 @@ small window-attention ops cost PyTorch more in overhead than in arithmetic) and
 OpenVINO, which runs the same file (``openvino_runtime``; README, Speed). Each encoder is exported
 at first use into the model cache (``onnx_cache``: atomic writes, a damaged file rebuilt) and checked
 against PyTorch on an example input before it is used: the largest difference must stay within
-``RTOL`` of the largest output value (``BF16_RTOL`` for OpenVINO's bfloat16 on a CPU with AMX).
+``RTOL`` of the largest output value (``BF16_RTOL`` for OpenVINO's bfloat16 on a CPU with AMX or AVX512-BF16).
 
 PyTorch stays the path on GPUs, for M2IB's optimisation (it needs gradients), and whenever
 onnxruntime is not installed, an export fails or does not match: then the run says why once
@@ -34,7 +34,7 @@ RTOL = 1e-4
 """Largest |runtime - PyTorch| allowed in fp32, as a fraction of the largest |PyTorch| output value
 (measured: LiteMedSAM encoder 1e-6 in ONNX Runtime, 6e-6 in OpenVINO)."""
 BF16_RTOL = 0.1
-"""The same in bfloat16 (OpenVINO on a CPU with AMX, opt-in: ``sam_encoder_bf16``; measured: LiteMedSAM
+"""The same in bfloat16 (OpenVINO on a CPU with AMX or AVX512-BF16, opt-in: ``sam_encoder_bf16``; measured: LiteMedSAM
 encoder 0.056, oracle-saliency Dice within 0.7 points of fp32 on the dev set, README)."""
 Notify = Callable[[str], None]
 """Receives one line for the user (an export started, a broken one rebuilt, a fallback to PyTorch)."""
