@@ -2,7 +2,7 @@
 
 Not a test (slow; run by hand)::
 
-    PYTHONPATH=$PWD python Testing/measure/cpu_agreement.py [DATA]
+    PYTHONPATH=$PWD python Testing/measure/cpu_agreement.py [DATA [ROW,ROW...]]
 
 BiomedCLIP's architecture with random weights (its weights cannot be downloaded here), LiteMedSAM with its real weights,
 ``--fast`` settings. The first row is the reference: ``runtime`` torch, PyTorch fp32 everywhere.
@@ -55,18 +55,50 @@ def int8_clip_features(clip):
             blocks[index] = block
 
 
+@contextlib.contextmanager
+def bf16_clip_features(clip):
+    """Blocks 0..L (L = 9) from bfloat16 copies for the duration, their output back in fp32 (a measurement)."""
+    from MedCLIPSAMLib.saliency import _bf16_copy
+
+    blocks = clip.model.visual.trunk.blocks
+    originals = list(blocks[:10])
+    for index, block in enumerate(originals):
+        blocks[index] = _AsBf16(_bf16_copy(block), last=index == 9)
+    try:
+        yield
+    finally:
+        for index, block in enumerate(originals):
+            blocks[index] = block
+
+
+class _AsBf16(torch.nn.Module):
+    """A bf16 block between fp32 neighbours: casts its input down and, as the last one, its output back up."""
+
+    def __init__(self, block: torch.nn.Module, last: bool):
+        super().__init__()
+        self.block, self.last = block, last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x.to(torch.bfloat16))
+        return out.float() if self.last else out
+
+
 def main() -> None:
     clip = random_clip_in_memory(Path(tempfile.mkdtemp()), "pubmedbert")
     sam = load_sam("litemedsam", None, "cpu")
     base = Settings(device="cpu", sam_backend="litemedsam", **FAST_SALIENCY)
+    only = set(sys.argv[2].split(",")) if len(sys.argv) > 2 else None  # row names to run (the first always runs)
     configs = {"fp32 (runtime torch)": (base.replace(runtime="torch"), contextlib.nullcontext),
                "OpenVINO encoder, M2IB fp32 (--fp32)": (base.replace(bf16=False), contextlib.nullcontext),
                "default (M2IB bf16 where native)": (base, contextlib.nullcontext),
                "+ SAM encoder bf16": (base.replace(sam_encoder_bf16=True), contextlib.nullcontext),
                "+ CLIP features int8": (base, lambda: int8_clip_features(clip)),
+               "+ CLIP features bf16": (base, lambda: bf16_clip_features(clip)),
                "+ flat skip cv 0.02": (base.replace(flat_saliency_cv=0.02), contextlib.nullcontext)}
     reference: dict[str, np.ndarray] = {}
-    for name, (settings, context) in configs.items():
+    for position, (name, (settings, context)) in enumerate(configs.items()):
+        if only is not None and position and not any(name.startswith(prefix) for prefix in only):
+            continue
         pipeline = Pipeline(settings, clip=clip, sam=sam)
         dices, flat, wall, cpu = [], 0, time.perf_counter(), time.process_time()
         for label, path, prompt in cases():
