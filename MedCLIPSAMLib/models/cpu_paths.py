@@ -4,9 +4,9 @@ One table, so the pipeline and the benchmark's report say the same thing. Each c
 fastest on that class of CPU with the masks' agreement with fp32 kept (docs/cpu-speed.md):
 
 - M2IB's optimised blocks: bf16 where the CPU multiplies bf16 natively (AMX, AVX512-BF16), else fp32;
-- CLIP features (blocks 0..L, once per slice): PyTorch fp32. Measured on the Zen 5: bf16 1.6x and int8 (torch.ao
-  dynamic) 6x faster on this stage alone, but it is ~8 % of a run, and int8 moved the final masks to DSC 0.992
-  of fp32's on the dev cases (under M2IB bf16's 0.9993), so neither is worth its error;
+- CLIP features (blocks 0..L, once per slice): PyTorch fp32. Measured on the Zen 5 (``Testing/measure``):
+  bf16 3.6x and int8 (torch.ao dynamic) 1.8x faster on this stage alone, but it is 8-15 % of a run, and int8
+  moved the final masks to DSC 0.992 of fp32's on the dev cases (M2IB's bf16: 0.9993), so fp32 stays;
 - the SAM image encoder: exported, in OpenVINO fp32 (bf16 opt-in with ``sam_encoder_bf16``, and only with
   native bf16: final-mask DSC down to 0.92), else ONNX Runtime fp32, else PyTorch; int8 (ONNX Runtime dynamic
   quantisation) measured slower and ~100 % off, so never;
