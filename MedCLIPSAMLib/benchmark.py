@@ -4,13 +4,17 @@ Weights do not change the cost, so BiomedCLIP's architecture (ViT-B/16 + a PubMe
 BERT) and SAM ViT-B/L/H are built with random weights (no download); LiteMedSAM uses its
 real weights. The pipeline runs on a synthetic volume twice in the same process: the default
 path (``runtime`` auto: the exported SAM encoder in OpenVINO or ONNX Runtime on a CPU, M2IB's
-class-token shortcut, M2IB's blocks in bf16 on a CPU with AMX) and today's reference path (``runtime`` torch), so ``speedup_vs_baseline`` is a ratio from one
-run, and the two label maps are compared. A naive baseline (whole network every M2IB step,
+class-token shortcut, M2IB's blocks in bf16 on a CPU with AMX or AVX512-BF16) and today's reference path
+(``runtime`` torch), so ``speedup_vs_baseline`` is a ratio from one
+run, and the two label maps are compared. On a CPU the report names the CPU's features (``cpu_features``) and the
+runtime and precision each stage took on both paths (``cpu_paths``), with process CPU seconds beside wall seconds
+per stage (less disturbed on a shared machine) and the slices each stage touched. A naive baseline (whole network every M2IB step,
 fp32, one slice at a time; SAM fp32 at batch 1) is measured too.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import tempfile
@@ -56,6 +60,8 @@ def build_models(sam_name: str, device: torch.device, size: str, folder: Path, s
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def measure_io(volume: np.ndarray, folder: Path) -> float:
@@ -102,13 +108,36 @@ def stage_seconds(timings: dict[str, float], wall: float) -> dict[str, float]:
     return stages
 
 
+def stage_paths(pipeline) -> dict[str, dict[str, str]]:
+    """What each stage of ``pipeline`` runs on: the CPU path table, corrected by what was really loaded (an export
+    that failed runs in PyTorch; M2IB's blocks are bf16 only if the copy was made)."""
+    from .models.cpu_features import detect
+    from .models.cpu_paths import OPENVINO, ONNXRUNTIME, TORCH, StagePath, plan_cpu_paths
+    from .models.onnx_runtime import runtime_available
+    from .models.openvino_runtime import openvino_available
+
+    s = pipeline.settings
+    plan = plan_cpu_paths(detect(), runtime=s.runtime, bf16=s.bf16, sam_encoder_bf16=s.sam_encoder_bf16,
+                          sam_backend=pipeline.sam.name, openvino=openvino_available(),
+                          onnxruntime=runtime_available())
+    bf16 = pipeline.m2ib.suffix_dtype == torch.bfloat16
+    if (plan["m2ib"].precision == "bf16") != bf16:
+        plan["m2ib"] = StagePath(TORCH, "bf16" if bf16 else "fp32", "as loaded")
+    encoder = pipeline.sam.runtime_encoder
+    runtime = TORCH if encoder is None else OPENVINO if type(encoder).__name__ == "OpenVinoModule" else ONNXRUNTIME
+    precision = "fp32" if encoder is None else {"f32": "fp32"}.get(getattr(encoder, "precision", "f32"), "bf16")
+    if (runtime, precision) != (plan["sam_encoder"].runtime, plan["sam_encoder"].precision):
+        plan["sam_encoder"] = StagePath(runtime, precision, "as loaded (export or precision check fell back)")
+    return {stage: path.as_dict() for stage, path in plan.items()}
+
+
 def timed_run(pipeline, volume: np.ndarray, device: torch.device):
-    """The pipeline's result on ``volume`` and its wall time in seconds."""
+    """The pipeline's result on ``volume``, its wall time in seconds and the process's CPU seconds meanwhile."""
     _sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = pipeline.run(volume, "brain tumor")
     _sync(device)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - cpu
 
 
 def label_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,6 +160,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         clip, sam = build_models(sam_name, device, size, folder, settings.sam_input_size)
         volume = synthetic_volume(slices, image_size)
         warm = volume[slices // 2: slices // 2 + 1]
+        load_before = os.getloadavg()[0]
         pipeline = Pipeline(settings.replace(runtime="auto"), clip=clip, sam=sam)
         start = time.perf_counter()
         notes = pipeline.run(warm, "brain tumor").messages  # warm-up: kernels, caches, the ONNX export
@@ -146,9 +176,11 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         io_time = measure_io(volume, folder)
-        result, wall = timed_run(pipeline, volume, device)
-        baseline, baseline_wall = timed_run(reference, volume, device)
+        result, wall, cpu_total = timed_run(pipeline, volume, device)
+        baseline, baseline_wall, baseline_cpu_total = timed_run(reference, volume, device)
         peak = peak_memory_mb(device)
+        load_after = os.getloadavg()[0]
+        paths = {"new": stage_paths(pipeline), "today": stage_paths(reference)} if device.type == "cpu" else {}
         sam_slices = max(1, len(result.boxes["brain tumor"]))
         from .imageio import normalize_intensity
         normalised = normalize_intensity(volume)
@@ -184,7 +216,31 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
         "baseline_wall_seconds": baseline_wall, "baseline_slices_with_saliency": baseline.saliency_slices,
         "speedup_vs_baseline": baseline_wall / wall if wall else float("nan"),
         "labels_dice_vs_baseline": label_dice(result.labels, baseline.labels),
+        "cpu_features": cpu_feature_report(device), "stage_paths": paths.get("new", {}),
+        "baseline_stage_paths": paths.get("today", {}),
+        "stage_cpu_seconds": cpu_stage_seconds(result.cpu_timings),
+        "baseline_stage_cpu_seconds": cpu_stage_seconds(baseline.cpu_timings),
+        "pipeline_cpu_seconds": cpu_total, "baseline_cpu_seconds": baseline_cpu_total,
+        "speedup_vs_baseline_cpu_time": baseline_cpu_total / max(cpu_total, 1e-9),
+        "stage_slices": result.stage_slices, "baseline_stage_slices": baseline.stage_slices,
+        "flat_saliency_cv": settings.flat_saliency_cv, "load_average_before": load_before,
+        "load_average_after": load_after,
     }
+
+
+def cpu_feature_report(device: torch.device) -> dict:
+    """The CPU's features and the class that decides its path (empty on a GPU run)."""
+    if device.type != "cpu":
+        return {}
+    from .models.cpu_features import detect
+
+    found = detect()
+    return {**found.as_dict(), "level": found.level, "summary": found.summary()}
+
+
+def cpu_stage_seconds(cpu: dict[str, float]) -> dict[str, float]:
+    """Process CPU seconds (all threads) of the timed stages; the untimed rest is left out."""
+    return {stage: cpu.get(stage, 0.0) for stage in PIPELINE_STAGES[:-1]}
 
 
 def format_report(report: dict) -> str:
@@ -204,17 +260,54 @@ def format_report(report: dict) -> str:
               f"peak memory {report['peak_memory_mb']:.0f} MB",
               f"prompt faithfulness check: {report['faithfulness_seconds']:.2f} s for the one prompt "
               f"(--faithfulness-slices {report['faithfulness_slices']}; 0 switches it off), included in the wall time",
-              f"stage             new s   today s  (new: {report.get('cpu_runtime') or 'exported runtime'} for "
-              f"{', '.join(report['onnx_runtime']) or 'nothing'}, M2IB class-token shortcut"
-              f"{', M2IB blocks in bf16 (AMX)' if report.get('m2ib_bf16_blocks') else ''}; today: PyTorch fp32)"]
+              *cpu_lines(report),
+              f"stage             new s   today s   new cpu s today cpu s  slices new/today  path new | today"]
     new, today = report["stage_seconds"], report["baseline_stage_seconds"]
+    cpu_new, cpu_today = report.get("stage_cpu_seconds", {}), report.get("baseline_stage_cpu_seconds", {})
+    paths, base_paths = report.get("stage_paths", {}), report.get("baseline_stage_paths", {})
+    touched, base_touched = report.get("stage_slices", {}), report.get("baseline_stage_slices", {})
     for stage in PIPELINE_STAGES:
-        lines.append(f"  {stage:15s} {new[stage]:7.1f} {today[stage]:9.1f}")
-    lines += [f"  {'end to end':15s} {report['pipeline_wall_seconds']:7.1f} {report['baseline_wall_seconds']:9.1f}",
-              f"speed-up vs today's path: {report['speedup_vs_baseline']:.2f}x (same slices, same run); "
-              f"label maps' Dice new vs today {report['labels_dice_vs_baseline']:.4f}",
+        cpu = (f"{cpu_new[stage]:11.1f} {cpu_today[stage]:12.1f}" if stage in cpu_new else " " * 24)
+        counts = (f"{touched.get(stage, 0):>7d}/{base_touched.get(stage, 0):<7d}" if stage in SLICE_STAGES
+                  else " " * 15)
+        path = (f"  {paths[stage]['runtime']} {paths[stage]['precision']} | {base_paths[stage]['runtime']} "
+                f"{base_paths[stage]['precision']}" if stage in paths else "")
+        lines.append(f"  {stage:15s} {new[stage]:7.1f} {today[stage]:9.1f} {cpu} {counts}{path}".rstrip())
+    lines += [f"  {'end to end':15s} {report['pipeline_wall_seconds']:7.1f} {report['baseline_wall_seconds']:9.1f}"
+              + (f" {report['pipeline_cpu_seconds']:11.1f} {report['baseline_cpu_seconds']:12.1f}" if cpu_new else ""),
+              f"speed-up vs today's path: {report['speedup_vs_baseline']:.2f}x (same slices, same run)"
+              + (f", in CPU time {report['speedup_vs_baseline_cpu_time']:.2f}x" if cpu_new else "")
+              + f"; label maps' Dice new vs today {report['labels_dice_vs_baseline']:.4f}",
+              *shortcut_lines(report),
               f"first use (warm-up, ONNX export if not cached): {report['first_use_seconds']:.1f} s"]
     return "\n".join(lines)
+
+
+SLICE_STAGES = ("clip_features", "m2ib", "sam_encoder", "sam_decoder")
+"""Stages whose touched slices the table shows (M2IB: slice x prompt optimisations run to the end)."""
+
+
+def cpu_lines(report: dict) -> list[str]:
+    """The CPU's features, and why each stage took its path on the new path."""
+    features = report.get("cpu_features") or {}
+    if not features:
+        return []
+    lines = [f"CPU features: {features['summary']} -> {features['level']}; new path per stage:"]
+    for stage, path in report.get("stage_paths", {}).items():
+        lines.append(f"  {stage:15s} {path['runtime']} {path['precision']} ({path['reason']})")
+    return lines
+
+
+def shortcut_lines(report: dict) -> list[str]:
+    """What the work-skipping shortcuts did: flat maps stopped early, repeated slices reused."""
+    touched = report.get("stage_slices", {})
+    if not touched:
+        return []
+    return [f"shortcuts: {touched.get('m2ib_flat_skipped', 0)} slice(s) stopped early as flat (--flat-saliency-cv "
+            f"{report.get('flat_saliency_cv', 0):g}), {touched.get('saliency_reused', 0)} saliency and "
+            f"{touched.get('sam_encoder_reused', 0)} SAM encodings reused from slices with the same pixels; "
+            f"load average {report.get('load_average_before', 0):.2f} before, "
+            f"{report.get('load_average_after', 0):.2f} after"]
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -236,6 +329,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--sam-input-size", type=int, help="SAM ViT input side in px (default: 1024)")
     parser.add_argument("--faithfulness-slices", type=int,
                         help="prompt check's CLIP views per prompt (default 2; 0: off)")
+    parser.add_argument("--flat-saliency-cv", type=float,
+                        help="stop M2IB after 2 steps on slices whose map varies less than this (0: off)")
     parser.add_argument("--clip-batch-size", type=int)
     parser.add_argument("--sam-batch-size", type=int)
     parser.add_argument("--fp32", action="store_true", help="disable bf16 autocast on CUDA")
@@ -251,7 +346,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     given = {"m2ib_steps": args.steps, "m2ib_samples": args.samples, "saliency_stride": args.stride,
              "clip_batch_size": args.clip_batch_size, "sam_batch_size": args.sam_batch_size,
-             "sam_input_size": args.sam_input_size, "faithfulness_slices": args.faithfulness_slices}
+             "sam_input_size": args.sam_input_size, "faithfulness_slices": args.faithfulness_slices,
+             "flat_saliency_cv": args.flat_saliency_cv}
     changes = (FAST_SALIENCY if args.fast else {}) | {k: v for k, v in given.items() if v is not None}
     settings = Settings(bf16=not args.fp32, compile=args.compile, **changes)
     resolve_device(args.device)

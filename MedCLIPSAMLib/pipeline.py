@@ -7,6 +7,7 @@ SAM only on slices with prompts (batched encoder, embeddings freed per batch) ->
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -44,19 +45,29 @@ def auto_device(cuda: bool, mps: bool) -> str:
     return "cuda" if cuda else "mps" if mps else "cpu"
 
 
+def mps_problem() -> str | None:
+    """Why this torch cannot run on Apple's Metal (None: it can). MPS is in torch's macOS arm64 builds only, and
+    needs macOS 12.3 or later on Apple silicon."""
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_built():
+        return "this torch was built without it (MPS is in torch for Apple silicon Macs only)"
+    if not mps.is_available():
+        return "torch has it, but this Mac cannot run it (it needs Apple silicon and macOS 12.3 or later)"
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a device setting; one this machine lacks is refused here, not deep in torch."""
     check_device(name)
     if name == "auto":
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device(auto_device(torch.cuda.is_available(), bool(mps and mps.is_available())))
+        return torch.device(auto_device(torch.cuda.is_available(), mps_problem() is None))
     device = torch.device(name)
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         found = torch.cuda.device_count()
         raise SettingError("device", f"{{name}} '{name}' needs a CUDA GPU, and this machine has "
                            f"{found or 'none'}{' (numbered from 0)' if found else ''}; use cpu.", "Device")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SettingError("device", f"{{name}} '{name}' needs Apple's Metal, which is not available; use cpu.",
+    if device.type == "mps" and mps_problem() is not None:
+        raise SettingError("device", f"{{name}} '{name}' needs Apple's Metal (MPS): {mps_problem()}; use cpu or auto.",
                            "Device")
     return device
 
@@ -135,7 +146,11 @@ class _Runner:
     def __init__(self, progress: ProgressCallback | None, cancel: threading.Event | None):
         self.progress, self.cancel = progress, cancel
         self.timings: dict[str, float] = {}
+        self.cpu_timings: dict[str, float] = {}
+        self.slices: dict[str, int] = {}
+        """Slices each stage touched (``touched``)."""
         self._counts: dict[str, list[int]] = {}
+        self._cpu_at: dict[float, float] = {}
 
     def check(self) -> None:
         """Raise Cancelled once the run's cancel event is set (called between batches, steps and layers)."""
@@ -160,8 +175,65 @@ class _Runner:
         self._counts[stage] = [done + count, total]
         self.report(stage, done + count, total)
 
+    def start(self) -> float:
+        """A stage's start (wall seconds, passed to ``timed``); the process CPU time is noted with it."""
+        now = time.perf_counter()
+        self._cpu_at[now] = time.process_time()
+        return now
+
     def timed(self, stage: str, start: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+        cpu = self._cpu_at.pop(start, None)
+        if cpu is not None:
+            self.cpu_timings[stage] = self.cpu_timings.get(stage, 0.0) + time.process_time() - cpu
+
+    def touched(self, stage: str, count: int) -> None:
+        self.slices[stage] = self.slices.get(stage, 0) + int(count)
+
+
+class SameSlices:
+    """Slices equal to one seen earlier in this run (same uint8 pixels): the models give them the same result,
+    so it is computed once and copied (duplicated slices of a resampled thick-slice scan, repeated frames)."""
+
+    def __init__(self, slices: np.ndarray):
+        self._keys = [hashlib.blake2b(np.ascontiguousarray(one).tobytes(), digest_size=16).digest() for one in slices]
+        self._last = {key: z for z, key in enumerate(self._keys)}
+        self._first: dict[bytes, int] = {}
+        self._source: dict[int, int] = {}
+
+    def unseen(self, part: np.ndarray) -> np.ndarray:
+        """The slices of ``part`` to compute: the first of each distinct content; the rest are noted as copies."""
+        fresh = []
+        for z in part.tolist():
+            source = self._first.setdefault(self._keys[z], z)
+            if source == z:
+                fresh.append(z)
+            else:
+                self._source[z] = source
+        return np.array(fresh, dtype=int)
+
+    def source(self, z: int) -> int:
+        """The earliest computed slice equal to ``z`` (``z`` itself when it is the first)."""
+        return self._source.get(z, z)
+
+    def has_copies_after(self, z: int, last: int) -> bool:
+        """Whether a slice after ``last`` has ``z``'s pixels (and may still copy its result)."""
+        return self._last[self._keys[z]] > last
+
+    def copies(self, part: np.ndarray) -> list[tuple[int, int]]:
+        """(slice, the earlier equal slice it copies) for the copies in ``part``."""
+        return [(z, self._source[z]) for z in part.tolist() if z in self._source]
+
+
+def _fill_flat(maps: list[np.ndarray], flat: list[set[int]], done: set[int]) -> None:
+    """Maps of slices found flat (NaN from M2IB) take their map's lowest computed value: they show nothing, and the
+    volume-wide min-max normalisation stays what the other slices give it."""
+    for target, skipped in zip(maps, flat):
+        if not skipped:
+            continue
+        shown = [z for z in done if z not in skipped]
+        floor = float(min(target[z].min() for z in shown)) if shown else 0.0
+        target[sorted(skipped)] = floor
 
 
 def _with_oom_retry(fn: Callable[[np.ndarray], None], indices: np.ndarray, batch_size: int) -> int:
@@ -231,7 +303,7 @@ class Pipeline:
         if self._m2ib is None:
             s = self.settings
             self._m2ib = M2IB(self.clip, M2IBConfig.from_settings(s), self.device, bf16=s.bf16, compile=s.compile,
-                              class_token_only=s.runtime != "torch", bf16_on_amx=s.bf16 and s.runtime != "torch")
+                              class_token_only=s.runtime != "torch", cpu_bf16=s.bf16 and s.runtime != "torch")
         return self._m2ib
 
     def check_model_files(self) -> None:
@@ -273,11 +345,11 @@ class Pipeline:
         self.sam  # load (or download) SAM now: a bad checkpoint must fail before minutes of saliency
         located = self._locate(volume, prompts, runner, saliency)
         masks = self._sam(located.slices, [t.prompts for t in located.targets], runner, located.axis)
-        t = time.perf_counter()
+        t = runner.start()
         result = self._assemble(located, masks)
         runner.timed("cleanup", t)
         runner.timings["total"] = time.perf_counter() - start
-        result.timings = runner.timings
+        result.timings, result.cpu_timings, result.stage_slices = runner.timings, runner.cpu_timings, runner.slices
         return result
 
     def locate(self, volume: Volume | np.ndarray, prompts: PromptSpec | Sequence[PromptSpec],
@@ -313,7 +385,7 @@ class Pipeline:
         if computed < active.size:
             messages.append(f"Saliency computed on {computed} of {active.size} slices (stride {s.saliency_stride}); "
                             "the others were interpolated between them.")
-        t = time.perf_counter()
+        t = runner.start()
         valid = np.zeros(slices.shape[0], dtype=bool)
         valid[active] = True
         valid3d = np.broadcast_to(valid[:, None, None], slices.shape)
@@ -395,17 +467,34 @@ class Pipeline:
                   runner: _Runner, rule: ComponentRule) -> list[np.ndarray]:
         """Raw M2IB maps per prompt; one CLIP prefix pass per slice batch serves every prompt."""
         maps = [np.zeros(slices.shape, dtype=np.float32) for _ in texts]
+        same = SameSlices(slices)
+        flat: list[set[int]] = [set() for _ in texts]
+        done: set[int] = set()
 
         def batch(part: np.ndarray) -> None:
-            t = time.perf_counter()
-            images, pad = clip_inputs(slices[part], self.clip, self.device)
-            tokens = self.m2ib.prefix_tokens(images)
-            runner.timed("clip_features", t)
-            t = time.perf_counter()
-            for target, text in zip(maps, texts):
-                grid = self.m2ib.saliency_from_prefix(tokens, text)
-                target[part] = maps_to_slices(grid, pad, self.clip.image_size)
-            runner.timed("m2ib", t)
+            fresh = same.unseen(part)  # a slice equal to one already computed takes its maps (below)
+            if fresh.size:
+                t = runner.start()
+                images, pad = clip_inputs(slices[fresh], self.clip, self.device)
+                tokens = self.m2ib.prefix_tokens(images)
+                runner.timed("clip_features", t)
+                runner.touched("clip_features", len(fresh))
+                t = runner.start()
+                for target, text, skipped in zip(maps, texts, flat):
+                    grid = self.m2ib.saliency_from_prefix(tokens, text)
+                    target[fresh] = maps_to_slices(grid, pad, self.clip.image_size)
+                    skipped.update(int(z) for z in fresh[np.isnan(target[fresh]).reshape(len(fresh), -1).any(axis=1)])
+                    runner.touched("m2ib", len(fresh) - self.m2ib.last_flat)
+                    runner.touched("m2ib_flat_skipped", self.m2ib.last_flat)
+                runner.timed("m2ib", t)
+            for z, source in same.copies(part):
+                for target, skipped in zip(maps, flat):
+                    target[z] = target[source]
+                    if source in skipped:
+                        skipped.add(int(z))
+                runner.touched("saliency_reused", 1)
+            done.update(int(z) for z in part)
+            _fill_flat(maps, flat, done)
             runner.step("saliency", len(part))
 
         with self.m2ib.interrupt.checking(runner.check):
@@ -419,7 +508,7 @@ class Pipeline:
         count = self.settings.faithfulness_slices
         if not count or not active.size:
             return [None] * len(maps)
-        t = time.perf_counter()
+        t = runner.start()
         nulls = np.stack([self._text([null]).cpu().numpy() for null in NULL_PROMPTS])
 
         def embed(views: list) -> np.ndarray:
@@ -465,18 +554,31 @@ class Pipeline:
         if self.embeddings is not None and axis is not None and needed.size:
             shared = self.embeddings(self.sam, axis, self.settings.window, slices)
 
+        same, kept = SameSlices(slices), {}
+
         def batch(part: np.ndarray) -> None:
-            t = time.perf_counter()
-            encoded = shared.get_many(part.tolist()) if shared is not None else self.sam.encode(slices[part])
+            t = runner.start()
+            if shared is not None:
+                encoded = shared.get_many(part.tolist())
+            else:  # a slice equal to an earlier one (same pixels) reuses its embedding
+                fresh = same.unseen(part)
+                kept.update(zip(fresh.tolist(), self.sam.encode(slices[fresh]) if fresh.size else []))
+                encoded = [kept[same.source(z)] for z in part.tolist()]
+                runner.touched("sam_encoder", len(fresh))
+                runner.touched("sam_encoder_reused", len(part) - len(fresh))
             runner.timed("sam_encoder", t)
-            t = time.perf_counter()
+            t = runner.start()
             for z, enc in zip(part, encoded):
                 for target, slice_prompts in zip(masks, prompts):
                     p = slice_prompts[z]
                     if p:
                         target[z] = self.sam.segment(enc, boxes=p.boxes or None, points=p.points or None,
                                                      rules=rules)
+                        runner.touched("sam_decoder", 1)
             runner.timed("sam_decoder", t)
+            for z in part.tolist():  # free embeddings no later slice can reuse (only copies of earlier ones)
+                if same.source(z) == z and not same.has_copies_after(z, part[-1]):
+                    kept.pop(z, None)
             runner.step("sam", len(part))
 
         with self.sam.interrupt.checking(runner.check):

@@ -35,6 +35,11 @@ class SegmentationResult:
     """Per prompt: how much more the crop around its result looks like the prompt than like null prompts to the CLIP
     model, a cosine margin (0: the text made no difference; faithfulness.py); None when the check was off or had
     nothing to compare."""
+    cpu_timings: dict[str, float] = field(default_factory=dict)
+    """Process CPU seconds (user + sys, all threads) per stage, beside ``timings``' wall seconds: less disturbed by
+    other processes on a shared machine (the benchmark reports both)."""
+    stage_slices: dict[str, int] = field(default_factory=dict)
+    """How many slices each stage touched (e.g. ``m2ib`` full schedules, ``m2ib_flat_skipped``, ``sam_encoder``)."""
 
     @property
     def names(self) -> list[str]:

@@ -7,8 +7,9 @@ keep the image embedding close to the text (cosine) while passing little informa
 
 Blocks 0..L never see the bottleneck, so their output is computed once per image
 (``prefix_tokens``) and only blocks L+1.. run in the 10 optimisation steps, for many
-images at once. On a CPU with AMX those blocks run from a bfloat16 copy (``bf16_on_amx``): half
-the time, maps correlating with fp32's to 1 - 2e-6 (docs/benchmarks.md). ``naive_saliency`` is the straightforward formulation (whole network
+images at once. On a CPU that multiplies bf16 natively (AMX or AVX512-BF16) those blocks run from a
+bfloat16 copy (``cpu_bf16``): 0.4-0.5x the CPU time, maps correlating with fp32's to 1 - 3e-6
+(docs/cpu-speed.md). ``naive_saliency`` is the straightforward formulation (whole network
 every step, one image at a time), kept as the reference the fast path is tested against.
 """
 from __future__ import annotations
@@ -24,8 +25,38 @@ import torch.nn.functional as F
 from .errors import InputError
 from .models.class_token import class_token_only_applies, last_block_class_token
 from .models.clip import ClipBundle
-from .models.cpu_features import amx_bf16_available
+from .models.cpu_features import native_bf16_available
 from .models.interrupt import interrupt_of
+
+
+PROBE_STEPS = 2
+"""Steps after which the flat-map test (``M2IBConfig.flat_cv``) looks at each image's map."""
+
+
+def flat_maps(kl: torch.Tensor, prefix: int, threshold: float) -> torch.Tensor:
+    """Which images' KL maps are flat (bool per image): the patch tokens' map (summed over channels) has a
+    coefficient of variation under ``threshold``. Per image, so the test never depends on the batch."""
+    token_map = kl.detach().sum(dim=-1)[:, 0, prefix:]
+    variation = token_map.std(dim=1) / token_map.mean(dim=1).abs().clamp_min(1e-12)
+    return variation < threshold
+
+
+def _bottleneck(alpha: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bottleneck's mean and spread for tokens ``x``, and its per-element KL to N(0, 1): (B, 1, T, D) each."""
+    lam = torch.sigmoid(alpha)
+    mu, std = lam * x, 1.0 - lam
+    return mu, std, 0.5 * (mu ** 2 + std ** 2 - 1.0) - torch.log(std)
+
+
+def _keep_rows(optimizer: torch.optim.Adam, alpha: torch.Tensor, keep: torch.Tensor):
+    """``alpha``'s rows ``keep`` as a new parameter with an Adam carrying their state on: the kept images'
+    updates are exactly those they would have had in the full batch (Adam is elementwise)."""
+    kept = alpha.detach()[keep].clone().requires_grad_(True)
+    state = optimizer.state[alpha]
+    fresh = torch.optim.Adam([kept], **{k: v for k, v in optimizer.defaults.items() if k in ("lr", "betas", "eps")})
+    fresh.state[kept] = {"step": state["step"].clone() if torch.is_tensor(state["step"]) else state["step"],
+                         "exp_avg": state["exp_avg"][keep].clone(), "exp_avg_sq": state["exp_avg_sq"][keep].clone()}
+    return fresh, kept
 
 
 def _bf16_copy(block: torch.nn.Module) -> torch.nn.Module:
@@ -46,12 +77,16 @@ class M2IBConfig:
     samples: int = 10
     seed: int = 0
     init_alpha: float = 5.0
+    flat_cv: float = 0.0
+    """Skip test (``saliency_from_prefix``): after ``PROBE_STEPS`` steps, an image whose map varies less than this
+    (standard deviation / mean over its patch tokens) stops there as flat; 0: every image gets every step."""
 
     @classmethod
     def from_settings(cls, settings) -> "M2IBConfig":
         """The M2IB part of a pipeline ``Settings``."""
         return cls(layer=settings.bottleneck_layer, beta=settings.beta, steps=settings.m2ib_steps,
-                   lr=settings.m2ib_lr, samples=settings.m2ib_samples, seed=settings.seed)
+                   lr=settings.m2ib_lr, samples=settings.m2ib_samples, seed=settings.seed,
+                   flat_cv=settings.flat_saliency_cv)
 
 
 @dataclass
@@ -110,9 +145,10 @@ class M2IB:
     """Batched M2IB over a frozen CLIP model."""
 
     def __init__(self, bundle: ClipBundle, config: M2IBConfig, device: torch.device, bf16: bool = False,
-                 compile: bool = False, class_token_only: bool = True, bf16_on_amx: bool = False):
+                 compile: bool = False, class_token_only: bool = True, cpu_bf16: bool = False):
         """``class_token_only``: the last block for the class token alone (exact; models.class_token).
-        ``bf16_on_amx``: on a CPU with AMX, blocks L+1.. from a bfloat16 copy (ignored elsewhere)."""
+        ``cpu_bf16``: on a CPU with native bf16 products (AMX, AVX512-BF16), blocks L+1.. from a bfloat16 copy
+        (ignored on other CPUs, where bf16 is emulated and slower, and on GPUs)."""
         depth = len(bundle.blocks)
         if not 0 <= config.layer < depth - 1:
             raise InputError(f"Bottleneck layer {config.layer} is out of range: this model has {depth} vision "
@@ -125,8 +161,10 @@ class M2IB:
         self.class_token_only = class_token_only and class_token_only_applies(self.trunk)
         bundle.model.to(device)
         self.suffix_dtype = torch.float32
+        self.last_flat = 0
+        """Images the last ``saliency_from_prefix`` stopped early as flat (``M2IBConfig.flat_cv``)."""
         self.suffix_blocks = list(self.trunk.blocks[config.layer + 1:])
-        if bf16_on_amx and device.type == "cpu" and amx_bf16_available():
+        if cpu_bf16 and device.type == "cpu" and native_bf16_available():
             self.suffix_dtype = torch.bfloat16  # a copy: the CLIP features and other users keep fp32
             self.suffix_blocks = [_bf16_copy(block) for block in self.suffix_blocks]
         if compile:
@@ -165,7 +203,8 @@ class M2IB:
         """Optimise one bottleneck per image; returns the KL map on the patch grid (B, g, g).
 
         Every image gets the same noise sequence, so a slice's map does not depend on
-        which other slices share its batch.
+        which other slices share its batch. With ``flat_cv``, an image found flat after ``PROBE_STEPS``
+        steps stops there: its map is NaN (the caller fills it) and ``last_flat`` counts them.
         """
         cfg = self.config
         batch, count, dim = tokens.shape
@@ -174,24 +213,37 @@ class M2IB:
         optimizer = torch.optim.Adam([alpha], lr=cfg.lr)
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         text = text.to(self.device)
+        prefix = self.trunk.num_prefix_tokens
+        rows = torch.arange(batch, device=self.device)  # the images still optimised
+        self.last_flat = 0
         kl = None
         with torch.enable_grad():
-            for _ in range(cfg.steps):
+            for step in range(cfg.steps):
                 self.interrupt()
-                lam = torch.sigmoid(alpha)
-                mu, std = lam * x, 1.0 - lam
-                kl = 0.5 * (mu ** 2 + std ** 2 - 1.0) - torch.log(std)  # (B, 1, T, D)
+                mu, std, kl = _bottleneck(alpha, x)
+                if step == PROBE_STEPS and cfg.flat_cv > 0:
+                    flat = flat_maps(kl, prefix, cfg.flat_cv)
+                    if flat.any():
+                        self.last_flat = int(flat.sum())
+                        if flat.all():
+                            rows = rows[:0]
+                            break
+                        keep = ~flat
+                        optimizer, alpha = _keep_rows(optimizer, alpha, keep)
+                        x, rows = x[keep], rows[keep]
+                        mu, std, kl = _bottleneck(alpha, x)
                 z = mu + std * self._noise((cfg.samples, count, dim), generator)  # (B, S, T, D)
-                embedding = self._suffix_embedding(z.reshape(batch * cfg.samples, count, dim))
-                cosine = (embedding @ text).view(batch, cfg.samples)
+                embedding = self._suffix_embedding(z.reshape(len(rows) * cfg.samples, count, dim))
+                cosine = (embedding @ text).view(len(rows), cfg.samples)
                 per_image = cfg.beta * kl.mean(dim=(1, 2, 3)) - cosine.mean(dim=1)
                 optimizer.zero_grad(set_to_none=True)
                 per_image.sum().backward()
                 optimizer.step()
-        prefix = self.trunk.num_prefix_tokens
-        token_map = kl.detach().sum(dim=-1)[:, 0, prefix:]  # drop CLS (and register) tokens
-        grid = int(round(token_map.shape[1] ** 0.5))
-        return token_map.view(batch, grid, grid)
+        grid = int(round((count - prefix) ** 0.5))
+        maps = torch.full((batch, count - prefix), float("nan"), device=self.device)
+        if len(rows):
+            maps[rows] = kl.detach().sum(dim=-1)[:, 0, prefix:]  # drop CLS (and register) tokens
+        return maps.view(batch, grid, grid)
 
     def saliency(self, slices: np.ndarray, text: torch.Tensor) -> np.ndarray:
         """uint8 slices (B, H, W) -> saliency maps at the slice size (B, H, W), fast path."""

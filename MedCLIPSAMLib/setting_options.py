@@ -62,7 +62,7 @@ SETTING_OPTIONS = {  # option dest -> Settings field
     "refine_min_shrink": "refine_min_shrink", "zoom_below": "zoom_below",
     "zoom_context": "zoom_context", "split_fraction": "split_fraction", "runtime": "runtime",
     "faithfulness_slices": "faithfulness_slices", "bf16": "bf16",
-    "sam_encoder_bf16": "sam_encoder_bf16",
+    "sam_encoder_bf16": "sam_encoder_bf16", "flat_saliency_cv": "flat_saliency_cv",
 }
 
 
@@ -123,11 +123,13 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
                         "(faster; the same result within the tolerances in docs/benchmarks.md); torch: PyTorch only, "
                         "fp32 on a CPU")
     g.add_argument("--sam-encoder-bf16", action="store_const", const=True,
-                   help="on a CPU with AMX: LiteMedSAM's encoder in bfloat16 (2.4x faster encoder; Dice moved "
-                        "by up to 0.7 points, docs/benchmarks.md)")
+                   help="on a CPU with AMX or AVX512-BF16: LiteMedSAM's encoder in bfloat16 (1.8-2.4x faster "
+                        "encoder; Dice moved by up to 0.7 points, docs/cpu-speed.md)")
     g.add_argument("--fp32", dest="bf16", action="store_const", const=False,
-                   help="no bfloat16 anywhere (GPUs, and CPUs with AMX, use it by default: faster, maps within "
-                        "the tolerances in docs/benchmarks.md)")
+                   help="no bfloat16 anywhere (GPUs, and CPUs with AMX or AVX512-BF16, use it by default: faster, "
+                        "maps within the tolerances in docs/cpu-speed.md)")
+    g.add_argument("--flat-saliency-cv", type=float,
+                   help="CPU shortcut: M2IB stops after 2 steps on slices whose map varies less than this (0: off)")
     g.add_argument("--no-preset", action="store_true", help="ignore prompt presets")
 
 

@@ -130,6 +130,10 @@ class Settings:
     interpolated in between (1: every slice; measured cost in docs/benchmarks.md)."""
     min_body_fraction: float = 0.01
     """Slices where fewer than this fraction of pixels are above 10% intensity (air) are skipped."""
+    flat_saliency_cv: float = 0.0
+    """CPU shortcut: a slice whose M2IB map, after 2 of its steps, varies less than this (std / mean over its
+    tokens) stops there and counts as showing nothing (the volume's lowest saliency); 0: off. Measured cost in
+    docs/cpu-speed.md."""
     faithfulness_slices: int = 2
     """Prompt faithfulness check: on this many of each prompt's strongest slices, CLIP compares the crop around the
     result region with the prompt and with null prompts (faithfulness.py; measured cost in docs/benchmarks.md); 0: off."""
@@ -138,11 +142,13 @@ class Settings:
     device: str = "auto"
     """auto: CUDA when available, else CPU."""
     bf16: bool = True
-    """bfloat16 autocast on CUDA; on a CPU with Intel AMX, M2IB's optimised blocks from a bfloat16 copy when
-    ``runtime`` is auto (half the time there; slower on CPUs without AMX, so never used on them)."""
+    """bfloat16 autocast on CUDA; on a CPU that multiplies bf16 in hardware (AMX or AVX512-BF16), M2IB's optimised
+    blocks from a bfloat16 copy when ``runtime`` is auto (0.4-0.5x the CPU time there; never where bf16 would be
+    emulated, e.g. AVX2-only laptops: models/cpu_paths.py, docs/cpu-speed.md)."""
     sam_encoder_bf16: bool = False
-    """On a CPU with AMX and OpenVINO, LiteMedSAM's exported encoder in bfloat16: 2.4x faster than its fp32
-    there, but the oracle-saliency Dice moved by up to 0.7 points (lungs; docs/benchmarks.md), so it is opt-in."""
+    """On a CPU with native bf16 (AMX, AVX512-BF16) and OpenVINO, LiteMedSAM's exported encoder in bfloat16: 2.4x
+    faster than its fp32 with AMX, 1.8x with AVX512-BF16, but the oracle-saliency Dice moved by up to 0.7 points
+    (lungs; docs/cpu-speed.md) and final masks by up to 0.08 DSC (docs/cpu-speed.md), so it is opt-in."""
     compile: bool = False
     """torch.compile the M2IB inner network (pays a one-off compile time per shape)."""
     runtime: str = "auto"
@@ -181,7 +187,8 @@ class Settings:
                                f"{self.faithfulness_slices}).")
         fractions = {"component_ratio": self.component_ratio, "zoom_below": self.zoom_below,
                      "split_fraction": self.split_fraction, "min_body_fraction": self.min_body_fraction,
-                     "min_component_fraction": self.min_component_fraction}
+                     "min_component_fraction": self.min_component_fraction,
+                     "flat_saliency_cv": self.flat_saliency_cv}
         for name, value in fractions.items():
             if not 0 <= value <= 1:
                 raise SettingError(name, f"{{name}} must be between 0 and 1 (got {value}).")

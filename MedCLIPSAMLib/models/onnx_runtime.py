@@ -5,7 +5,7 @@ small window-attention ops cost PyTorch more in overhead than in arithmetic) and
 OpenVINO, which runs the same file (``openvino_runtime``; docs/benchmarks.md). Each encoder is exported
 at first use into the model cache (``onnx_cache``: atomic writes, a damaged file rebuilt) and checked
 against PyTorch on an example input before it is used: the largest difference must stay within
-``RTOL`` of the largest output value (``BF16_RTOL`` for OpenVINO's bfloat16 on a CPU with AMX).
+``RTOL`` of the largest output value (``BF16_RTOL`` for OpenVINO's bfloat16 on a CPU with AMX or AVX512-BF16).
 
 PyTorch stays the path on GPUs, for M2IB's optimisation (it needs gradients), and whenever
 onnxruntime is not installed, an export fails or does not match: then the run says why once
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from . import onnx_cache
-from .cpu_features import amx_bf16_available
+from .cpu_features import native_bf16_available
+from .cpu_paths import ONNX_SAM_BACKENDS
 from .openvino_runtime import BF16, F32, OpenVinoModule, openvino_available
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,11 @@ RTOL = 1e-4
 """Largest |runtime - PyTorch| allowed in fp32, as a fraction of the largest |PyTorch| output value
 (measured: LiteMedSAM encoder 1e-6 in ONNX Runtime, 6e-6 in OpenVINO)."""
 BF16_RTOL = 0.1
-"""The same in bfloat16 (OpenVINO on a CPU with AMX, opt-in: ``sam_encoder_bf16``; measured: LiteMedSAM
+"""The same in bfloat16 (OpenVINO on a CPU with AMX or AVX512-BF16, opt-in: ``sam_encoder_bf16``; measured: LiteMedSAM
 encoder 0.056, oracle-saliency Dice within 0.7 points of fp32 on the dev set, docs/benchmarks.md)."""
 Notify = Callable[[str], None]
 """Receives one line for the user (an export started, a broken one rebuilt, a fallback to PyTorch)."""
 Progress = Callable[[str, int, int], None]
-ONNX_SAM_BACKENDS = ("litemedsam",)
-"""Measured and tested. SAM ViT exports would be 0.4-2.5 GB (ViT-H beyond protobuf's 2 GB): not measured, PyTorch."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,8 +121,9 @@ def load_runtime(model: bytes | str, precision: str = F32) -> CpuRuntime:
 
 
 def cpu_precision(bf16: bool) -> str:
-    """bf16 only where it is fast (AMX) and a runtime computes it (OpenVINO); fp32 everywhere else."""
-    return BF16 if bf16 and amx_bf16_available() and openvino_available() else F32
+    """bf16 only where the CPU multiplies it natively (AMX, AVX512-BF16) and a runtime computes it (OpenVINO);
+    fp32 everywhere else."""
+    return BF16 if bf16 and native_bf16_available() and openvino_available() else F32
 
 
 def onnx_module(kind: str, title: str, module: torch.nn.Module, example: torch.Tensor, details: dict,

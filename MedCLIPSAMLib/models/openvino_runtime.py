@@ -2,7 +2,8 @@
 
 Measured on this 2-core Xeon (docs/benchmarks.md), LiteMedSAM's image encoder per image (CPU seconds, one
 thread): ONNX Runtime 1.15, OpenVINO fp32 0.85 (same output to 3e-6), OpenVINO bf16 0.35 on a CPU
-with AMX. OpenVINO reads the ONNX file that ``onnx_runtime`` exports and caches and compiles it in
+with AMX; on an AMD EPYC (Zen 5, AVX512-BF16, no AMX; docs/cpu-speed.md, two threads) fp32 0.49 and bf16 0.27.
+OpenVINO reads the ONNX file that ``onnx_runtime`` exports and caches and compiles it in
 about a second per process (its own compiled-model cache is not used: with it, a bf16 model compiled
 after an fp32 one crashed here, OpenVINO 2026.4). Without the package, ONNX Runtime runs the same file.
 """
@@ -27,7 +28,7 @@ class OpenVinoModule:
     """An ONNX model compiled by OpenVINO for the CPU, called like the PyTorch module it replaces."""
 
     def __init__(self, model: bytes | str, threads: int | None = None, precision: str = F32):
-        """``precision``: ``bf16`` lets OpenVINO compute in bfloat16 (only sensible with AMX: ``cpu_features``)."""
+        """``precision``: ``bf16`` lets OpenVINO compute in bfloat16 (only sensible with native bf16, AMX or AVX512-BF16: ``cpu_features``)."""
         import openvino
 
         core = openvino.Core()

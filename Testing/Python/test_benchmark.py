@@ -39,6 +39,21 @@ def test_benchmark_reports_every_stage_and_writes_json(tmp_path, capsys):
     assert report["labels_dice_vs_baseline"] > 0.99 and report["baseline_slices_with_saliency"] == \
         report["slices_with_saliency"]
     assert f"speed-up vs today's path: {report['speedup_vs_baseline']:.2f}x" in printed
+    # the CPU's features and each stage's path on both paths, CPU seconds and touched slices per stage
+    from MedCLIPSAMLib.models.cpu_features import detect
+    assert report["cpu_features"]["summary"] == detect().summary() and detect().level in printed
+    assert set(report["stage_paths"]) == set(report["baseline_stage_paths"]) == {
+        "clip_features", "m2ib", "sam_encoder", "sam_decoder"}
+    assert {p["runtime"] + " " + p["precision"] for p in report["baseline_stage_paths"].values()} == {"PyTorch fp32"}
+    assert report["stage_paths"]["m2ib"]["precision"] == ("bf16" if detect().native_bf16 else "fp32")
+    assert f"m2ib            PyTorch {report['stage_paths']['m2ib']['precision']}" in printed
+    assert report["stage_slices"]["clip_features"] == report["slices_with_saliency"]
+    assert report["stage_slices"]["m2ib"] == report["baseline_stage_slices"]["m2ib"] == report["slices_with_saliency"]
+    assert report["stage_slices"]["sam_decoder"] == report["slices_with_sam"]
+    assert report["pipeline_cpu_seconds"] > 0 and report["stage_cpu_seconds"]["m2ib"] > 0
+    assert report["speedup_vs_baseline_cpu_time"] == pytest.approx(
+        report["baseline_cpu_seconds"] / report["pipeline_cpu_seconds"])
+    assert "stopped early as flat" in printed and report["load_average_before"] >= 0
 
 
 def test_benchmark_fast_takes_the_fast_shortcuts_and_explicit_options_win(monkeypatch):
