@@ -105,7 +105,7 @@ class PageUI:
             VCardTitle("MedCLIP-SAM", classes="text-subtitle-1")
             with VCardText(classes="d-flex flex-column ga-2"):
                 html.Div("{{ %s || 'No volume loaded' }}" % name.volume_name, classes="text-caption",
-                         aria_label="Volume")
+                         raw_attrs=['role="status"', 'aria-label="Loaded volume"'])
                 VTextarea(label="Prompt", v_model=(name.prompt,), rows=2, auto_grow=True, density="compact",
                           hide_details=True, placeholder="brain tumor (one structure per line)")
                 VSelect(label="Presets", items=(name.presets,), model_value=None, density="compact",
@@ -161,6 +161,9 @@ class PageUI:
             VBtn("Propagate", click=a.propagate, size="small", disabled=(name.correcting,))
         html.Div("{{ %s }}" % name.correction_message, classes="text-caption",
                  raw_attrs=['role="status"', 'aria-label="Correction status"'])
+        html.Div("Corrections applied: {{ %s }}{{ %s ? ' (last: ' + %s + ' ms)' : '' }}"
+                 % (name.interactions, name.latency_ms, name.latency_ms), classes="text-caption",
+                 raw_attrs=['aria-label="Corrections applied"'])
 
     def _export(self) -> None:
         name, a = self.typed.name, self.actions
