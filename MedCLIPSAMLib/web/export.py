@@ -50,6 +50,7 @@ def label_map(workspace: Workspace) -> np.ndarray:
 
 def export_segmentation(workspace: Workspace, folder: str | Path) -> list[Path]:
     """The label map as NIfTI and the segmentation as .seg.nrrd in ``folder``; returns the two paths."""
+    _require(workspace)
     if not str(folder).strip():
         raise InputError("Type the folder to save into (Export folder).")
     folder = Path(folder).expanduser()

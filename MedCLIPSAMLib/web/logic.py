@@ -11,7 +11,7 @@ import logging
 from typing import Any, Callable
 
 from ..errors import MedCLIPSAMError
-from ..slicer.run import APPLIED, CANCELLED, FAILED, SegmentRun
+from ..slicer.run import APPLIED, FAILED, SegmentRun, finished_text
 from .engine import EngineHolder
 from .state import PanelState
 from .workspace import Workspace
@@ -32,20 +32,6 @@ def split_prompts(text: str) -> list[str]:
             seen.add(prompt.casefold())
             prompts.append(prompt)
     return prompts
-
-
-def done_text(run: SegmentRun) -> tuple[str, str]:
-    """(message, kind) for a finished run, worded as the Slicer panel words it."""
-    if run.state == APPLIED:
-        timings = ", ".join(f"{k} {v:.1f} s" for k, v in run.result.timings.items())
-        notes = " ".join(m for m in run.result.messages if m not in run.warnings)
-        text = f"Done: {timings}. {notes}".strip()
-        if run.warnings:
-            return f"Check the result: {' '.join(run.warnings)} {text}", "warning"
-        return text, "success"
-    if run.state == CANCELLED:
-        return "Cancelled; the scene is as it was before Segment.", "info"
-    return (run.error.splitlines()[0] if run.error else "The segmentation failed."), "error"
 
 
 class SegmentLogic:
@@ -116,7 +102,7 @@ class SegmentLogic:
     def _finish(self, run: SegmentRun) -> None:
         self.panel.running, self.panel.progress = False, 0
         self.panel.stage = run.progress.text
-        text, kind = done_text(run)
+        text, kind = finished_text(run)
         if run.state == FAILED and self.engine.gone():
             self.panel.engine_gone = True
             text = f"{text} The engine stopped: press Restart the engine."
