@@ -43,9 +43,10 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     engine_args, job = split_options(args)
     token, chosen = read_token(args.token_file)
-    page_token = token if chosen else None
+    page_token = None
     if not is_loopback(args.host):
         check_token_strength(token, chosen, args.host, args.token_file)
+        page_token = token  # beyond this computer, only a browser that knows the token gets the page's state
     if args.engine:
         from ..client import is_server_url
 
