@@ -22,7 +22,7 @@ from .correction import CorrectionLogic
 from .engine import EngineHolder
 from .export import export_segmentation, export_to_dataset
 from .loading import DEFAULT_MAX_UPLOAD_MB, read_into_scene, read_uploads, too_large
-from .logic import SegmentLogic
+from .logic import SegmentLogic, split_prompts
 from .review import ReviewLogic
 from .slice_input import SliceInput
 from .state import NO_TOOL, PanelState
@@ -219,7 +219,7 @@ class WebApp:
     def add_preset(self, preset) -> None:
         if not preset:
             return
-        prompts = [line for line in (self.panel.prompt or "").splitlines() if line.strip()]
+        prompts = split_prompts(self.panel.prompt or "")
         if preset not in prompts:
             prompts.append(preset)
         self.panel.prompt = "\n".join(prompts)

@@ -111,3 +111,68 @@ def test_export_without_segments_says_what_to_do(workspace, tmp_path):
     with pytest.raises(InputError, match="no segments to save yet"):
         export_segmentation(workspace, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def web_app(tmp_path):
+    """The page's app built (views, panel, logic) but not served; no engine is started."""
+    pytest.importorskip("trame_slicer")
+    from trame.app import get_server
+
+    from MedCLIPSAMLib.web.app import WebApp, WebConfig
+    from MedCLIPSAMLib.web.engine import EngineHolder
+
+    server = get_server(name=f"web-test-{tmp_path.name}", client_type="vue3")
+    return WebApp(WebConfig(EngineHolder(local_args=["--device", "cpu"]), input_path=str(SAMPLE)), server)
+
+
+def test_review_queue_in_the_page_open_accept_exclude_next(web_app, tmp_path):
+    from review_cases import make_dataset, read_label
+
+    folder = make_dataset(tmp_path)
+    panel = web_app.panel
+    panel.review_folder = str(folder)
+    web_app.review.open(panel.review_folder)
+    cases = [row.case for row in panel.review_rows]
+    assert cases == [item.case for item in web_app.review.session.queue()]  # the queue's order (by uncertainty)
+    assert any(row.uncertainty.startswith(("score", "faithfulness")) for row in panel.review_rows)
+    web_app.review.next_case()
+    first = panel.review_case
+    assert first in cases and panel.volume_name == first
+    segment_id = panel.selected_segment
+    assert segment_id in web_app.workspace.segment_ids()
+    mask = web_app.workspace.segment_mask(segment_id)
+    web_app.review.accept()
+    assert np.array_equal(read_label(folder, first) > 0, mask)
+    assert next(row for row in panel.review_rows if row.case == first).status == "accepted"
+    web_app.review.next_case()
+    assert panel.review_case != first
+    web_app.review.exclude()
+    assert next(row for row in panel.review_rows if row.case == panel.review_case).status == "excluded"
+
+
+def test_segment_refusals_and_nnunet_export_from_the_page(web_app, tmp_path):
+    from MedCLIPSAMLib.slicer.mrml import apply_result
+
+    panel = web_app.panel
+    assert panel.volume_name == "brain1_image"
+    panel.prompt = "  \n ; "
+    web_app.runs.segment()
+    assert "Type what to segment in Prompt" in panel.message and not panel.running
+    web_app.add_preset("brain tumor")
+    web_app.add_preset("lungs")
+    web_app.add_preset("brain tumor")
+    assert panel.prompt == "brain tumor\nlungs"
+    mask = np.zeros((25, 256, 256), np.uint8)
+    mask[12, 100:120, 100:130] = 1
+    ws = web_app.workspace
+    apply_result(ws.scene, ws.volume_node, {"brain tumor": mask}, ws.segmentation_node)
+    web_app._segments_changed()
+    panel.dataset_folder, panel.dataset_name = str(tmp_path / "nnUNet_raw"), "Brain"
+    web_app.export_dataset()
+    web_app.export_dataset()
+    labels = sorted((tmp_path / "nnUNet_raw" / "Dataset001_Brain" / "labelsTr").iterdir())
+    assert [p.name for p in labels] == ["Brain_0001.nii.gz", "Brain_0002.nii.gz"]
+    import SimpleITK as sitk
+
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(labels[0]))), mask)
