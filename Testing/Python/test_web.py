@@ -176,3 +176,30 @@ def test_segment_refusals_and_nnunet_export_from_the_page(web_app, tmp_path):
     import SimpleITK as sitk
 
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(labels[0]))), mask)
+
+
+def test_engine_gone_is_a_message_with_a_restart(tmp_path):
+    pytest.importorskip("trame_slicer")
+    import time
+
+    from trame.app import get_server
+
+    from MedCLIPSAMLib.web.app import WebApp, WebConfig
+    from MedCLIPSAMLib.web.engine import EngineHolder
+
+    engine = EngineHolder(local_args=["--sam", "no-such-sam"])  # the engine process exits at once
+    app = WebApp(WebConfig(engine, input_path=str(SAMPLE)), get_server(name="web-test-gone", client_type="vue3"))
+    engine.get()
+    deadline = time.monotonic() + 60
+    while engine.engine.running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    app.panel.prompt = "brain tumor"
+    app.runs.segment()
+    assert app.panel.engine_gone and not app.panel.running
+    assert "The engine is not running" in app.panel.message and "Restart the engine" in app.panel.message
+    engine.local_args = ["--device", "cpu"]
+    app.restart_engine()
+    try:
+        assert not app.panel.engine_gone and engine.engine.running()
+    finally:
+        engine.stop()
