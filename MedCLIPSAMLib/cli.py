@@ -210,7 +210,7 @@ def _extra_commands() -> list[Callable]:
     registrars = []
     for module_name in ("evaluate", "benchmark", "finetune.train", "finetune.retrieval", "weak.export",
                         "weak.train", "weak.ensemble", "weak.label", "review.status", "server.serve",
-                        "server_benchmarks.benchmark"):
+                        "server_benchmarks.benchmark", "web.cli", "web.benchmark"):
         try:
             module = __import__(f"{__package__}.{module_name}", fromlist=["register_cli"])
         except ModuleNotFoundError as exc:

@@ -388,3 +388,18 @@ class SegmentRun:
         self._release()
         self.error, self.state = message, FAILED
         self.progress = Progress("Failed")
+
+
+def finished_text(run: SegmentRun) -> tuple[str, str]:
+    """(message, kind: success, warning, info or error) for a finished run: the timings and notes, and first the
+    faithfulness warnings when the result did not follow the prompt (the Slicer panel's wording; the web page)."""
+    if run.state == APPLIED:
+        timings = ", ".join(f"{k} {v:.1f} s" for k, v in run.result.timings.items())
+        notes = " ".join(m for m in run.result.messages if m not in run.warnings)
+        text = f"Done: {timings}. {notes}".strip()
+        if run.warnings:
+            return f"Check the result: {' '.join(run.warnings)} {text}", "warning"
+        return text, "success"
+    if run.state == CANCELLED:
+        return "Cancelled; the scene is as it was before Segment.", "info"
+    return (run.error.splitlines()[0] if run.error else "The segmentation failed."), "error"
