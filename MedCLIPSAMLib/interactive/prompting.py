@@ -45,9 +45,8 @@ def decode(backend: "SamBackend", encoded: "EncodedSlice", box: Box | None = Non
 
 def decode_candidates(backend: "SamBackend", encoded: "EncodedSlice", box: Box) -> list[Decoded]:
     """SAM's single mask for a box and its three multimask candidates (whole, part, sub-part in SAM's training),
-    in one decoder pass each: the answers a click's fallback chooses from (see honour.py)."""
-    return (_decode(backend, encoded, box, (), None, multimask=False)
-            + _decode(backend, encoded, box, (), None, multimask=True))
+    from one decoder pass: the answers a click's fallback chooses from (see honour.py)."""
+    return _decode(backend, encoded, box, (), None, multimask=True)
 
 
 @torch.no_grad()
@@ -69,9 +68,13 @@ def _decode(backend: "SamBackend", encoded: "EncodedSlice", box: Box | None, cli
         corners = _model_coords(np.asarray(box, dtype=np.float32).reshape(2, 2), encoded).reshape(1, 4)
         boxes = torch.as_tensor(corners, device=device)
     sparse, dense = backend.model.prompt_encoder(points=points, boxes=boxes, masks=mask_logits)
-    low_res, iou = backend.model.mask_decoder(
-        image_embeddings=encoded.embedding, image_pe=backend.model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+    decoder = backend.model.mask_decoder
+    inputs = dict(image_embeddings=encoded.embedding, image_pe=backend.model.prompt_encoder.get_dense_pe(),
+                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+    if multimask:  # every output token at once (the forward pass keeps either the first or the other three)
+        low_res, iou = decoder.predict_masks(**inputs)
+    else:
+        low_res, iou = decoder(**inputs, multimask_output=False)
     low_res = low_res.float()
     logits = F.interpolate(low_res, size=(backend.image_size,) * 2, mode="bilinear", align_corners=False)
     logits = logits[..., :encoded.input_hw[0], :encoded.input_hw[1]]

@@ -98,6 +98,10 @@ class InteractionSession:
         self.backend, self.rule, self.local_rule, self.honour_rule = backend, rule, local_rule, honour_rule
         self.axis = resolve_axis(axis, volume)
         self.volume_shape = tuple(volume.array.shape)
+        spacing = volume.spacing_zyx
+        in_plane = [spacing[a] for a in range(3) if a != self.axis]
+        self.spacing = None if volume.is_2d else (float(spacing[self.axis]), float(min(in_plane)))
+        """Slice spacing and in-plane pixel size in mm along the session's axis (the propagation's extent rule)."""
         if cache is None:
             slices = np.ascontiguousarray(np.moveaxis(normalize_intensity(volume.array, window), self.axis, 0))
             cache = EmbeddingCache(backend, slices, budget_bytes)
@@ -176,7 +180,7 @@ class InteractionSession:
                 steps, _ = propagate(self.backend, self.cache, mask, index, direction, self.rule,
                                      blocked=lambda z, after=after: z in self._edited or (
                                          z not in after and self.mask[z].any()),
-                                     start_logits=prompt.logits, start_iou=prompt.iou)
+                                     start_logits=prompt.logits, start_iou=prompt.iou, spacing=self.spacing)
                 for z in after:
                     changes[z] = np.zeros(self.slice_shape, dtype=bool)
                     runs[z], prompts[z] = None, None
@@ -203,7 +207,7 @@ class InteractionSession:
                 steps, why = propagate(self.backend, self.cache, self.mask[index], index, way, self.rule,
                                        blocked=lambda z: z in self._edited,
                                        start_logits=prompt.logits if prompt else None,
-                                       start_iou=prompt.iou if prompt else None)
+                                       start_iou=prompt.iou if prompt else None, spacing=self.spacing)
                 run = Run(index, way, [s.index for s in steps])
                 for step in steps:
                     changes[step.index], runs[step.index], prompts[step.index] = step.mask, run, None
