@@ -46,9 +46,9 @@ class HonourRule:
     intensity, and at least ``min_tolerance`` grey levels."""
     min_tolerance: float = 8.0
     smoothing: float = 1.0
-    region_reach: float = 0.6
-    """The grown region stays within this fraction of the error's radius from the click: SAM saw no object
-    there, so the edit is kept small (a whole disc of the radius lowered chest X-ray DSC where it reached ribs)."""
+    region_reach: float = 0.25
+    """The grown region stays within this fraction of the error's radius from the click: SAM saw no object there,
+    so the edit is kept small (0.6 added up to 81,000 px on chest X-rays of the tuning half, 4 DSC points lost)."""
 
 
 def honoured(mask: np.ndarray, click: Click) -> bool:
