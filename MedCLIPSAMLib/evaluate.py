@@ -31,6 +31,7 @@ from .errors import Cancelled, InputError, OptionError
 from .imageio import Volume, read_volume, resolve_axis
 from .inputs import read_json, read_text
 from .outputs import add_output_option, add_overwrite_option, check_folder, write_json, write_text
+from .correction_figures import noc_summary
 from .metrics import NSD_CONVENTIONS, dice, normalized_surface_dice, nsd_2d
 from .prompts import Box, box_of, grow_box
 from .settings import Settings
@@ -353,6 +354,8 @@ def evaluate(data: Path, out: Path, evaluator: Evaluator, prompt_for: Callable[[
         summary["interactions"] = [{"n": i, **{f"{key}_mean": float(np.mean([float(r[f"{key}_{i}"]) for r in rows]))
                                                if rows else float("nan") for key in ("dsc", "nsd")}}
                                    for i in range(1, evaluator.interactions + 1)]
+        summary.update(noc_summary([[float(r[f"dsc_{i}"]) for i in range(1, evaluator.interactions + 1)]
+                                    for r in rows]))
     write_json(out / "summary.json", summary, overwrite=True)
     if figures and rows:
         from .figures import best_worst_grid
@@ -474,6 +477,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "interactions" in summary:
         curve = "  ".join(f"{step['n']}: {step['dsc_mean']:.4f}" for step in summary["interactions"])
         print(f"DSC after each interaction  {curve}")
+        print(f"NoC@85 {summary['noc_85']:.2f} ({summary['noc_85_failed']} case(s) never reached it)  NoC@90 "
+              f"{summary['noc_90']:.2f} ({summary['noc_90_failed']} never), of {args.simulate_interactions} "
+              "interactions")
     return 0
 
 

@@ -22,12 +22,15 @@ class Answer:
     can_undo: bool = False
     seconds: float | None = None
     """Engine-side time of the interaction (the server adds it to the answer it sends)."""
+    path: str = ""
+    """How a click was answered (interactive/honour.py): "sam" (SAM's answer honoured every click of the slice),
+    "candidates" or "region" (a fallback made it); "" for other interactions."""
 
 
 def encode_answer(answer: Answer) -> dict[str, Any]:
     shapes = {tuple(mask.shape) for mask in answer.slices.values()}
     return {"axis": int(answer.axis), "message": answer.message, "can_undo": bool(answer.can_undo),
-            "slice_shape": list(shapes.pop()) if shapes else None,
+            "path": answer.path, "slice_shape": list(shapes.pop()) if shapes else None,
             "slices": {str(index): encode_mask(mask) for index, mask in sorted(answer.slices.items())}}
 
 
@@ -37,7 +40,7 @@ def decode_answer(body: dict[str, Any]) -> Answer:
     slices = {int(index): np.unpackbits(np.frombuffer(base64.b64decode(bits), np.uint8), count=count)
               .reshape(shape).astype(bool) for index, bits in body.get("slices", {}).items()}
     return Answer(int(body["axis"]), slices, str(body.get("message", "")), bool(body.get("can_undo")),
-                  body.get("seconds"))
+                  body.get("seconds"), str(body.get("path") or ""))
 
 
 def encode_mask(mask: np.ndarray) -> str:

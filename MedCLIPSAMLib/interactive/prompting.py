@@ -37,10 +37,21 @@ def _model_coords(xy: np.ndarray, encoded: "EncodedSlice") -> np.ndarray:
     return xy * np.array([new_w / width, new_h / height], dtype=np.float32)
 
 
-@torch.no_grad()
 def decode(backend: "SamBackend", encoded: "EncodedSlice", box: Box | None = None,
            clicks: Sequence[Click] = (), mask_logits: torch.Tensor | None = None) -> Decoded:
     """SAM's single mask for a box and/or clicks (and optionally the previous logits) on one slice."""
+    return _decode(backend, encoded, box, clicks, mask_logits, multimask=False)[0]
+
+
+def decode_candidates(backend: "SamBackend", encoded: "EncodedSlice", box: Box) -> list[Decoded]:
+    """SAM's single mask for a box and its three multimask candidates (whole, part, sub-part in SAM's training),
+    from one decoder pass: the answers a click's fallback chooses from (see honour.py)."""
+    return _decode(backend, encoded, box, (), None, multimask=True)
+
+
+@torch.no_grad()
+def _decode(backend: "SamBackend", encoded: "EncodedSlice", box: Box | None, clicks: Sequence[Click],
+            mask_logits: torch.Tensor | None, multimask: bool) -> list[Decoded]:
     if box is None and not clicks:
         raise ValueError("decode needs a box or at least one click")
     device = backend.device
@@ -57,11 +68,16 @@ def decode(backend: "SamBackend", encoded: "EncodedSlice", box: Box | None = Non
         corners = _model_coords(np.asarray(box, dtype=np.float32).reshape(2, 2), encoded).reshape(1, 4)
         boxes = torch.as_tensor(corners, device=device)
     sparse, dense = backend.model.prompt_encoder(points=points, boxes=boxes, masks=mask_logits)
-    low_res, iou = backend.model.mask_decoder(
-        image_embeddings=encoded.embedding, image_pe=backend.model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+    decoder = backend.model.mask_decoder
+    inputs = dict(image_embeddings=encoded.embedding, image_pe=backend.model.prompt_encoder.get_dense_pe(),
+                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+    if multimask:  # every output token at once (the forward pass keeps either the first or the other three)
+        low_res, iou = decoder.predict_masks(**inputs)
+    else:
+        low_res, iou = decoder(**inputs, multimask_output=False)
     low_res = low_res.float()
     logits = F.interpolate(low_res, size=(backend.image_size,) * 2, mode="bilinear", align_corners=False)
     logits = logits[..., :encoded.input_hw[0], :encoded.input_hw[1]]
     logits = F.interpolate(logits, size=encoded.original_hw, mode="bilinear", align_corners=False)
-    return Decoded((logits[0, 0] > 0).cpu().numpy(), float(iou[0, 0]), low_res)
+    return [Decoded((logits[0, k] > 0).cpu().numpy(), float(iou[0, k]), low_res[:, k:k + 1])
+            for k in range(low_res.shape[1])]

@@ -53,16 +53,33 @@ class StopRule:
     (of 255): a target that does not stand out gives no reference."""
     max_slices: int = 0
     """At most this many slices per direction (0: no limit)."""
+    max_seed_growth: float = 2.0
+    """The area grew past this many times the seed slice's (0: never): a target is largest near where a user boxes
+    it, so a mask twice the seed's is something else the box reached, however slowly it grew slice by slice."""
+    max_extent: float = 1.5
+    """At most this many of the seed mask's equivalent diameters (mm) away from the seed slice, given the slice
+    spacing (0: no limit). On thick slices a leak's first slice is already far along: brain1's tumour reaches
+    1.2 diameters from its largest slice (5 slices of 6.5 mm), every slice past that is a leak."""
     use_mask_prompt: bool = False
     """Also give the previous slice's low-resolution logits as the mask prompt."""
 
+    def slice_limit(self, seed_area: int, pixel_mm: float, spacing_mm: float) -> int:
+        """Slices per direction the extent rule allows for a seed mask of ``seed_area`` px (0: no limit)."""
+        if not self.max_extent or spacing_mm <= 0:
+            return self.max_slices
+        diameter_mm = 2 * np.sqrt(seed_area / np.pi) * pixel_mm
+        allowed = max(1, int(self.max_extent * diameter_mm / spacing_mm))
+        return min(allowed, self.max_slices) if self.max_slices else allowed
+
     def reason(self, area: int, previous_area: int, decoded: Decoded, previous_iou: float | None,
-               contrast_ratio: float | None = None) -> str | None:
+               contrast_ratio: float | None = None, seed_area: int | None = None) -> str | None:
         """Why the propagation stops at a slice with this mask, or None to keep it and go on."""
         if area < self.min_area_px:
             return "the mask vanished"
         if area > self.max_growth * previous_area:
             return f"the area jumped {area / previous_area:.1f}x"
+        if seed_area and self.max_seed_growth and area > self.max_seed_growth * seed_area:
+            return f"the area grew to {area / seed_area:.1f}x the start slice's"
         if area < self.min_shrink * previous_area:
             return f"the area fell to {area / previous_area:.2f}x"
         if decoded.iou < self.min_iou:
@@ -83,17 +100,21 @@ class Step:
 
 def propagate(backend: "SamBackend", cache: "EmbeddingCache", start_mask: np.ndarray, start: int, direction: int,
               rule: StopRule, blocked: Callable[[int], bool] = lambda index: False,
-              start_logits=None, start_iou: float | None = None) -> tuple[list[Step], str]:
+              start_logits=None, start_iou: float | None = None,
+              spacing: tuple[float, float] | None = None) -> tuple[list[Step], str]:
     """The masks of the slices after ``start`` in ``direction`` and why propagation stopped.
 
-    ``blocked``: slices it must not overwrite (edited by the user); it stops before them. Each slice costs one
+    ``blocked``: slices it must not overwrite (edited by the user); it stops before them. ``spacing``: the slice
+    spacing and the in-plane pixel size in mm (for ``rule.max_extent``; None: no extent limit). Each slice costs one
     encoder pass (unless cached) and one decoder pass.
     """
     steps: list[Step] = []
     previous, logits, iou = start_mask, start_logits, start_iou
     reference = contrast(cache.slices[start], start_mask, rule.ring_px) if rule.min_contrast > 0 else 0.0
     use_contrast = abs(reference) >= rule.min_start_contrast
-    for index in _walk(start, direction, len(cache.slices), rule.max_slices):
+    seed_area = int(start_mask.sum())
+    limit = rule.slice_limit(seed_area, spacing[1], spacing[0]) if spacing else rule.max_slices
+    for index in _walk(start, direction, len(cache.slices), limit):
         if blocked(index):
             return steps, f"slice {index} was edited by hand"
         box = box_of(previous)
@@ -105,12 +126,15 @@ def propagate(backend: "SamBackend", cache: "EmbeddingCache", start_mask: np.nda
         area = int(decoded.mask.sum())
         ratio = (contrast(cache.slices[index], decoded.mask, rule.ring_px) / reference
                  if use_contrast and area else None)
-        why = rule.reason(area, int(previous.sum()), decoded, iou, ratio)
+        why = rule.reason(area, int(previous.sum()), decoded, iou, ratio, seed_area)
         if why is not None:
             return steps, f"{why} on slice {index}"
         steps.append(Step(index, decoded.mask, decoded.iou))
         previous, logits, iou = decoded.mask, decoded.logits, decoded.iou
-    return steps, "the end of the volume" if not rule.max_slices else "the slice limit"
+    if 0 <= start + direction * (len(steps) + 1) < len(cache.slices):
+        return steps, "the slice limit" if limit == rule.max_slices else (
+            f"the target's likely extent ({rule.max_extent:g} of its diameter from the start slice)")
+    return steps, "the end of the volume"
 
 
 def contrast(image: np.ndarray, mask: np.ndarray, ring_px: int) -> float:

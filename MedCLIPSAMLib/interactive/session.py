@@ -19,6 +19,7 @@ from ..imageio import Volume, as_volume, normalize_intensity, resolve_axis
 from ..prompts import Box, box_of, grow_box
 from .answer import Answer
 from .embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
+from .honour import HonourRule, honour, remember, target_radius
 from .local_edit import LocalEditRule, level_set_edit, slice_logits
 from .propagation import DIRECTIONS, StopRule, propagate
 from .prompting import Click, decode
@@ -82,6 +83,7 @@ class _Record:
     prompts: dict[int, SlicePrompt | None]
     runs: dict[int, Run | None]
     edited: set[int]
+    clicks: dict[int, list[Click]] = field(default_factory=dict)
 
 
 class InteractionSession:
@@ -90,11 +92,16 @@ class InteractionSession:
     def __init__(self, backend: "SamBackend", volume: Volume | np.ndarray, axis: int | None = None,
                  window: str | None = None, cache: EmbeddingCache | None = None,
                  rule: StopRule = StopRule(), click_mode: str | None = None,
-                 budget_bytes: int = DEFAULT_BUDGET_BYTES, local_rule: LocalEditRule = LocalEditRule()):
+                 budget_bytes: int = DEFAULT_BUDGET_BYTES, local_rule: LocalEditRule = LocalEditRule(),
+                 honour_rule: HonourRule = HonourRule()):
         volume = volume if isinstance(volume, Volume) else as_volume(volume)
-        self.backend, self.rule, self.local_rule = backend, rule, local_rule
+        self.backend, self.rule, self.local_rule, self.honour_rule = backend, rule, local_rule, honour_rule
         self.axis = resolve_axis(axis, volume)
         self.volume_shape = tuple(volume.array.shape)
+        spacing = volume.spacing_zyx
+        in_plane = [spacing[a] for a in range(3) if a != self.axis]
+        self.spacing = None if volume.is_2d else (float(spacing[self.axis]), float(min(in_plane)))
+        """Slice spacing and in-plane pixel size in mm along the session's axis (the propagation's extent rule)."""
         if cache is None:
             slices = np.ascontiguousarray(np.moveaxis(normalize_intensity(volume.array, window), self.axis, 0))
             cache = EmbeddingCache(backend, slices, budget_bytes)
@@ -109,6 +116,8 @@ class InteractionSession:
         """Slice -> the propagation that wrote it."""
         self._edited: set[int] = set()
         """Slices the user prompted directly: propagation never overwrites them."""
+        self._clicks: dict[int, list[Click]] = {}
+        """Slice -> every click on it since its last box: all of them are honoured together (honour.py)."""
         self._history: list[_Record] = []
         self._lock = threading.Lock()
 
@@ -138,7 +147,8 @@ class InteractionSession:
             decoded = decode(self.backend, self.cache.get(index), box=box)
             prompt.logits, prompt.iou = decoded.logits, decoded.iou
             new = decoded.mask if base is None else decoded.mask | base
-            return self._commit({index: new}, {index: prompt}, edited={index})
+            kept = self._clicks.get(index, []) if mode == "add" else []
+            return self._commit({index: new}, {index: prompt}, edited={index}, clicks={index: kept})
 
     def click(self, index: int, x: int, y: int, positive: bool = True) -> Answer:
         """Add (positive) or remove (negative) around a point, on top of the slice's current mask; a click on a
@@ -153,25 +163,31 @@ class InteractionSession:
             clicks = [self._check_click(c) for c in clicks]
             if not clicks:
                 raise InteractionError("No click given: give at least one (x, y, positive).")
+            kept = remember(self._clicks.get(index, []), clicks)
+            if not self.mask[index].any() and not any(positive for _, _, positive in clicks):
+                return self._commit({}, {}, clicks={index: kept}, path="sam",
+                                    message=f"Slice {index} has no mask: nothing to remove there.")
             local = self._local_edit(index, clicks)
             if local is not None:
                 mask, prompt = local
             else:
                 mask, prompt = self._answer_as_prompt(index, clicks)
+            mask, path = honour(self.backend, self.cache.get(index), self.cache.slices[index], mask, kept,
+                                target_radius(mask, self._nearest_mask(index), self.slice_shape), self.honour_rule)
             changes, prompts = {index: mask}, {index: prompt}
             runs: dict[int, Run | None] = {index: None}
             for direction, after in self._follow_ups(index):
                 steps, _ = propagate(self.backend, self.cache, mask, index, direction, self.rule,
                                      blocked=lambda z, after=after: z in self._edited or (
                                          z not in after and self.mask[z].any()),
-                                     start_logits=prompt.logits, start_iou=prompt.iou)
+                                     start_logits=prompt.logits, start_iou=prompt.iou, spacing=self.spacing)
                 for z in after:
                     changes[z] = np.zeros(self.slice_shape, dtype=bool)
                     runs[z], prompts[z] = None, None
                 new_run = Run(index, direction, [s.index for s in steps])
                 for step in steps:
                     changes[step.index], runs[step.index], prompts[step.index] = step.mask, new_run, None
-            return self._commit(changes, prompts, edited={index}, runs=runs)
+            return self._commit(changes, prompts, edited={index}, runs=runs, clicks={index: kept}, path=path)
 
     def propagate(self, index: int, direction: str = "both") -> Answer:
         """Carry slice ``index``'s mask up (increasing index), down or both ways until the stop rule says the
@@ -191,7 +207,7 @@ class InteractionSession:
                 steps, why = propagate(self.backend, self.cache, self.mask[index], index, way, self.rule,
                                        blocked=lambda z: z in self._edited,
                                        start_logits=prompt.logits if prompt else None,
-                                       start_iou=prompt.iou if prompt else None)
+                                       start_iou=prompt.iou if prompt else None, spacing=self.spacing)
                 run = Run(index, way, [s.index for s in steps])
                 for step in steps:
                     changes[step.index], runs[step.index], prompts[step.index] = step.mask, run, None
@@ -207,7 +223,8 @@ class InteractionSession:
                                        "on the volume's grid.")
             moved = np.moveaxis(mask.astype(bool), self.axis, 0)
             changes = {z: moved[z] for z in range(self.slice_count)}
-            return self._commit(changes, {z: None for z in changes}, runs={z: None for z in changes})
+            return self._commit(changes, {z: None for z in changes}, runs={z: None for z in changes},
+                                clicks={z: [] for z in self._clicks})
 
     def undo(self) -> Answer:
         with self._lock:
@@ -221,6 +238,7 @@ class InteractionSession:
                 self.mask[z] = old
             _restore(self._prompts, record.prompts)
             _restore(self._runs, record.runs)
+            _restore(self._clicks, record.clicks)
             self._edited = record.edited
             return Answer(self.axis, changed, "undone", bool(self._history))
 
@@ -229,16 +247,21 @@ class InteractionSession:
         with self._lock:
             nonempty = {int(z): np.zeros(self.slice_shape, bool) for z in np.flatnonzero(self.mask.any(axis=(1, 2)))}
             return self._commit(nonempty, {z: None for z in range(self.slice_count)},
-                                runs={z: None for z in range(self.slice_count)}, edited=set(), reset_edited=True)
+                                runs={z: None for z in range(self.slice_count)}, edited=set(), reset_edited=True,
+                                clicks={z: [] for z in self._clicks})
 
     # ---- internals
     def _commit(self, changes: dict[int, np.ndarray], prompts: dict[int, SlicePrompt | None],
                 runs: dict[int, Run | None] | None = None, edited: set[int] = frozenset(), message: str = "",
-                reset_edited: bool = False) -> Answer:
-        runs = runs or {}
+                reset_edited: bool = False, clicks: dict[int, list[Click]] | None = None, path: str = "") -> Answer:
+        runs, clicks = runs or {}, clicks or {}
+        for z in changes:  # a slice a propagation (re)wrote has no clicks of its own
+            if z not in clicks and z in self._clicks and z not in self._edited | set(edited):
+                clicks[z] = []
         record = _Record(masks={z: self.mask[z].copy() for z in changes},
                          prompts={z: self._prompts.get(z) for z in prompts},
-                         runs={z: self._runs.get(z) for z in runs}, edited=set(self._edited))
+                         runs={z: self._runs.get(z) for z in runs}, edited=set(self._edited),
+                         clicks={z: self._clicks.get(z) for z in clicks})
         changed = {}
         for z, new in changes.items():
             if not np.array_equal(self.mask[z], new):
@@ -246,15 +269,16 @@ class InteractionSession:
             self.mask[z] = new
         _restore(self._prompts, prompts)
         _restore(self._runs, runs)
+        _restore(self._clicks, {z: list(kept) or None for z, kept in clicks.items()})
         self._edited = set(edited) if reset_edited else self._edited | set(edited)
         self._history.append(record)
         del self._history[:-MAX_HISTORY]
-        return Answer(self.axis, changed, message, True)
+        return Answer(self.axis, changed, message, True, path=path)
 
     def _answer_as_prompt(self, index: int, clicks: list[Click]) -> tuple[np.ndarray, SlicePrompt]:
         """The slice's mask for its prompt with the clicks added (points, or box edits), or with a clicked piece
         removed."""
-        prompt = self._prompt_for_clicks(index, clicks[0])
+        prompt = self._prompt_for_clicks(index, next((c for c in clicks if c[2]), clicks[0]))
         removed = self._removed_piece(index, prompt, clicks)
         if removed is not None:
             mask = self.mask[index] & ~removed
@@ -325,8 +349,6 @@ class InteractionSession:
         mask = self.mask[index]
         x, y, positive = first
         if not mask.any():
-            if not positive:
-                raise InteractionError(f"Slice {index} has no mask to remove from; a negative click goes on the mask.")
             return SlicePrompt(box=self._box_for_empty_slice(index, x, y) if self.click_mode == "box_edit" else None)
         labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
         if labels[y, x]:
@@ -336,6 +358,11 @@ class InteractionSession:
             piece = labels[rows[y, x], cols[y, x]]
         own = labels == piece
         return SlicePrompt(box=box_of(own), base=(mask & ~own) if count > 1 else None)
+
+    def _nearest_mask(self, index: int) -> np.ndarray | None:
+        """The mask of the non-empty slice nearest to ``index`` (other than it), or None."""
+        filled = [z for z in np.flatnonzero(self.mask.any(axis=(1, 2))) if z != index]
+        return self.mask[min(filled, key=lambda z: abs(z - index))] if filled else None
 
     def _box_for_empty_slice(self, index: int, x: int, y: int) -> Box:
         """A positive click on an empty slice: the nearest non-empty slice's mask box centred on the click (the

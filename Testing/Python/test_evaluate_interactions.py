@@ -36,7 +36,12 @@ def test_simulated_interactions_from_an_empty_mask(tmp_path, dataset, capsys):
     assert {"dsc_1", "dsc_2", "dsc_3", "nsd_1", "nsd_2", "nsd_3"} <= set(rows[0])
     assert float(rows[0]["dsc"]) == float(rows[0]["dsc_3"])  # the final columns are the last step's
     assert np.mean([float(r["dsc_1"]) for r in rows]) == pytest.approx(steps[0]["dsc_mean"])
-    assert "DSC after each interaction  1:" in capsys.readouterr().out
+    curves = [[float(r[f"dsc_{i}"]) for i in (1, 2, 3)] for r in rows]
+    expected = np.mean([next((i for i, v in enumerate(c, 1) if v >= 0.9), 3) for c in curves])
+    assert summary["noc_90"] == pytest.approx(expected) and 1 <= summary["noc_85"] <= summary["noc_90"] <= 3
+    assert summary["noc_85_failed"] == sum(max(c) < 0.85 for c in curves)
+    printed = capsys.readouterr().out
+    assert "DSC after each interaction  1:" in printed and f"NoC@90 {summary['noc_90']:.2f}" in printed
 
 
 def test_click_mode_needs_simulated_interactions(tmp_path, dataset, capsys):
