@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+try:  # Load torchvision (and with it triton's LLVM) before any test renders a VTK view: triton imported after
+    import torchvision  # noqa: F401  Mesa's llvmpipe has put its own LLVM in the process segfaults (seen when
+except ImportError:  # test_web_browser's random CLIP came after test_web's in-process page)
+    pass
+
 # No test may reach a model hub: any accidental lookup fails loudly instead of downloading.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
