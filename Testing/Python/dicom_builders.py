@@ -19,10 +19,16 @@ US_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 
 
-def sample_volume(slices: tuple[int, int] = (9, 15), box: tuple[int, int, int, int] = (88, 88, 72, 72)) -> sitk.Image:
-    """A small crop of the bundled brain MRI (x0, y0, width, height; slices first-last, exclusive): its own
-    geometry kept, so a crop sits where it sat in the scan."""
-    image = sitk.ReadImage(str(SAMPLE))
+LABEL = SAMPLE.with_name("brain1_label.nrrd")
+TUMOUR_CROP = ((10, 18), (140, 80, 80, 80))
+"""Slices and (x0, y0, width, height) of a crop around the sample's tumour (z 11-17, y 84-153, x 162-208)."""
+
+
+def sample_volume(slices: tuple[int, int] = TUMOUR_CROP[0], box: tuple[int, int, int, int] = TUMOUR_CROP[1],
+                  label: bool = False) -> sitk.Image:
+    """A small crop of the bundled brain MRI (or its expert tumour label) (x0, y0, width, height; slices
+    first-last, exclusive): its own geometry kept, so a crop sits where it sat in the scan."""
+    image = sitk.ReadImage(str(LABEL if label else SAMPLE))
     x0, y0, width, height = box
     return image[x0:x0 + width, y0:y0 + height, slices[0]:slices[1]]
 
