@@ -73,7 +73,7 @@ def fast_settings_module(tiny_clip_folder):
     from MedCLIPSAMLib.settings import Settings
 
     return Settings(clip_model=str(tiny_clip_folder), sam_backend="litemedsam", device="cpu", m2ib_steps=1,
-                    m2ib_samples=1, refine_rounds=1, faithfulness_slices=0)
+                    m2ib_samples=1, refine_rounds=1, faithfulness_slices=0, runtime="torch")
 
 
 def test_binary_seg_matches_the_nifti_result_in_highdicom_and_dcmqi(tmp_path, series, result):
@@ -136,7 +136,7 @@ def test_segment_command_writes_seg_for_a_dicom_series(tmp_path, series, tiny_cl
     out = tmp_path / "result.dcm"
     code = main(["segment", str(series), "-p", "brain tumor", "-o", str(out), "--saliency-out",
                  str(tmp_path / "saliency.dcm"), "--clip-model", str(tiny_clip_folder), "--steps", "1",
-                 "--samples", "1", "--sam", "litemedsam", "--device", "cpu", "--quiet"])
+                 "--samples", "1", "--sam", "litemedsam", "--device", "cpu", "--runtime", "torch", "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     volume = read_volume(series)
@@ -161,7 +161,7 @@ def test_2d_dicom_gets_a_seg_on_its_one_image(tmp_path, tiny_clip_folder, modali
     image = write_2d(sitk.GetArrayFromImage(sample_volume())[4], tmp_path / f"{modality}.dcm", modality)
     out = tmp_path / "seg.dcm"
     code = main(["segment", str(image), "-p", "lesion", "-o", str(out), "--clip-model", str(tiny_clip_folder),
-                 "--steps", "1", "--samples", "1", "--sam", "litemedsam", "--device", "cpu", "--quiet"])
+                 "--steps", "1", "--samples", "1", "--sam", "litemedsam", "--device", "cpu", "--runtime", "torch", "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     volume = read_volume(image)
