@@ -26,6 +26,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import InputError, MedCLIPSAMError, OptionError
 
+# Searches are one request (no offset paging): Orthanc ignores the offset of a filtered study search, so
+# dicomweb-client's get_remaining loops forever there; a server caps a page by its own setting.
 STUDY_FIELDS = ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
                 "ModalitiesInStudy", "NumberOfStudyRelatedSeries")
 SERIES_FIELDS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesNumber",
@@ -141,7 +143,7 @@ def list_studies(client, study_uid: str | None = None, modality: str | None = No
     filters = {k: v for k, v in (("StudyInstanceUID", study_uid), ("ModalitiesInStudy", modality),
                                  ("PatientID", patient_id)) if v}
     found = _request(client, "the study search", client.search_for_studies, search_filters=filters,
-                     fields=list(STUDY_FIELDS), limit=limit, get_remaining=limit is None)
+                     fields=list(STUDY_FIELDS), limit=limit)
     studies = [StudySummary(str(_value(i, "StudyInstanceUID")), str(_value(i, "PatientID")),
                             str(_value(i, "PatientName")), str(_value(i, "StudyDate")),
                             str(_value(i, "StudyDescription")),
@@ -154,7 +156,7 @@ def list_series(client, study_uid: str | None = None, modality: str | None = Non
     """Series matching the filters (QIDO-RS; all studies when ``study_uid`` is None), sorted by study, number."""
     filters = {"Modality": modality} if modality else {}
     found = _request(client, "the series search", client.search_for_series, study_instance_uid=study_uid,
-                     search_filters=filters, fields=list(SERIES_FIELDS), get_remaining=True)
+                     search_filters=filters, fields=list(SERIES_FIELDS))
     series = [SeriesSummary(str(_value(i, "StudyInstanceUID", study_uid or "")), str(_value(i, "SeriesInstanceUID")),
                             str(_value(i, "Modality")), str(_value(i, "SeriesDescription")),
                             _number(_value(i, "SeriesNumber", None)),
@@ -209,5 +211,5 @@ def store(client, paths: Iterable[str | os.PathLike]) -> int:
 def server_uids(client, series_uid: str, study_uid: str) -> Sequence[str]:
     """SOP instance UIDs the server holds in a series (QIDO-RS): to confirm a store."""
     found = _request(client, "the instance search", client.search_for_instances, study_instance_uid=study_uid,
-                     series_instance_uid=series_uid, fields=["SOPInstanceUID"], get_remaining=True)
+                     series_instance_uid=series_uid, fields=["SOPInstanceUID"])
     return [str(_value(i, "SOPInstanceUID")) for i in found]
