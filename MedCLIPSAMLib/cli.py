@@ -56,6 +56,7 @@ def cpu_hint(settings: Settings, slices: int) -> str | None:
 def cmd_segment(args: argparse.Namespace) -> int:
     """Everything is checked before a model loads, cheapest first (options, prompts, outputs, the input and
     what the options ask of it), so a mistake costs seconds, not a run."""
+    from .dicom.seg import write_result_seg
     from .imageio import check_plain_2d, chosen_slices, read_volume, resolve_axis, write_label
     from .pipeline import check_prompts, prompt_name, resolve_device
 
@@ -89,11 +90,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         progress.close()
     for message in result.messages:
         print(f"note: {message}", file=sys.stderr)
-    targets = [(label_path, result.labels), *((p, result.saliency[n]) for n, p in saliency_paths.items())]
+    targets = [(label_path, result.labels, None), *((p, result.saliency[n], n) for n, p in saliency_paths.items())]
     written: list[str] = []
     try:
-        for path, array in targets:
-            write_label(array, volume.reference, path, overwrite=args.overwrite)
+        for path, array, saliency_of in targets:
+            if extension(path) == ".dcm":
+                write_result_seg(path, array, result.names, volume, saliency_of, args.overwrite)
+            else:
+                write_label(array, volume.reference, path, overwrite=args.overwrite)
             written.append(str(path))
     except KeyboardInterrupt:
         raise Cancelled(f"interrupted while writing; written in full: {', '.join(written) or 'nothing'}; the "
@@ -121,8 +125,14 @@ def segment_outputs(args: argparse.Namespace, names: list[str]) -> tuple[Path, d
         base = Path(args.saliency_out)
         saliency = {name: base if len(names) == 1 else _suffixed(base, name) for name in names}
     check_distinct([("-o", Path(args.output)), *(("--saliency-out", p) for p in saliency.values())])
-    label = check_output(args.output, "-o", args.overwrite, inputs)
-    return label, {name: check_output(p, "--saliency-out", args.overwrite, inputs) for name, p in saliency.items()}
+    from .dicom.seg import RESULT_EXTENSIONS, check_dicom_output
+
+    label = check_output(args.output, "-o", args.overwrite, inputs, RESULT_EXTENSIONS)
+    maps = {name: check_output(p, "--saliency-out", args.overwrite, inputs, RESULT_EXTENSIONS)
+            for name, p in saliency.items()}
+    for option, path in [("-o", label), *(("--saliency-out", p) for p in maps.values())]:
+        check_dicom_output(path, option, args.input)  # a SEG needs DICOM images to refer to
+    return label, maps
 
 
 def _server_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("input", help="image file, volume file (NIfTI, NRRD, MHA) or DICOM series folder")
     seg.add_argument("--prompt", "-p", action="append", help="what to segment; repeat for several labels")
     seg.add_argument("--prompt-file", help="text file of sentences averaged as one prompt (ensemble)")
-    add_output_option(seg, "-o", "--output", required=True, help="label map (.nii.gz, .nrrd, .mha, .png)")
+    add_output_option(seg, "-o", "--output", required=True, help="label map (.nii.gz, .nrrd, .mha, .png; "
+                      ".dcm: a DICOM SEG, for a DICOM input)")
     add_output_option(seg, "--saliency-out", help="also write the saliency map(s) here (several prompts: "
                       "NAME_<prompt>.EXT)")
     add_overwrite_option(seg)

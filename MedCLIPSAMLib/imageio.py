@@ -37,6 +37,8 @@ class Volume:
     reference: sitk.Image
     """The image as read; its geometry is copied onto every output."""
     source: str
+    dicom_files: tuple[str, ...] = ()
+    """The DICOM files the array was read from, in slice order (a DICOM SEG refers to them); () otherwise."""
 
     @property
     def is_2d(self) -> bool:
@@ -48,14 +50,20 @@ class Volume:
         return (1.0, *spacing) if self.is_2d else spacing
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_sitk(path: Path) -> tuple[sitk.Image, tuple[str, ...]]:
+    """The image and, for DICOM, its files in slice order (headers checked first: ``dicom.series``)."""
+    from .dicom.series import check_image_object, is_dicom_file, read_header
+
     if not path.exists():
         raise InputError(f"'{path}' does not exist. Check the path (for a DICOM series, give its folder).")
     if path.is_dir():
         return _read_dicom_series(path)
     _check_file(path)
+    dicom = is_dicom_file(path)
+    if dicom:
+        check_image_object(read_header(path), str(path), single_frame=False)
     try:
-        return sitk.ReadImage(str(path))
+        return sitk.ReadImage(str(path)), ((str(path),) if dicom else ())
     except RuntimeError as exc:
         raise _unreadable(path, exc) from None
 
@@ -91,7 +99,9 @@ def _unreadable(path: Path, exc: RuntimeError) -> InputError:
                       "Supported: NIfTI, NRRD, MHA, DICOM series folders, PNG/JPEG/TIFF.")
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _read_dicom_series(folder: Path) -> tuple[sitk.Image, tuple[str, ...]]:
+    from .dicom.series import check_series
+
     reader = sitk.ImageSeriesReader()
     try:
         series = reader.GetGDCMSeriesIDs(str(folder))
@@ -104,9 +114,10 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise InputError(f"Folder '{folder}' holds {len(series)} DICOM series ({', '.join(series)}); "
                          "move one series into its own folder.")
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    check_series(files, folder)
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        return reader.Execute(), tuple(files)
     except RuntimeError:
         raise InputError(f"The DICOM series in '{folder}' cannot be read (damaged or unsupported files).") from None
 
@@ -127,7 +138,8 @@ def to_grayscale(image: sitk.Image, source: str) -> sitk.Image:
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a 2D image or 3D volume (file or DICOM folder) as a checked (z, y, x) float array."""
     path = Path(path)
-    image = to_grayscale(_read_sitk(path), str(path))
+    image, dicom_files = _read_sitk(path)
+    image = to_grayscale(image, str(path))
     dimension = image.GetDimension()
     if dimension == 4:
         raise InputError(f"'{path}' is a 4D image (size {image.GetSize()}); extract one 3D time point or "
@@ -139,7 +151,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         array = array[None]
     elif array.shape[0] == 1:
         image = image[:, :, 0]  # a 3D file holding one slice is a 2D image
-    return Volume(array=check_array(array, str(path)), reference=image, source=str(path))
+    return Volume(array=check_array(array, str(path)), reference=image, source=str(path), dicom_files=dicom_files)
 
 
 def check_array(array: np.ndarray, source: str = "image") -> np.ndarray:

@@ -7,17 +7,16 @@ Runs in the real Slicer application and, for the tests, with the ``slicer-core``
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from ..resources import resource_path
+from ..terminology import GENERAL_ANATOMY_LIST, find_term
 
 SALIENCY_COLOR_NODES = ("vtkMRMLPETProceduralColorNodePET-Heat", "vtkMRMLColorTableNodeRainbow")
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+TERMINOLOGY_CONTEXT = GENERAL_ANATOMY_LIST
 
 
 def _slicer():
@@ -94,16 +93,14 @@ class SegmentStyle:
 
 def segment_style(name: str) -> SegmentStyle | None:
     """Colour and terminology entry for a prompt that names a known structure, else None."""
-    table = json.loads(resource_path("terminology.json").read_text())
-    entry = table.get(name.strip().lower())
-    if entry is None:
+    term = find_term(name)
+    if term is None:
         return None
-    (cs, cv, cm), (ts, tv, tm) = entry["category"], entry["type"]
-    context = entry.get("list", TERMINOLOGY_CONTEXT)
-    if context is None:
-        return SegmentStyle(tuple(entry["color"]))
-    terminology = f"{context}~{cs}^{cv}^{cm}~{ts}^{tv}^{tm}~^^~Anatomic codes - DICOM master list~^^~^^"
-    return SegmentStyle(tuple(entry["color"]), terminology)
+    if term.slicer_list is None:
+        return SegmentStyle(term.color)
+    (cs, cv, cm), (ts, tv, tm) = term.category, term.type
+    terminology = f"{term.slicer_list}~{cs}^{cv}^{cm}~{ts}^{tv}^{tm}~^^~Anatomic codes - DICOM master list~^^~^^"
+    return SegmentStyle(term.color, terminology)
 
 
 def unique_segment_name(segmentation, name: str) -> str:

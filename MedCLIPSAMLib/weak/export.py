@@ -90,7 +90,7 @@ def _as_image(data: sitk.Image | np.ndarray | str | Path, reference: sitk.Image 
         return data
     if isinstance(data, (str, Path)):
         from ..imageio import _read_sitk, to_grayscale
-        return to_grayscale(_read_sitk(Path(data)), str(data))
+        return to_grayscale(_read_sitk(Path(data))[0], str(data))
     image = sitk.GetImageFromArray(np.asarray(data))
     if reference is not None:
         if image.GetSize() != reference.GetSize():

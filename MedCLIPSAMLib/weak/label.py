@@ -186,6 +186,14 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
     write_json(path, content, overwrite=True)  # a record is this command's own state
 
 
+SEGS = "medclipsam_seg"
+"""A DICOM case's label as a DICOM SEG referring to its series (what ``--stow`` sends back to a PACS)."""
+
+
+def seg_path(dataset: Path, case_id: str) -> Path:
+    return dataset / SEGS / f"{case_id}.dcm"
+
+
 def case_paths(dataset: Path, case_id: str) -> tuple[Path, Path]:
     return (dataset / "imagesTr" / f"{case_id}_0000{FILE_ENDING}", dataset / "labelsTr" / f"{case_id}{FILE_ENDING}")
 
@@ -235,6 +243,11 @@ def label_case(pipeline, case: LabelCase, job: LabelJob) -> dict[str, Any]:
         else:
             _write_json(record_path(dataset, case.case_id), {**record, "status": "writing"})
             write_case(dataset, case.case_id, volume, mask)
+            if volume.dicom_files:
+                from ..dicom.seg import write_label_seg
+
+                record["seg"] = str(write_label_seg(seg_path(dataset, case.case_id), mask.astype(np.uint8),
+                                                    [case.prompt], volume, overwrite=True))
             record.update(status="added", reason="")
     except MedCLIPSAMError as exc:
         record["reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -280,7 +293,7 @@ def write_case(dataset: Path, case_id: str, volume, mask: np.ndarray) -> None:
 
 
 def _remove_case(dataset: Path, case_id: str) -> None:
-    for path in case_paths(dataset, case_id):
+    for path in (*case_paths(dataset, case_id), seg_path(dataset, case_id)):
         path.unlink(missing_ok=True)
 
 
@@ -389,8 +402,8 @@ def register_cli(sub) -> None:
 
     parser = sub.add_parser("label", help="zero-shot labels for every case of a folder or manifest, into an nnU-Net "
                                           "dataset")
-    parser.add_argument("input", help="folder of images (files or DICOM series folders) or a CSV manifest "
-                                      "(image[,prompt][,case_id])")
+    parser.add_argument("input", help="folder of images (files or DICOM series folders), a CSV manifest "
+                                      "(image[,prompt][,case_id]), or a DICOMweb root URL (a PACS)")
     parser.add_argument("--prompt", "-p", help="what to segment (a manifest's prompt column wins)")
     add_output_option(parser, "--raw", kind="folder", required=True, help="nnU-Net raw folder")
     parser.add_argument("--dataset-id", type=dataset_id_option, required=True)
@@ -410,6 +423,15 @@ def register_cli(sub) -> None:
     parser.add_argument("--oracle-saliency", action="store_true",
                         help="measurement only: saliency from the expert masks of <case> + <case>_mask pairs")
     parser.add_argument("--quiet", "-q", action="store_true")
+    pacs = parser.add_argument_group("a DICOMweb server (PACS) as the input")
+    pacs.add_argument("--study", metavar="UID", help="only this study (StudyInstanceUID)")
+    pacs.add_argument("--pacs-modality", metavar="MODALITY", help="only series of this DICOM modality (MR, CT, "
+                      "US ...; --modality names the dataset's channel)")
+    pacs.add_argument("--pacs-token-file", help="file holding a bearer token for the server")
+    add_output_option(pacs, "--pacs-cache", kind="folder", help="where retrieved series are kept (default: "
+                      "medclipsam_dicom in the dataset folder); a re-run retrieves only what is missing")
+    pacs.add_argument("--stow", action="store_true", help="store each added case's DICOM SEG back on the server "
+                      "(STOW-RS)")
     add_setting_options(parser)
     parser.set_defaults(func=cmd_label)
 
@@ -419,15 +441,20 @@ def cmd_label(args: argparse.Namespace) -> int:
     from ..settings import FAST_SALIENCY
     from .export import dataset_dir
 
-    cases = find_label_cases(Path(args.input), args.prompt, args.oracle_saliency,
-                             note=lambda text: print(f"note: {text}", file=sys.stderr))
+    folder = dataset_dir(args.raw, args.dataset_id, args.name)
+    pacs = _open_pacs(args, folder)
+    skipped = []
+    if pacs is not None:
+        cases, skipped = pacs
+    else:
+        cases = find_label_cases(Path(args.input), args.prompt, args.oracle_saliency,
+                                 note=lambda text: print(f"note: {text}", file=sys.stderr))
     label_name = (args.label_name or args.prompt or (cases[0].prompt if cases else "")).strip()
     if not label_name:
         raise MedCLIPSAMError("Give --label-name (or --prompt): the label's name in dataset.json.")
     explicit = {f: getattr(args, d) for d, f in SETTING_OPTIONS.items() if getattr(args, d, None) is not None}
     if args.fast:
         explicit = {**FAST_SALIENCY, **explicit}
-    folder = dataset_dir(args.raw, args.dataset_id, args.name)
     check_folder(args.raw, "--raw")
     job = LabelJob(str(folder), label_name, explicit, args.modality, args.min_score, args.overwrite,
                    not args.no_preset, args.oracle_saliency)
@@ -455,12 +482,61 @@ def cmd_label(args: argparse.Namespace) -> int:
             elif row.get("skipped", "done with the same settings") != "done with the same settings":
                 print(f"note: {row['case']}: {row['skipped']}", file=sys.stderr)  # left alone: say so
     summary = finalize(cases, job)
+    code = _close_pacs(args, folder, mine, skipped) if pacs is not None else 0
     if summary is None:
         missing = sum(read_record(folder, c.case_id) is None for c in cases)
         print(f"{missing} case(s) of other parts are not labelled yet; the last part (or --finalize) writes "
               "dataset.json and labels.csv.")
-        return 0
+        return code
     excluded = f", excluded by review {summary['excluded']}" if summary["excluded"] else ""
+    bad = f", skipped series {len(skipped)}" if pacs is not None and skipped else ""
     print(f"{folder}: {summary['numTraining']} training cases; added {summary['added']}, empty {summary['empty']}, "
-          f"low score {summary['low-score']}, failed {summary['failed']}{excluded} (labels.csv)")
-    return 0
+          f"low score {summary['low-score']}, failed {summary['failed']}{excluded}{bad} (labels.csv)")
+    return code
+
+
+def _open_pacs(args: argparse.Namespace, folder: Path):
+    """For a DICOMweb URL input: the checked cases and the skipped series (``weak.pacs``); else None."""
+    from ..dicom.dicomweb import connect, is_dicomweb_url
+
+    pacs_only = [option for option, value in (("--study", args.study), ("--pacs-modality", args.pacs_modality),
+                                              ("--pacs-token-file", args.pacs_token_file),
+                                              ("--pacs-cache", args.pacs_cache), ("--stow", args.stow)) if value]
+    if not is_dicomweb_url(args.input):
+        if pacs_only:
+            raise MedCLIPSAMError(f"{', '.join(pacs_only)} need(s) a DICOMweb URL as the input, e.g. "
+                                  "http://pacs:8042/dicom-web.")
+        return None
+    if args.oracle_saliency or args.ray is not None:
+        raise MedCLIPSAMError("--oracle-saliency and --ray take a folder or manifest, not a DICOMweb URL.")
+    from ..setting_options import TqdmProgress
+    from .pacs import CACHE_FOLDER, pacs_series
+
+    prompt = _need_prompt(args.prompt, args.input)
+    check_folder(args.raw, "--raw")
+    client = connect(args.input, args.pacs_token_file)
+    progress = TqdmProgress(not args.quiet)
+    try:
+        series, skipped = pacs_series(client, Path(args.pacs_cache or folder / CACHE_FOLDER), args.study,
+                                      args.pacs_modality, progress)
+    finally:
+        progress.close()
+    return [LabelCase(case_id, str(path), prompt) for case_id, path in series], skipped
+
+
+def _close_pacs(args: argparse.Namespace, folder: Path, cases: list[LabelCase], skipped) -> int:
+    """With --stow: each added case's SEG not stored yet goes to the server (its record then says so); prints
+    what was skipped or not stored, and returns the exit code (3 when anything was)."""
+    from ..dicom.dicomweb import connect
+    from .pacs import report, stow_files
+
+    failures: list[str] = []
+    if args.stow and not args.finalize:
+        records = {c.case_id: read_record(folder, c.case_id) or {} for c in cases}
+        todo = [(case, seg_path(folder, case)) for case, record in records.items()
+                if record.get("status") == "added" and not record.get("stowed")]
+        stored, failures = stow_files(connect(args.input, args.pacs_token_file), todo)
+        for case in stored:
+            _write_json(record_path(folder, case), {**records[case], "stowed": True})
+        print(f"stored {len(stored)} SEG(s) on {args.input}")
+    return report(skipped, failures)
