@@ -126,10 +126,10 @@ class WebApp:
         return "Wait for the correction being computed, then press Segment." if self.corrections.busy else None
 
     # ---- loading
-    def load_path(self, path: str | Path) -> None:
+    def load_path(self, path: str | Path, name: str | None = None) -> None:
         self.corrections.close()
         self.workspace.clear()
-        node, volume = read_source_into_scene(self.workspace.scene, path)
+        node, volume = read_source_into_scene(self.workspace.scene, path, name=name)
         self.workspace.source = volume if volume.dicom_files else None
         self._show_volume(node)
 

@@ -28,7 +28,7 @@ class PacsLogic:
     """Lists and opens; every server call goes through ``dicomweb`` (its errors are one line)."""
 
     def __init__(self, panel: PanelState, url: str, token_file: str | None, cache: str | None,
-                 load_folder: Callable[[Path], None]):
+                 load_folder: Callable[[Path, str], None]):
         self.panel, self.url, self.token_file = panel, url, token_file
         self.cache = Path(cache) if cache else Path(tempfile.gettempdir()) / "medclipsam-dicomweb"
         self.load_folder = load_folder
@@ -66,5 +66,6 @@ class PacsLogic:
         uid = self.panel.pacs_selected_series
         if uid not in self._series:
             raise InputError("Choose a series in PACS series first (press Refresh PACS to list them).")
-        folder = dicomweb.fetch_series(self.client(), self._series[uid], self.cache)
-        self.load_folder(folder)
+        series = self._series[uid]
+        folder = dicomweb.fetch_series(self.client(), series, self.cache)
+        self.load_folder(folder, series.case_id)  # the volume's (and the exports') name: patient and series

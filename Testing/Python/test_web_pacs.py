@@ -70,7 +70,7 @@ def test_pacs_studies_open_series_and_export_dicom_seg(orthanc, tmp_path):
     app.pacs.open_series()
     folder = cache / study_uid / series_uid
     assert len(list(folder.glob("*.dcm"))) == len(second)
-    assert panel.volume_name == series_uid and "Loaded" in panel.message
+    assert panel.volume_name.startswith("P2_") and "Loaded" in panel.message
     shape = sitk.GetArrayFromImage(sitk.ReadImage([str(p) for p in second])).shape
     assert app.workspace.volume_node.GetImageData().GetDimensions() == shape[::-1]
 
@@ -81,7 +81,7 @@ def test_pacs_studies_open_series_and_export_dicom_seg(orthanc, tmp_path):
     record = run_result(app, {"brain tumor": tumour, "lungs": lungs})
     app.export()
     nifti, _, seg_path = (Path(p) for p in panel.exported[:3])
-    assert seg_path.suffix == ".dcm" and "No DICOM SEG" not in panel.message
+    assert seg_path.name == f"{panel.volume_name}_seg.dcm" and "No DICOM SEG" not in panel.message
     exported = sitk.GetArrayFromImage(sitk.ReadImage(str(nifti)))
     source_files = app.workspace.source.dicom_files  # the reader's slice order (the array's)
     assert sorted(Path(f).name for f in source_files) == sorted(p.name for p in folder.glob("*.dcm"))
