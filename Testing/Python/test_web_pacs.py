@@ -134,3 +134,25 @@ def test_pacs_errors_are_one_line_in_the_page(orthanc, tmp_path):
 
     guarded(app.panel, lambda: None, app.pacs.open_series)()
     assert "Choose a series in PACS series first" in app.panel.message
+
+
+def test_pacs_in_the_browser_lists_and_opens_a_series(orthanc, tmp_path, tiny_clip_folder):
+    """The same in Debian's chromium: the controls found by their accessible names, Open series loads it."""
+    pytest.importorskip("trame_slicer")
+    pytest.importorskip("playwright")
+    from MedCLIPSAMLib.web.browser import browser_page, chromium_path, wait_for_message, web_process
+
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    paths = write_series(sample_volume(), tmp_path / "up", patient="P7")
+    orthanc.upload(paths)
+    args = ["--dicomweb", orthanc.dicomweb, "--pacs-cache", str(tmp_path / "cache"), "--clip-model",
+            str(tiny_clip_folder), "--device", "cpu"]
+    with web_process(args, tmp_path / "web.log") as url, browser_page(url) as page:
+        studies = page.get_by_role("combobox", name="PACS studies")
+        studies.wait_for()
+        page.get_by_text("Test^P7", exact=False).first.wait_for()  # the chosen study's title
+        page.get_by_role("button", name="Open series").click()
+        wait_for_message(page, "^Loaded 'P7_", 120)
+        assert page.get_by_label("Loaded volume", exact=True).inner_text().startswith("P7_")
+    assert len(list((tmp_path / "cache").rglob("*.dcm"))) == len(paths)
