@@ -56,8 +56,9 @@ def _code(code: Code):
     return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
-def segment_descriptions(names: Sequence[str], corrected: bool = False, suffix: str = "") -> list:
-    """One description per prompt: its label, its codes, and MedCLIP-SAM as the algorithm."""
+def segment_descriptions(names: Sequence[str], corrected: bool | Sequence[bool] = False, suffix: str = "") -> list:
+    """One description per prompt: its label, its codes, and MedCLIP-SAM as the algorithm; ``corrected``: for
+    all segments, or one flag per segment (SEMIAUTOMATIC where set)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -65,10 +66,11 @@ def segment_descriptions(names: Sequence[str], corrected: bool = False, suffix: 
 
     algorithm = hd.AlgorithmIdentificationSequence(name=ALGORITHM_NAME, version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
-    kind = hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if corrected else \
-        hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+    flags = [corrected] * len(names) if isinstance(corrected, bool) else [bool(c) for c in corrected]
     descriptions = []
-    for number, name in enumerate(names, start=1):
+    for number, (name, fixed) in enumerate(zip(names, flags), start=1):
+        kind = hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if fixed else \
+            hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
         term = term_for(name)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=f"{name}{suffix}"[:64],
@@ -91,7 +93,7 @@ def _frames(planes: Sequence[np.ndarray], volume) -> np.ndarray:
 
 
 def build_seg(planes: Sequence[np.ndarray], names: Sequence[str], volume, fractional: bool = False,
-              corrected: bool = False, suffix: str = "", description: str | None = None):
+              corrected: bool | Sequence[bool] = False, suffix: str = "", description: str | None = None):
     """The highdicom Segmentation of per-prompt arrays (0/1 masks, or [0, 1] maps when ``fractional``)."""
     import highdicom as hd
 
@@ -116,8 +118,8 @@ def build_seg(planes: Sequence[np.ndarray], names: Sequence[str], volume, fracti
         omit_empty_frames=False)
 
 
-def _describe(names: Sequence[str], corrected: bool, kind: str) -> str:
-    state = "corrected" if corrected else "draft"
+def _describe(names: Sequence[str], corrected: bool | Sequence[bool], kind: str) -> str:
+    state = "corrected" if (corrected if isinstance(corrected, bool) else any(corrected)) else "draft"
     what = "maps" if kind == "FRACTIONAL" else "segmentation"
     return f"MedCLIP-SAM {what} ({state}): {', '.join(names)}"
 
@@ -131,7 +133,8 @@ def _series_number(sources: Sequence) -> int:
 
 
 def write_seg(path: str | os.PathLike, planes: Sequence[np.ndarray], names: Sequence[str], volume,
-              fractional: bool = False, corrected: bool = False, overwrite: bool = False, suffix: str = "") -> Path:
+              fractional: bool = False, corrected: bool | Sequence[bool] = False, overwrite: bool = False,
+              suffix: str = "") -> Path:
     """Write a SEG atomically (whole or not at all); ``planes``: one (z, y, x) array per name."""
     segmentation = build_seg(planes, names, volume, fractional, corrected, suffix)
     path = Path(path)
@@ -141,7 +144,7 @@ def write_seg(path: str | os.PathLike, planes: Sequence[np.ndarray], names: Sequ
 
 
 def write_label_seg(path: str | os.PathLike, labels: np.ndarray, names: Sequence[str], volume,
-                    corrected: bool = False, overwrite: bool = False) -> Path:
+                    corrected: bool | Sequence[bool] = False, overwrite: bool = False) -> Path:
     """A label map (0 background, i + 1 for names[i]) as a BINARY SEG with one segment per name."""
     return write_seg(path, [labels == index for index in range(1, len(names) + 1)], names, volume,
                      corrected=corrected, overwrite=overwrite)

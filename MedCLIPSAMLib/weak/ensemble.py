@@ -36,6 +36,8 @@ def snapshots(fold_folder: Path) -> list[Path]:
 
 OUTPUT_SUFFIXES = ("", "_probability", "_entropy")
 """Per case: the mask, the mean foreground probability and the entropy, each <case><suffix>.nii.gz."""
+UNCERTAINTY_SEG_SUFFIX = "_uncertainty.dcm"
+"""Per DICOM case, also: the entropy (scaled to [0, 1]) as a FRACTIONAL SEG referring to the source images."""
 
 
 def case_name(image: Path) -> str:
@@ -49,7 +51,10 @@ def prediction_outputs(images: list[Path], out: Path, overwrite: bool) -> dict[P
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise InputError(f"Several images are named case '{twice[0]}'; their outputs would collide. Rename them.")
+    from ..dicom.series import is_dicom_source
+
     planned = {image: [out / f"{name}{suffix}.nii.gz" for suffix in OUTPUT_SUFFIXES]
+               + ([out / f"{name}{UNCERTAINTY_SEG_SUFFIX}"] if is_dicom_source(image) else [])
                for image, name in zip(images, names)}
     for path in [*(p for paths in planned.values() for p in paths), out / "uncertainty.csv"]:
         check_output(path, "--out", overwrite, images, extensions=None)
@@ -61,6 +66,40 @@ def _write_like(array: np.ndarray, reference: sitk.Image, path: Path, overwrite:
     image = sitk.GetImageFromArray(data)
     image.CopyInformation(reference)
     write_image(image, path, overwrite)
+
+
+def _as_nifti(image: Path, folder: Path) -> tuple[Path, object]:
+    """(what nnU-Net reads, the ``imageio.Volume`` of a DICOM source or None): a DICOM file or series is read by
+    our reader (its checks) and handed to nnU-Net as NIfTI on the same grid."""
+    from ..dicom.series import is_dicom_source
+    from ..imageio import read_volume
+
+    if not is_dicom_source(image):
+        return image, None
+    volume = read_volume(image)
+    path = folder / f"{case_name(image)}_0000.nii.gz"
+    sitk.WriteImage(volume.reference, str(path))
+    return path, volume
+
+
+def foreground_name(model_folder: Path) -> str:
+    """The model's first foreground label (dataset.json), to name the uncertainty SEG's segment."""
+    import json
+
+    try:
+        labels = json.loads((model_folder / "dataset.json").read_text()).get("labels", {})
+    except (OSError, ValueError):
+        labels = {}
+    names = [name for name, value in labels.items() if value not in (0, "0")]
+    return names[0] if names else "foreground"
+
+
+def write_uncertainty_seg(path: Path, entropy: np.ndarray, classes: int, volume, name: str, overwrite: bool) -> None:
+    """The entropy in bits over ``classes`` classes, scaled by its maximum log2(classes) into [0, 1]."""
+    from ..dicom.seg import write_maps_seg
+
+    scaled = np.clip(entropy / np.log2(max(classes, 2)), 0.0, 1.0).reshape(volume.array.shape)
+    write_maps_seg(path, {name: scaled}, volume, kind="uncertainty", overwrite=overwrite)
 
 
 def snapshot_agreement(packed_masks: list[np.ndarray]) -> float:
@@ -90,7 +129,8 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
     checkpoints = checkpoints or snapshots(model_folder / f"fold_{fold}")
     planned = prediction_outputs(images, out, overwrite)
     for image in images:
-        read_size(image)
+        if not Path(image).is_dir():  # a DICOM series folder is read (and checked) below, before any model
+            read_size(image)
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -98,8 +138,14 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
 
     add_trainer_folder()  # nnU-Net finds the trainer class by name, for prediction as for training
     out.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     io = SimpleITKIO()
-    inputs = [io.read_images([str(p)]) for p in images]
+    with tempfile.TemporaryDirectory(prefix="medclipsam-predict-") as tmp:
+        converted = [_as_nifti(p, Path(tmp)) for p in images]
+        inputs = [io.read_images([str(p)]) for p, _ in converted]
+        references = [volume.reference if volume is not None else sitk.ReadImage(str(p))
+                      for (_, volume), p in zip(converted, images)]
     sums: list[np.ndarray | None] = [None] * len(images)
     votes: list[list[np.ndarray]] = [[] for _ in images]  # each snapshot's own mask, bit-packed
     for checkpoint in checkpoints:
@@ -111,13 +157,15 @@ def predict_ensemble(model_folder: Path, images: list[Path], out: Path, fold: in
             sums[i] = probabilities.astype(np.float64) if sums[i] is None else sums[i] + probabilities
             votes[i].append(np.packbits(probabilities.argmax(axis=0) > 0))
     rows = []
-    for path, total, case_votes in zip(images, sums, votes):
+    for path, total, case_votes, reference, (_, volume) in zip(images, sums, votes, references, converted):
         mean = total / len(checkpoints)
-        reference = sitk.ReadImage(str(path))
         mask = mean.argmax(axis=0).astype(np.uint8)
         entropy = entropy_bits(mean)
         for array, target in zip((mask, mean[1].astype(np.float32), entropy), planned[path]):
             _write_like(array, reference, target, overwrite)
+        if volume is not None:
+            write_uncertainty_seg(planned[path][3], entropy, mean.shape[0], volume, foreground_name(model_folder),
+                                  overwrite)
         rows.append({"case": case_name(path), "checkpoints": len(checkpoints), "mean_entropy_bits": float(entropy.mean()),
                      "max_entropy_bits": float(entropy.max()),
                      "foreground_entropy_bits": float(entropy[mask > 0].mean()) if mask.any() else 0.0,
@@ -135,9 +183,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
     parser = sub.add_parser("nnunet-predict", help="checkpoint-ensembled nnU-Net prediction with entropy maps")
     parser.add_argument("model", help="trained model folder (.../nnUNetTrainerCyclicLR__nnUNetPlans__2d)")
-    parser.add_argument("images", nargs="+", help="input images (one channel each)")
+    parser.add_argument("images", nargs="+", help="input images (one channel each): files or DICOM series folders")
     add_output_option(parser, "--out", kind="folder", required=True,
-                      help="folder for <case>.nii.gz, <case>_probability/_entropy.nii.gz and uncertainty.csv")
+                      help="folder for <case>.nii.gz, <case>_probability/_entropy.nii.gz and uncertainty.csv "
+                      "(and <case>_uncertainty.dcm, a FRACTIONAL DICOM SEG, for a DICOM file or series)")
     parser.add_argument("--fold", type=at_least(0, 4), default=0)
     parser.add_argument("--device", default="cpu")
     add_overwrite_option(parser)

@@ -21,8 +21,9 @@ from ..presets import load_presets
 from .correction import CorrectionLogic
 from .engine import EngineHolder
 from .export import export_segmentation, export_to_dataset
-from .loading import DEFAULT_MAX_UPLOAD_MB, read_into_scene, read_uploads, too_large
+from .loading import DEFAULT_MAX_UPLOAD_MB, read_source_into_scene, read_uploads, too_large
 from .logic import SegmentLogic, split_prompts
+from .pacs import PacsLogic
 from .review import ReviewLogic
 from .slice_input import SliceInput
 from .state import NO_TOOL, PanelState
@@ -44,6 +45,10 @@ class WebConfig:
     input_path: str | None = None
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     export_folder: str = ""
+    dicomweb_url: str | None = None
+    """A DICOMweb root the page lists studies and series from (``--dicomweb``)."""
+    pacs_token_file: str | None = None
+    pacs_cache: str | None = None
 
 
 def guarded(panel: PanelState, flush: Callable, action: Callable) -> Callable:
@@ -84,6 +89,11 @@ class WebApp:
         self._history: list[tuple[str, Any]] = []
         """("run", RunRecord) and ("correction", Correction): Undo takes back the newest first."""
         g = lambda action: guarded(panel, self.flush, action)  # noqa: E731
+        self.pacs = (PacsLogic(panel, config.dicomweb_url, config.pacs_token_file, config.pacs_cache,
+                               self.load_path) if config.dicomweb_url else None)
+        pacs_actions = {} if self.pacs is None else dict(
+            pacs_refresh=g(self.pacs.refresh), pacs_select_study=g(self.pacs.select_study),
+            pacs_open=g(self.pacs.open_series))
         actions = Actions(
             segment=g(self.runs.segment), cancel=g(self.runs.cancel), undo=g(self.undo),
             restart_engine=g(self.restart_engine), add_preset=g(self.add_preset),
@@ -91,7 +101,7 @@ class WebApp:
             propagate=g(self.corrections.propagate), export=g(self.export), export_dataset=g(self.export_dataset),
             open_review=g(lambda: self.review.open(panel.review_folder)), open_case=g(self.review.open_case),
             next_case=g(self.review.next_case), accept_case=g(self.review.accept),
-            exclude_case=g(self.review.exclude), select_segment=g(self.select_segment))
+            exclude_case=g(self.review.exclude), select_segment=g(self.select_segment), **pacs_actions)
         self.ui = PageUI(self.server, self.typed, actions, self.layout_logic.layout_manager, config.max_upload_mb)
         self.editor_logic.set_ui(self.ui.tool_registry[SegmentEditorUI])
         self.volume_logic.set_ui(self.ui.tool_registry[VolumePropertyUI])
@@ -105,6 +115,8 @@ class WebApp:
         self.server.state["trame__title"] = "MedCLIP-SAM"
         if config.input_path:
             self.load_path(config.input_path)
+        if self.pacs is not None:
+            guarded(panel, lambda: None, self.pacs.refresh)()  # an unreachable server: a line in the page
 
     # ---- state
     def flush(self) -> None:
@@ -114,10 +126,12 @@ class WebApp:
         return "Wait for the correction being computed, then press Segment." if self.corrections.busy else None
 
     # ---- loading
-    def load_path(self, path: str | Path) -> None:
+    def load_path(self, path: str | Path, name: str | None = None) -> None:
         self.corrections.close()
         self.workspace.clear()
-        self._show_volume(read_into_scene(self.workspace.scene, path))
+        node, volume = read_source_into_scene(self.workspace.scene, path, name=name)
+        self.workspace.source = volume if volume.dicom_files else None
+        self._show_volume(node)
 
     def upload_refused(self, size: int) -> None:
         raise InputError(too_large(int(size), self.config.max_upload_mb) or "The upload was refused.")
@@ -142,7 +156,8 @@ class WebApp:
                 self.workspace.scene.RemoveNode(node)
         for node in list(self.workspace.scene.GetNodesByClass("vtkMRMLSegmentationNode")):
             self.workspace.scene.RemoveNode(node)
-        self.workspace.notes = {}
+        self.workspace.notes, self.workspace.drafts = {}, {}
+        self.workspace.source = None  # the uploaded files are gone once read: no SEG can refer to them
         self._show_volume(volume)
 
     def _show_volume(self, volume, segmentation_node=None) -> None:
@@ -175,6 +190,7 @@ class WebApp:
     def _show_case(self, loaded) -> None:
         scene = self.workspace.scene
         self.corrections.close()
+        self.workspace.source = None
         self._show_volume(scene.GetNodeByID(loaded.volume_node_id), scene.GetNodeByID(loaded.segmentation_node_id))
         overlay = scene.GetNodeByID(loaded.overlay_node_id) if loaded.overlay_node_id else None
         self.slicer_app.display_manager.show_volume_in_slice_foreground(overlay)
@@ -188,6 +204,7 @@ class WebApp:
         self._overlay_id = run.record.created_node_ids[0] if run.record.created_node_ids else None
         self.panel.has_saliency = self._overlay_id is not None
         self._show_overlay()
+        self.workspace.remember_drafts(run.record.segment_ids)
         if run.record.segment_ids:
             self.panel.selected_segment = run.record.segment_ids[-1]
         self._segments_changed()
@@ -264,7 +281,10 @@ class WebApp:
     def export(self) -> None:
         paths = export_segmentation(self.workspace, self.panel.export_folder)
         self.panel.exported = [str(p) for p in paths] + list(self.panel.exported or [])
-        self.panel.message, self.panel.message_kind = f"Saved {', '.join(p.name for p in paths)}.", "success"
+        note = "" if self.workspace.source is not None else (
+            " No DICOM SEG: the volume was not loaded from a DICOM folder or the PACS, so a SEG has no images to "
+            "refer to.")
+        self.panel.message, self.panel.message_kind = f"Saved {', '.join(p.name for p in paths)}.{note}", "success"
 
     def export_dataset(self) -> None:
         image, label = export_to_dataset(self.workspace, self.panel.selected_segment, self.panel.dataset_folder, 1,

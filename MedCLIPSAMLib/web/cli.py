@@ -76,7 +76,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     engine = (EngineHolder(url=args.engine, token=token) if args.engine
               else EngineHolder(local_args=[*engine_args, "--ttl", str(LOCAL_TTL_S)]))
     config = WebConfig(engine, job, presets=not args.no_preset, input_path=args.input,
-                       max_upload_mb=args.max_upload_mb, export_folder=args.export_folder or "")
+                       max_upload_mb=args.max_upload_mb, export_folder=args.export_folder or "",
+                       dicomweb_url=args.dicomweb, pacs_token_file=args.pacs_token_file, pacs_cache=args.pacs_cache)
     app = WebApp(config)
 
     def ready(port: int) -> None:
@@ -107,5 +108,10 @@ def register_cli(sub) -> None:
     p.add_argument("--max-upload-mb", type=number(0, low_open=True), default=512.0,
                    help="largest upload the page accepts (MB)")
     p.add_argument("--export-folder", help="the page's default folder for exports")
+    p.add_argument("--dicomweb", metavar="URL", help="a DICOMweb root (PACS) whose studies the page lists and opens, "
+                   "e.g. http://127.0.0.1:8042/dicom-web")
+    p.add_argument("--pacs-token-file", help="file holding a bearer token for the --dicomweb server")
+    p.add_argument("--pacs-cache", help="folder the opened series are retrieved into (default: a folder in the "
+                   "system's temporary folder)")
     add_setting_options(p)
     p.set_defaults(func=cmd_web)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dicom.seg import write_label_seg
 from ..errors import InputError
 from ..outputs import write_image
 from ..slicer.mrml import add_to_training_set, array_from_volume, volume_to_sitk
@@ -49,7 +50,9 @@ def label_map(workspace: Workspace) -> np.ndarray:
 
 
 def export_segmentation(workspace: Workspace, folder: str | Path) -> list[Path]:
-    """The label map as NIfTI and the segmentation as .seg.nrrd in ``folder``; returns the two paths."""
+    """The label map as NIfTI and the segmentation as .seg.nrrd in ``folder``, and as a DICOM SEG referring to
+    the source series when the volume came from DICOM (each segment AUTOMATIC, or SEMIAUTOMATIC once corrected
+    in the page); returns the paths."""
     _require(workspace)
     if not str(folder).strip():
         raise InputError("Type the folder to save into (Export folder).")
@@ -62,7 +65,14 @@ def export_segmentation(workspace: Workspace, folder: str | Path) -> list[Path]:
     workspace.slicer_app.io_manager.write_segmentation(workspace.segmentation_node, seg_nrrd)
     if not seg_nrrd.is_file():
         raise InputError(f"Slicer could not write '{seg_nrrd}'; check that the folder is writable.")
-    return [Path(nifti), seg_nrrd]
+    paths = [Path(nifti), seg_nrrd]
+    if workspace.source is not None:
+        ids = workspace.segment_ids()
+        segmentation = workspace.segmentation_node.GetSegmentation()
+        names = [segmentation.GetSegment(i).GetName() for i in ids]
+        paths.append(write_label_seg(free_path(folder, f"{stem}_seg", ".dcm"), labels, names, workspace.source,
+                                     corrected=[workspace.corrected(i) for i in ids]))
+    return paths
 
 
 def export_to_dataset(workspace: Workspace, segment_id: str, raw_folder: str | Path, dataset_id: int,

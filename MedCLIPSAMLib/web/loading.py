@@ -28,12 +28,17 @@ def too_large(size_bytes: int, limit_mb: float) -> str | None:
 
 def read_into_scene(scene, path: str | Path, max_voxels: int = DEFAULT_MAX_VOXELS, name: str | None = None):
     """A new scalar volume node holding the image at ``path`` (file or DICOM folder); raises InputError."""
+    return read_source_into_scene(scene, path, max_voxels, name)[0]
+
+
+def read_source_into_scene(scene, path: str | Path, max_voxels: int = DEFAULT_MAX_VOXELS, name: str | None = None):
+    """(the volume node, the ``imageio.Volume`` read): the latter keeps the DICOM files a SEG export refers to."""
     volume = read_volume(path)
     if volume.array.size > max_voxels:
         raise InputError(f"'{Path(path).name}' has {volume.array.size:,} voxels, over the page's limit of "
                          f"{max_voxels:,}: crop or resample it first.")
     label = name or _volume_name(Path(path))
-    return volume_from_sitk(scene, volume.reference, label)
+    return volume_from_sitk(scene, volume.reference, label), volume
 
 
 def _volume_name(path: Path) -> str:

@@ -27,6 +27,18 @@ class ReviewRow:
 
 
 @dataclass
+class PacsStudyRow:
+    study_uid: str = ""
+    title: str = ""
+
+
+@dataclass
+class PacsSeriesRow:
+    series_uid: str = ""
+    title: str = ""
+
+
+@dataclass
 class PanelState:
     volume_name: str = ""
     prompt: str = ""
@@ -59,3 +71,9 @@ class PanelState:
     """How long the last correction took on the server side of the page (request to segment written)."""
     interactions: int = 0
     """Corrections applied so far (a browser benchmark waits for this to change)."""
+    pacs_url: str = ""
+    """The DICOMweb server the page browses ("" without --dicomweb: the PACS section is hidden)."""
+    pacs_studies: list[PacsStudyRow] = field(default_factory=list)
+    pacs_study: str = ""
+    pacs_series: list[PacsSeriesRow] = field(default_factory=list)
+    pacs_selected_series: str = ""

@@ -39,6 +39,9 @@ class Actions:
     accept_case: Callable
     exclude_case: Callable
     select_segment: Callable
+    pacs_refresh: Callable | None = None
+    pacs_select_study: Callable | None = None
+    pacs_open: Callable | None = None
 
 
 class PageUI:
@@ -124,6 +127,8 @@ class PageUI:
                 VBtn("Restart the engine", v_show=(name.engine_gone,), click=a.restart_engine, color="error")
                 VSwitch(label="Saliency overlay", v_model=(name.show_saliency,), disabled=("!%s" % name.has_saliency,),
                         density="compact", hide_details=True, color="primary")
+                if a.pacs_open is not None:
+                    self._pacs()
                 self._segments()
                 VDivider()
                 self._correct()
@@ -147,6 +152,19 @@ class PageUI:
                 html.Span("faithfulness {{ row.faithfulness }}", v_if="row.faithfulness", classes="text-caption")
             html.Div("{{ row.warning }}", v_if="row.warning", classes="text-caption text-warning",
                      raw_attrs=['role="alert"'])
+
+    def _pacs(self) -> None:
+        name, a = self.typed.name, self.actions
+        html.Div("PACS {{ %s }}" % name.pacs_url, classes="text-subtitle-2")
+        VSelect(label="PACS studies", items=(name.pacs_studies,), item_title="title", item_value="study_uid",
+                model_value=(name.pacs_study,), density="compact", hide_details=True,
+                update_modelValue=(a.pacs_select_study, "[$event]"))
+        VSelect(label="PACS series", items=(name.pacs_series,), item_title="title", item_value="series_uid",
+                v_model=(name.pacs_selected_series,), density="compact", hide_details=True)
+        with html.Div(classes="d-flex ga-2"):
+            VBtn("Open series", click=a.pacs_open, size="small", disabled=("!%s" % name.pacs_selected_series,))
+            VBtn("Refresh PACS", click=a.pacs_refresh, size="small")
+        VDivider()
 
     def _correct(self) -> None:
         name, a = self.typed.name, self.actions

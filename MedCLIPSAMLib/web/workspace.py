@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..faithfulness import faithfulness_warning, format_score
-from ..slicer.mrml import remove_node, segment_to_array
+from ..slicer.mrml import remove_node, segment_digest, segment_to_array
 from .state import SegmentRow
 
 
@@ -29,6 +29,11 @@ class Workspace:
     volume_node: object = None
     notes: dict[str, SegmentNote] = field(default_factory=dict)
     """Segment ID -> what the run that made it said."""
+    source: object = None
+    """The ``imageio.Volume`` the loaded volume was read from when it came from DICOM (a SEG refers to its
+    files), else None."""
+    drafts: dict[str, str] = field(default_factory=dict)
+    """Segment ID -> digest of its mask as the run wrote it: a segment whose mask differs was corrected."""
 
     @property
     def scene(self):
@@ -69,10 +74,21 @@ class Workspace:
     def segment_mask(self, segment_id: str) -> np.ndarray:
         return segment_to_array(self.segmentation_node, segment_id, self.volume_node).astype(bool)
 
+    def _digest(self, segment_id: str) -> str:
+        return segment_digest(self.segmentation_node, segment_id)
+
+    def remember_drafts(self, segment_ids) -> None:
+        for segment_id in segment_ids:
+            self.drafts[segment_id] = self._digest(segment_id)
+
+    def corrected(self, segment_id: str) -> bool:
+        """Changed in the page since a run made it (boxes, clicks, the editor), or made by hand."""
+        return self.drafts.get(segment_id) != self._digest(segment_id)
+
     def clear(self) -> None:
         """Empty the scene's data nodes before another volume is loaded (views and singletons stay)."""
         for node_class in ("vtkMRMLSegmentationNode", "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode",
                            "vtkMRMLMarkupsNode"):
             for node in list(self.scene.GetNodesByClass(node_class)):
                 remove_node(self.scene, node)
-        self.volume_node, self.notes = None, {}
+        self.volume_node, self.notes, self.source, self.drafts = None, {}, None, {}

@@ -117,6 +117,27 @@ def test_tiny_nnunet_run_export_train_ensemble(tmp_path, monkeypatch):
     assert [r["case"] for r in rows] == ["c0", "c1"] and rows[0]["checkpoints"] == "4"
     assert 0.0 <= float(rows[0]["snapshot_agreement_dsc"]) <= 1.0
 
+    # a DICOM source (the same image as a 2D DICOM file): its entropy also as a FRACTIONAL SEG on that image
+    import highdicom as hd
+    import pydicom
+
+    from dicom_builders import write_2d
+
+    pixels = sitk.GetArrayFromImage(sitk.ReadImage(images[0])).squeeze().astype(np.float64)
+    pixels = (pixels - pixels.min()) / max(float(np.ptp(pixels)), 1e-9) * 1000
+    dcm = write_2d(np.round(pixels).astype(np.int16), tmp_path / "dicom" / "c0.dcm")
+    out_dicom = tmp_path / "pred_dicom"
+    assert main(["nnunet-predict", str(model), str(dcm), "--out", str(out_dicom), "--device", "cpu"]) == 0
+    seg = hd.seg.segread(str(out_dicom / "c0_uncertainty.dcm"))
+    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "PROBABILITY"
+    assert seg.get_segment_description(1).segment_label == "disk uncertainty"
+    uid = pydicom.dcmread(dcm, stop_before_pixels=True).SOPInstanceUID
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == uid
+    values = seg.get_pixels_by_source_instance([uid], combine_segments=False, rescale_fractional=True)[..., 0]
+    entropy_dicom = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dicom / "c0_entropy.nii.gz")))
+    assert entropy_dicom.max() > 0  # two classes: entropy in bits is already in [0, 1]
+    assert np.abs(values.reshape(entropy_dicom.shape) - entropy_dicom).max() <= 0.5 / 255 + 1e-6
+
 
 def test_a_schedule_that_does_not_fit_is_refused_before_training():
     from MedCLIPSAMLib.weak.train import set_trainer_knobs
