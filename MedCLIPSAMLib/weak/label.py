@@ -428,8 +428,9 @@ def register_cli(sub) -> None:
     pacs.add_argument("--pacs-modality", metavar="MODALITY", help="only series of this DICOM modality (MR, CT, "
                       "US ...; --modality names the dataset's channel)")
     pacs.add_argument("--pacs-token-file", help="file holding a bearer token for the server")
-    add_output_option(pacs, "--pacs-cache", kind="folder", help="where retrieved series are kept (default: "
-                      "medclipsam_dicom in the dataset folder); a re-run retrieves only what is missing")
+    # A cache, not an output: what is in it is reused on purpose (whole series only), so it is never refused.
+    pacs.add_argument("--pacs-cache", help="where retrieved series are kept (default: medclipsam_dicom in the "
+                      "dataset folder); a re-run retrieves only what is missing")
     pacs.add_argument("--stow", action="store_true", help="store each added case's DICOM SEG back on the server "
                       "(STOW-RS)")
     add_setting_options(parser)

@@ -107,7 +107,9 @@ def register_cli(sub) -> None:
     p.add_argument("--token-file", help="the engine's token with --engine; the page's too, beyond loopback")
     p.add_argument("--max-upload-mb", type=number(0, low_open=True), default=512.0,
                    help="largest upload the page accepts (MB)")
-    p.add_argument("--export-folder", help="the page's default folder for exports")
+    # Not an output to refuse: Export gives a taken name the next number, so nothing there is ever replaced.
+    p.add_argument("--export-folder", help="where the page's Export puts its files by default (a taken name gets "
+                   "the next number)")
     p.add_argument("--dicomweb", metavar="URL", help="a DICOMweb root (PACS) whose studies the page lists and opens, "
                    "e.g. http://127.0.0.1:8042/dicom-web")
     p.add_argument("--pacs-token-file", help="file holding a bearer token for the --dicomweb server")
