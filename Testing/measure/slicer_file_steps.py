@@ -37,18 +37,13 @@ def main() -> None:
     import slicer
 
     from review_cases import make_dataset
+    from slicer_gui_steps import empty_scene
     from test_slicer_review import replace_segment
     from MedCLIPSAMLib.slicer.file_jobs import CaseLoad, PredictionLoad, start_accept, start_add_to_training_set
     from MedCLIPSAMLib.slicer.mrml import add_to_training_set, load_prediction
     from MedCLIPSAMLib.slicer.review import ReviewSession, show_case
 
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
-                 slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
-        factory.RegisterConverterRule(rule())
-    scene = slicer.vtkMRMLScene()
-    colors = slicer.vtkMRMLColorLogic()
-    colors.SetMRMLScene(scene)
+    scene, colors = empty_scene()
     scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())
     root = Path(tempfile.mkdtemp(prefix="medclipsam-file-steps-"))
     folder = make_dataset(root, predictions=False)

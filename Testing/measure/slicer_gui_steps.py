@@ -30,11 +30,9 @@ SHAPE = (300, 512, 512)
 QUICK = {"m2ib_steps": 2, "m2ib_samples": 2, "refine_rounds": 1, "slice_range": [150, 150]}
 
 
-def ct_scene(shape=SHAPE):
-    """A scene holding a CT-like int16 volume: a body ellipse, two dark lungs, a bright lesion."""
+def empty_scene():
+    """A scene as Slicer's would be for segments: the segmentation converters registered, a colour logic."""
     import slicer
-    import vtk
-    from vtk.util import numpy_support
 
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
@@ -43,6 +41,16 @@ def ct_scene(shape=SHAPE):
     scene = slicer.vtkMRMLScene()
     colors = slicer.vtkMRMLColorLogic()
     colors.SetMRMLScene(scene)
+    return scene, colors
+
+
+def ct_scene(shape=SHAPE):
+    """A scene holding a CT-like int16 volume: a body ellipse, two dark lungs, a bright lesion."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    scene, colors = empty_scene()
     z, y, x = shape
     yy, xx = np.mgrid[:y, :x]
     body = ((yy - y / 2) / (0.42 * y)) ** 2 + ((xx - x / 2) / (0.47 * x)) ** 2 <= 1
