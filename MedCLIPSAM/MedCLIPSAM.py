@@ -162,6 +162,7 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.downloadModelsButton.connect("clicked(bool)", self.onDownloadModels)
         self.ui.saliencyOpacitySlider.connect("valueChanged(double)", self.onSaliencyOpacity)
         self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
+        self.ui.exportSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.loadPredictionButton.connect("clicked(bool)", self.onLoadPrediction)
         self.ui.stopEngineButton.connect("clicked(bool)", self.onStopEngine)
         self.ui.openReviewButton.connect("clicked(bool)", self.onOpenReview)
@@ -728,6 +729,35 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startFileJob(job, lambda done: setattr(self.ui.statusLabel, "text", _(
             "Added {name} to the training set.").format(name=Path(done.result["image"]).name)))
 
+    def onExportDicomSeg(self) -> None:
+        """The output segmentation as a DICOM SEG referring to the input's DICOM files; the engine's Python writes
+        it in a child process (``dicom_export.start_seg_export``): Slicer needs no highdicom."""
+        p = self._parameterNode
+        if not (p.inputVolume and p.outputSegmentation):
+            slicer.util.errorDisplay(_("Choose the input volume and the output segmentation."))
+            return
+        if self._fileJob is not None:
+            self.ui.statusLabel.text = _("Still writing or reading files; wait a moment.")
+            return
+        try:  # a volume not loaded from DICOM is refused before the file dialog
+            self.logic.dicomSourceFiles(p.inputVolume)
+        except Exception as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export DICOM SEG"),
+                                              p.outputSegmentation.GetName() + ".dcm", _("DICOM SEG (*.dcm)"))
+        if not path:
+            return
+        try:  # the segments are exported here; the SEG is built and written by a child process
+            job = self.logic.startDicomSegExport(p, path)
+        except Exception as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self.ui.statusLabel.text = _("Writing the DICOM SEG...")
+        self._startFileJob(job, lambda done: setattr(self.ui.statusLabel, "text", _(
+            "Wrote {path}: {count} segments, {corrected} of them edited or corrected (SEMIAUTOMATIC).").format(
+                path=done.result["path"], count=done.result["segments"], corrected=done.result["corrected"])))
+
     def _startFileJob(self, job, done) -> None:
         """Follow file work in a child process (Accept, Add to training set: ``FileJob.poll``; Load prediction:
         ``PredictionLoad.step``, which then applies the result a part per tick) from the timer; ``done(result)``."""
@@ -1276,6 +1306,29 @@ class MedCLIPSAMLogic(ScriptedLoadableModuleLogic):
         return start_add_to_training_set(self.pythonExecutable(), p.inputVolume, segmentationNode, segmentId, folder,
                                          next_case_id(folder, p.datasetName), segment.GetName(),
                                          modality=p.inputVolume.GetAttribute("DICOM.Modality") or "MRI")
+
+    @staticmethod
+    def dicomFileLookup():
+        """SOPInstanceUID -> file in Slicer's DICOM database (``ctkDICOMDatabase.fileForInstance``, Slicer 4.x to
+        5.10 and main); "" for every UID when no database is open."""
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None or not database.isOpen:
+            return lambda uid: ""
+        return database.fileForInstance
+
+    def dicomSourceFiles(self, volumeNode):
+        """The DICOM files Slicer's DICOM loader read ``volumeNode`` from (its ``DICOM.instanceUIDs``), or raises."""
+        from MedCLIPSAMLib.slicer.dicom_export import source_files
+
+        return source_files(volumeNode, self.dicomFileLookup())
+
+    def startDicomSegExport(self, p, path):
+        """Export DICOM SEG: the output segmentation's segments, AUTOMATIC where the last run's draft is untouched,
+        in a child process that runs the engine's Python (``dicom_export.start_seg_export``)."""
+        from MedCLIPSAMLib.slicer.dicom_export import start_seg_export
+
+        return start_seg_export(self.pythonExecutable(), p.inputVolume, p.outputSegmentation, path,
+                                self.dicomFileLookup(), self.lastRun)
 
     def startLoadPrediction(self, p, beforeWrite=None):
         """``loadPrediction`` without freezing: a ``file_jobs.PredictionLoad`` the panel's timer steps."""

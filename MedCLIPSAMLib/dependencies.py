@@ -21,6 +21,7 @@ REQUIREMENTS: dict[str, str] = {
     "onnx": "onnx>=1.23",
     "onnxscript": "onnxscript>=0.7",
     "openvino": "openvino>=2025.0",  # faster than ONNX Runtime on the same export (models.openvino_runtime)
+    "highdicom": "highdicom>=0.23",  # DICOM SEG out (dicom.seg); in Slicer only the file worker's child imports it
 }
 
 

@@ -82,7 +82,15 @@ def read_case(task: dict[str, Any]) -> dict[str, Any]:
     return written
 
 
-KINDS = {"accept": accept, "add_case": add_case, "read_prediction": read_prediction, "read_case": read_case}
+def dicom_seg(task: dict[str, Any]) -> dict[str, Any]:
+    """The panel's Export DICOM SEG (``dicom_export.write_seg_task``): highdicom runs here, never in Slicer."""
+    from .dicom_export import write_seg_task
+
+    return write_seg_task(task)
+
+
+KINDS = {"accept": accept, "add_case": add_case, "read_prediction": read_prediction, "read_case": read_case,
+         "dicom_seg": dicom_seg}
 
 
 def main(argv: list[str]) -> int:

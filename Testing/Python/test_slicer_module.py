@@ -21,7 +21,7 @@ EXPECTED_CLASSES = {
     "reviewDatasetPathLineEdit": "ctkPathLineEdit", "reviewPredictionsPathLineEdit": "ctkPathLineEdit",
     "openReviewButton": "QPushButton", "reviewQueueList": "QListWidget", "nextCaseButton": "QPushButton",
     "acceptCaseButton": "QPushButton", "excludeCaseButton": "QPushButton", "undoExcludeButton": "QPushButton",
-    "reviewStatusLabel": "QLabel",
+    "reviewStatusLabel": "QLabel", "exportSegButton": "QPushButton",
 }
 
 
@@ -145,6 +145,18 @@ def test_review_handlers_are_thin_and_every_review_button_is_connected():
                             ("undoExcludeButton", "onUndoExclude")):
         assert f"self.ui.{button}.connect('clicked(bool)', self.{handler})" in setup, button
     assert "self.logic.review.forget_nodes()" in ast.unparse(widget_method("onSceneStartClose"))
+
+
+def test_export_dicom_seg_is_connected_and_goes_through_the_file_worker_with_slicers_dicom_database():
+    """The widget only asks for a file name; the SEG is written by a child process (no highdicom in Slicer)."""
+    source = MODULE.read_text()
+    assert "import highdicom" not in source and "pydicom" not in source
+    setup = ast.unparse(widget_method("setup"))
+    assert "self.ui.exportSegButton.connect('clicked(bool)', self.onExportDicomSeg)" in setup
+    handler = ast.unparse(widget_method("onExportDicomSeg"))
+    assert handler.index("self.logic.dicomSourceFiles(") < handler.index("getSaveFileName")
+    assert "self.logic.startDicomSegExport(p, path)" in handler and "self._startFileJob(job" in handler
+    assert "database.fileForInstance" in source and "start_seg_export(self.pythonExecutable()" in source
 
 
 def test_module_source_parses_on_python_3_9():
