@@ -945,6 +945,9 @@ class MedCLIPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.reviewStatusLabel.text = _(
                 "Accepted {case}: DSC {dsc:.3f} against the pseudo-label, {changed} voxels changed. Next case when "
                 "ready.").format(case=case, dsc=entry["dsc"], changed=entry["changed_voxels"])
+            if entry.get("seg") or entry.get("seg_note"):  # a DICOM case: its SEMIAUTOMATIC SEG (review.seg)
+                self.ui.reviewStatusLabel.text += " " + (_("DICOM SEG: {path}").format(path=entry["seg"])
+                                                         if entry.get("seg") else entry["seg_note"])
             if goOn is not None:
                 goOn()
 

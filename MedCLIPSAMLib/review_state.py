@@ -34,6 +34,11 @@ def pseudo_path(dataset: Path, case_id: str) -> Path:
     return Path(dataset) / REVIEW_FOLDER / "pseudo" / f"{case_id}.nii.gz"
 
 
+def accepted_seg_path(dataset: Path, case_id: str) -> Path:
+    """Where Accept writes a DICOM case's accepted label as a SEMIAUTOMATIC DICOM SEG (``review.seg``)."""
+    return Path(dataset) / REVIEW_FOLDER / "seg" / f"{case_id}.dcm"
+
+
 def excluded_paths(dataset: Path, case_id: str) -> tuple[Path, Path]:
     """Where an excluded case's image and label are kept (the same layout as imagesTr/labelsTr)."""
     folder = Path(dataset) / REVIEW_FOLDER / "excluded"

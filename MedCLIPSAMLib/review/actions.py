@@ -27,6 +27,7 @@ from ..metrics import dice
 from ..outputs import STAGING_FOLDER, replacing, write_image, write_text
 from ..weak.export import case_paths, read_dataset_json, same_geometry, write_dataset_json
 from .queue import ReviewDataset, open_dataset
+from .seg import write_accepted_seg
 from ..review_state import (ACCEPTED, ACCEPTING, EXCLUDED, EXCLUDING, excluded_paths, history_folder,
                     pseudo_path, read_states, review_column, set_state)
 
@@ -122,12 +123,14 @@ def accept_case(dataset: ReviewDataset | str | Path, case: str, label: np.ndarra
         write_image(new_label, label_path, overwrite=True, staging=staging)
     finally:
         _remove_if_empty(staging)
+    seg = write_accepted_seg(folder, case, data.rows[case], new_label, data.label_name)  # DICOM cases only
     before = sitk.GetArrayFromImage(sitk.ReadImage(str(pseudo))) > 0
     after = sitk.GetArrayViewFromImage(new_label) > 0
     changed = int(np.count_nonzero(before != after))
     accepted = set_state(folder, case, {"state": ACCEPTED, "pseudo_status": pseudo_status, "changed": changed > 0,
                                         "changed_voxels": changed, "dsc": round(dice(before, after), 6),
-                                        "pseudo_voxels": int(before.sum()), "accepted_voxels": int(after.sum())})
+                                        "pseudo_voxels": int(before.sum()), "accepted_voxels": int(after.sum()),
+                                        **seg})
     _refresh(data)
     return accepted
 

@@ -207,3 +207,20 @@ def test_next_case_in_the_background_passes_over_a_case_that_cannot_be_read(scen
     assert load.loaded.case == "d_empty" and load.loaded.note.startswith("Passed over: Case 'f_lost': its image is")
     done = CaseLoad(session, sys.executable, [])
     assert done.finished and done.loaded is None and not done.error
+
+
+def test_accept_of_a_dicom_case_in_the_child_process_writes_its_seg_too(scene, views, dataset):
+    from test_review_dicom_seg import as_dicom_case, seg_voxels
+    from MedCLIPSAMLib.review_state import accepted_seg_path
+
+    series = as_dicom_case(dataset, "c_mid")
+    session = ReviewSession.open(scene, dataset)
+    session.load("c_mid")
+    edited = pseudo_label(2)
+    edited[3, 10:14, 2:6] = 1
+    replace_segment(session, edited)
+    entry = start_accept(session, sys.executable).wait(120)
+    assert entry["seg"] == str(accepted_seg_path(dataset, "c_mid"))
+    seg, voxels = seg_voxels(accepted_seg_path(dataset, "c_mid"), series)
+    np.testing.assert_array_equal(voxels, edited)
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
