@@ -21,13 +21,14 @@ from ..presets import load_presets
 from .correction import CorrectionLogic
 from .engine import EngineHolder
 from .export import export_segmentation, export_to_dataset
-from .loading import DEFAULT_MAX_UPLOAD_MB, read_source_into_scene, read_uploads, too_large
+from .loading import DEFAULT_MAX_UPLOAD_MB, read_source_into_scene, read_uploads_into, too_large
 from .logic import SegmentLogic, split_prompts
 from .pacs import PacsLogic
 from .review import ReviewLogic
 from .slice_input import SliceInput
 from .state import NO_TOOL, PanelState
 from .ui import PANEL_TOOL, Actions, PageUI
+from .uploads import UploadStore
 from .workspace import Workspace
 
 SALIENCY_OPACITY = 0.4
@@ -86,6 +87,7 @@ class WebApp:
                                            lambda: self.runs.running, self._segments_changed)
         self.review = ReviewLogic(panel, self.workspace, self._show_case)
         self._uploads: list[dict] = []
+        self.upload_store = UploadStore()  # an uploaded DICOM series stays while on screen: Export's SEG refers to it
         self._history: list[tuple[str, Any]] = []
         """("run", RunRecord) and ("correction", Correction): Undo takes back the newest first."""
         g = lambda action: guarded(panel, self.flush, action)  # noqa: E731
@@ -131,6 +133,7 @@ class WebApp:
         self.workspace.clear()
         node, volume = read_source_into_scene(self.workspace.scene, path, name=name)
         self.workspace.source = volume if volume.dicom_files else None
+        self.upload_store.keep(None)  # no uploaded volume is on screen any more
         self._show_volume(node)
 
     def upload_refused(self, size: int) -> None:
@@ -148,7 +151,12 @@ class WebApp:
     def _load_uploads(self, uploads: list[dict]) -> None:
         if self.runs.running:
             raise InputError("A segmentation is running: press Cancel before loading another volume.")
-        volume = read_uploads(self.workspace.scene, uploads, self.config.max_upload_mb)
+        folder = self.upload_store.new_folder()
+        try:
+            volume, source = read_uploads_into(self.workspace.scene, uploads, self.config.max_upload_mb, folder)
+        except BaseException:
+            self.upload_store.discard(folder)
+            raise
         scene_volume = volume
         self.corrections.close()
         for node in list(self.workspace.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")):
@@ -157,7 +165,8 @@ class WebApp:
         for node in list(self.workspace.scene.GetNodesByClass("vtkMRMLSegmentationNode")):
             self.workspace.scene.RemoveNode(node)
         self.workspace.notes, self.workspace.drafts = {}, {}
-        self.workspace.source = None  # the uploaded files are gone once read: no SEG can refer to them
+        self.workspace.source = source if source.dicom_files else None  # a DICOM upload: Export writes a SEG
+        self.upload_store.keep(folder if source.dicom_files else None)
         self._show_volume(volume)
 
     def _show_volume(self, volume, segmentation_node=None) -> None:
@@ -191,6 +200,7 @@ class WebApp:
         scene = self.workspace.scene
         self.corrections.close()
         self.workspace.source = None
+        self.upload_store.keep(None)
         self._show_volume(scene.GetNodeByID(loaded.volume_node_id), scene.GetNodeByID(loaded.segmentation_node_id))
         overlay = scene.GetNodeByID(loaded.overlay_node_id) if loaded.overlay_node_id else None
         self.slicer_app.display_manager.show_volume_in_slice_foreground(overlay)
@@ -282,7 +292,7 @@ class WebApp:
         paths = export_segmentation(self.workspace, self.panel.export_folder)
         self.panel.exported = [str(p) for p in paths] + list(self.panel.exported or [])
         note = "" if self.workspace.source is not None else (
-            " No DICOM SEG: the volume was not loaded from a DICOM folder or the PACS, so a SEG has no images to "
+            " No DICOM SEG: the volume was not loaded from DICOM (a folder, an upload or the PACS), so a SEG has no images to "
             "refer to.")
         self.panel.message, self.panel.message_kind = f"Saved {', '.join(p.name for p in paths)}.{note}", "success"
 

@@ -44,16 +44,18 @@ def read_source_into_scene(scene, path: str | Path, max_voxels: int = DEFAULT_MA
 def _volume_name(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif",
-                   ".tiff", ".bmp", ".dcm"):
+                   ".tiff", ".bmp", ".dcm", ".zip"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] or name
     return name
 
 
-def write_uploads(files: list[dict], folder: Path) -> Path:
-    """Uploaded files (trame's {name, content} dicts) into ``folder``; returns what to read: the file, or the
-    folder when several files came (a DICOM series)."""
+def write_uploads(files: list[dict], folder: Path, limit_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Path:
+    """Uploaded files (trame's {name, content} dicts) into ``folder``; returns what to read: the file, the folder
+    when several files came (a DICOM series), or the series folder of an uploaded .zip (``uploads``)."""
     from trame.app.file_upload import ClientFile
+
+    from .uploads import is_zip_upload, unpack_series_zip
 
     written = []
     for item in files:
@@ -66,22 +68,43 @@ def write_uploads(files: list[dict], folder: Path) -> Path:
         written.append(target)
     if not written:
         raise InputError("No file came with the upload; choose a file again.")
+    zips = [p for p in written if is_zip_upload(p)]
+    if zips and len(written) > 1:
+        raise InputError(f"'{zips[0].name}' came with other files; upload one .zip of a series alone, or the "
+                         "series' .dcm files without a zip.")
+    if zips:
+        return unpack_series_zip(zips[0], folder / "unzipped", int(limit_mb * 1e6))
     return written[0] if len(written) == 1 else folder
 
 
 def read_uploads(scene, files: list[dict], max_upload_mb: float, max_voxels: int = DEFAULT_MAX_VOXELS):
     """The uploaded image or DICOM series as a volume node; refuses an upload over the limit or unreadable."""
+    with tempfile.TemporaryDirectory(prefix="medclipsam-upload-") as tmp:
+        return read_uploads_into(scene, files, max_upload_mb, Path(tmp), max_voxels)[0]
+
+
+def read_uploads_into(scene, files: list[dict], max_upload_mb: float, folder: Path,
+                      max_voxels: int = DEFAULT_MAX_VOXELS):
+    """(the volume node, the ``imageio.Volume``) of the upload, its files written into ``folder``, which the caller
+    keeps for a DICOM upload (the SEG export reads the source headers) and removes otherwise."""
     size = sum(len(_content(item)) for item in files)
     problem = too_large(size, max_upload_mb)
     if problem:
         raise InputError(problem)
-    with tempfile.TemporaryDirectory(prefix="medclipsam-upload-") as tmp:
-        path = write_uploads(files, Path(tmp))
-        shown = path.name if path.is_file() else f"{len(files)} uploaded files"
-        try:
-            return read_into_scene(scene, path, max_voxels, _volume_name(path) if path.is_file() else "DICOM")
-        except InputError as exc:
-            raise InputError(str(exc).replace(str(path), shown)) from None
+    path = write_uploads(files, folder, max_upload_mb)
+    zipped = next((PurePath(_upload_name(item)).name for item in files
+                   if _upload_name(item).lower().endswith(".zip")), None)
+    shown = zipped or (path.name if path.is_file() else f"{len(files)} uploaded files")
+    name = _volume_name(Path(zipped)) if zipped else (_volume_name(path) if path.is_file() else "DICOM")
+    try:
+        return read_source_into_scene(scene, path, max_voxels, name)
+    except InputError as exc:
+        raise InputError(str(exc).replace(str(path), shown).replace(str(folder), "the upload")) from None
+
+
+def _upload_name(item: dict) -> str:
+    """The name the browser gave a file (any folder part dropped later)."""
+    return str(item.get("name") or "").replace("\\", "/")
 
 
 def _content(item: dict) -> bytes:

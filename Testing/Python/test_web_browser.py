@@ -126,3 +126,20 @@ def test_cancel_leaves_the_scene_as_it_was(page):
     assert page.get_by_role("group").filter(has_text="faithfulness").count() == segments
     assert page.get_by_role("group", name="Segment lesion").count() == 0
     shot(page, "7-cancelled")
+
+
+def test_a_zipped_dicom_series_uploads_through_the_browser(page, tmp_path):
+    """Last: it replaces the sample the other tests segment. The SEG export of an upload: test_web_upload_dicom."""
+    import zipfile
+
+    from dicom_builders import sample_volume, write_series
+
+    files = write_series(sample_volume(), tmp_path / "brain")
+    archive = tmp_path / "brain.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        for path in files:
+            handle.write(path, f"brain/{path.name}")
+    page.locator("input[type=file]").set_input_files(str(archive))
+    assert wait_for_message(page, "Loaded 'brain'\\.|rror|annot|holds|limit", 60) == "Loaded 'brain'."
+    assert "brain" in page.get_by_label("Loaded volume", exact=True).inner_text()
+    shot(page, "8-dicom-zip")

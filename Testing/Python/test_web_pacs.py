@@ -112,7 +112,7 @@ def test_export_of_a_non_dicom_volume_says_no_seg(tmp_path):
     mask[12, 100:120, 100:130] = 1
     run_result(app, {"brain tumor": mask})
     app.export()
-    assert "No DICOM SEG: the volume was not loaded from a DICOM folder or the PACS" in app.panel.message
+    assert "No DICOM SEG: the volume was not loaded from DICOM (a folder, an upload or the PACS)" in app.panel.message
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".gz", ".nrrd"]
 
 
