@@ -121,6 +121,10 @@ def files_in_slice_order(files: Sequence[str], shape: Sequence[int], geometry, v
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
     redo = (f"The DICOM files of '{volume_name}' do not match its grid (resampled, cropped or reoriented after "
             "loading?); export the segmentation of the volume as Slicer's DICOM module loaded it.")
+    if len(headers) == 1 and shape[0] > 1:
+        raise InputError(f"'{volume_name}' was loaded from one multi-frame DICOM object; a SEG is written here for "
+                         "single-frame series and 2D images only: convert it to a single-frame series (dcmqi's "
+                         "or dicom3tools' emf2sf), load that, and export again.")
     if len(headers) != shape[0] or any((int(h.Rows), int(h.Columns)) != tuple(shape[1:]) for h in headers):
         raise InputError(redo)
     if len(headers) == 1 and "ImagePositionPatient" not in headers[0]:

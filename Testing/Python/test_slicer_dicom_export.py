@@ -20,30 +20,14 @@ from MedCLIPSAMLib.errors import InputError, MedCLIPSAMError  # noqa: E402
 from MedCLIPSAMLib.imageio import read_volume  # noqa: E402
 from MedCLIPSAMLib.slicer.dicom_export import UIDS_ATTRIBUTE, start_seg_export  # noqa: E402
 from MedCLIPSAMLib.slicer.mrml import apply_result  # noqa: E402
+from MedCLIPSAMLib.slicer.review import volume_from_sitk  # noqa: E402
 from MedCLIPSAMLib.terminology import term_for  # noqa: E402
 
-FLIP = np.diag([-1.0, -1.0, 1.0])
-
-
 def node_from_series(scene, folder: Path, uids: bool = True):
-    """A scalar volume of the series as Slicer's DICOM module loads it: ITK's LPS grid in RAS, and the
+    """A scalar volume of the series as Slicer's DICOM module loads it: ITK's grid (LPS to RAS), and the
     ``DICOM.instanceUIDs`` attribute (the files' SOPInstanceUIDs in the loader's slice order)."""
     volume = read_volume(folder)
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "brain MR")
-    image = vtk.vtkImageData()
-    image.SetDimensions(*reversed(volume.array.shape))
-    image.AllocateScalars(vtk.VTK_SHORT, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = volume.array.astype(np.int16).ravel()
-    node.SetAndObserveImageData(image)
-    reference = volume.reference
-    node.SetSpacing(*reference.GetSpacing())
-    node.SetOrigin(*(FLIP @ np.array(reference.GetOrigin())))
-    directions = vtk.vtkMatrix4x4()
-    ras = FLIP @ np.array(reference.GetDirection()).reshape(3, 3)
-    for r in range(3):
-        for c in range(3):
-            directions.SetElement(r, c, ras[r, c])
-    node.SetIJKToRASDirectionMatrix(directions)
+    node = volume_from_sitk(scene, volume.reference, "brain MR")  # a 2D image: a one-slice volume
     if uids:
         node.SetAttribute(UIDS_ATTRIBUTE, " ".join(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
                                                    for f in volume.dicom_files))
@@ -184,3 +168,35 @@ def test_without_the_engines_packages_the_export_says_what_to_install():
     with pytest.raises(InputError, match=r"^Writing a DICOM SEG needs the engine's packages \(highdicom\)"):
         check_writer_installed(lambda name: None)
     check_writer_installed()  # installed here
+
+
+def test_a_2d_ultrasound_image_exports_as_a_seg_of_its_one_instance(scene, tmp_path):
+    from dicom_builders import write_2d
+
+    pixels = (np.arange(60 * 80).reshape(60, 80) % 255).astype(np.int16)
+    path = write_2d(pixels, tmp_path / "us" / "US1.dcm")
+    node, volume = node_from_series(scene, path)
+    mask = np.zeros((1, 60, 80), np.uint8)
+    mask[0, 10:30, 20:50] = 1
+    record = apply_result(scene, node, {"liver": mask})
+    segmentation = scene.GetNodeByID(record.segmentation_node_id)
+    out = tmp_path / "us.dcm"
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    start_seg_export(sys.executable, node, segmentation, out, {uid: str(path)}.get, record).wait(120)
+    seg = hd.seg.segread(str(out))
+    pixels_back = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], combine_segments=True,
+                                                    relabel=False)
+    np.testing.assert_array_equal(pixels_back.reshape(mask.shape), mask)
+
+
+def test_a_volume_from_one_multi_frame_object_is_refused_with_what_to_do(scene, series, tmp_path):
+    folder, database = series
+    node, volume = node_from_series(scene, folder)
+    first = node.GetAttribute(UIDS_ATTRIBUTE).split()[0]
+    node.SetAttribute(UIDS_ATTRIBUTE, first)  # as Slicer records an enhanced (multi-frame) object: one instance
+    record = apply_result(scene, node, masks_for(volume.array.shape))
+    segmentation = scene.GetNodeByID(record.segmentation_node_id)
+    job = start_seg_export(sys.executable, node, segmentation, tmp_path / "mf.dcm", database.get, record)
+    with pytest.raises(MedCLIPSAMError, match=r"^'brain MR' was loaded from one multi-frame DICOM object.*emf2sf"):
+        job.wait(120)
+    assert not (tmp_path / "mf.dcm").exists()
