@@ -56,8 +56,10 @@ class ReviewLogic:
         self._show(loaded)
 
     def accept(self) -> None:
-        self._session().accept()
-        self._after(f"Accepted '{self.session.current.case}'.")
+        entry = self._session().accept()
+        seg = f" DICOM SEG: {Path(entry['seg']).name}." if entry.get("seg") else (
+            f" {entry['seg_note']}." if entry.get("seg_note") else "")  # a DICOM case (review.seg)
+        self._after(f"Accepted '{self.session.current.case}'.{seg}")
 
     def exclude(self) -> None:
         self._session().exclude()

@@ -90,3 +90,22 @@ def test_a_dicom_series_gone_from_disk_still_accepts_and_says_why_no_seg(dataset
     assert entry["state"] == "accepted" and entry["seg_note"].startswith("no DICOM SEG: ")
     assert not accepted_seg_path(dataset, DICOM_CASE).exists()
     np.testing.assert_array_equal(read_label(dataset, DICOM_CASE), pseudo_label(2))
+
+
+def test_the_pages_review_accept_names_the_seg_of_a_dicom_case(tmp_path):
+    from test_web_pacs import make_app
+
+    folder = make_dataset(tmp_path)
+    series = as_dicom_case(folder, DICOM_CASE)
+    app = make_app(tmp_path, "review-dicom")
+    app.review.open(str(folder))
+    app.review.open_case(DICOM_CASE)
+    mask = app.workspace.segment_mask(app.panel.selected_segment)
+    app.review.accept()
+    assert app.panel.message.startswith(f"Accepted '{DICOM_CASE}'. DICOM SEG: {DICOM_CASE}.dcm.")
+    seg, voxels = seg_voxels(accepted_seg_path(folder, DICOM_CASE), series)
+    np.testing.assert_array_equal(voxels > 0, mask)
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    app.review.open_case("a_high")
+    app.review.accept()
+    assert "DICOM SEG" not in app.panel.message and app.panel.message.startswith("Accepted 'a_high'.")
