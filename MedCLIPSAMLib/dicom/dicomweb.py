@@ -92,6 +92,13 @@ def connect(url: str, token_file: str | os.PathLike | None = None, timeout: floa
     return DICOMwebClient(url.rstrip("/"), headers=headers, timeout=timeout)
 
 
+def sends_token(client) -> bool:
+    """Whether the client sends a bearer token (``connect`` puts it in the session's headers): a refusal then
+    means a wrong token, else a missing one."""
+    headers = getattr(getattr(client, "_session", None), "headers", None) or {}
+    return "Authorization" in headers
+
+
 def _value(item: dict[str, Any], keyword: str, default: Any = "") -> Any:
     from pydicom.datadict import tag_for_keyword
 
@@ -122,8 +129,10 @@ def _failures(client, what: str) -> Iterator[None]:
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} refused {what} (HTTP {status}); check "
-                                  "the token in --pacs-token-file.") from None
+            advice = ("it did not accept the token; check the token in --pacs-token-file" if sends_token(client)
+                      else "it needs a token; give it in a file with --pacs-token-file")
+            raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} refused {what} (HTTP {status}): "
+                                  f"{advice}.") from None
         if status == 404:
             raise InputError(f"The DICOMweb server at {client.base_url} has no such object ({what}, HTTP 404).") from None
         raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} failed {what} (HTTP {status}).") from None

@@ -66,6 +66,12 @@ def cmd_web(args: argparse.Namespace) -> int:
 
         if not Path(args.input).is_dir():
             read_size(args.input)  # a missing or unreadable file is one line now, before anything starts
+    if args.pacs_token_file:
+        from ..dicom.dicomweb import read_token as read_pacs_token
+
+        if not args.dicomweb:
+            raise InputError("--pacs-token-file needs --dicomweb URL (the PACS the token is for).")
+        read_pacs_token(args.pacs_token_file)  # an empty or unreadable token file: one line now, not in the page
     try:
         from .app import WebApp, WebConfig
         from .engine import EngineHolder
