@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import InputError, MedCLIPSAMError
+from ..errors import InputError, MedCLIPSAMError, OptionError
 
 SERVER_OPTIONS = {"clip_model": "--clip-model", "sam_checkpoint": "--sam-checkpoint", "device": "--device"}
 """Options of the segment command that become options of the local engine process (they name its files and
@@ -70,7 +70,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         from ..dicom.dicomweb import read_token as read_pacs_token
 
         if not args.dicomweb:
-            raise InputError("--pacs-token-file needs --dicomweb URL (the PACS the token is for).")
+            raise OptionError("--pacs-token-file needs --dicomweb URL (the PACS the token is for).")
         read_pacs_token(args.pacs_token_file)  # an empty or unreadable token file: one line now, not in the page
     try:
         from .app import WebApp, WebConfig

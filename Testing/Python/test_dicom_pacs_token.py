@@ -56,7 +56,8 @@ def one_error_line(err: str) -> str:
 
 
 def upload_study(server, folder: Path, patient: str = "T1") -> list[Path]:
-    files = write_series(sample_volume(), folder, patient=patient)
+    """Three slices of the sample's tumour (LiteMedSAM on CPU costs seconds per slice)."""
+    files = write_series(sample_volume(slices=(12, 15)), folder, patient=patient)
     server.upload(files)
     return files
 
