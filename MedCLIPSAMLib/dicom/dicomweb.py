@@ -120,8 +120,9 @@ def _number(value: Any) -> int | None:
 
 
 @contextmanager
-def _failures(client, what: str) -> Iterator[None]:
-    """The server's failures during ``what`` as one line saying what to check."""
+def _failures(client, what: str, stores: bool = False) -> Iterator[None]:
+    """The server's failures during ``what`` as one line saying what to check (``stores``: a STOW-RS, which a
+    token that may only read is refused)."""
     import requests
 
     try:
@@ -129,7 +130,8 @@ def _failures(client, what: str) -> Iterator[None]:
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            advice = ("it did not accept the token; check the token in --pacs-token-file" if sends_token(client)
+            advice = ("it did not accept the token; check the token in --pacs-token-file"
+                      + (" and that it may store objects" if stores else "") if sends_token(client)
                       else "it needs a token; give it in a file with --pacs-token-file")
             raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} refused {what} (HTTP {status}): "
                                   f"{advice}.") from None
@@ -209,7 +211,8 @@ def store(client, paths: Iterable[str | os.PathLike]) -> int:
     datasets = [pydicom.dcmread(str(path)) for path in paths]
     if not datasets:
         return 0
-    response = _request(client, "the upload (STOW-RS)", client.store_instances, datasets)
+    with _failures(client, "the upload (STOW-RS)", stores=True):
+        response = client.store_instances(datasets)
     failed = getattr(response, "FailedSOPSequence", None) or []
     if failed:
         raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} refused {len(failed)} of {len(datasets)} "

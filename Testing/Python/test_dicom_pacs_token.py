@@ -6,6 +6,7 @@ nothing written; a bad token file is refused before any request; no token is eve
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import highdicom as hd
@@ -21,7 +22,7 @@ from MedCLIPSAMLib.dicom import dicomweb
 from MedCLIPSAMLib.errors import MedCLIPSAMError
 
 TINY = ["--steps", "1", "--samples", "1", "--sam", "litemedsam", "--device", "cpu", "--runtime", "torch",
-        "--faithfulness-slices", "0", "--quiet"]
+        "--faithfulness-slices", "0", "--refine-rounds", "0", "--quiet"]
 WRITER = next(t for t, scope in TOKENS.items() if scope == "write")
 READER = next(t for t, scope in TOKENS.items() if scope == "read")
 WRONG = "not-a-token-31d8"
@@ -63,7 +64,8 @@ def upload_study(server, folder: Path, patient: str = "T1") -> list[Path]:
 
 
 def test_label_with_a_token_labels_and_only_a_write_token_stores(orthanc_with_tokens, tmp_path, tiny_clip_folder,
-                                                                  capsys):
+                                                                  capsys, caplog):
+    caplog.set_level(logging.DEBUG)  # what dicomweb-client, requests and urllib3 log: no token either
     server = orthanc_with_tokens
     files = upload_study(server, tmp_path / "up")
     source = pydicom.dcmread(files[0])
@@ -79,7 +81,7 @@ def test_label_with_a_token_labels_and_only_a_write_token_stores(orthanc_with_to
     first = capsys.readouterr()
     assert "1 labelled" in first.out and "stored 0 SEG(s)" in first.out, first
     assert "1 SEG(s) not stored" in first.err and "HTTP 403" in first.err
-    assert "did not accept the token; check the token in --pacs-token-file" in first.err
+    assert "did not accept the token; check the token in --pacs-token-file and that it may store objects" in first.err
     [label] = (dataset / "labelsTr").glob("*.nii.gz")
     assert label.name.startswith("T1_")
     [record] = [json.loads(p.read_text()) for p in (dataset / "medclipsam_labels").glob("*.json")]
@@ -101,7 +103,8 @@ def test_label_with_a_token_labels_and_only_a_write_token_stores(orthanc_with_to
     assert seg.get_segment_description(1).segment_label == "brain tumor"
     record = json.loads(next((dataset / "medclipsam_labels").glob("*.json")).read_text())
     assert record["stowed"] is True
-    assert_no_secret([first.out, first.err, second.out, second.err], raw)
+    assert_no_secret([first.out, first.err, second.out, second.err, caplog.text], raw)
+    assert "GET /dicom-web/series" in caplog.text  # the debug log was on: the requests are in it
 
 
 @pytest.mark.parametrize("token", [WRONG, None], ids=["wrong-token", "no-token-file"])
