@@ -112,9 +112,10 @@ TOKENS = {"write-token-5f2c": "write", "read-token-9a7e": "read"}
 """The token-checking PACS's tokens: one may read and store, one may only read."""
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def orthanc_with_tokens(tmp_path_factory):
-    """An Orthanc that refuses every request without one of ``TOKENS`` (HTTP 403)."""
+    """An Orthanc that refuses every request without one of ``TOKENS`` (HTTP 403); one per test module (each
+    stop costs Orthanc's HTTP server seconds), so tests there upload their own patients and filter by study."""
     server = Orthanc(tmp_path_factory.mktemp("orthanc-token"), TOKENS)
     yield server
     server.stop()

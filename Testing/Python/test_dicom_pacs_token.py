@@ -75,8 +75,8 @@ def test_label_with_a_token_labels_and_only_a_write_token_stores(orthanc_with_to
 
     # a read-only token: retrieved and labelled, but the server refuses the SEG (STOW-RS is a POST)
     reader = token_file(tmp_path, READER, "reader.txt")
-    args = label_args(server.dicomweb, raw, "--pacs-token-file", str(reader), "--stow", "--clip-model",
-                      str(tiny_clip_folder), *TINY)
+    args = label_args(server.dicomweb, raw, "--study", source.StudyInstanceUID, "--pacs-token-file", str(reader),
+                      "--stow", "--clip-model", str(tiny_clip_folder), *TINY)
     assert main(args) == 3
     first = capsys.readouterr()
     assert "1 labelled" in first.out and "stored 0 SEG(s)" in first.out, first
@@ -104,14 +104,14 @@ def test_label_with_a_token_labels_and_only_a_write_token_stores(orthanc_with_to
     record = json.loads(next((dataset / "medclipsam_labels").glob("*.json")).read_text())
     assert record["stowed"] is True
     assert_no_secret([first.out, first.err, second.out, second.err, caplog.text], raw)
-    assert "GET /dicom-web/series" in caplog.text  # the debug log was on: the requests are in it
+    assert "GET /dicom-web/studies/" in caplog.text and "POST /dicom-web/studies" in caplog.text  # the debug log was on: the requests are in it
 
 
 @pytest.mark.parametrize("token", [WRONG, None], ids=["wrong-token", "no-token-file"])
 def test_a_refused_token_is_one_line_and_writes_nothing(orthanc_with_tokens, tmp_path, tiny_clip_folder, capsys,
                                                         token):
     server = orthanc_with_tokens
-    upload_study(server, tmp_path / "up")
+    upload_study(server, tmp_path / "up", patient="R1")
     raw = tmp_path / "raw"
     extra = ["--pacs-token-file", str(token_file(tmp_path, token))] if token else []
     code = main(label_args(server.dicomweb, raw, *extra, "--stow", "--clip-model", str(tiny_clip_folder), *TINY))
@@ -160,8 +160,9 @@ def test_web_lists_and_opens_through_the_token_server_and_says_why_it_cannot(ort
     app = make_app(tmp_path, "token-ok", dicomweb_url=server.dicomweb, pacs_cache=str(cache),
                    pacs_token_file=str(token_file(tmp_path, READER)))
     panel = app.panel
-    assert [row.title.split(" · ")[0] for row in panel.pacs_studies] == ["Test^W1"]
-    assert panel.message == "1 studies on the PACS." and panel.message_kind == "info"
+    titles = [row.title.split(" · ")[0] for row in panel.pacs_studies]
+    assert "Test^W1" in titles and panel.message == f"{len(titles)} studies on the PACS."
+    app.pacs.select_study(pydicom.dcmread(files[0]).StudyInstanceUID)
     app.pacs.open_series()
     assert len(list(cache.rglob("*.dcm"))) == len(files) and panel.volume_name.startswith("W1_")
 
@@ -176,3 +177,24 @@ def test_web_lists_and_opens_through_the_token_server_and_says_why_it_cannot(ort
                                         "(HTTP 403)") and advice in panel.message
         assert_no_secret([panel.message])
         assert not (tmp_path / name).exists()
+
+
+def test_the_web_command_lists_studies_through_the_token_server(orthanc_with_tokens, tmp_path, tiny_clip_folder):
+    """``medclipsam web --dicomweb URL --pacs-token-file FILE`` as a process, in Debian's chromium: the study is
+    listed, and the command's log holds no token."""
+    pytest.importorskip("trame_slicer")
+    pytest.importorskip("playwright")
+    from MedCLIPSAMLib.web.browser import browser_page, chromium_path, wait_for_message, web_process
+
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    upload_study(orthanc_with_tokens, tmp_path / "up", patient="B1")
+    args = ["--dicomweb", orthanc_with_tokens.dicomweb, "--pacs-token-file", str(token_file(tmp_path, READER)),
+            "--pacs-cache", str(tmp_path / "cache"), "--clip-model", str(tiny_clip_folder), "--device", "cpu"]
+    log = tmp_path / "web.log"
+    studies = requests.get(f"{orthanc_with_tokens.url}/studies", headers=orthanc_with_tokens.headers, timeout=10)
+    count = len(studies.json())  # Orthanc's own count (its REST API), B1's study among them
+    with web_process(args, log) as url, browser_page(url) as page:
+        page.get_by_role("combobox", name="PACS studies").wait_for()
+        wait_for_message(page, rf"^{count} studies on the PACS\.$", 60)
+    assert_no_secret([log.read_text(errors="replace")])
