@@ -130,9 +130,11 @@ def _failures(client, what: str, stores: bool = False) -> Iterator[None]:
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            advice = ("it did not accept the token; check the token in --pacs-token-file"
-                      + (" and that it may store objects" if stores else "") if sends_token(client)
-                      else "it needs a token; give it in a file with --pacs-token-file")
+            if sends_token(client):
+                advice = "it did not accept the token; check the token in --pacs-token-file"
+                advice += " and that it may store objects" if stores else ""
+            else:
+                advice = "it needs a token; give it in a file with --pacs-token-file"
             raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} refused {what} (HTTP {status}): "
                                   f"{advice}.") from None
         if status == 404:
