@@ -92,6 +92,13 @@ def connect(url: str, token_file: str | os.PathLike | None = None, timeout: floa
     return DICOMwebClient(url.rstrip("/"), headers=headers, timeout=timeout)
 
 
+def sends_token(client) -> bool:
+    """Whether the client sends a bearer token (``connect`` puts it in the session's headers): a refusal then
+    means a wrong token, else a missing one."""
+    headers = getattr(getattr(client, "_session", None), "headers", None) or {}
+    return "Authorization" in headers
+
+
 def _value(item: dict[str, Any], keyword: str, default: Any = "") -> Any:
     from pydicom.datadict import tag_for_keyword
 
@@ -113,8 +120,9 @@ def _number(value: Any) -> int | None:
 
 
 @contextmanager
-def _failures(client, what: str) -> Iterator[None]:
-    """The server's failures during ``what`` as one line saying what to check."""
+def _failures(client, what: str, stores: bool = False) -> Iterator[None]:
+    """The server's failures during ``what`` as one line saying what to check (``stores``: a STOW-RS, which a
+    token that may only read is refused)."""
     import requests
 
     try:
@@ -122,8 +130,13 @@ def _failures(client, what: str) -> Iterator[None]:
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} refused {what} (HTTP {status}); check "
-                                  "the token in --pacs-token-file.") from None
+            if sends_token(client):
+                advice = "it did not accept the token; check the token in --pacs-token-file"
+                advice += " and that it may store objects" if stores else ""
+            else:
+                advice = "it needs a token; give it in a file with --pacs-token-file"
+            raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} refused {what} (HTTP {status}): "
+                                  f"{advice}.") from None
         if status == 404:
             raise InputError(f"The DICOMweb server at {client.base_url} has no such object ({what}, HTTP 404).") from None
         raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} failed {what} (HTTP {status}).") from None
@@ -200,7 +213,8 @@ def store(client, paths: Iterable[str | os.PathLike]) -> int:
     datasets = [pydicom.dcmread(str(path)) for path in paths]
     if not datasets:
         return 0
-    response = _request(client, "the upload (STOW-RS)", client.store_instances, datasets)
+    with _failures(client, "the upload (STOW-RS)", stores=True):
+        response = client.store_instances(datasets)
     failed = getattr(response, "FailedSOPSequence", None) or []
     if failed:
         raise MedCLIPSAMError(f"The DICOMweb server at {client.base_url} refused {len(failed)} of {len(datasets)} "

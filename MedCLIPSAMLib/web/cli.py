@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import InputError, MedCLIPSAMError
+from ..errors import InputError, MedCLIPSAMError, OptionError
 
 SERVER_OPTIONS = {"clip_model": "--clip-model", "sam_checkpoint": "--sam-checkpoint", "device": "--device"}
 """Options of the segment command that become options of the local engine process (they name its files and
@@ -66,6 +66,12 @@ def cmd_web(args: argparse.Namespace) -> int:
 
         if not Path(args.input).is_dir():
             read_size(args.input)  # a missing or unreadable file is one line now, before anything starts
+    if args.pacs_token_file:
+        from ..dicom.dicomweb import read_token as read_pacs_token
+
+        if not args.dicomweb:
+            raise OptionError("--pacs-token-file needs --dicomweb URL (the PACS the token is for).")
+        read_pacs_token(args.pacs_token_file)  # an empty or unreadable token file: one line now, not in the page
     try:
         from .app import WebApp, WebConfig
         from .engine import EngineHolder

@@ -2,6 +2,10 @@
 
 Debian's packages (``orthanc``, ``orthanc-dicomweb``; .ci/run installs them) may also start a system service:
 this instance has its own configuration, ports and storage, so it never touches that one.
+
+With ``tokens`` ({token: "read" or "write"}) the instance also loads Orthanc's Python plugin (Debian's
+``orthanc-python``) with ``orthanc_token_filter.py``: it then accepts only ``Authorization: Bearer <token>``
+requests, so a PACS that needs a token is a real server too. The helpers below send the write token.
 """
 from __future__ import annotations
 
@@ -18,6 +22,12 @@ import requests
 
 PLUGIN_GLOBS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*", "/usr/lib/orthanc/libOrthancDicomWeb.so*",
                 "/usr/lib/*/orthanc/plugins/libOrthancDicomWeb.so*", "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so*")
+PYTHON_PLUGIN_GLOBS = tuple(p.replace("DicomWeb", "Python") for p in PLUGIN_GLOBS)
+TOKEN_FILTER = Path(__file__).with_name("orthanc_token_filter.py")
+
+
+def find_plugin(patterns) -> str | None:
+    return next((p for pattern in patterns for p in sorted(glob.glob(pattern))), None)
 
 
 def free_port() -> int:
@@ -29,17 +39,26 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc process; ``url`` is its REST root, ``dicomweb`` its DICOMweb root."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, tokens: dict[str, str] | None = None):
         binary = shutil.which("Orthanc") or next(iter(glob.glob("/usr/sbin/Orthanc")), None)
-        plugin = next((p for pattern in PLUGIN_GLOBS for p in sorted(glob.glob(pattern))), None)
+        plugin = find_plugin(PLUGIN_GLOBS)
         if binary is None or plugin is None:
             pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+        plugins, extra = [plugin], {}
+        if tokens:
+            python_plugin = find_plugin(PYTHON_PLUGIN_GLOBS)
+            if python_plugin is None:
+                pytest.skip("Orthanc's Python plugin is not installed (apt-get install orthanc-python)")
+            plugins.append(python_plugin)
+            extra = {"PythonScript": str(TOKEN_FILTER), "MedCLIPSAMBearerTokens": tokens}
+        writer = next((t for t, scope in (tokens or {}).items() if scope == "write"), None)
+        self.headers = {"Authorization": f"Bearer {writer}"} if writer else {}
         self.http_port = free_port()
         config = {"Name": "medclipsam-test", "StorageDirectory": str(folder / "storage"),
                   "IndexDirectory": str(folder / "storage"), "HttpPort": self.http_port, "DicomPort": free_port(),
                   "DicomServerEnabled": False, "HttpBindAddress": "127.0.0.1", "RemoteAccessAllowed": False,
-                  "AuthenticationEnabled": False, "Plugins": [plugin],
-                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+                  "AuthenticationEnabled": False, "Plugins": plugins,
+                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, **extra}
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = (folder / "orthanc.log").open("w")
         self.process = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=self.log,
@@ -49,7 +68,7 @@ class Orthanc:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if requests.get(f"{self.dicomweb}/studies", timeout=2).status_code == 200:
+                if requests.get(f"{self.dicomweb}/studies", headers=self.headers, timeout=2).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
@@ -61,13 +80,14 @@ class Orthanc:
     def upload(self, paths) -> None:
         """Files into Orthanc through its own REST API (not the code under test)."""
         for path in paths:
-            response = requests.post(f"{self.url}/instances", data=Path(path).read_bytes(), timeout=30)
+            response = requests.post(f"{self.url}/instances", data=Path(path).read_bytes(), headers=self.headers,
+                                     timeout=30)
             response.raise_for_status()
 
     def series_of(self, study_uid: str) -> list[dict]:
         """Orthanc's own view of a study's series (its REST API): their main DICOM tags."""
         found = requests.post(f"{self.url}/tools/find", json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid},
-                                                               "Expand": True}, timeout=30).json()
+                                                               "Expand": True}, headers=self.headers, timeout=30).json()
         return [item["MainDicomTags"] for item in found]
 
     def stop(self) -> None:
@@ -84,5 +104,18 @@ class Orthanc:
 @pytest.fixture
 def orthanc(tmp_path_factory):
     server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()
+
+
+TOKENS = {"write-token-5f2c": "write", "read-token-9a7e": "read"}
+"""The token-checking PACS's tokens: one may read and store, one may only read."""
+
+
+@pytest.fixture(scope="module")
+def orthanc_with_tokens(tmp_path_factory):
+    """An Orthanc that refuses every request without one of ``TOKENS`` (HTTP 403); one per test module (each
+    stop costs Orthanc's HTTP server seconds), so tests there upload their own patients and filter by study."""
+    server = Orthanc(tmp_path_factory.mktemp("orthanc-token"), TOKENS)
     yield server
     server.stop()

@@ -11,20 +11,10 @@ import pytest
 
 from dicom_builders import sample_volume, write_series
 from orthanc import orthanc  # noqa: F401 (the fixture)
+from web_apps import make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "Resources" / "Samples" / "brain1_image.nrrd"
-
-
-def make_app(tmp_path, name: str, **config):
-    pytest.importorskip("trame_slicer")
-    from trame.app import get_server
-
-    from MedCLIPSAMLib.web.app import WebApp, WebConfig
-    from MedCLIPSAMLib.web.engine import EngineHolder
-
-    server = get_server(name=f"web-pacs-{name}-{tmp_path.name}", client_type="vue3")
-    return WebApp(WebConfig(EngineHolder(local_args=["--device", "cpu"]), **config), server)
 
 
 def run_result(app, masks: dict[str, np.ndarray]):
