@@ -89,7 +89,11 @@ def connect(url: str, token_file: str | os.PathLike | None = None, timeout: floa
         raise OptionError(f"'{url}' is not a DICOMweb address; write it like http://127.0.0.1:8042/dicom-web.")
     token = read_token(token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    return DICOMwebClient(url.rstrip("/"), headers=headers, timeout=timeout)
+    client = DICOMwebClient(url.rstrip("/"), headers=headers, timeout=timeout)
+    # dicomweb-client retries every failed request, refused connections included, 5 times with 2-16 s waits: a
+    # mistyped address took 30 s to say so. Three tries 1 and 2 s apart still ride out a busy PACS (429/503).
+    client.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=500)
+    return client
 
 
 def sends_token(client) -> bool:
