@@ -5,6 +5,7 @@ Screenshots of every step go to Testing/artifacts/web (ignored by git)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,75 @@ def test_segment_correct_undo_export(page, tmp_path):
     page.get_by_role("button", name="Export NIfTI and .seg.nrrd").click()  # again: new names, nothing overwritten
     wait_for_message(page, "brain1_image_segments-2")
     assert (folder / "brain1_image_segments.nii.gz").is_file()
+
+
+def wait_for_applied(page, count: int) -> None:
+    page.wait_for_function(f"() => {{ const m = /Corrections applied: (\\d+)/.exec(document.body.innerText);"
+                           f" return m && Number(m[1]) >= {count} }}", timeout=120_000)
+
+
+def colour_near(mask: np.ndarray, at: tuple[float, float], radius: int = 2) -> float:
+    """The share of segment-coloured pixels around a point given as fractions of the view."""
+    row, col = int(at[1] * mask.shape[0]), int(at[0] * mask.shape[1])
+    return float(mask[row - radius:row + radius + 1, col - radius:col + radius + 1].mean())
+
+
+def test_propagate_then_include_and_exclude_clicks_are_honoured(page, tmp_path):
+    """After the Segment of the test before: a box on the shown slice, Propagate carries it to slices beyond the text
+    run's 11-13 (the status says how far and why it stopped), then an include click beside the segment colours the
+    clicked place and an exclude click inside it clears it."""
+    from MedCLIPSAMLib.web.browser import click
+
+    page.get_by_role("button", name="Box").click()
+    drag(page, *BOX)
+    done = applied_count(page) + 1
+    wait_for_applied(page, done)
+    page.get_by_role("button", name="Navigate").click()
+    page.get_by_role("button", name="Propagate").click()
+    page.wait_for_function("() => /up: \\d+ slice/.test(document.body.innerText)", timeout=120_000)
+    status = page.get_by_label("Correction status", exact=True).inner_text()
+    reached = sum(int(n) for n in re.findall(r"(?:up|down): (\d+) slice", status))
+    assert reached >= 1, f"Propagate wrote at least one slice: {status!r}"
+    folder = tmp_path / "export"
+    page.get_by_role("textbox", name="Export folder").fill(str(folder))
+    page.get_by_role("button", name="Export NIfTI and .seg.nrrd").click()
+    wait_for_message(page, "^Saved")
+    shot(page, "7a-propagated")
+    import SimpleITK as sitk
+
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "brain1_image_segments.nii.gz")))
+    written = [z for z in range(label.shape[0]) if label[z].any()]
+    assert written[0] <= 12 <= written[-1] and written == list(range(written[0], written[-1] + 1))
+    assert written[0] < 11 or written[-1] > 13, f"Propagate reached beyond 11-13 ({status!r}; slices {written})"
+    done = applied_count(page)
+
+    mask = segment_colour(page)
+    rows, cols = np.nonzero(mask)
+    assert rows.size > 200, "the box gave a segment to click on"
+    row = int(np.median(rows))
+    outside = ((int(cols[rows == row].max()) + 6) / mask.shape[1], row / mask.shape[0])
+    assert colour_near(mask, outside) < 0.2, "the include point starts outside the segment"
+    page.get_by_role("button", name="Include click").click()
+    page.wait_for_timeout(300)  # the tool reaches the server before the click
+    click(page, outside)
+    done += 1
+    wait_for_applied(page, done)
+    included = segment_colour(page)
+    shot(page, "7b-include-click")
+    assert colour_near(included, outside) > 0.5, "after an include click the clicked place is in the segment"
+
+    rows, cols = np.nonzero(included)
+    centre = (float(np.median(cols)) / mask.shape[1], float(np.median(rows)) / mask.shape[0])
+    assert colour_near(included, centre) > 0.5
+    page.get_by_role("button", name="Exclude click").click()
+    page.wait_for_timeout(300)
+    click(page, centre)
+    done += 1
+    wait_for_applied(page, done)
+    excluded = segment_colour(page)
+    shot(page, "7c-exclude-click")
+    assert colour_near(excluded, centre) < 0.5, "after an exclude click the clicked place is out of the segment"
+    assert excluded.sum() > 50, "an exclude click in the middle leaves a segment (SAM's answer to the new point)"
 
 
 def test_cancel_leaves_the_scene_as_it_was(page):
