@@ -19,7 +19,7 @@ from ..imageio import Volume, as_volume, normalize_intensity, resolve_axis
 from ..prompts import Box, box_of, grow_box
 from .answer import Answer
 from .embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
-from .honour import HonourRule, honour, remember, target_radius
+from .honour import HonourRule, fallback_start, honour, remember, target_radius
 from .local_edit import LocalEditRule, level_set_edit, slice_logits
 from .propagation import DIRECTIONS, StopRule, propagate
 from .prompting import Click, decode
@@ -172,6 +172,7 @@ class InteractionSession:
                 mask, prompt = local
             else:
                 mask, prompt = self._answer_as_prompt(index, clicks)
+            mask = fallback_start(self.mask[index], mask, kept, approved=index in self._edited)
             mask, path = honour(self.backend, self.cache.get(index), self.cache.slices[index], mask, kept,
                                 target_radius(mask, self._nearest_mask(index), self.slice_shape), self.honour_rule)
             changes, prompts = {index: mask}, {index: prompt}
