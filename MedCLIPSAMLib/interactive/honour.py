@@ -12,6 +12,9 @@ slice so far. Where it does not, the click is answered by a local edit that does
   click's, within a disc whose radius is the click's distance to the mask's border (the size of the error it
   fixes), and never a pixel another click of the slice claims the other way. The click's own pixel is always in it.
 
+On a slice the user boxed or clicked, the paths start from the mask before the click when SAM's answer leaves a
+click of the slice wrong (``fallback_start``), so nothing far from the clicks changes.
+
 Numpy/scipy plus the decoder (``prompting.decode_candidates``); the session keeps each slice's clicks.
 """
 from __future__ import annotations

@@ -152,7 +152,8 @@ class InteractionSession:
 
     def click(self, index: int, x: int, y: int, positive: bool = True) -> Answer:
         """Add (positive) or remove (negative) around a point, on top of the slice's current mask; a click on a
-        slice a propagation wrote carries the fix on through the slices that propagation wrote after it."""
+        slice a propagation wrote carries the fix on through the slices that propagation wrote after it, up to
+        the first slice the user edited (a negative click that only trims a piece does not: ``is_trim``)."""
         return self.clicks(index, [(x, y, positive)])
 
     def clicks(self, index: int, clicks: Sequence[Sequence]) -> Answer:
