@@ -8,8 +8,8 @@ from MedCLIPSAMLib.correction_figures import noc, noc_summary
 from MedCLIPSAMLib.imageio import as_volume
 from MedCLIPSAMLib.interactive.answer import decode_answer, encode_answer
 from MedCLIPSAMLib.interactive.embedding_cache import EmbeddingCache
-from MedCLIPSAMLib.interactive.honour import PATHS, remember
-from MedCLIPSAMLib.interactive.session import InteractionSession
+from MedCLIPSAMLib.interactive.honour import PATHS, fallback_start, remember
+from MedCLIPSAMLib.interactive.session import InteractionSession, is_trim
 from MedCLIPSAMLib.prompts import box_of
 
 SECOND = (70, 30)
@@ -82,6 +82,87 @@ def test_each_click_changes_a_wrong_pixel_even_when_sam_ignores_it(image_session
         answer = image_session.click(0, x, y, positive)
         assert image_session.mask[0, y, x] == positive != before
         assert answer.path in ("candidates", "region") and 0 in answer.slices
+
+
+FAR_BLOB = ((85, 115), 8)
+"""(centre, radius) of a blob far from the disks and from every click of the tests below."""
+BUMP = (40, 97)
+"""(y, x) one pixel right of the first disk's edge: a new positive click there."""
+
+
+def _sam_answers(session, monkeypatch, change):
+    """SAM's answer to the next click made to be ``change(mask before)``."""
+    monkeypatch.setattr(session, "_local_edit", lambda index, clicks: None)
+    monkeypatch.setattr(session, "_answer_as_prompt",
+                        lambda index, clicks: (change(session.mask[index].copy()), session._prompts.get(index)))
+
+
+def _clicked_twice(session, monkeypatch, change):
+    """The first disk boxed (an approved slice), the second disk clicked in, then a click at BUMP that SAM
+    answers with ``change``."""
+    session.box(0, box_of(disk_mask(center=(40, 80), radius=16)))
+    y, x = SECOND
+    session.click(0, x, y, True)
+    assert session.mask[0, y, x]
+    before = session.mask[0].copy()
+    _sam_answers(session, monkeypatch, change)
+    return before, session.click(0, BUMP[1], BUMP[0], True)
+
+
+def test_a_failed_answer_on_an_approved_slice_changes_nothing_far_from_the_clicks(image_session, monkeypatch):
+    """SAM's answer holds the new click but undoes the earlier one and adds a far blob: the fallback starts from
+    the mask before the click, so the far blob never appears and the earlier click's region stays."""
+    far, second = disk_mask(center=FAR_BLOB[0], radius=FAR_BLOB[1]), disk_mask(center=SECOND, radius=10)
+    bump = disk_mask(center=BUMP, radius=3)
+    before, answer = _clicked_twice(image_session, monkeypatch, lambda mask: (mask | bump | far) & ~second)
+    mask = image_session.mask[0]
+    assert mask[BUMP] and mask[SECOND] and answer.path in ("candidates", "region")
+    assert not (mask & far).any()
+    assert (mask & before).sum() == before.sum()  # only added around the new click: nothing else changed
+    assert (mask & ~before).sum() <= np.pi * 16 ** 2
+
+
+def test_an_answer_that_honours_every_click_is_taken_whole(image_session, monkeypatch):
+    far, bump = disk_mask(center=FAR_BLOB[0], radius=FAR_BLOB[1]), disk_mask(center=BUMP, radius=3)
+    before, answer = _clicked_twice(image_session, monkeypatch, lambda mask: mask | bump | far)
+    assert answer.path == "sam" and np.array_equal(image_session.mask[0], before | bump | far)
+
+
+def test_a_failed_answer_on_a_slice_no_one_approved_is_kept(image_session, monkeypatch):
+    """A slice set from a mask (the text result), not boxed or clicked yet: SAM's answer is as good a guess as
+    that mask, so its far change stays while the fallback honours the click."""
+    first, far = disk_mask(center=(40, 80), radius=16), disk_mask(center=FAR_BLOB[0], radius=FAR_BLOB[1])
+    image_session.set_mask(first[None])
+    _sam_answers(image_session, monkeypatch, lambda mask: mask | far)  # leaves the click at SECOND out
+    y, x = SECOND
+    answer = image_session.click(0, x, y, True)
+    assert image_session.mask[0, y, x] and answer.path in ("candidates", "region")
+    assert (image_session.mask[0] & far).sum() == far.sum()
+
+
+def test_fallback_start_takes_the_answer_only_when_it_holds_every_click():
+    before, answer = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    before[2:5, 2:5] = True
+    answer[2:7, 2:7] = True
+    assert fallback_start(before, answer, [(6, 6, True)], approved=True) is answer
+    kept = fallback_start(before, answer, [(6, 6, True), (3, 3, False)], approved=True)
+    assert np.array_equal(kept, before) and kept is not before
+    assert fallback_start(before, answer, [(3, 3, False)], approved=False) is answer
+    assert fallback_start(np.zeros((8, 8), bool), answer, [(3, 3, False)], approved=True) is answer
+
+
+def test_a_trim_is_told_from_a_whole_piece_removal():
+    before = np.zeros((10, 20), bool)
+    before[2:8, 2:8] = True
+    before[2:8, 12:18] = True  # two pieces
+    trimmed = before.copy()
+    trimmed[2:8, 6:8] = False
+    assert is_trim(before, trimmed, [(7, 5, False)])
+    one_gone = before.copy()
+    one_gone[:, 10:] = False
+    assert not is_trim(before, one_gone, [(15, 5, False)])
+    assert not is_trim(before, trimmed, [(7, 5, False), (1, 1, True)])  # a positive click carries on
+    assert not is_trim(before, before, [(0, 0, False)])  # nothing removed
 
 
 def test_all_clicks_of_a_slice_stay_honoured(image_session):

@@ -84,17 +84,36 @@ def test_propagation_one_way_and_through_the_embedding_cache(litemedsam):
 
 
 def test_a_click_on_a_propagated_slice_repropagates_from_there(session):
+    """A negative click that removes a whole piece (the target ended before the slice) carries on through the
+    slices the same propagation wrote after it; a trim (part of the piece) changes its own slice only."""
     truth = disk_mask()
     session.box(2, box_of(truth))
     session.propagate(2, "up")
     before = session.mask.copy()
     assert before[3].any() and before[4].any()
-    answer = session.click(3, 70 + 12, 40, False)  # cut the disk's right part off on slice 3 ...
-    assert set(answer.slices) == {3, 4}  # ... and slice 4, written by the same propagation, follows
-    assert session.mask[3].sum() < 0.9 * before[3].sum() and session.mask[4].sum() < 0.9 * before[4].sum()
+    answer = session.click(3, 70 + 12, 40, False)  # cut the disk's right part off on slice 3: a trim ...
+    assert set(answer.slices) == {3} and session.mask[3].sum() < 0.9 * before[3].sum()
+    assert np.array_equal(session.mask[4], before[4])  # ... slice 4 keeps its mask
+    session.undo()
+    answer = session.click(3, 70, 40, False)  # the disk's centre: the whole piece goes ...
+    assert set(answer.slices) == {3, 4} and not session.mask[3].any()
+    assert not session.mask[4].any()  # ... and slice 4, written by the same propagation, follows
     assert np.array_equal(session.mask[2], before[2])  # the seed slice is not touched
     session.undo()
     assert np.array_equal(session.mask, before)
+
+
+def test_a_click_on_the_seed_keeps_the_slices_beyond_an_edited_one(session):
+    """Re-running a propagation stops at a slice the user edited; the slices it wrote beyond that one keep their
+    masks (they were cleared and never rewritten)."""
+    session.box(2, box_of(disk_mask()))
+    session.propagate(2, "up")
+    session.click(3, 70 + 12, 40, False)  # slice 3 edited (a trim: slice 4 stays the first run's)
+    before = session.mask.copy()
+    assert before[4].any()
+    answer = session.click(2, 70, 40, True)  # on the seed: its run is re-run, slice 3 stops it
+    assert np.array_equal(session.mask[4], before[4]) and 4 not in answer.slices
+    assert np.array_equal(session.mask[3], before[3])
 
 
 def test_reset_empties_and_can_be_undone(session):

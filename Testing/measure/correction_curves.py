@@ -72,6 +72,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="at most this many cases per set")
     parser.add_argument("--out", required=True, help="CSV of every case's curve")
     parser.add_argument("--embeddings", help="folder to keep encoded slices in between runs")
+    parser.add_argument("--half", choices=("tune", "held-out", "all"), default="all",
+                        help="run only one half of each set (tuning a rule on the tuning half)")
+    parser.add_argument("--cases", default="", help="run only these cases (set/case or case names, comma-separated)")
     args = parser.parse_args()
     data = checked_data(args.data)
     sets = {name: data / name for name in args.sets.split(",") if name}
@@ -82,6 +85,10 @@ def main() -> int:
         cases = sorted(pair_files(Path(folder))[0], key=lambda c: c.name)[:args.limit or None]
         tuned = (len(cases) + 1) // 2
         for position, case in enumerate(cases):
+            half = "tune" if position < tuned else "held-out"
+            if args.half not in ("all", half) or (args.cases and not {case.name, f"{name}/{case.name}"} & set(
+                    args.cases.split(","))):
+                continue
             volume = read_volume(case.image)
             axis = resolve_axis(None, volume)
             truth = np.moveaxis(read_volume(case.mask).array > 0, axis, 0)
@@ -92,7 +99,7 @@ def main() -> int:
             masks = simulate(session, truth, args.steps)
             seconds = time.perf_counter() - start
             clicks, wrong, unchanged = click_checks(masks, truth)
-            rows.append({"set": name, "case": case.name, "half": "tune" if position < tuned else "held-out",
+            rows.append({"set": name, "case": case.name, "half": half,
                          "clicks": clicks, "click_pixel_wrong": wrong, "click_unchanged": unchanged,
                          "seconds": round(seconds, 2),
                          **{f"dsc_{i + 1}": round(dice(m, truth), 4) for i, m in enumerate(masks)}})
