@@ -11,11 +11,10 @@ import pytest
 slicer = pytest.importorskip("slicer")
 import highdicom as hd  # noqa: E402
 import pydicom  # noqa: E402
-import vtk  # noqa: E402
-from vtk.util import numpy_support  # noqa: E402
 
 from dicom_builders import sample_volume, write_series  # noqa: E402
 from test_mrml import scene  # noqa: E402,F401  (shared fixture)
+from test_slicer_undo import paint  # noqa: E402  (a Segment Editor-like edit)
 from MedCLIPSAMLib.errors import InputError, MedCLIPSAMError  # noqa: E402
 from MedCLIPSAMLib.imageio import read_volume  # noqa: E402
 from MedCLIPSAMLib.slicer.dicom_export import UIDS_ATTRIBUTE, start_seg_export  # noqa: E402
@@ -51,23 +50,6 @@ def masks_for(shape) -> dict[str, np.ndarray]:
     return {"brain tumor": tumour, "brain": brain}
 
 
-def replace_segment(scene, volume_node, segmentation_node, segment_id: str, mask: np.ndarray) -> None:
-    """Paint a segment as a Segment Editor effect does (replace its binary labelmap)."""
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(matrix)
-    labelmap.SetIJKToRASMatrix(matrix)
-    image = vtk.vtkImageData()
-    image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.ravel()
-    labelmap.SetAndObserveImageData(image)
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    oriented = logic.CreateOrientedImageDataFromVolumeNode(labelmap)
-    assert logic.SetBinaryLabelmapToSegment(oriented, segmentation_node, segment_id, logic.MODE_REPLACE)
-    scene.RemoveNode(labelmap)
-
-
 def read_back(path: Path, volume) -> tuple[hd.seg.Segmentation, np.ndarray]:
     seg = hd.seg.segread(str(path))
     uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in volume.dicom_files]
@@ -83,7 +65,7 @@ def test_export_writes_a_seg_with_the_segments_voxels_codes_and_source_instances
     segmentation = scene.GetNodeByID(record.segmentation_node_id)
     edited = masks["brain"].copy()
     edited[3, 10:30, 10:30] = 0  # the user erased a corner of "brain": corrected
-    replace_segment(scene, node, segmentation, record.segment_ids[1], edited)
+    paint(scene, segmentation, record.segment_ids[1], node, edited)
     out = tmp_path / "out" / "result.dcm"
     job = start_seg_export(sys.executable, node, segmentation, out, database.get, record)
     result = job.wait(120)

@@ -12,6 +12,7 @@ from MedCLIPSAMLib.slicer.review import (ACCEPT, CANCEL, DISCARD, NO_SALIENCY_NO
                                          UnsavedEditsError, leave_edited_case, show_case)
 from MedCLIPSAMLib.review_state import pseudo_path, read_states  # noqa: E402
 from test_mrml import scene, segmentation_converters  # noqa: E402,F401  (the MRML tests' fixtures)
+from test_slicer_undo import paint  # noqa: E402
 from review_cases import make_dataset, num_training, pseudo_label, read_label  # noqa: E402
 
 
@@ -35,24 +36,9 @@ def dataset(tmp_path):
 
 def replace_segment(session, mask: np.ndarray) -> None:
     """Edit the loaded segment as a Segment Editor effect does (replace its binary labelmap)."""
-    loaded = session.current
-    scene = session.scene
-    volume = scene.GetNodeByID(loaded.volume_node_id)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
-    labelmap.SetIJKToRASMatrix(matrix)
-    image = vtk.vtkImageData()
-    image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    from vtk.util import numpy_support
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.ravel()
-    labelmap.SetAndObserveImageData(image)
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    oriented = logic.CreateOrientedImageDataFromVolumeNode(labelmap)
-    assert logic.SetBinaryLabelmapToSegment(oriented, scene.GetNodeByID(loaded.segmentation_node_id),
-                                            loaded.segment_id, logic.MODE_REPLACE)
-    scene.RemoveNode(labelmap)
+    loaded, scene = session.current, session.scene
+    paint(scene, scene.GetNodeByID(loaded.segmentation_node_id), loaded.segment_id,
+          scene.GetNodeByID(loaded.volume_node_id), mask)
 
 
 def test_a_case_loads_as_image_editable_segment_and_entropy_overlay_on_the_file_geometry(scene, views, dataset):
