@@ -301,7 +301,8 @@ class InteractionSession:
         current = self._prompts.get(index)
         box = grow_box(box_of(mask), self.rule.margin, self.slice_shape)
         decoded = decode(self.backend, encoded, box=box)
-        edited = level_set_edit(slice_logits(self.backend, encoded, decoded), mask, x, y, positive, self.local_rule)
+        edited = level_set_edit(slice_logits(self.backend, encoded, decoded), mask, x, y, positive, self.local_rule,
+                                others=self._clicks.get(index, []))
         if edited is None:
             return None
         if current is not None and current.box is not None:

@@ -58,6 +58,30 @@ def test_a_click_that_agrees_with_the_mask_changes_nothing():
     assert np.array_equal(level_set_edit(logits, mask, 5, 5, False, LocalEditRule(floor=-100)), mask)
 
 
+def test_a_negative_edit_never_takes_an_earlier_positive_click_out():
+    logits = ramp_logits()
+    mask = logits > -4
+    earlier = (44, 42, True)  # a positive click on the rim 4 px from the new one, inside the edit's reach
+    alone = level_set_edit(logits, mask, 40, 42, False)
+    assert not alone[42, 44]  # without the rule the edit takes it out
+    edited = level_set_edit(logits, mask, 40, 42, False, others=[earlier])
+    assert edited[42, 44] and not edited[42, 40]
+    rows, cols = np.nonzero(mask & ~edited)  # only pixels nearer the new click than the earlier one
+    assert (np.hypot(cols - 40, rows - 42) < np.hypot(cols - 44, rows - 42)).all()
+    same_kind = level_set_edit(logits, mask, 40, 42, False, others=[(44, 42, False)])
+    assert np.array_equal(same_kind, alone)  # a click that says the same limits nothing
+
+
+def test_a_positive_edit_never_adds_an_earlier_negative_click():
+    logits = ramp_logits()
+    mask = logits > 4
+    earlier = (43, 37, False)  # outside the mask, 3 px beside the new click
+    alone = level_set_edit(logits, mask, 40, 38, True)
+    assert alone[37, 43]
+    edited = level_set_edit(logits, mask, 40, 38, True, others=[earlier])
+    assert edited[38, 40] and not edited[37, 43] and not (mask & ~edited).any()
+
+
 @pytest.fixture
 def disk_session(litemedsam):
     volume = disk_image(seed=3)[None]
@@ -81,3 +105,28 @@ def test_a_session_click_is_local_and_undo_restores_it_exactly(disk_session):
     assert np.array_equal(after[far], before[0][far])  # pixels away from the click unchanged
     disk_session.undo()
     assert np.array_equal(disk_session.mask, before)
+
+
+def test_a_session_negative_edit_keeps_the_slices_earlier_positive_click(disk_session, monkeypatch):
+    """The session hands the slice's earlier clicks to the edit: SAM ranks a ring along the border alike, the
+    negative click's level set runs along it over an earlier positive click, and the edit stops halfway instead
+    of taking that click out (which the failed-answer rule would have answered with a much smaller fallback)."""
+    import MedCLIPSAMLib.interactive.session as session_module
+
+    def rim_logits(backend, encoded, decoded):  # the object's rim ranked lowest, its centre highest
+        depth = ndimage.distance_transform_edt(np.pad(disk_session.mask[0], 1))[1:-1, 1:-1]
+        return np.where(disk_session.mask[0], np.minimum(depth, 6.0), -3.0)
+
+    truth = disk_mask()
+    disk_session.box(0, box_of(truth))
+    rows, cols = np.nonzero(disk_session.mask[0])
+    y = int(rows.max()) - 2  # 2 px inside the mask's bottom border, under its centre
+    x = int(np.round(cols[rows == y].mean()))
+    monkeypatch.setattr(session_module, "slice_logits", rim_logits)
+    disk_session.click(0, x + 3, y, True)  # an earlier positive click on the same rim, 3 px aside: kept as it is
+    before = disk_session.mask[0].copy()
+    answer = disk_session.click(0, x, y, False)
+    after = disk_session.mask[0]
+    assert answer.path == "sam" and not after[y, x] and after[y, x + 3]
+    rows, cols = np.nonzero(before & ~after)  # only the negative click's side of the two
+    assert rows.size > 1 and (np.hypot(cols - x, rows - y) < np.hypot(cols - x - 3, rows - y)).all()
