@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import Cancelled, MedCLIPSAMError, OptionError, SettingError
-from .options import at_least, number  # noqa: F401 (kept importable from here)
 from .outputs import add_output_option, add_overwrite_option, check_distinct, check_output, extension
-from .setting_options import (SETTING_OPTIONS, TqdmProgress, add_setting_options,  # noqa: F401 (importable from here)
-                              option_name, prompt_sentences, settings_from_args)
+from .setting_options import (SETTING_OPTIONS, TqdmProgress, add_setting_options, option_name, prompt_sentences,
+                              settings_from_args)
 from .settings import FAST_SALIENCY, Settings
 
 

@@ -6,7 +6,8 @@ import SimpleITK as sitk
 from conftest import disk_image
 from test_imageio import assert_same_geometry, make_volume, write_dicom_series
 from MedCLIPSAMLib import cli
-from MedCLIPSAMLib.cli import TqdmProgress, build_parser, main, settings_from_args
+from MedCLIPSAMLib.cli import build_parser, main
+from MedCLIPSAMLib.setting_options import TqdmProgress, settings_from_args
 
 
 def small_volume() -> sitk.Image:

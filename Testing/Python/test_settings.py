@@ -1,7 +1,7 @@
 """Settings checks: one rule, named as the caller knows it (the server's field, the command line's option)."""
 import pytest
 
-from MedCLIPSAMLib.cli import option_name
+from MedCLIPSAMLib.setting_options import option_name
 from MedCLIPSAMLib.errors import InputError, SettingError
 from MedCLIPSAMLib.settings import Settings, check_device, settings_from_dict
 
