@@ -46,6 +46,29 @@ def is_dicom_source(path: str | os.PathLike) -> bool:
     return path.is_file() and is_dicom_file(path)
 
 
+def loose_images(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """The DICOM files lying directly in a cohort folder, as (images, skipped): each 2D image (no slice position:
+    ultrasound, radiographs, secondary captures) is a case of its own; objects that hold no image (a SEG, an SR,
+    ...) are skipped, for the caller to name. Slices of a 3D series (with a position) are refused: a series is one
+    case, so it belongs in a folder of its own."""
+    images, skipped, sliced = [], [], []
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file() or path.name.startswith(".") or not is_dicom_file(path):
+            continue
+        ds = read_header(path)
+        if str(ds.get("Modality", "")).upper() in NOT_IMAGES:
+            skipped.append(path)
+        elif "ImagePositionPatient" in ds:
+            sliced.append(path)
+        else:
+            images.append(path)
+    if sliced:
+        raise InputError(f"'{folder}' holds {len(sliced)} DICOM slice file(s) of a 3D series ({sliced[0].name}"
+                         f"{', ...' if len(sliced) > 1 else ''}); move each series into a sub-folder of its own "
+                         "(one case per folder).")
+    return images, skipped
+
+
 def read_header(path: str | os.PathLike):
     """The file's dataset with its pixel data deferred (present, not loaded)."""
     import pydicom

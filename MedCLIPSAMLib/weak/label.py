@@ -108,6 +108,7 @@ def find_label_cases(source: Path, prompt: str | None, oracle_saliency: bool = F
     elif source.is_dir():
         cases = [LabelCase(case_id_of(p.name), str(p), _need_prompt(prompt, p.name)) for p in sorted(source.iterdir())
                  if _is_image(p)]
+        cases += _loose_dicom_cases(source, prompt, note)
     elif source.is_file() and source.suffix.lower() == ".csv":
         cases = _manifest_cases(source, prompt)
     else:
@@ -120,6 +121,18 @@ def find_label_cases(source: Path, prompt: str | None, oracle_saliency: bool = F
         raise InputError(f"Several images give the case id(s) {', '.join(clashes[:5])}; rename them or give case_id "
                          "in a manifest.")
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def _loose_dicom_cases(folder: Path, prompt: str | None, note: Callable[[str], None] | None) -> list[LabelCase]:
+    """A folder's own 2D DICOM files (an ultrasound or radiograph export), one case each, named by the file."""
+    from ..dicom.series import loose_images
+
+    images, skipped = loose_images(folder)
+    if skipped and note:
+        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        note(f"{len(skipped)} DICOM file(s) hold no image (a SEG, SR, ...) and are skipped: {names}.")
+    return [LabelCase(case_id_of(p.name[:-4] if p.name.lower().endswith(".dcm") else p.name), str(p),
+                      _need_prompt(prompt, p.name)) for p in images]
 
 
 def _is_image(path: Path) -> bool:

@@ -208,3 +208,40 @@ def test_oracle_saliency_cases_are_pairs_and_an_image_without_mask_is_named(tmp_
     cases = find_label_cases(tmp_path, "tumor", oracle_saliency=True, note=notes.append)
     assert cases == [LabelCase("a", str(tmp_path / "a.png"), "tumor", str(tmp_path / "a_mask.png"))]
     assert len(notes) == 1 and "1 image(s) have no mask and are skipped: lonely.png" in notes[0]
+
+
+def test_a_folder_of_2d_dicom_files_is_one_case_per_file(tmp_path):
+    from dicom_builders import sample_volume, write_2d, write_series
+
+    pixels = sitk.GetArrayFromImage(sample_volume())
+    cohort = tmp_path / "us_export"
+    write_2d(pixels[3], cohort / "us_0001.dcm")
+    write_2d(pixels[4], cohort / "IM0002", "DX")  # DICOM without a suffix, as PACS exports often come
+    (cohort / "notes.txt").write_text("not an image")
+    (cohort / "IM0003").write_bytes(b"\0" * 300)  # no DICM marker: not DICOM, not a case
+    write_series(sample_volume(slices=(10, 12)), cohort / "mr_series")  # a series folder is still one case
+    seg = pydicom_copy(cohort / "us_0001.dcm", cohort / "old_seg.dcm", Modality="SEG")
+    notes = []
+    cases = find_label_cases(cohort, "lesion", note=notes.append)
+    assert [(c.case_id, os.path.basename(c.image)) for c in cases] == [
+        ("IM0002", "IM0002"), ("mr_series", "mr_series"), ("us_0001", "us_0001.dcm")]
+    assert notes == [f"1 DICOM file(s) hold no image (a SEG, SR, ...) and are skipped: {seg.name}."]
+
+    write_series(sample_volume(slices=(10, 13)), tmp_path / "flat")  # slices of a 3D series loose in the folder
+    for path in (tmp_path / "flat").iterdir():
+        path.rename(cohort / path.name)
+    with pytest.raises(InputError) as caught:
+        find_label_cases(cohort, "lesion")
+    message = str(caught.value)
+    assert "3 DICOM slice file(s) of a 3D series" in message and "sub-folder of its own" in message
+    assert "\n" not in message
+
+
+def pydicom_copy(source, target, **changes):
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    for name, value in changes.items():
+        setattr(ds, name, value)
+    ds.save_as(target, enforce_file_format=True)
+    return target

@@ -109,3 +109,34 @@ def test_the_pages_review_accept_names_the_seg_of_a_dicom_case(tmp_path):
     app.review.open_case("a_high")
     app.review.accept()
     assert "DICOM SEG" not in app.panel.message and app.panel.message.startswith("Accepted 'a_high'.")
+
+
+def test_accepting_a_2d_dicom_case_writes_a_seg_on_its_one_image(tmp_path, tiny_clip_folder):
+    """A folder of 2D ultrasound files labelled by ``medclipsam label``; Accept on one of them writes the
+    reviewer's label as a SEMIAUTOMATIC SEG on that image, beside label's AUTOMATIC draft."""
+    from dicom_builders import sample_volume, write_2d
+    from MedCLIPSAMLib.cli import main
+
+    pixels = sitk.GetArrayFromImage(sample_volume())
+    cohort = tmp_path / "us"
+    sources = [write_2d(pixels[z], cohort / f"us{z}.dcm") for z in (3, 4)]
+    raw = tmp_path / "raw"
+    assert main(["label", str(cohort), "-p", "lesion", "--name", "US", "--raw", str(raw), "--dataset-id", "5",
+                 "--clip-model", str(tiny_clip_folder), "--sam", "litemedsam", "--device", "cpu", "--steps", "1",
+                 "--samples", "1", "--quiet"]) == 0
+    folder = raw / "Dataset005_US"
+    draft = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / "us3.nii.gz")))
+    assert draft.shape == (80, 80)
+    corrected = draft.copy()
+    corrected[10:20, 30:45] = 1
+    corrected[60:, :] = 0
+    entry = accept_case(folder, "us3", corrected)
+    seg = hd.seg.segread(entry["seg"])
+    uid = pydicom.dcmread(sources[0], stop_before_pixels=True).SOPInstanceUID
+    voxels = seg.get_pixels_by_source_instance([uid], combine_segments=True, relabel=False)
+    np.testing.assert_array_equal(voxels[0], corrected)
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert [i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence] \
+        == [uid]
+    assert hd.seg.segread(str(folder / "medclipsam_seg" / "us3.dcm")).SegmentSequence[0].SegmentAlgorithmType \
+        == "AUTOMATIC"
