@@ -20,12 +20,15 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from .settings import FAST_SALIENCY, Settings
+
+if TYPE_CHECKING:  # torch loads when a benchmark runs, not when the command line is built
+    import torch
 
 STAGES = ("clip_features", "m2ib", "post_processing", "sam_encoder", "sam_decoder", "io")
 PIPELINE_STAGES = ("clip_features", "m2ib", "prompts", "sam_encoder", "sam_decoder", "cleanup", "other")
@@ -58,6 +61,8 @@ def build_models(sam_name: str, device: torch.device, size: str, folder: Path, s
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
     elif device.type == "mps":
@@ -96,6 +101,8 @@ def naive_baseline(clip, sam, slices: np.ndarray, settings: Settings, device: to
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -111,6 +118,7 @@ def stage_seconds(timings: dict[str, float], wall: float) -> dict[str, float]:
 def stage_paths(pipeline) -> dict[str, dict[str, str]]:
     """What each stage of ``pipeline`` runs on: the CPU path table, corrected by what was really loaded (an export
     that failed runs in PyTorch; M2IB's blocks are bf16 only if the copy was made)."""
+    import torch
     from .models.cpu_features import detect
     from .models.cpu_paths import OPENVINO, ONNXRUNTIME, TORCH, StagePath, plan_cpu_paths
     from .models.onnx_runtime import runtime_available
@@ -151,6 +159,7 @@ def run_benchmark(device_name: str = "auto", slices: int = 16, sam_name: str = "
                   size: str = "pubmedbert", naive_slices: int = 1, image_size: int = 240,
                   settings: Settings | None = None) -> dict:
     """Run both paths once (after a warm-up) and return the figures as a dict."""
+    import torch
     from .pipeline import Pipeline, resolve_device
 
     device = resolve_device(device_name)

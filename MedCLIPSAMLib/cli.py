@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable]:
     """Subcommands that live with their own module (evaluation, benchmark, ...)."""
     registrars = []
-    for module_name in ("evaluate", "benchmark", "finetune.train", "finetune.retrieval", "weak.export",
+    for module_name in ("evaluate", "benchmark", "finetune.commands", "weak.export",
                         "weak.train", "weak.ensemble", "weak.label", "review.status", "server.serve",
                         "server_benchmarks.benchmark", "web.cli", "web.benchmark"):
         try:

@@ -1,13 +1,11 @@
 """Image<->text retrieval recall, the paper's ROCO protocol: random batches of 50, several runs."""
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
 from ..models.clip import ClipBundle
-from .data import Pair, embed_pairs, read_pairs
+from .data import Pair, embed_pairs
 
 
 def recall_at_k(image: torch.Tensor, text: torch.Tensor, ks=(1, 2),
@@ -54,36 +52,3 @@ def evaluate_retrieval(bundle: ClipBundle, pairs: list[Pair], device: torch.devi
                        runs: int = 5, seed: int = 0) -> dict[str, float]:
     image, text = embed_pairs(bundle, pairs, device)
     return batched_recall(image, text, batch, runs, seed, groups=caption_groups([p.caption for p in pairs]))
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    from ..options import at_least
-    from ..outputs import add_output_option, add_overwrite_option
-
-    parser = sub.add_parser("retrieval-eval", help="image<->text top-1/top-2 recall (ROCO protocol)")
-    parser.add_argument("--data", required=True, help="CSV/JSONL of image path + caption")
-    parser.add_argument("--clip", default=None, help="hub id, model folder or fine-tuned checkpoint")
-    parser.add_argument("--batch", type=at_least(2), default=50)
-    parser.add_argument("--runs", type=at_least(1), default=5)
-    parser.add_argument("--device", default="auto")
-    add_output_option(parser, "--json", help="also write the recalls to this .json file")
-    add_overwrite_option(parser)
-    parser.set_defaults(func=cmd_retrieval)
-
-
-def cmd_retrieval(args: argparse.Namespace) -> int:
-    from ..models.clip import load_clip
-    from ..outputs import check_output, write_json
-    from ..pipeline import resolve_device
-    from ..settings import BIOMEDCLIP_HUB_ID
-
-    device = resolve_device(args.device)
-    if args.json:
-        check_output(args.json, "--json", args.overwrite, [args.data], extensions=(".json",))
-    pairs = read_pairs(args.data)
-    bundle = load_clip(args.clip or BIOMEDCLIP_HUB_ID)
-    scores = evaluate_retrieval(bundle, pairs, device, args.batch, args.runs)
-    print("  ".join(f"{k} {100 * v:.2f}" for k, v in scores.items()))
-    if args.json:
-        write_json(args.json, scores, overwrite=args.overwrite)
-    return 0

@@ -7,66 +7,22 @@ resumable ``last.pt``, a progress bar and a loss/recall plot.
 """
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..errors import Cancelled, InputError, OptionError, SettingError
+from ..errors import InputError, OptionError
 from ..figures import save_figure
 from ..models.clip import ClipBundle, load_clip
-from ..outputs import add_output_option, check_folder, replacing, write_json
-from ..settings import BIOMEDCLIP_HUB_ID, check_device
+from ..outputs import check_folder, replacing, write_json
 from .data import PairDataset, collate, embed_pairs, read_pairs, split_pairs
-from .losses import LOSSES, contrastive_loss
+from .config import FinetuneConfig, OUTPUT_FILES  # noqa: F401 (OUTPUT_FILES: what finetune writes)
+from .losses import contrastive_loss
 from .retrieval import batched_recall, caption_groups
 
 
-@dataclass
-class FinetuneConfig:
-    clip: str = BIOMEDCLIP_HUB_ID
-    loss: str = "dhn-nce"
-    tau: float = 0.6
-    beta1: float = 0.15
-    beta2: float = 0.15
-    lr: float = 1e-6
-    weight_decay: float = 0.1
-    epochs: int = 10
-    batch_size: int = 64
-    accumulation: int = 1
-    warmup_fraction: float = 0.05
-    validation_fraction: float = 0.1
-    eval_batch: int = 50
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Refuse values that cannot train, before data or model load (the command line names the option)."""
-        if self.loss not in LOSSES:
-            raise SettingError("loss", f"Unknown loss '{self.loss}' ({{name}}); choose one of {', '.join(LOSSES)}.")
-        for name in ("epochs", "batch_size", "accumulation", "eval_batch"):
-            if getattr(self, name) < 1:
-                raise SettingError(name, f"{{name}} must be at least 1 (got {getattr(self, name)}).")
-        for name in ("lr", "tau"):
-            if not getattr(self, name) > 0:
-                raise SettingError(name, f"{{name}} must be above 0 (got {getattr(self, name)}).")
-        for name in ("beta1", "beta2", "weight_decay", "workers"):
-            if not getattr(self, name) >= 0:
-                raise SettingError(name, f"{{name}} must be at least 0 (got {getattr(self, name)}).")
-        for name in ("warmup_fraction", "validation_fraction"):
-            if not 0 <= getattr(self, name) < 1:
-                raise SettingError(name, f"{{name}} must be at least 0 and below 1 (got {getattr(self, name)}).")
-        check_device(self.device)
-
-
-OUTPUT_FILES = ("best.pt", "last.pt", "history.json", "training.png")
-"""What ``finetune`` writes into --out, besides epoch_NNN.pt."""
 
 
 def check_out_folder(out: Path, resume: bool) -> None:
@@ -194,36 +150,3 @@ def finetune(data: str | Path, out: str | Path, config: FinetuneConfig, resume: 
         _plot(history, out / "training.png")
     model.eval().requires_grad_(False)
     return history
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("finetune", help="fine-tune BiomedCLIP on image-caption pairs (DHN-NCE)")
-    parser.add_argument("--data", required=True, help="CSV/JSONL with image path and caption columns")
-    add_output_option(parser, "--out", kind="folder", required=True,
-                      help="folder for checkpoints, history.json, training.png")
-    defaults = FinetuneConfig()
-    parser.add_argument("--clip", default=defaults.clip, help="start from: hub id, folder or checkpoint")
-    parser.add_argument("--loss", default=defaults.loss, choices=LOSSES)
-    for name in ("tau", "beta1", "beta2", "lr", "weight_decay", "warmup_fraction", "validation_fraction"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    for name in ("epochs", "batch_size", "accumulation", "eval_batch", "seed", "workers"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.set_defaults(func=cmd_finetune)
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    fields = FinetuneConfig.__dataclass_fields__
-    config = FinetuneConfig(**{k: getattr(args, k) for k in fields})  # option errors name the option (exit 2)
-    out = Path(args.out)
-    try:
-        history = finetune(args.data, out, config, resume=args.resume)
-    except KeyboardInterrupt:
-        done = "" if not (out / "last.pt").exists() else "; the finished epochs' checkpoints are complete: " \
-            "continue with --resume"
-        raise Cancelled(f"interrupted{done or ' before the first epoch finished'}.") from None
-    last = history[-1]
-    print(f"finished {len(history)} epochs; last: " + "  ".join(
-        f"{k} {v:.4f}" for k, v in last.items() if isinstance(v, float)) + f"; best checkpoint: {out / 'best.pt'}")
-    return 0

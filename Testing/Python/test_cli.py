@@ -303,3 +303,16 @@ def test_fp32_switches_bfloat16_off_and_the_default_leaves_it_on():
     off = settings_from_args(parser.parse_args(["segment", "x.nii", "-p", "lesion", "-o", "y.nii", "--fp32"]),
                              "lesion")
     assert default.bf16 is True and off.bf16 is False
+
+
+def test_the_command_line_and_the_web_page_start_without_torch():
+    """torch (1 s and 0.5 GB) loads when a command runs the models, not for --help, option errors or the web
+    page's own process (its engine is another process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from MedCLIPSAMLib.cli import build_parser; build_parser(); import MedCLIPSAMLib.web.app; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'open_clip') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
