@@ -59,11 +59,16 @@ def find_cases(folder: Path) -> list[Case]:
     return pair_files(folder)[0]
 
 
+def listed_names(paths: list[Path], shown: int = 5) -> str:
+    """The first ``shown`` file names, comma-separated, with ", ..." when there are more (for one-line notes)."""
+    return ", ".join(p.name for p in paths[:shown]) + (", ..." if len(paths) > shown else "")
+
+
 def unpaired_note(unpaired: list[Path]) -> str | None:
     """A note naming the images skipped for want of a mask, so none is left out silently."""
     if not unpaired:
         return None
-    names = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
+    names = listed_names(unpaired)
     return (f"{len(unpaired)} image(s) have no mask and are skipped: {names} (a mask is named <case>_mask.<ext>, "
             "_label or _seg, with the image's extension).")
 

@@ -17,12 +17,10 @@ from ..errors import InputError, OptionError
 from ..figures import save_figure
 from ..models.clip import ClipBundle, load_clip
 from ..outputs import check_folder, replacing, write_json
+from .config import OUTPUT_FILES, FinetuneConfig
 from .data import PairDataset, collate, embed_pairs, read_pairs, split_pairs
-from .config import FinetuneConfig, OUTPUT_FILES  # noqa: F401 (OUTPUT_FILES: what finetune writes)
 from .losses import contrastive_loss
 from .retrieval import batched_recall, caption_groups
-
-
 
 
 def check_out_folder(out: Path, resume: bool) -> None:

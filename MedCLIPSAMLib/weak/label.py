@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..cases import IMAGE_SUFFIXES, case_id_of, pair_files, unpaired_note
+from ..cases import IMAGE_SUFFIXES, case_id_of, listed_names, pair_files, unpaired_note
 from ..errors import InputError, MedCLIPSAMError
 from ..outputs import STAGING_FOLDER, add_output_option, check_folder, write_image, write_json, write_text
 from ..settings import Settings
@@ -125,13 +125,12 @@ def find_label_cases(source: Path, prompt: str | None, oracle_saliency: bool = F
 
 def _loose_dicom_cases(folder: Path, prompt: str | None, note: Callable[[str], None] | None) -> list[LabelCase]:
     """A folder's own 2D DICOM files (an ultrasound or radiograph export), one case each, named by the file."""
-    from ..dicom.series import loose_images
+    from ..dicom.series import DICOM_SUFFIX, loose_images
 
     images, skipped = loose_images(folder)
     if skipped and note:
-        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        note(f"{len(skipped)} DICOM file(s) hold no image (a SEG, SR, ...) and are skipped: {names}.")
-    return [LabelCase(case_id_of(p.name[:-4] if p.name.lower().endswith(".dcm") else p.name), str(p),
+        note(f"{len(skipped)} DICOM file(s) hold no image (a SEG, SR, ...) and are skipped: {listed_names(skipped)}.")
+    return [LabelCase(case_id_of(p.stem if p.suffix.lower() == DICOM_SUFFIX else p.name), str(p),
                       _need_prompt(prompt, p.name)) for p in images]
 
 
